@@ -1,0 +1,253 @@
+"""The `cai` command. Logs and progress go to stderr; `--json` prints results to stdout.
+
+Exit codes: 0 ok, 1 the run had failed records, 2 bad usage or input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from cai import __version__
+from cai.errors import CaiError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Make AI-feedback training data: draft, critique against a constitution, revise, export.")
+constitution_app = typer.Typer(no_args_is_help=True, help="List and show constitutions.")
+app.add_typer(constitution_app, name="constitution")
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fails_cleanly(fn: F) -> F:
+    """Turn a CaiError into one line on stderr and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CaiError as e:
+            from cai.providers.base import redact
+
+            err.print(f"error: {redact(str(e))}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cai {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """cai: constitutional AI feedback data."""
+
+
+def _emit(data: dict[str, Any]) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+@app.command()
+@fails_cleanly
+def run(
+    input: Annotated[Path, typer.Argument(help="Prompts: .jsonl (prompt or messages), .txt or .csv.")],
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<input name>).")] = None,
+    model: Annotated[str, typer.Option(help="Model for every role: local, local:PATH.gguf, "
+                                            "openai:NAME, anthropic:NAME.")] = "local",
+    generator: Annotated[Optional[str], typer.Option(help="Model that drafts (overrides --model).")] = None,
+    critic: Annotated[Optional[str], typer.Option(help="Model that critiques (overrides --model).")] = None,
+    reviser: Annotated[Optional[str], typer.Option(help="Model that revises (overrides --model).")] = None,
+    base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible or Anthropic base URL.")] = None,
+    constitution: Annotated[str, typer.Option(help="Shipped name or path to a YAML file.")] = "default",
+    rounds: Annotated[int, typer.Option(min=0, help="Critique → revise rounds.")] = 2,
+    stop_when_clean: Annotated[bool, typer.Option(help="Stop when the critic finds no violation.")] = False,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Max tokens per reply.")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.7,
+    seed: Annotated[int, typer.Option(help="Seeds principle sampling and model sampling.")] = 0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Records in flight.")] = 8,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N prompts.")] = None,
+    max_retries: Annotated[int, typer.Option(min=0, help="Retries per call on 429/5xx/timeouts.")] = 5,
+    timeout: Annotated[float, typer.Option(min=0.01, help="Seconds per call attempt.")] = 120.0,
+    rpm: Annotated[Optional[int], typer.Option(min=1, help="Max requests per minute per endpoint.")] = None,
+    tpm: Annotated[Optional[int], typer.Option(min=1, help="Max (estimated) tokens per minute per endpoint.")] = None,
+    format: Annotated[str, typer.Option(help="Export format: jsonl or parquet.")] = "jsonl",
+    restart: Annotated[bool, typer.Option(help="Move an existing run aside and start afresh.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Retry only the records that failed.")] = False,
+    prices: Annotated[Optional[Path], typer.Option(help="Price table JSON for the cost estimate.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON to stdout.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
+) -> None:
+    """Draft, critique and revise every prompt; write sft/pairs/critiques and a manifest.
+
+    Example: cai run examples/prompts.jsonl --out runs/demo --limit 4 --max-tokens 64
+    """
+    from cai.config import GenConfig
+    from cai.errors import InputError, Interrupted
+    from cai.pipeline import RunSettings
+    from cai.progress import Progress, load_prices
+    from cai.runs import execute, resume_command
+
+    if format not in ("jsonl", "parquet"):
+        raise InputError(f"--format must be jsonl or parquet, not {format!r}")
+    out = out or Path("runs") / input.stem
+    settings = RunSettings(
+        input=str(input), out=str(out), generator=generator or model, critic=critic or model,
+        reviser=reviser or model, base_url=base_url, constitution=constitution, rounds=rounds,
+        stop_when_clean=stop_when_clean,
+        gen=GenConfig(max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout),
+        concurrency=concurrency, limit=limit, max_retries=max_retries, rpm=rpm, tpm=tpm,
+        retry_failed=retry_failed, format=format)  # type: ignore[arg-type]
+    progress = Progress(quiet=quiet, prices=load_prices(str(prices) if prices else None))
+    resume = resume_command(["cai", *map(shlex.quote, sys.argv[1:])])
+    try:
+        manifest = execute(settings, restart=restart, on_start=progress.start, on_done=progress.record_done)
+    except Interrupted:
+        progress.stop()
+        err.print(f"interrupted; nothing finished is lost. Resume with:\n  {resume}", markup=False)
+        raise
+    except CaiError:
+        progress.stop()
+        raise
+    progress.stop()
+    manifest["this_invocation"].update(progress.summary())
+    manifest["out"] = str(out)
+    failed = manifest["records"].get("failed", 0)
+    if as_json:
+        _emit(manifest)
+    ex, inv = manifest["exports"], manifest["this_invocation"]
+    cost = inv.get("estimated_cost_usd")
+    err.print(f"wrote {out}/: {ex['sft']} sft, {ex['pairs']} pairs ({ex['pairs_dropped']} dropped), "
+              f"{ex['critiques']} critiques; {manifest['records'].get('done', 0)} done, {failed} failed; "
+              f"{inv['calls']} calls ({inv['cached']} cached), "
+              f"{sum(t['tokens_in'] + t['tokens_out'] for t in manifest['tokens'].values())} tokens, "
+              f"{inv['elapsed_s']:.1f}s" + (f", ~${cost:.4f}" if cost else ""), markup=False, highlight=False)
+    if failed:
+        err.print(f"{failed} record(s) failed; see `cai status {out}`. Retry them with:\n  {resume} --retry-failed",
+                  markup=False)
+        raise typer.Exit(1)
+
+
+def _open_run(run_dir: Path) -> Any:
+    from cai.errors import InputError
+    from cai.store import Store
+
+    if not Store.exists(run_dir):
+        raise InputError("not a cai run (no run.sqlite)", path=str(run_dir))
+    return Store(run_dir)
+
+
+@app.command("export")
+@fails_cleanly
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. runs/demo.")],
+    format: Annotated[str, typer.Option(help="jsonl or parquet.")] = "jsonl",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Rebuild the exports and manifest of a run from its store.
+
+    Example: cai export runs/demo --format parquet
+    """
+    from cai.errors import InputError
+    from cai.export import export_run
+
+    if format not in ("jsonl", "parquet"):
+        raise InputError(f"--format must be jsonl or parquet, not {format!r}")
+    store = _open_run(run_dir)
+    try:
+        manifest = export_run(store, format)
+    finally:
+        store.close()
+    if as_json:
+        _emit(manifest)
+    ex = manifest["exports"]
+    err.print(f"wrote {run_dir}/: {ex['sft']} sft, {ex['pairs']} pairs, {ex['critiques']} critiques", markup=False)
+
+
+@app.command()
+@fails_cleanly
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. runs/demo.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Show done / in progress / failed counts, tokens, errors and how to resume.
+
+    Example: cai status runs/demo --json
+    """
+    store = _open_run(run_dir)
+    try:
+        counts = store.counts()
+        settings = store.get_meta("settings", {})
+        info = {"run": str(run_dir), "done": counts.get("done", 0), "in_progress": counts.get("pending", 0),
+                "failed": counts.get("failed", 0), "input_records": store.get_meta("input", {}).get("records"),
+                "tokens": store.token_totals(), "errors": store.errors()[-20:],
+                "resume": f"cai run {shlex.quote(settings.get('input', 'INPUT'))} --out {shlex.quote(str(run_dir))}"
+                          " (with the same options as before)"}
+    finally:
+        store.close()
+    if as_json:
+        _emit(info)
+        return
+    todo = (info["input_records"] or 0) - info["done"] - info["failed"]
+    err.print(f"{run_dir}: {info['done']} done, {info['in_progress']} in progress, {info['failed']} failed, "
+              f"{max(todo, 0)} not started", markup=False)
+    for role, t in info["tokens"].items():
+        err.print(f"  {role}: {t['calls']} calls, {t['tokens_in']} in, {t['tokens_out']} out", markup=False)
+    for e in info["errors"]:
+        err.print(f"  failed {e['id']} at {e['stage']}: {e['error_class']}: {e['message']}", markup=False)
+    err.print(f"resume: {info['resume']}", markup=False)
+
+
+@constitution_app.command("list")
+@fails_cleanly
+def constitution_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the shipped constitutions.
+
+    Example: cai constitution list
+    """
+    from cai.constitution import builtin_names, load
+
+    rows = [{"name": n, "principles": len(c.principles), "description": c.description}
+            for n in builtin_names() for c in [load(n)]]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"{r['name']:<14} {r['principles']:>3} principles  {r['description']}")
+
+
+@constitution_app.command("show")
+@fails_cleanly
+def constitution_show(
+    name: Annotated[str, typer.Argument(help="Shipped name or path to a YAML file.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show a constitution's principles.
+
+    Example: cai constitution show model-spec
+    """
+    from cai.constitution import load
+
+    c = load(name)
+    if as_json:
+        print(c.model_dump_json(indent=2))
+        return
+    print(f"{c.name}: {c.description}  (sha256 {c.sha256[:12]}, {len(c.principles)} principles)")
+    for p in c.principles:
+        kind = f" [{p.kind}]" if p.kind else ""
+        print(f"\n{p.id}{kind} ({', '.join(p.tags)})\n  critique: {p.critique}\n  revision: {p.revision}")
+
+
+def main() -> None:
+    app(prog_name="cai")

@@ -1,0 +1,64 @@
+"""Generation settings and the cache key made only of what changes a model's output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Message = dict[str, str]
+
+
+class GenConfig(BaseModel):
+    """Settings for one model call. `timeout` does not change the output, so it is not in the key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    seed: int | None = 0
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    timeout: float = Field(120.0, gt=0)
+
+    def output_fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"timeout"})
+
+
+class Request(BaseModel):
+    """One model call: messages, settings and, optionally, a JSON schema the reply must follow."""
+
+    model_config = ConfigDict(frozen=True)
+
+    messages: tuple[dict[str, str], ...]
+    config: GenConfig = GenConfig()
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    schema_name: str = "reply"
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        return self.schema_
+
+
+class Completion(BaseModel):
+    """What a provider returns. `top_logprobs[i]` lists (token, logprob) for generated token i."""
+
+    text: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    finish_reason: str | None = None
+    top_logprobs: list[list[tuple[str, float]]] | None = None
+    structured: str | None = None  # how a schema was enforced: json_schema, json_object, tool, grammar, prompt
+
+
+def cache_key(identity: dict[str, Any], request: Request) -> str:
+    """sha256 over provider identity, messages, output-affecting settings and schema."""
+    payload = {
+        "model": identity,
+        "messages": list(request.messages),
+        "config": request.config.output_fields(),
+        "schema": request.schema,
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()

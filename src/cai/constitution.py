@@ -1,0 +1,123 @@
+"""Constitutions: YAML files of principles (and, for rule-based rewards, propositions and rules)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cai.errors import InputError
+from cai.resources import data_dir
+
+
+class Principle(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    critique: str = Field(min_length=1)
+    revision: str = Field(min_length=1)
+    tags: list[str] = []
+    kind: str | None = None
+
+
+class Constitution(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    principles: list[Principle] = Field(min_length=1)
+    # Rule-based rewards (optional sections).
+    propositions: list[dict[str, Any]] = []
+    response_types: dict[str, Any] = {}
+    checks: list[dict[str, Any]] = []
+    length_budget: int | None = None
+    sha256: str = ""
+    path: str = ""
+
+    def principle(self, pid: str) -> Principle:
+        for p in self.principles:
+            if p.id == pid:
+                return p
+        raise KeyError(pid)
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in data_dir("constitution").glob("*.yaml"))
+
+
+def resolve(name_or_path: str) -> Path:
+    """A path to a YAML file, or the name of a shipped constitution."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise InputError(f"constitution file not found: {name_or_path}")
+        return p
+    shipped = data_dir("constitution") / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise InputError(f"unknown constitution {name_or_path!r} (shipped: {', '.join(builtin_names())})")
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at pydantic error location `loc`."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == part), None)
+            if nxt is None:
+                key = next((k for k, _ in node.value if k.value == part), None)
+                return key.start_mark.line + 1 if key is not None else line
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def load(name_or_path: str) -> Constitution:
+    path = resolve(name_or_path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+        data = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 ({e.reason})", path=str(path)) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise InputError(f"invalid YAML: {getattr(e, 'problem', None) or e}", path=str(path), line=line) from None
+    if not isinstance(data, dict):
+        raise InputError("a constitution must be a YAML mapping", path=str(path), line=1)
+    data.setdefault("name", path.stem)
+    try:
+        const = Constitution.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise InputError(f"{loc}: {err['msg']}", path=str(path), line=_line_of(node, err["loc"])) from None
+    ids = [p.id for p in const.principles]
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup:
+        raise InputError(f"duplicate principle id {dup!r}", path=str(path))
+    const.sha256 = hashlib.sha256(raw).hexdigest()
+    const.path = str(path)
+    return const
+
+
+def sample_principles(const: Constitution, seed: int | None, messages: list[dict[str, str]],
+                      rounds: int) -> list[Principle]:
+    """One principle per round; the same seed and prompt always give the same principles."""
+    blob = json.dumps([seed, messages], sort_keys=True, ensure_ascii=False)
+    rng = random.Random(hashlib.sha256(blob.encode()).hexdigest())
+    pool = const.principles
+    if rounds <= len(pool):
+        return rng.sample(pool, rounds)
+    return [rng.choice(pool) for _ in range(rounds)]

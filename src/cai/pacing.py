@@ -1,0 +1,82 @@
+"""Politeness to rate limits: --rpm/--tpm pacing and an AIMD cap on calls in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+
+
+class Pacer:
+    """Starts at most `rpm` requests and `tpm` (estimated) tokens in any 60-second window.
+
+    Requests are also spaced by 60/rpm seconds, so the traffic is smooth rather than bursty.
+    """
+
+    WINDOW = 60.0
+
+    def __init__(self, rpm: int | None = None, tpm: int | None = None) -> None:
+        self.rpm, self.tpm = rpm, tpm
+        self._lock = asyncio.Lock()
+        self._next = 0.0
+        self._log: collections.deque[tuple[float, int]] = collections.deque()
+
+    async def wait(self, tokens: int = 0) -> None:
+        if not self.rpm and not self.tpm:
+            return
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                while self._log and self._log[0][0] <= now - self.WINDOW:
+                    self._log.popleft()
+                delay = 0.0
+                if self.rpm:
+                    delay = max(delay, self._next - now)
+                    if len(self._log) >= self.rpm:
+                        delay = max(delay, self._log[0][0] + self.WINDOW - now)
+                if self.tpm and self._log:
+                    used = sum(n for _, n in self._log)
+                    if used + tokens > self.tpm:
+                        delay = max(delay, self._log[0][0] + self.WINDOW - now)
+                if delay <= 0:
+                    break
+                await asyncio.sleep(delay)
+            self._log.append((now, tokens))
+            if self.rpm:
+                self._next = now + self.WINDOW / self.rpm
+
+
+class AIMDLimiter:
+    """Caps calls in flight; halves the cap on a 429 (once per `cooldown` s), adds 1/cap per success."""
+
+    def __init__(self, maximum: int, cooldown: float = 1.0) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = float(self.maximum)
+        self.in_flight = 0
+        self.cooldown = cooldown
+        self._last_cut = -1e9
+        self._cond = asyncio.Condition()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.in_flight < int(self.limit))
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self.in_flight -= 1
+                self._cond.notify_all()
+
+    def on_success(self) -> None:
+        if self.limit < self.maximum:
+            self.limit = min(self.maximum, self.limit + 1.0 / self.limit)
+
+    def on_rate_limited(self) -> None:
+        now = time.monotonic()
+        if now - self._last_cut >= self.cooldown:
+            self.limit = max(1.0, self.limit / 2)
+            self._last_cut = now

@@ -1,0 +1,165 @@
+"""The critique loop over a stream of records: draft → (critique → revise) × rounds.
+
+Each record moves through its steps on its own; each finished step is committed to the store
+before the next one starts, so a re-run continues exactly where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from cai.config import GenConfig
+from cai.constitution import Constitution, Principle, sample_principles
+from cai.engine import Engine
+from cai.errors import AuthError, ProviderError
+from cai.records import InputRecord, iter_records
+from cai.stages import (clean_revision, critique_request, draft_request, parse_verdict, repair_request,
+                        revise_request)
+from cai.store import Store
+
+ROLES = ("generator", "critic", "reviser")
+
+
+class RunSettings(BaseModel):
+    """Everything `cai run` was asked to do."""
+
+    input: str
+    out: str
+    generator: str = "local"
+    critic: str = "local"
+    reviser: str = "local"
+    base_url: str | None = None
+    constitution: str = "default"
+    rounds: int = 2
+    stop_when_clean: bool = False
+    gen: GenConfig = GenConfig()
+    concurrency: int = 8
+    limit: int | None = None
+    max_retries: int = 5
+    rpm: int | None = None
+    tpm: int | None = None
+    retry_failed: bool = False
+    format: Literal["jsonl", "parquet"] = "jsonl"
+
+
+class Pipeline:
+    """Runs records through the loop. `on_done(status)` is called as each record finishes."""
+
+    def __init__(self, settings: RunSettings, const: Constitution, store: Store, engine: Engine,
+                 on_done: Callable[[str], None] | None = None) -> None:
+        self.s = settings
+        self.const = const
+        self.store = store
+        self.engine = engine
+        self.on_done = on_done or (lambda status: None)
+        self.fatal: BaseException | None = None
+        self.counts = {"done": 0, "failed": 0, "skipped": 0}
+
+    async def run(self) -> dict[str, int]:
+        statuses = self.store.statuses()
+        sem = asyncio.Semaphore(self.s.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+
+        def finished(t: asyncio.Task[None]) -> None:
+            tasks.discard(t)
+            sem.release()
+            if not t.cancelled() and t.exception() is not None and self.fatal is None:
+                self.fatal = t.exception()
+
+        try:
+            for rec in iter_records(self.s.input, self.s.limit):
+                status = statuses.get(rec.id)
+                wanted = status == "failed" if self.s.retry_failed else status not in ("done", "failed")
+                if not wanted:
+                    self.counts["skipped"] += 1
+                    continue
+                await sem.acquire()
+                if self.fatal is not None:
+                    sem.release()
+                    break
+                task = asyncio.create_task(self.process(rec, known=status is not None))
+                tasks.add(task)
+                task.add_done_callback(finished)
+            while tasks:
+                await asyncio.wait(set(tasks))
+        finally:
+            for t in list(tasks):
+                t.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*tasks, return_exceptions=True)
+        if self.fatal is not None:
+            raise self.fatal
+        return self.counts
+
+    async def process(self, rec: InputRecord, known: bool) -> None:
+        if not known:
+            await self.store.add_record(rec.idx, rec.id, rec.messages, rec.extra)
+        try:
+            await self._steps(rec)
+        except AuthError:
+            raise
+        except ProviderError as e:
+            await self.store.add_error(rec.id, getattr(e, "stage", "draft"), e)
+            self.counts["failed"] += 1
+            self.on_done("failed")
+            return
+        await self.store.set_status(rec.id, "done")
+        self.counts["done"] += 1
+        self.on_done("done")
+
+    async def _steps(self, rec: InputRecord) -> None:
+        s, cfg = self.s, self.s.gen
+        done = {st["seq"]: st for st in self.store.steps(rec.id)}
+        principles = sample_principles(self.const, cfg.seed, rec.messages, s.rounds)
+        if 0 in done:
+            response = done[0]["response"]
+        else:
+            comp = await _staged("draft", self.engine.call("generator", draft_request(rec.messages, cfg)))
+            response = comp.text.strip()
+            await self.store.add_step(rec.id, 0, "draft", 0, {"response": response})
+        for rnd, principle in enumerate(principles, start=1):
+            cseq, rseq = 2 * rnd - 1, 2 * rnd
+            crit = done.get(cseq) or await self._critique(rec, response, principle, rnd, cseq)
+            verdict = crit["verdict"]
+            if s.stop_when_clean and verdict is not None and not verdict["violates"]:
+                break
+            if rseq in done:
+                response = done[rseq]["response"]
+                continue
+            req = revise_request(rec.messages, response, crit["critique"], principle, cfg)
+            comp = await _staged("revise", self.engine.call("reviser", req))
+            revised = clean_revision(comp.text, response)
+            data = {"principle": principle.id, "before": response, "response": revised or response,
+                    "empty": not revised}
+            await self.store.add_step(rec.id, rseq, "revise", rnd, data)
+            response = data["response"]
+
+    async def _critique(self, rec: InputRecord, response: str, principle: Principle, rnd: int,
+                        seq: int) -> dict[str, Any]:
+        req = critique_request(rec.messages, response, principle, self.s.gen)
+        comp = await _staged("critique", self.engine.call("critic", req))
+        raw, verdict, repaired = comp.text, parse_verdict(comp.text), False
+        if verdict is None:
+            comp = await _staged("critique", self.engine.call("critic", repair_request(req, raw)))
+            raw, verdict, repaired = comp.text, parse_verdict(comp.text), True
+        data = {"principle": principle.id, "response": response, "raw": raw, "repaired": repaired,
+                "parsed": verdict is not None,
+                "verdict": verdict.model_dump() if verdict else None,
+                # Unparsed after one repair: the critic's raw text still guides the revision.
+                "critique": verdict.critique if verdict else raw}
+        await self.store.add_step(rec.id, seq, "critique", rnd, data)
+        return data
+
+
+async def _staged(stage: str, aw: Any) -> Any:
+    """Await a call, tagging a ProviderError with the stage it failed in."""
+    try:
+        return await aw
+    except ProviderError as e:
+        e.stage = stage  # type: ignore[attr-defined]
+        raise

@@ -1,0 +1,97 @@
+"""Progress on stderr (rich) and the per-model price table used for the cost estimate."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from cai.engine import Engine
+from cai.errors import InputError
+
+
+def load_prices(path: str | None = None) -> dict[str, dict[str, float]]:
+    if path:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"cannot read price table: {e}", path=path) from None
+    else:
+        data = json.loads(resources.files("cai").joinpath("data/prices.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def price_of(spec: str, prices: dict[str, dict[str, float]]) -> dict[str, float] | None:
+    for pattern, price in prices.items():
+        if fnmatch.fnmatch(spec, pattern):
+            return price
+    return None
+
+
+def cost(engine: Engine, prices: dict[str, dict[str, float]]) -> float | None:
+    """Estimated USD for this invocation's calls; None if a model has no known price."""
+    total = 0.0
+    for role, st in engine.stats.roles.items():
+        price = price_of(engine.models[role].spec, prices)
+        if price is None:
+            return None
+        total += (st.tokens_in * price.get("input", 0) + st.tokens_out * price.get("output", 0)) / 1e6
+    return total
+
+
+class Progress:
+    """One live status line: records, records/s, calls, tokens, cost, ETA."""
+
+    def __init__(self, quiet: bool = False, prices: dict[str, dict[str, float]] | None = None) -> None:
+        self.console = Console(stderr=True)
+        self.quiet = quiet
+        self.prices = prices or {}
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.engine: Engine | None = None
+        self.t0 = time.monotonic()
+        self.live: Live | None = None
+
+    def start(self, total: int, engine: Engine) -> None:
+        self.total, self.engine, self.t0 = total, engine, time.monotonic()
+        if not self.quiet:
+            self.live = Live(self.render(), console=self.console, refresh_per_second=4,
+                             get_renderable=self.render, transient=False)
+            self.live.start()
+
+    def record_done(self, status: str) -> None:
+        self.done += 1
+        self.failed += status == "failed"
+
+    def render(self) -> Text:
+        elapsed = max(time.monotonic() - self.t0, 1e-9)
+        rate = self.done / elapsed
+        parts = [f"records {self.done}/{self.total}", f"{rate:.2f}/s"]
+        if self.failed:
+            parts.append(f"failed {self.failed}")
+        if self.engine is not None:
+            st = self.engine.stats
+            parts += [f"calls {st.calls}", f"tokens {st.tokens_in}→{st.tokens_out}"]
+            c = cost(self.engine, self.prices)
+            parts.append(f"${c:.4f}" if c is not None else "$?")
+        remaining = self.total - self.done
+        if rate > 0 and remaining > 0:
+            parts.append(f"ETA {remaining / rate:.0f}s")
+        return Text(" · ".join(parts))
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def summary(self) -> dict[str, Any]:
+        c = cost(self.engine, self.prices) if self.engine else None
+        return {"elapsed_s": round(time.monotonic() - self.t0, 3), "estimated_cost_usd": c}

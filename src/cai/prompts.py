@@ -1,0 +1,30 @@
+"""Prompt templates and few-shot examples, read from the shipped `prompts/` folder."""
+
+from __future__ import annotations
+
+import functools
+import string
+from typing import Any
+
+import yaml
+
+from cai.resources import data_dir
+
+
+@functools.cache
+def template(name: str) -> string.Template:
+    return string.Template((data_dir("prompts") / f"{name}.txt").read_text(encoding="utf-8"))
+
+
+def render(name: str, **values: Any) -> str:
+    """Fill `prompts/<name>.txt`; every $placeholder must be given."""
+    return template(name).substitute(**values).strip()
+
+
+@functools.cache
+def fewshot() -> tuple[dict[str, Any], ...]:
+    path = data_dir("prompts") / "fewshot.yaml"
+    if not path.is_file():
+        return ()
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return tuple(data.get("examples", []))

@@ -1,0 +1,103 @@
+"""The `Model` protocol, the provider registry and HTTP error mapping shared by the SDK providers."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from cai.config import Completion, Request
+from cai.errors import AuthError, InputError, ProviderError, RateLimited, RequestRejected, TransientError
+
+_REGISTRY: dict[str, type[Model]] = {}
+_BUILTIN = {"local": "cai.providers.local", "openai": "cai.providers.openai_api",
+            "anthropic": "cai.providers.anthropic_api"}
+SECRET_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+
+
+class Model(ABC):
+    """A model behind a provider. One method to call: `complete`."""
+
+    provider: ClassVar[str]
+    supports_logprobs: ClassVar[bool] = False
+
+    def __init__(self, name: str, base_url: str | None = None) -> None:
+        self.name = name
+        self.base_url = base_url
+
+    @property
+    def spec(self) -> str:
+        return f"{self.provider}:{self.name}" if self.name else self.provider
+
+    def identity(self) -> dict[str, Any]:
+        """What names this model in a cache key (never a key or a timeout)."""
+        return {"provider": self.provider, "model": self.name, "base_url": self.base_url}
+
+    @abstractmethod
+    async def complete(self, request: Request) -> Completion:
+        """Send one request; raise a ProviderError subclass on failure."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
+
+
+def register(prefix: str) -> Callable[[type[Model]], type[Model]]:
+    def deco(cls: type[Model]) -> type[Model]:
+        cls.provider = prefix
+        _REGISTRY[prefix] = cls
+        return cls
+
+    return deco
+
+
+def get_model(spec: str, base_url: str | None = None) -> Model:
+    """Build a model from `local`, `local:/path.gguf`, `openai:<model>` or `anthropic:<model>`."""
+    prefix, _, name = spec.partition(":")
+    if prefix not in _REGISTRY and prefix in _BUILTIN:
+        importlib.import_module(_BUILTIN[prefix])
+    cls = _REGISTRY.get(prefix)
+    if cls is None:
+        known = ", ".join(sorted(set(_REGISTRY) | set(_BUILTIN)))
+        raise InputError(f"unknown model provider {prefix!r} in {spec!r} (known: {known})")
+    if prefix != "local" and not name:
+        raise InputError(f"model spec {spec!r} needs a model name, e.g. {prefix}:<model>")
+    return cls(name, base_url)
+
+
+def redact(text: str) -> str:
+    """Replace any API key found in the environment with ***."""
+    for var in SECRET_ENV:
+        value = os.environ.get(var)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    if not headers:
+        return None
+    raw = headers.get("retry-after-ms")
+    if raw:
+        try:
+            return float(raw) / 1000.0
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def http_error(status: int, message: str, where: str, headers: Mapping[str, str] | None = None) -> ProviderError:
+    """Map an HTTP status to the error class that decides retry / fail record / stop run."""
+    text = redact(f"HTTP {status} from {where}: {message}")[:500]
+    if status == 429:
+        return RateLimited(text, _retry_after(headers))
+    if status in (401, 403):
+        return AuthError(text)
+    if status in (408, 409) or status >= 500:
+        return TransientError(text)
+    return RequestRejected(text)

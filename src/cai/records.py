@@ -1,0 +1,130 @@
+"""Input records: JSONL (`prompt` or `messages`), .txt (a prompt per line), .csv (a `prompt` column).
+
+Files are read as a stream. Every problem is an InputError naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from cai.errors import InputError
+
+ROLES = {"system", "developer", "user", "assistant"}
+
+
+class InputRecord(BaseModel):
+    """One prompt. `extra` keeps other input fields (e.g. `expected`, `response_type`)."""
+
+    idx: int
+    id: str
+    messages: list[dict[str, str]]
+    extra: dict[str, Any] = {}
+
+
+def _messages(row: dict[str, Any], where: tuple[str, int]) -> list[dict[str, str]]:
+    path, line = where
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise InputError("`messages` must be a non-empty list", path=path, line=line)
+        out = []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+                raise InputError(f"messages[{i}] must be {{'role': system|developer|user|assistant, "
+                                 "'content': string}", path=path, line=line)
+            out.append({"role": m["role"], "content": m["content"]})
+        if out[-1]["role"] != "user":
+            raise InputError("the last message must have role 'user'", path=path, line=line)
+        if not out[-1]["content"].strip():
+            raise InputError("empty prompt", path=path, line=line)
+        return out
+    if "prompt" not in row:
+        raise InputError("row needs a `prompt` string or a `messages` list", path=path, line=line)
+    prompt = row["prompt"]
+    if not isinstance(prompt, str):
+        raise InputError(f"`prompt` must be a string, not {type(prompt).__name__}", path=path, line=line)
+    if not prompt.strip():
+        raise InputError("empty prompt", path=path, line=line)
+    return [{"role": "user", "content": prompt}]
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row dict) for every non-blank row."""
+    name = str(path)
+    suffix = path.suffix.lower()
+    with path.open("rb") as fh:
+        if suffix == ".csv":
+            text = io.TextIOWrapper(fh, encoding="utf-8", errors="strict", newline="")
+            reader = csv.DictReader(text)
+            try:
+                if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+                    raise InputError("CSV needs a `prompt` column", path=name, line=1)
+                for row in reader:
+                    yield reader.line_num, dict(row)
+            except UnicodeDecodeError as e:
+                raise InputError(f"not UTF-8 ({e.reason})", path=name, line=reader.line_num + 1) from None
+            except csv.Error as e:
+                raise InputError(f"bad CSV: {e}", path=name, line=reader.line_num) from None
+            return
+        for n, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"not UTF-8 ({e.reason} at byte {e.start})", path=name, line=n) from None
+            if not line.strip():
+                continue
+            if suffix == ".txt":
+                yield n, {"prompt": line.rstrip("\r\n")}
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"malformed JSON ({e.msg}, column {e.colno})", path=name, line=n) from None
+            if not isinstance(row, dict):
+                raise InputError(f"each line must be a JSON object, not {type(row).__name__}", path=name, line=n)
+            yield n, row
+
+
+def iter_records(path: str | Path, limit: int | None = None) -> Iterator[InputRecord]:
+    """Stream validated records; duplicate ids are checked (only ids are kept in memory)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".jsonl", ".json", ".txt", ".csv"):
+        raise InputError("input must be .jsonl, .txt or .csv", path=str(path))
+    if not path.is_file():
+        raise InputError("input file not found", path=str(path))
+    seen: dict[str, int] = {}
+    idx = 0
+    for line, row in _rows(path):
+        if limit is not None and idx >= limit:
+            return
+        rid = row.get("id")
+        if rid is None or rid == "":
+            rid = f"line-{line}"
+        elif not isinstance(rid, (str, int)) or isinstance(rid, bool):
+            raise InputError("`id` must be a string or an integer", path=str(path), line=line)
+        rid = str(rid)
+        if rid in seen:
+            raise InputError(f"duplicate id {rid!r} (first on line {seen[rid]})", path=str(path), line=line)
+        seen[rid] = line
+        messages = _messages(row, (str(path), line))
+        extra = {k: v for k, v in row.items() if k not in ("id", "prompt", "messages")}
+        yield InputRecord(idx=idx, id=rid, messages=messages, extra=extra)
+        idx += 1
+
+
+def validate_input(path: str | Path, limit: int | None = None) -> tuple[int, str]:
+    """One full streaming pass before any model call: (record count, sha256 of the file)."""
+    count = sum(1 for _ in iter_records(path, limit))
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return count, h.hexdigest()

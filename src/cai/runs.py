@@ -1,0 +1,129 @@
+"""A run directory: open or create it, refuse foreign folders and changed configurations, then run."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cai import constitution as constitution_mod
+from cai.engine import Engine
+from cai.errors import ConfigMismatch, InputError, Interrupted
+from cai.export import export_run
+from cai.pipeline import ROLES, Pipeline, RunSettings
+from cai.providers import get_model
+from cai.providers.base import redact
+from cai.records import validate_input
+from cai.store import Store
+
+
+def prepare_dir(out: Path, restart: bool) -> None:
+    """Refuse a folder that holds other files; with `restart`, move an old run aside (never delete)."""
+    if out.exists() and not out.is_dir():
+        raise InputError("--out exists and is not a folder", path=str(out))
+    if out.is_dir() and not Store.exists(out):
+        if any(out.iterdir()):
+            raise InputError("--out is a folder that is not a cai run (no run.sqlite); refusing to write "
+                             "into it", path=str(out))
+    if restart and Store.exists(out):
+        aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(out), str(aside))
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def fingerprint(settings: RunSettings, models: dict[str, Any], const_sha: str, input_sha: str) -> dict[str, Any]:
+    """What must not change between invocations of one run."""
+    return {"models": models, "constitution_sha256": const_sha, "input_sha256": input_sha,
+            "rounds": settings.rounds, "stop_when_clean": settings.stop_when_clean,
+            "max_tokens": settings.gen.max_tokens, "temperature": settings.gen.temperature,
+            "seed": settings.gen.seed}
+
+
+def check_fingerprint(store: Store, fp: dict[str, Any]) -> None:
+    old = store.get_meta("fingerprint")
+    if old is None:
+        store.set_meta("fingerprint", fp)
+        return
+    diff = [k for k in fp if old.get(k) != fp[k]]
+    if diff:
+        field = diff[0]
+        raise ConfigMismatch(f"this run was started with a different {field} "
+                             f"({old.get(field)!r} → {fp[field]!r}); use the same settings to resume, "
+                             "or --restart to start afresh (the old run is moved aside)",
+                             path=str(store.run_dir))
+
+
+def resume_command(argv: list[str]) -> str:
+    return " ".join(a for a in argv if a not in ("--restart",))
+
+
+def execute(settings: RunSettings, *, restart: bool = False,
+            on_start: Callable[[int, Engine], None] | None = None,
+            on_done: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Validate everything, run the loop, export. Returns the manifest."""
+    const = constitution_mod.load(settings.constitution)
+    total, input_sha = validate_input(settings.input, settings.limit)
+    models = {role: get_model(getattr(settings, role), settings.base_url) for role in ROLES}
+    out = Path(settings.out)
+    prepare_dir(out, restart)
+    store = Store(out)
+    started = time.monotonic()
+    try:
+        fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, input_sha)
+        check_fingerprint(store, fp)
+        store.set_meta("settings", _safe_settings(settings))
+        store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
+        store.set_meta("constitution", {"name": const.name, "sha256": const.sha256, "path": const.path})
+        store.set_meta("input", {"path": settings.input, "sha256": input_sha, "records": total})
+        engine = Engine(store, models, max_retries=settings.max_retries, concurrency=settings.concurrency,
+                        rpm=settings.rpm, tpm=settings.tpm)
+        if on_start:
+            on_start(total, engine)
+        pipeline = Pipeline(settings, const, store, engine, on_done)
+        try:
+            counts = asyncio.run(_run(pipeline, engine))
+        finally:
+            store.set_meta("wall_seconds", store.get_meta("wall_seconds", 0.0) + time.monotonic() - started)
+        result = export_run(store, settings.format)
+        result["this_invocation"] = {**counts, "calls": engine.stats.calls,
+                                     "cached": sum(r.cached for r in engine.stats.roles.values()),
+                                     "retries": sum(r.retries for r in engine.stats.roles.values())}
+        return result
+    finally:
+        store.close()
+
+
+def _safe_settings(settings: RunSettings) -> dict[str, Any]:
+    data = settings.model_dump()
+    if data.get("base_url"):
+        data["base_url"] = redact(data["base_url"])
+    return data
+
+
+async def _run(pipeline: Pipeline, engine: Engine) -> dict[str, int]:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        if task is not None:
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    try:
+        return await pipeline.run()
+    except asyncio.CancelledError:
+        if stopped:
+            raise Interrupted("interrupted") from None
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await engine.aclose()
