@@ -23,6 +23,8 @@ from cai.stages import (clean_revision, critique_request, draft_request, parse_v
 from cai.store import Store
 
 ROLES = ("generator", "critic", "reviser")
+# A verdict is JSON: cut off mid-object it cannot be parsed, so the critic always gets at least this many tokens.
+CRITIC_MIN_TOKENS = 128
 
 
 class RunSettings(BaseModel):
@@ -141,7 +143,10 @@ class Pipeline:
 
     async def _critique(self, rec: InputRecord, response: str, principle: Principle, rnd: int,
                         seq: int) -> dict[str, Any]:
-        req = critique_request(rec.messages, response, principle, self.s.gen)
+        cfg = self.s.gen
+        if cfg.max_tokens < CRITIC_MIN_TOKENS:
+            cfg = cfg.model_copy(update={"max_tokens": CRITIC_MIN_TOKENS})
+        req = critique_request(rec.messages, response, principle, cfg)
         comp = await _staged("critique", self.engine.call("critic", req))
         raw, verdict, repaired = comp.text, parse_verdict(comp.text), False
         if verdict is None:

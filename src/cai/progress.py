@@ -47,7 +47,10 @@ def cost(engine: Engine, prices: dict[str, dict[str, float]]) -> float | None:
 
 
 class Progress:
-    """One live status line: records, records/s, calls, tokens, cost, ETA."""
+    """One live status line: records, records/s, calls, tokens, cost, ETA.
+
+    On a terminal the line updates in place; otherwise (logs, CI) a line is printed every `every` s.
+    """
 
     def __init__(self, quiet: bool = False, prices: dict[str, dict[str, float]] | None = None) -> None:
         self.console = Console(stderr=True)
@@ -59,10 +62,12 @@ class Progress:
         self.engine: Engine | None = None
         self.t0 = time.monotonic()
         self.live: Live | None = None
+        self.every = 10.0
+        self._last_line = time.monotonic()
 
     def start(self, total: int, engine: Engine) -> None:
         self.total, self.engine, self.t0 = total, engine, time.monotonic()
-        if not self.quiet:
+        if not self.quiet and self.console.is_terminal:
             self.live = Live(self.render(), console=self.console, refresh_per_second=4,
                              get_renderable=self.render, transient=False)
             self.live.start()
@@ -70,6 +75,10 @@ class Progress:
     def record_done(self, status: str) -> None:
         self.done += 1
         self.failed += status == "failed"
+        now = time.monotonic()
+        if self.live is None and not self.quiet and now - self._last_line >= self.every:
+            self._last_line = now
+            self.console.print(self.render(), markup=False, highlight=False)
 
     def render(self) -> Text:
         elapsed = max(time.monotonic() - self.t0, 1e-9)

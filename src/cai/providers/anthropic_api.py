@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 from typing import Any
@@ -27,6 +29,14 @@ def split_system(messages: tuple[dict[str, str], ...]) -> tuple[str, list[dict[s
     return "\n\n".join(system), turns
 
 
+@functools.cache
+def _takes_temperature() -> bool:
+    """Newer anthropic SDKs (2.x) dropped sampling parameters from `messages.create`."""
+    from anthropic.resources.messages import AsyncMessages
+
+    return "temperature" in inspect.signature(AsyncMessages.create).parameters
+
+
 @register("anthropic")
 class AnthropicModel(Model):
     def __init__(self, name: str, base_url: str | None = None) -> None:
@@ -46,7 +56,9 @@ class AnthropicModel(Model):
         cfg = request.config
         system, turns = split_system(request.messages)
         kwargs: dict[str, Any] = {"model": self.name, "max_tokens": cfg.max_tokens, "messages": turns,
-                                  "temperature": min(cfg.temperature, 1.0), "timeout": cfg.timeout}
+                                  "timeout": cfg.timeout}
+        if _takes_temperature():
+            kwargs["temperature"] = min(cfg.temperature, 1.0)
         if system:
             kwargs["system"] = system
         if request.schema is not None:

@@ -40,7 +40,7 @@ def load_llama(path: str, logits_all: bool = False) -> Any:
 
     with _lock:
         llm = _instances.get(path)
-        if llm is None or (logits_all and not llm.context_params.logits_all):
+        if llm is None or (logits_all and not getattr(llm, "_logits_all", False)):
             if llm is not None:
                 llm.close()
             llm = Llama(model_path=path, n_ctx=N_CTX, n_threads=os.cpu_count() or 1,

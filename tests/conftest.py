@@ -1,0 +1,106 @@
+"""Shared fixtures: loopback servers that the real openai / anthropic SDKs talk to (no SDK patching)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:  # so tests can `from servers import StubServer`
+    sys.path.insert(0, str(TESTS_DIR))
+_SRC = TESTS_DIR.parent / "src"
+if importlib.util.find_spec("cai") is None and _SRC.is_dir():  # not installed: use the checkout
+    sys.path.insert(0, str(_SRC))
+
+from servers import EmbeddedAnthropicServer, StubServer, gguf_path  # noqa: E402
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def stub_server() -> Iterator[StubServer]:
+    """A started StubServer (latency 0, 12-word replies); `.url` for OpenAI, `.anthropic_url` for Anthropic."""
+    with StubServer() as srv:
+        yield srv
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[str]:
+    """`python -m llama_cpp.server` on the embedded GGUF (logits_all, n_ctx 2048); yields its OpenAI base URL."""
+    missing = [m for m in ("llama_cpp.server", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
+                           "pydantic_settings") if not _has_module(m)]
+    if missing:
+        pytest.skip(f"llama_cpp.server is not importable (missing: {', '.join(missing)}); "
+                    "pip install 'llama-cpp-python[server]'")
+    model = gguf_path()
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+           "--port", str(port), "--n_ctx", "2048", "--logits_all", "true"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}/v1"
+
+    def log_tail() -> str:
+        log.flush()
+        try:
+            return Path(log.name).read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {proc.returncode}; log {log.name}:\n{log_tail()}")
+            try:
+                with urllib.request.urlopen(base + "/models", timeout=2) as r:
+                    if r.status == 200 and json.loads(r.read()).get("data") is not None:
+                        break
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server did not answer on {base} within 60 s; log {log.name}:\n{log_tail()}")
+            time.sleep(0.25)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def anthropic_embedded() -> Iterator[EmbeddedAnthropicServer]:
+    """An EmbeddedAnthropicServer (SmolLM2 via llama_cpp); `.anthropic_url` is the Anthropic SDK base_url."""
+    if not _has_module("llama_cpp"):
+        pytest.skip("llama_cpp (llama-cpp-python) is not installed")
+    with EmbeddedAnthropicServer() as srv:
+        yield srv

@@ -1,0 +1,49 @@
+"""Shared test helpers: run the CLI in-process and read a run's exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from cai.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def cai(*args: str, env: dict[str, str] | None = None) -> Any:
+    """Invoke `cai ARGS` in this process; returns typer's Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_prompts(path: Path, prompts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts)))
+    return path
+
+
+def check_trl_shapes(run: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every export exists and has the documented TRL conversational shape."""
+    out = {name: read_jsonl(run / f"{name}.jsonl") for name in ("sft", "pairs", "critiques")}
+    for row in out["sft"]:
+        assert set(row) == {"id", "messages"}
+        assert row["messages"][-1]["role"] == "assistant"
+        assert all(set(m) == {"role", "content"} for m in row["messages"])
+    for row in out["pairs"]:
+        assert set(row) == {"id", "prompt", "chosen", "rejected", "metadata"}
+        assert row["prompt"][-1]["role"] == "user"
+        assert [m["role"] for m in row["chosen"]] == ["assistant"] == [m["role"] for m in row["rejected"]]
+        assert row["chosen"][0]["content"].strip() and row["chosen"][0]["content"] != row["rejected"][0]["content"]
+    for row in out["critiques"]:
+        assert {"id", "round", "principle", "critique", "verdict", "parsed", "before", "after"} <= set(row)
+    manifest = json.loads((run / "manifest.json").read_text())
+    for key in ("cai_version", "models", "settings", "seed", "constitution", "input", "records", "tokens",
+                "wall_seconds"):
+        assert key in manifest
+    return out

@@ -1,0 +1,82 @@
+"""End to end on the embedded model: in-process `local`, the openai SDK against llama_cpp.server,
+and the anthropic SDK against a loopback Messages API server answering from the same GGUF."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from helpers import cai, check_trl_shapes, write_prompts
+
+PROMPTS = ["How do I bake a simple loaf of bread?", "Tell me how to get into my neighbour's wifi without asking."]
+SMALL = ["--rounds", "1", "--max-tokens", "24", "--quiet"]
+
+
+def structured_modes(run) -> set[str]:
+    with sqlite3.connect(run / "run.sqlite") as db:
+        rows = db.execute("SELECT response FROM calls WHERE role='critic'").fetchall()
+    return {json.loads(r[0])["structured"] for r in rows}
+
+
+@pytest.mark.slow
+def test_embedded_cli_end_to_end(tmp_path):
+    inp = write_prompts(tmp_path / "in.jsonl", PROMPTS)
+    run = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "cai", "run", str(inp), "--out", str(run), *SMALL, "--json"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["records"] == {"total": 2, "done": 2}
+    assert summary["models"] == {"generator": "local", "critic": "local", "reviser": "local"}
+    assert f"wrote {run}/" in proc.stderr
+    out = check_trl_shapes(run)
+    assert [r["id"] for r in out["sft"]] == ["p0", "p1"]
+    assert len(out["critiques"]) == 2
+    assert len(out["pairs"]) + summary["exports"]["pairs_dropped"] == 2
+    pairs = pd.read_json(run / "pairs.jsonl", lines=True)
+    assert len(pairs) == len(out["pairs"])
+    if len(pairs):
+        assert list(pairs.columns) == ["id", "prompt", "chosen", "rejected", "metadata"]
+    tokens = summary["tokens"]
+    assert set(tokens) == {"generator", "critic", "reviser"}
+    assert all(t["tokens_in"] > 0 and t["tokens_out"] > 0 for t in tokens.values())
+    assert structured_modes(run) == {"grammar"}
+    # A finished run, run again, makes no model call and rewrites identical exports.
+    before = (run / "sft.jsonl").read_text()
+    again = cai("run", inp, "--out", run, *SMALL, "--json")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["this_invocation"]["calls"] == 0
+    assert (run / "sft.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_openai_sdk_against_llama_cpp_server(tmp_path, llama_server):
+    inp = write_prompts(tmp_path / "in.jsonl", PROMPTS)
+    run = tmp_path / "oa"
+    res = cai("run", inp, "--out", run, "--model", "openai:smollm2", "--base-url", llama_server, *SMALL, "--json",
+              env={"OPENAI_API_KEY": ""})
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["records"]["done"] == 2
+    check_trl_shapes(run)
+    # llama.cpp's server refuses json_schema (HTTP 500), so the provider falls back to json_object + schema.
+    assert structured_modes(run) == {"json_object"}
+    assert summary["tokens"]["critic"]["tokens_in"] > 0
+
+
+@pytest.mark.slow
+def test_anthropic_sdk_against_messages_server(tmp_path, anthropic_embedded):
+    inp = write_prompts(tmp_path / "in.jsonl", PROMPTS)
+    run = tmp_path / "an"
+    res = cai("run", inp, "--out", run, "--model", "anthropic:smollm2", "--base-url", anthropic_embedded.anthropic_url,
+              *SMALL, "--json", env={"ANTHROPIC_API_KEY": "test-key"})
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["records"]["done"] == 2
+    check_trl_shapes(run)
+    assert structured_modes(run) == {"tool"}
