@@ -153,3 +153,24 @@ def test_kill_9_at_random_moments_then_resume(tmp_path, stub_server):
     subprocess.run([*base, "--out", str(clean)], env=env, check=True, capture_output=True)
     for name in ("sft.jsonl", "pairs.jsonl", "critiques.jsonl"):
         assert (out / name).read_text() == (clean / name).read_text(), name
+
+
+def test_sigterm_and_sigint_exit_130_with_resume_command(tmp_path, stub_server):
+    stub_server.latency = 0.2
+    inp = write_prompts(tmp_path / "in.jsonl", [f"prompt {i}?" for i in range(30)])
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "cai", "run", str(inp), "--out", str(out), "--model", "openai:stub",
+           "--base-url", stub_server.url, *ARGS, "--concurrency", "2"]
+    env = {**os.environ, "OPENAI_API_KEY": "k"}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2.0)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "Resume with:" in err and f"--out {out}" in err
+        assert not list(out.glob(".*.tmp"))  # no half-written export left behind
+    stub_server.latency = 0.0
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [r["id"] for r in read_jsonl(out / "sft.jsonl")] == [f"p{i}" for i in range(30)]

@@ -68,6 +68,11 @@ class Engine:
     def limiter(self, role: str) -> AIMDLimiter:
         return self._limiters[self._endpoint(self.models[role])]
 
+    def concurrency_report(self) -> dict[str, dict[str, float]]:
+        """Per endpoint: the AIMD cap's maximum, lowest point and value at the end."""
+        return {ep: {"max": lim.maximum, "low": lim.low, "end": round(lim.limit, 2)}
+                for ep, lim in self._limiters.items()}
+
     async def call(self, role: str, request: Request) -> Completion:
         model = self.models[role]
         key = cache_key(model.identity(), request)

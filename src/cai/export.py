@@ -17,8 +17,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from cai.store import Store
 
 EXPORTS = ("sft", "pairs", "critiques")
@@ -63,6 +61,8 @@ def _atomic_write(path: Path, rows: Iterable[dict[str, Any]], fmt: str) -> int:
     n = 0
     try:
         if fmt == "parquet":
+            import pandas as pd
+
             os.close(fd)
             data = list(rows)
             n = len(data)

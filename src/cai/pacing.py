@@ -54,6 +54,7 @@ class AIMDLimiter:
     def __init__(self, maximum: int, cooldown: float = 1.0) -> None:
         self.maximum = max(1, maximum)
         self.limit = float(self.maximum)
+        self.low = self.limit  # the lowest the cap went, for the summary
         self.in_flight = 0
         self.cooldown = cooldown
         self._last_cut = -1e9
@@ -79,4 +80,5 @@ class AIMDLimiter:
         now = time.monotonic()
         if now - self._last_cut >= self.cooldown:
             self.limit = max(1.0, self.limit / 2)
+            self.low = min(self.low, self.limit)
             self._last_cut = now

@@ -64,7 +64,21 @@ def resume_command(argv: list[str]) -> str:
 def execute(settings: RunSettings, *, restart: bool = False,
             on_start: Callable[[int, Engine], None] | None = None,
             on_done: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Validate everything, run the loop, export. Returns the manifest."""
+    """Validate everything, run the loop, export. Returns the manifest.
+
+    SIGTERM is treated like Ctrl-C from the start, so either one ends the command with Interrupted.
+    """
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _execute(settings, restart, on_start, on_done)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _execute(settings: RunSettings, restart: bool, on_start: Callable[[int, Engine], None] | None,
+             on_done: Callable[[str], None] | None) -> dict[str, Any]:
     const = constitution_mod.load(settings.constitution)
     total, input_sha = validate_input(settings.input, settings.limit)
     models = {role: get_model(getattr(settings, role), settings.base_url) for role in ROLES}
@@ -91,7 +105,8 @@ def execute(settings: RunSettings, *, restart: bool = False,
         result = export_run(store, settings.format)
         result["this_invocation"] = {**counts, "calls": engine.stats.calls,
                                      "cached": sum(r.cached for r in engine.stats.roles.values()),
-                                     "retries": sum(r.retries for r in engine.stats.roles.values())}
+                                     "retries": sum(r.retries for r in engine.stats.roles.values()),
+                                     "concurrency": engine.concurrency_report()}
         return result
     finally:
         store.close()

@@ -1,0 +1,93 @@
+"""Pacing and back-off: --rpm is never exceeded (counted on the server), AIMD halves on 429 and recovers,
+and outputs do not depend on concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+from cai.pacing import AIMDLimiter, Pacer
+from helpers import cai, write_prompts
+
+
+def run(srv, inp, out, *extra):
+    return cai("run", inp, "--out", out, "--model", "openai:stub", "--base-url", srv.url, "--rounds", "1",
+               "--max-tokens", "16", "--quiet", "--json", *extra, env={"OPENAI_API_KEY": "k"})
+
+
+def test_outputs_identical_at_concurrency_1_and_64(tmp_path, stub_server):
+    inp = write_prompts(tmp_path / "in.jsonl", [f"q{i}?" for i in range(40)])
+    assert run(stub_server, inp, tmp_path / "c1", "--concurrency", "1").exit_code == 0
+    assert run(stub_server, inp, tmp_path / "c64", "--concurrency", "64").exit_code == 0
+    for name in ("sft.jsonl", "pairs.jsonl", "critiques.jsonl"):
+        assert (tmp_path / "c1" / name).read_text() == (tmp_path / "c64" / name).read_text()
+
+
+def test_rpm_is_never_exceeded(tmp_path, stub_server):
+    rpm = 600  # 10 per second
+    inp = write_prompts(tmp_path / "in.jsonl", [f"q{i}?" for i in range(8)])
+    res = run(stub_server, inp, tmp_path / "r", "--concurrency", "8", "--rpm", str(rpm))
+    assert res.exit_code == 0, res.stderr
+    times = sorted(r["t"] for r in stub_server.requests)
+    assert len(times) == 24
+    per_window = 1.0  # any 1-second window holds at most rpm/60 requests (+1 for the window's edge)
+    for i, t in enumerate(times):
+        in_window = sum(1 for u in times[i:] if u - t < per_window)
+        assert in_window <= math.ceil(rpm / 60 * per_window) + 1
+    assert times[-1] - times[0] >= (len(times) - 1) * 60 / rpm * 0.9
+
+
+def test_aimd_backs_off_on_429_burst_and_recovers(tmp_path, stub_server):
+    stub_server.latency = 0.01
+    stub_server.add_fault("429", times=12, retry_after=0.05)
+    inp = write_prompts(tmp_path / "in.jsonl", [f"q{i}?" for i in range(80)])
+    res = run(stub_server, inp, tmp_path / "r", "--concurrency", "16", "--max-retries", "8")
+    assert res.exit_code == 0, res.stderr
+    (cap,) = json.loads(res.stdout)["this_invocation"]["concurrency"].values()
+    assert cap["max"] == 16
+    assert cap["low"] <= 8  # halved at least once
+    assert cap["end"] == 16  # and recovered additively
+    assert stub_server.count() == 80 * 3 + 12
+
+
+def test_aimd_limiter_unit():
+    async def main() -> None:
+        lim = AIMDLimiter(8, cooldown=0.0)
+        lim.on_rate_limited()
+        assert lim.limit == 4
+        lim.on_rate_limited()
+        lim.on_rate_limited()
+        lim.on_rate_limited()
+        assert lim.limit == 1 and lim.low == 1
+        running = 0
+        peak = 0
+
+        async def job() -> None:
+            nonlocal running, peak
+            async with lim.slot():
+                running += 1
+                peak = max(peak, running)
+                await asyncio.sleep(0.001)
+                running -= 1
+            lim.on_success()
+
+        await asyncio.gather(*(job() for _ in range(200)))
+        assert lim.limit == 8 and peak <= 8
+
+    asyncio.run(main())
+
+
+def test_pacer_spacing_unit():
+    async def main() -> list[float]:
+        pacer = Pacer(rpm=1200)  # one every 50 ms
+        loop = asyncio.get_running_loop()
+        stamps = []
+        for _ in range(6):
+            await pacer.wait()
+            stamps.append(loop.time())
+        return stamps
+
+    stamps = asyncio.run(main())
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert min(gaps) >= 0.045
