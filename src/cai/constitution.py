@@ -6,7 +6,7 @@ import hashlib
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -25,6 +25,60 @@ class Principle(BaseModel):
     kind: str | None = None
 
 
+# -- rule-based rewards ----------------------------------------------------------------------
+# Classes a rule can assign, best first; `CLASS_RANK` orders them (higher is better).
+RBR_CLASSES: tuple[str, ...] = ("ideal", "minimum_acceptable", "unacceptable")
+CLASS_RANK: dict[str, int] = {c: len(RBR_CLASSES) - 1 - i for i, c in enumerate(RBR_CLASSES)}
+RbrClass = Literal["ideal", "minimum_acceptable", "unacceptable"]
+
+
+class Proposition(BaseModel):
+    """A yes/no question about a (prompt, response) pair, asked of a grader model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    question: str = Field(min_length=1)
+
+
+class Rule(BaseModel):
+    """If every proposition in `when` has the given truth value, the response gets `class`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    when: dict[str, bool] = Field(min_length=1)
+    class_: RbrClass = Field(alias="class")
+
+
+class CheckBound(BaseModel):
+    """Bounds a deterministic check's score should stay within for one response type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: float | None = Field(None, ge=0.0, le=1.0)
+    max: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class ResponseType(BaseModel):
+    """How a prompt should be answered, and rules mapping proposition values to a class."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    rules: list[Rule] = []
+    default: RbrClass = "unacceptable"
+    checks: dict[str, CheckBound] = {}
+
+
+class CheckRef(BaseModel):
+    """A deterministic check (registered in `cai.rbr.checks`) to compute for every response."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str = ""
+
+
 class Constitution(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -32,15 +86,21 @@ class Constitution(BaseModel):
     description: str = ""
     principles: list[Principle] = Field(min_length=1)
     # Rule-based rewards (optional sections).
-    propositions: list[dict[str, Any]] = []
-    response_types: dict[str, Any] = {}
-    checks: list[dict[str, Any]] = []
-    length_budget: int | None = None
+    propositions: list[Proposition] = []
+    response_types: dict[str, ResponseType] = {}
+    checks: list[CheckRef] = []
+    length_budget: int | None = Field(None, ge=1)  # words; the `verbosity` check divides by it
     sha256: str = ""
     path: str = ""
 
     def principle(self, pid: str) -> Principle:
         for p in self.principles:
+            if p.id == pid:
+                return p
+        raise KeyError(pid)
+
+    def proposition(self, pid: str) -> Proposition:
+        for p in self.propositions:
             if p.id == pid:
                 return p
         raise KeyError(pid)
@@ -107,9 +167,40 @@ def load(name_or_path: str) -> Constitution:
     dup = next((i for i in ids if ids.count(i) > 1), None)
     if dup:
         raise InputError(f"duplicate principle id {dup!r}", path=str(path))
+    _check_rbr(const, node, str(path))
     const.sha256 = hashlib.sha256(raw).hexdigest()
     const.path = str(path)
     return const
+
+
+def _check_rbr(const: Constitution, node: yaml.Node | None, path: str) -> None:
+    """Cross-references of the RBR sections: unique proposition ids, known ids in rules, known checks."""
+    ids = [p.id for p in const.propositions]
+    for i, pid in enumerate(ids):
+        if pid in ids[:i]:
+            raise InputError(f"duplicate proposition id {pid!r}", path=path,
+                             line=_line_of(node, ("propositions", i, "id")))
+    known = set(ids)
+    for tname, rtype in const.response_types.items():
+        for j, rule in enumerate(rtype.rules):
+            for pid in rule.when:
+                if pid not in known:
+                    raise InputError(f"response_types.{tname}.rules.{j}: unknown proposition {pid!r}",
+                                     path=path, line=_line_of(node, ("response_types", tname, "rules", j, "when", pid)))
+    if not (const.checks or any(t.checks for t in const.response_types.values())):
+        return
+    from cai.rbr.checks import CHECKS  # the check registry; imported only when a constitution names checks
+
+    for k, ref in enumerate(const.checks):
+        if ref.name not in CHECKS:
+            raise InputError(f"checks.{k}: unknown check {ref.name!r} (known: {', '.join(sorted(CHECKS))})",
+                             path=path, line=_line_of(node, ("checks", k, "name")))
+    listed = {c.name for c in const.checks}
+    for tname, rtype in const.response_types.items():
+        for cname in rtype.checks:
+            if cname not in listed:
+                raise InputError(f"response_types.{tname}.checks: check {cname!r} is not in `checks`",
+                                 path=path, line=_line_of(node, ("response_types", tname, "checks", cname)))
 
 
 def sample_principles(const: Constitution, seed: int | None, messages: list[dict[str, str]],
