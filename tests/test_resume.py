@@ -140,8 +140,11 @@ def test_kill_9_at_random_moments_then_resume(tmp_path, stub_server):
             assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
         new = stub_server.requests[seen:]
         seen += len(new)
+        whole = [r for r in new if isinstance(r["body"], dict) and "messages" in r["body"]]
+        # Only a client killed while sending leaves a request the server cannot read.
+        assert len(new) - len(whole) <= 4
         # No request was sent whose answer had already been committed.
-        resent = [r for r in new if reply_for(r["body"]) in already]
+        resent = [r for r in whole if reply_for(r["body"]) in already]
         assert resent == []
         if proc.returncode == 0:
             break

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,34 +54,39 @@ def record_rows(rec: dict[str, Any]) -> tuple[dict | None, dict | None, list[dic
     return sft, pair, crits, dropped
 
 
-def _atomic_write(path: Path, rows: Iterable[dict[str, Any]], fmt: str) -> int:
-    """Write rows to a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    n = 0
-    try:
-        if fmt == "parquet":
+class _Sink:
+    """One export file, written to a temp file in the same folder and renamed on commit."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.fmt, self.count = path, fmt, 0
+        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self.fh = os.fdopen(fd, "w", encoding="utf-8")
+        self.rows: list[dict[str, Any]] = []  # parquet only: written whole on commit
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.count += 1
+        if self.fmt == "parquet":
+            self.rows.append(row)
+        else:
+            self.fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def commit(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        if self.fmt == "parquet":
             import pandas as pd
 
-            os.close(fd)
-            data = list(rows)
-            n = len(data)
-            frame = pd.DataFrame(data)
+            frame = pd.DataFrame(self.rows)
             for col in frame.columns:  # nested dicts/lists go in as JSON text for a stable schema
                 if frame[col].map(lambda v: isinstance(v, (dict, list))).any():
                     frame[col] = frame[col].map(lambda v: json.dumps(v, ensure_ascii=False))
-            frame.to_parquet(tmp, index=False)
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    n += 1
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
+            frame.to_parquet(self.tmp, index=False)
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.fh.close()
+        Path(self.tmp).unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -93,31 +97,33 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _finished(store: Store) -> Iterator[dict[str, Any]]:
-    for rec in store.iter_records():
-        if rec["status"] == "done":
-            yield rec
-
-
 def export(store: Store, fmt: str = "jsonl") -> dict[str, int]:
-    """Rebuild every export from the store; returns the counts, also kept in the manifest."""
+    """Rebuild every export from the store in one pass; returns the counts, also kept in the manifest."""
     ext = "parquet" if fmt == "parquet" else "jsonl"
-    counts = {"sft": 0, "pairs": 0, "critiques": 0, "pairs_dropped_unchanged": 0, "pairs_dropped_empty": 0}
-    for name in EXPORTS:
-        def rows(name: str = name) -> Iterator[dict[str, Any]]:
-            for rec in _finished(store):
-                sft, pair, crits, dropped = record_rows(rec)
-                if name == "sft" and sft:
-                    yield sft
-                elif name == "pairs":
-                    if pair:
-                        yield pair
-                    elif dropped:
-                        counts[f"pairs_dropped_{dropped}"] += 1
-                elif name == "critiques":
-                    yield from crits
-        counts[name] = _atomic_write(store.run_dir / f"{name}.{ext}", rows(), fmt)
-    counts["pairs_dropped"] = counts["pairs_dropped_unchanged"] + counts["pairs_dropped_empty"]
+    sinks = {name: _Sink(store.run_dir / f"{name}.{ext}", fmt) for name in EXPORTS}
+    dropped = {"unchanged": 0, "empty": 0}
+    try:
+        for rec in store.iter_records():
+            if rec["status"] != "done":
+                continue
+            sft, pair, crits, why = record_rows(rec)
+            if sft:
+                sinks["sft"].add(sft)
+            if pair:
+                sinks["pairs"].add(pair)
+            elif why:
+                dropped[why] += 1
+            for c in crits:
+                sinks["critiques"].add(c)
+        for sink in sinks.values():
+            sink.commit()
+    except BaseException:
+        for sink in sinks.values():
+            sink.abort()
+        raise
+    counts = {name: sink.count for name, sink in sinks.items()}
+    counts.update({f"pairs_dropped_{k}": v for k, v in dropped.items()})
+    counts["pairs_dropped"] = sum(dropped.values())
     return counts
 
 
