@@ -1,0 +1,102 @@
+"""Grade many rows with one model: a store folder for the call cache, an engine, rows in flight.
+
+A graded row is the input row (see `cai.rbr.data`) plus the `score_response` dict, plus
+`gold_class` (the class the human labels give) when the row has labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cai.constitution import Constitution
+from cai.engine import Engine
+from cai.errors import InputError
+from cai.providers import get_model
+from cai.rbr.reward import Weights
+from cai.rbr.rules import classify
+from cai.rbr.score import score_response
+from cai.store import Store
+
+ROLE = "grader"
+
+
+def prepare_store_dir(out: Path) -> None:
+    """Create `out`; refuse a folder that holds files but is not a cai store."""
+    if out.exists() and not out.is_dir():
+        raise InputError("--out exists and is not a folder", path=str(out))
+    if out.is_dir() and not Store.exists(out) and any(out.iterdir()):
+        raise InputError("--out is a folder that is not a cai store (no run.sqlite); refusing to write into it",
+                         path=str(out))
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def default_out(target: Path) -> Path:
+    """`runs/rbr-<input stem>` (for a run folder, its name)."""
+    return Path("runs") / f"rbr-{target.stem if target.suffix else target.name}"
+
+
+async def grade_rows(engine: Engine, const: Constitution, weights: Weights, rows: list[dict[str, Any]], *,
+                     mode: str = "separate", votes: int = 3, concurrency: int = 4, role: str = ROLE,
+                     on_done: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+    """Score every row (at most `concurrency` rows in flight); results in input order."""
+    sem = asyncio.Semaphore(concurrency)
+    done = 0
+
+    async def one(row: dict[str, Any]) -> dict[str, Any]:
+        nonlocal done
+        async with sem:
+            score = await score_response(engine, role, const, weights, row["prompt"], row["response"],
+                                         row.get("response_type"), mode=mode, votes=votes)
+        out = {k: v for k, v in row.items() if v is not None}
+        out.update(score)
+        labels = row.get("labels")
+        if labels and score["response_type"] in const.response_types:
+            out["gold_class"] = classify(const.response_types[score["response_type"]], labels)
+        done += 1
+        if on_done:
+            on_done(done)
+        return out
+
+    return list(await asyncio.gather(*(one(r) for r in rows)))
+
+
+def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base_url: str | None,
+                const: Constitution, weights: Weights, mode: str, votes: int, concurrency: int = 4,
+                max_retries: int = 5, on_done: Callable[[int], None] | None = None
+                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Grade `rows` with `model`, caching calls in the store at `out`. Returns (graded rows, stats)."""
+    for r in rows:
+        rt = r.get("response_type")
+        if rt is not None and rt not in const.response_types:
+            raise InputError(f"row {r['id']}: unknown response type {rt!r} (constitution {const.name} has: "
+                             f"{', '.join(const.response_types)})")
+    grader = get_model(model, base_url)
+    prepare_store_dir(out)
+    store = Store(out)
+    started = time.monotonic()
+    try:
+        store.set_meta("rbr", {"model": grader.spec, "constitution": const.name, "sha256": const.sha256,
+                               "mode": mode, "votes": votes})
+        engine = Engine(store, {ROLE: grader}, max_retries=max_retries, concurrency=max(concurrency, 1))
+
+        async def main() -> list[dict[str, Any]]:
+            try:
+                return await grade_rows(engine, const, weights, rows, mode=mode, votes=votes,
+                                        concurrency=concurrency, on_done=on_done)
+            finally:
+                await engine.aclose()
+
+        graded = asyncio.run(main())
+    finally:
+        store.close()
+    st = engine.stats.role(ROLE)
+    n = max(len(graded), 1)
+    per = {k: round(sum(g["usage"][k] for g in graded) / n, 1) for k in ("calls", "tokens_in", "tokens_out")}
+    stats = {"rows": len(graded), "mode": mode, "model": grader.spec, "store": str(out),
+             "calls_made": st.calls, "calls_cached": st.cached, "tokens_in": st.tokens_in,
+             "tokens_out": st.tokens_out, "per_response": per, "elapsed_s": round(time.monotonic() - started, 2)}
+    return graded, stats

@@ -1,0 +1,162 @@
+"""Rows to grade, read from a JSONL file or from a cai run's store, and graded rows read back.
+
+A row to grade (dict shape used across `cai.rbr`):
+
+    {"id": str, "prompt": [messages], "response": str, "response_type": str | None,
+     "labels": {proposition id: bool} | None,   # human labels (gold files' `propositions`)
+     "source": "row" | "draft" | "final", "expected": "comply" | "refuse" | None}
+
+Input JSONL rows: `prompt` (string or chat list), `response` (string) or `completion` (string or
+chat list; the last assistant turn is used), optional `id`, `response_type`, `propositions`
+(name → bool human labels), `expected`. A run folder gives two rows per finished record: its draft
+and its final response (the last revision).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cai.errors import InputError
+from cai.store import Store
+
+ROLES = ("system", "developer", "user", "assistant")
+
+
+def _messages(value: Any, path: str, line: int, field: str) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise InputError(f"`{field}` is empty", path=path, line=line)
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise InputError(f"`{field}` must be a string or a non-empty list of messages", path=path, line=line)
+    out = []
+    for m in value:
+        if (not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str)):
+            raise InputError(f"`{field}` messages need a role ({'/'.join(ROLES)}) and string content",
+                             path=path, line=line)
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _response(row: dict[str, Any], path: str, line: int) -> str:
+    value = row.get("response", row.get("completion"))
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value:
+        msgs = _messages(value, path, line, "completion")
+        turns = [m["content"] for m in msgs if m["role"] == "assistant"]
+        if turns:
+            return turns[-1]
+    raise InputError("each row needs `response` (string) or `completion` (string or assistant messages)",
+                     path=path, line=line)
+
+
+def parse_row(row: Any, path: str, line: int) -> dict[str, Any]:
+    """One input row in the shape above; InputError naming file and line when it is malformed."""
+    if not isinstance(row, dict):
+        raise InputError("each line must be a JSON object", path=path, line=line)
+    if "prompt" not in row and "messages" not in row:
+        raise InputError("each row needs `prompt` (string or messages)", path=path, line=line)
+    prompt = _messages(row.get("prompt", row.get("messages")), path, line, "prompt")
+    rtype = row.get("response_type")
+    if rtype is not None and not isinstance(rtype, str):
+        raise InputError("`response_type` must be a string", path=path, line=line)
+    labels = row.get("propositions")
+    if labels is not None and (not isinstance(labels, dict)
+                               or not all(isinstance(v, bool) for v in labels.values())):
+        raise InputError("`propositions` must map proposition names to true/false", path=path, line=line)
+    expected = row.get("expected")
+    if expected is not None and expected not in ("comply", "refuse"):
+        raise InputError("`expected` must be comply or refuse", path=path, line=line)
+    return {"id": str(row.get("id", f"line-{line}")), "prompt": prompt, "response": _response(row, path, line),
+            "response_type": rtype, "labels": labels, "source": "row", "expected": expected}
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for each non-blank line; InputError on bad JSON or encoding."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            for n, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    yield n, json.loads(text)
+                except ValueError as e:
+                    raise InputError(f"invalid JSON: {getattr(e, 'msg', e)}", path=str(path), line=n) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 ({e.reason})", path=str(path)) from None
+
+
+def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows to grade from a JSONL file (validated in full before any model call)."""
+    if not path.is_file():
+        raise InputError("file not found", path=str(path))
+    rows = [parse_row(obj, str(path), n) for n, obj in iter_jsonl(path)]
+    if not rows:
+        raise InputError("no rows", path=str(path))
+    return rows[:limit] if limit else rows
+
+
+def run_rows(run_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Draft and final response of each finished record of a cai run (read-only)."""
+    if not Store.exists(run_dir):
+        raise InputError("not a cai run (no run.sqlite)", path=str(run_dir))
+    store = Store(run_dir)
+    rows: list[dict[str, Any]] = []
+    try:
+        for rec in store.iter_records():
+            if rec["status"] != "done":
+                continue
+            if limit and len({r["id"] for r in rows}) >= limit:
+                break
+            draft, final = draft_and_final(rec["steps"])
+            if draft is None:
+                continue
+            extra = rec["extra"] or {}
+            base = {"id": rec["id"], "prompt": rec["messages"], "response_type": extra.get("response_type"),
+                    "labels": None, "expected": extra.get("expected")}
+            rows.append({**base, "response": draft, "source": "draft"})
+            rows.append({**base, "response": final, "source": "final"})
+    finally:
+        store.close()
+    return rows
+
+
+def draft_and_final(steps: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """A record's draft and its last revision (the draft when never revised)."""
+    draft = next((s["response"] for s in steps if s["kind"] == "draft"), None)
+    final = draft
+    for s in steps:
+        if s["kind"] == "revise":
+            final = s["response"]
+    return draft, final
+
+
+def read_input(target: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows from a JSONL file or a run folder."""
+    if target.is_dir():
+        return run_rows(target, limit)
+    return read_rows(target, limit)
+
+
+def read_graded(path: Path) -> list[dict[str, Any]]:
+    """Graded rows as written by `cai rbr grade` / `cai rbr eval --out-file`."""
+    if not path.is_file():
+        raise InputError("file not found", path=str(path))
+    out = []
+    for n, obj in iter_jsonl(path):
+        if not isinstance(obj, dict) or not isinstance(obj.get("propositions"), dict) \
+                or not isinstance(obj.get("response_type"), str):
+            raise InputError("not a graded row (needs `response_type` and `propositions` with p_yes)",
+                             path=str(path), line=n)
+        for pid, v in obj["propositions"].items():
+            if not isinstance(v, dict) or not isinstance(v.get("p_yes"), (int, float)):
+                raise InputError(f"proposition {pid!r} needs a numeric p_yes", path=str(path), line=n)
+        obj["_line"] = n
+        out.append(obj)
+    if not out:
+        raise InputError("no graded rows", path=str(path))
+    return out
