@@ -80,3 +80,15 @@ def test_anthropic_sdk_against_messages_server(tmp_path, anthropic_embedded):
     assert summary["records"]["done"] == 2
     check_trl_shapes(run)
     assert structured_modes(run) == {"tool"}
+
+
+@pytest.mark.slow
+def test_prompt_longer_than_context_is_a_record_error(tmp_path):
+    inp = write_prompts(tmp_path / "in.jsonl", ["word " * 6000, "Say hello."])
+    run = tmp_path / "long"
+    res = cai("run", inp, "--out", run, "--rounds", "0", "--max-tokens", "4", "--quiet", "--json")
+    assert res.exit_code == 1
+    summary = json.loads(res.stdout)
+    assert summary["records"] == {"total": 2, "done": 1, "failed": 1}
+    status = json.loads(cai("status", run, "--json").stdout)
+    assert [(e["id"], e["error_class"]) for e in status["errors"]] == [("p0", "RequestRejected")]

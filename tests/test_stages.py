@@ -53,6 +53,9 @@ def test_repair_request_keeps_schema_and_history():
 def test_clean_revision_strips_markers():
     open_, close = markers("old")
     assert clean_revision(f"  {open_}\nnew text\n{close} ", "old") == "new text"
+    assert clean_revision("<<<RESPONSE 6B1092CE40>>\nHello", "old") == "Hello"
+    assert clean_revision("Hi <<<END RESPONSE", "old") == "Hi"
+    assert clean_revision("keep <<< this", "old") == "keep <<< this"
 
 
 def test_cache_key_ignores_timeout_only():

@@ -24,10 +24,13 @@ class Verdict(BaseModel):
     severity: int = Field(ge=0, le=3)
 
 
+# Bounded so that a verdict fits in the critic's token budget (a cut-off JSON object cannot be read).
+CRITIQUE_MAX_CHARS = 400
+
 VERDICT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "critique": {"type": "string"},
+        "critique": {"type": "string", "maxLength": CRITIQUE_MAX_CHARS},
         "violates": {"type": "boolean"},
         "severity": {"type": "integer", "minimum": 0, "maximum": 3},
     },
@@ -113,7 +116,11 @@ def revise_request(messages: list[dict[str, str]], response: str, critique: str,
     return Request(messages=tuple(msgs), config=cfg)
 
 
+_ECHOED_MARKER = re.compile(r"<<<\s*(?:END\s+)?RESPONSE(?:\s+[0-9A-F]{1,10})?\s*>*")
+
+
 def clean_revision(text: str, response: str) -> str:
-    """Strip whitespace and any quoting markers the reviser echoed back."""
+    """Strip whitespace and any quoting markers (whole or partial) the reviser echoed back."""
     open_, close = markers(response)
-    return text.replace(open_, "").replace(close, "").strip()
+    text = text.replace(open_, "").replace(close, "")
+    return _ECHOED_MARKER.sub("", text).strip()
