@@ -201,7 +201,7 @@ def test_cli_grade_fit_and_metrics_on_stub(stub_server, tmp_path, monkeypatch):
     assert res.exit_code == 2 and "not a cai run" in res.stderr
 
 
-def test_metrics_on_a_run_store(tmp_path):
+def test_metrics_on_a_run_store(tmp_path, stub_server, monkeypatch):
     (tmp_path / "run").mkdir()
     store = Store(tmp_path / "run")
 
@@ -231,3 +231,15 @@ def test_metrics_on_a_run_store(tmp_path):
     graded.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = json.loads(rbr("metrics", tmp_path / "run", "--graded", graded, "--json").stdout)
     assert out["draft"]["not_unsafe"] == 1.0 and "inability_to_comply" in out["decided_by"]
+    # `cai rbr grade RUN` grades each finished record's draft and final response.
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.chdir(tmp_path)
+    stub_server.logprobs_fn = lambda body: [[("Yes", -0.1)]]
+    res = rbr("grade", tmp_path / "run", "--model", "openai:stub", "--base-url", stub_server.url,
+              "--constitution", "rbr-safety", "--json", "--quiet")
+    assert res.exit_code == 2 and "unknown response type" not in res.stderr or res.exit_code == 0
+    rows = [json.loads(x) for x in (tmp_path / "runs" / "rbr-run" / "graded.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["source"]) for r in rows][:4] == [("r1", "draft"), ("r1", "final"), ("r2", "draft"),
+                                                           ("r2", "final")]
+    assert len(rows) == 8 and all(r["expected"] in ("comply", "refuse") for r in rows)
+    assert {r["response_type_source"] for r in rows} == {"classified"}

@@ -87,8 +87,8 @@ class Pipeline:
                 task = asyncio.create_task(self.process(rec, known=status is not None))
                 tasks.add(task)
                 task.add_done_callback(finished)
-            while tasks:
-                await asyncio.wait(set(tasks))
+            while tasks and self.fatal is None:  # a fatal error cancels what is still in flight
+                await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
         finally:
             for t in list(tasks):
                 t.cancel()

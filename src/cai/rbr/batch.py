@@ -75,6 +75,9 @@ def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base_url: 
             raise InputError(f"row {r['id']}: unknown response type {rt!r} (constitution {const.name} has: "
                              f"{', '.join(const.response_types)})")
     grader = get_model(model, base_url)
+    if grader.provider == "local":
+        # One response at a time, so its questions run back to back and share the cached prompt prefix.
+        concurrency = 1
     prepare_store_dir(out)
     store = Store(out)
     started = time.monotonic()

@@ -35,7 +35,7 @@ VotesOpt = Annotated[int, typer.Option(min=1, help="Sampled answers per question
 OutOpt = Annotated[Optional[Path], typer.Option(help="Store folder caching the grader's calls "
                                                      "(default runs/rbr-<input name>).")]
 LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Only the first N rows (records for a run).")]
-ConcOpt = Annotated[int, typer.Option(min=1, help="Responses graded at once.")]
+ConcOpt = Annotated[int, typer.Option(min=1, help="Responses graded at once (1 for the local model).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
 QuietOpt = Annotated[bool, typer.Option(help="No progress lines on stderr.")]
 
