@@ -157,7 +157,7 @@ def grade_cmd(
     else:
         print(f"wrote {path}: " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items()))
               + (f"; mean reward {stats['mean_reward']:.3f}" if graded else ""))
-    err.print(_usage_line(stats), markup=False, highlight=False)
+    err.print(_usage_line(stats), markup=False, highlight=False, soft_wrap=True)
 
 
 def _fmt(x: Any) -> str:
@@ -212,7 +212,7 @@ def eval_cmd(
         _emit(result)
     else:
         _print_eval(result)
-    err.print(_usage_line(stats), markup=False, highlight=False)
+    err.print(_usage_line(stats), markup=False, highlight=False, soft_wrap=True)
 
 
 @rbr_app.command("fit")
