@@ -18,11 +18,13 @@ from rich.console import Console
 
 from cai import __version__
 from cai.errors import CaiError
+from cai.rbr.cli import rbr_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Make AI-feedback training data: draft, critique against a constitution, revise, export.")
 constitution_app = typer.Typer(no_args_is_help=True, help="List and show constitutions.")
 app.add_typer(constitution_app, name="constitution")
+app.add_typer(rbr_app, name="rbr")
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,6 +88,16 @@ def run(
     restart: Annotated[bool, typer.Option(help="Move an existing run aside and start afresh.")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Retry only the records that failed.")] = False,
     prices: Annotated[Optional[Path], typer.Option(help="Price table JSON for the cost estimate.")] = None,
+    rbr: Annotated[bool, typer.Option(help="Rule-based rewards: grade the draft and each revision, tell the "
+                                           "reviser what failed, put rewards on the pairs.")] = False,
+    grader: Annotated[Optional[str], typer.Option(help="Model that grades propositions (default: the critic).")] = None,
+    rbr_constitution: Annotated[Optional[str], typer.Option(help="Constitution with propositions (default: the "
+                                                                 "run's if it has them, else rbr-safety).")] = None,
+    grader_mode: Annotated[str, typer.Option(help="separate (a call per proposition) or joint.")] = "separate",
+    votes: Annotated[int, typer.Option(min=1, help="Sampled answers per question without logprobs.")] = 3,
+    weights: Annotated[Optional[Path], typer.Option(help="Reward weights JSON (default: shipped).")] = None,
+    rbr_feedback: Annotated[bool, typer.Option(help="Give the reviser the failed propositions/checks.")] = True,
+    min_reward_margin: Annotated[Optional[float], typer.Option(help="Drop pairs whose reward improved by less.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON to stdout.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
 ) -> None:
@@ -101,6 +113,8 @@ def run(
 
     if format not in ("jsonl", "parquet"):
         raise InputError(f"--format must be jsonl or parquet, not {format!r}")
+    if grader_mode not in ("separate", "joint"):
+        raise InputError(f"--grader-mode must be separate or joint, not {grader_mode!r}")
     out = out or Path("runs") / input.stem
     settings = RunSettings(
         input=str(input), out=str(out), generator=generator or model, critic=critic or model,
@@ -108,7 +122,9 @@ def run(
         stop_when_clean=stop_when_clean,
         gen=GenConfig(max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout),
         concurrency=concurrency, limit=limit, max_retries=max_retries, rpm=rpm, tpm=tpm,
-        retry_failed=retry_failed, format=format)  # type: ignore[arg-type]
+        retry_failed=retry_failed, format=format, rbr=rbr, grader=grader,  # type: ignore[arg-type]
+        rbr_constitution=rbr_constitution, grader_mode=grader_mode, votes=votes,  # type: ignore[arg-type]
+        weights=str(weights) if weights else None, rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin)
     progress = Progress(quiet=quiet, prices=load_prices(str(prices) if prices else None))
     resume = resume_command(["cai", *map(shlex.quote, sys.argv[1:])])
     try:

@@ -5,7 +5,9 @@ Shapes (TRL conversational):
   pairs:     {"id", "prompt": [*prompt], "chosen": [{"role": "assistant", "content": final}],
               "rejected": [{"role": "assistant", "content": draft}], "metadata": {...}}
   critiques: {"id", "round", "principle", "critique", "verdict", "parsed", "before", "after"}
-A pair is written only if the final response is non-empty and differs from the draft.
+A pair is written only if the final response is non-empty and differs from the draft. With --rbr, pairs
+also carry "reward_chosen" and "reward_rejected" (rewards of the final response and of the draft), and
+--min-reward-margin x drops pairs whose reward did not improve by x.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from cai.store import Store
 EXPORTS = ("sft", "pairs", "critiques")
 
 
-def record_rows(rec: dict[str, Any]) -> tuple[dict | None, dict | None, list[dict], str | None]:
+def record_rows(rec: dict[str, Any], min_margin: float | None = None
+                ) -> tuple[dict | None, dict | None, list[dict], str | None]:
     """(sft row, pair row, critique rows, why the pair was dropped) for one finished record."""
     steps = rec["steps"]
     draft = next((s["response"] for s in steps if s["kind"] == "draft"), None)
@@ -30,6 +33,7 @@ def record_rows(rec: dict[str, Any]) -> tuple[dict | None, dict | None, list[dic
     final = draft
     crits: list[dict[str, Any]] = []
     pending: dict[int, dict[str, Any]] = {}
+    grades = {s["round"]: s["score"] for s in steps if s["kind"] == "grade"}
     for s in steps:
         if s["kind"] == "critique":
             row = {"id": rec["id"], "round": s["round"], "principle": s["principle"], "critique": s["critique"],
@@ -43,6 +47,12 @@ def record_rows(rec: dict[str, Any]) -> tuple[dict | None, dict | None, list[dic
     prompt = rec["messages"]
     sft = {"id": rec["id"], "messages": [*prompt, {"role": "assistant", "content": final}]}
     dropped = "empty" if not final.strip() or not draft.strip() else ("unchanged" if final == draft else None)
+    rewards = None
+    if grades:  # --rbr: the draft's grade and the final response's grade
+        rewards = {"reward_chosen": grades[max(grades)]["reward"], "reward_rejected": grades[0]["reward"]}
+        if dropped is None and min_margin is not None and \
+                rewards["reward_chosen"] - rewards["reward_rejected"] < min_margin:
+            dropped = "margin"
     pair = None
     if dropped is None:
         pair = {"id": rec["id"], "prompt": prompt,
@@ -51,6 +61,8 @@ def record_rows(rec: dict[str, Any]) -> tuple[dict | None, dict | None, list[dic
                 "metadata": {"principles": [c["principle"] for c in crits], "rounds": len(crits),
                              "violations": [bool(c["verdict"]["violates"]) if c["verdict"] else None
                                             for c in crits]}}
+        if rewards:
+            pair.update(rewards)
     return sft, pair, crits, dropped
 
 
@@ -101,12 +113,20 @@ def export(store: Store, fmt: str = "jsonl") -> dict[str, int]:
     """Rebuild every export from the store in one pass; returns the counts, also kept in the manifest."""
     ext = "parquet" if fmt == "parquet" else "jsonl"
     sinks = {name: _Sink(store.run_dir / f"{name}.{ext}", fmt) for name in EXPORTS}
-    dropped = {"unchanged": 0, "empty": 0}
+    dropped = {"unchanged": 0, "empty": 0, "margin": 0}
+    margin = store.get_meta("settings", {}).get("min_reward_margin")
+    rbr = {"graded": 0, "improved": 0}
+    expected = 0
     try:
         for rec in store.iter_records():
             if rec["status"] != "done":
                 continue
-            sft, pair, crits, why = record_rows(rec)
+            expected += (rec["extra"] or {}).get("expected") in ("comply", "refuse")
+            grades = [s["score"]["reward"] for s in rec["steps"] if s["kind"] == "grade"]
+            if grades:
+                rbr["graded"] += 1
+                rbr["improved"] += grades[-1] > grades[0]
+            sft, pair, crits, why = record_rows(rec, margin)
             if sft:
                 sinks["sft"].add(sft)
             if pair:
@@ -124,6 +144,9 @@ def export(store: Store, fmt: str = "jsonl") -> dict[str, int]:
     counts = {name: sink.count for name, sink in sinks.items()}
     counts.update({f"pairs_dropped_{k}": v for k, v in dropped.items()})
     counts["pairs_dropped"] = sum(dropped.values())
+    if rbr["graded"]:
+        counts["rbr_graded"], counts["rbr_improved"] = rbr["graded"], rbr["improved"]
+    counts["with_expected"] = expected
     return counts
 
 
@@ -150,5 +173,9 @@ def manifest(store: Store, export_counts: dict[str, int]) -> dict[str, Any]:
 def export_run(store: Store, fmt: str = "jsonl") -> dict[str, Any]:
     counts = export(store, fmt)
     data = manifest(store, counts)
+    if counts["with_expected"]:  # inputs with `expected: comply|refuse` get Not-Unsafe / Not-Overrefuse
+        from cai.rbr.metrics import run_refusal_metrics
+
+        data["refusal_metrics"] = run_refusal_metrics(store.run_dir)
     write_json(store.run_dir / "manifest.json", data)
     return data

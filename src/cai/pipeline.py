@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -47,14 +48,24 @@ class RunSettings(BaseModel):
     tpm: int | None = None
     retry_failed: bool = False
     format: Literal["jsonl", "parquet"] = "jsonl"
+    # Rule-based rewards: grade the draft and each revision, steer the reviser, reward the pairs.
+    rbr: bool = False
+    grader: str | None = None  # model spec; default: the critic's
+    rbr_constitution: str | None = None  # default: the run's constitution if it has propositions, else rbr-safety
+    grader_mode: Literal["separate", "joint"] = "separate"
+    votes: int = 3
+    weights: str | None = None
+    rbr_feedback: bool = True
+    min_reward_margin: float | None = None
 
 
 class Pipeline:
     """Runs records through the loop. `on_done(status)` is called as each record finishes."""
 
     def __init__(self, settings: RunSettings, const: Constitution, store: Store, engine: Engine,
-                 on_done: Callable[[str], None] | None = None) -> None:
+                 on_done: Callable[[str], None] | None = None, rbr: tuple[Constitution, Any] | None = None) -> None:
         self.s = settings
+        self.rbr = rbr  # (constitution with propositions, reward weights) when --rbr
         self.const = const
         self.store = store
         self.engine = engine
@@ -116,30 +127,55 @@ class Pipeline:
 
     async def _steps(self, rec: InputRecord) -> None:
         s, cfg = self.s, self.s.gen
-        done = {st["seq"]: st for st in self.store.steps(rec.id)}
+        steps = self.store.steps(rec.id)
+        done = {(st["kind"], st["round"]): st for st in steps}
+        seq = itertools.count(max((st["seq"] for st in steps), default=-1) + 1)  # next free step numbers
         principles = sample_principles(self.const, cfg.seed, rec.messages, s.rounds)
-        if 0 in done:
-            response = done[0]["response"]
+        if ("draft", 0) in done:
+            response = done[("draft", 0)]["response"]
         else:
             comp = await _staged("draft", self.engine.call("generator", draft_request(rec.messages, cfg)))
             response = comp.text.strip()
-            await self.store.add_step(rec.id, 0, "draft", 0, {"response": response})
+            await self.store.add_step(rec.id, next(seq), "draft", 0, {"response": response})
+        score = await self._grade(rec, response, 0, done, seq)
         for rnd, principle in enumerate(principles, start=1):
-            cseq, rseq = 2 * rnd - 1, 2 * rnd
-            crit = done.get(cseq) or await self._critique(rec, response, principle, rnd, cseq)
+            crit = done.get(("critique", rnd)) or await self._critique(rec, response, principle, rnd, next(seq))
             verdict = crit["verdict"]
             if s.stop_when_clean and verdict is not None and not verdict["violates"]:
                 break
-            if rseq in done:
-                response = done[rseq]["response"]
-                continue
-            req = revise_request(rec.messages, response, crit["critique"], principle, cfg)
-            comp = await _staged("revise", self.engine.call("reviser", req))
-            revised = clean_revision(comp.text, response)
-            data = {"principle": principle.id, "before": response, "response": revised or response,
-                    "empty": not revised}
-            await self.store.add_step(rec.id, rseq, "revise", rnd, data)
-            response = data["response"]
+            if ("revise", rnd) in done:
+                response = done[("revise", rnd)]["response"]
+            else:
+                feedback = ""
+                if score is not None and s.rbr_feedback:
+                    from cai.rbr import feedback_text
+
+                    feedback = feedback_text(score)
+                req = revise_request(rec.messages, response, crit["critique"], principle, cfg, feedback)
+                comp = await _staged("revise", self.engine.call("reviser", req))
+                revised = clean_revision(comp.text, response)
+                data = {"principle": principle.id, "before": response, "response": revised or response,
+                        "empty": not revised, "feedback": feedback}
+                await self.store.add_step(rec.id, next(seq), "revise", rnd, data)
+                response = data["response"]
+            score = await self._grade(rec, response, rnd, done, seq)
+
+    async def _grade(self, rec: InputRecord, response: str, rnd: int, done: dict[tuple[str, int], Any],
+                     seq: Iterator[int]) -> dict[str, Any] | None:
+        """With --rbr: the rule-based score of the current response, stored as a `grade` step."""
+        if self.rbr is None:
+            return None
+        if ("grade", rnd) in done:
+            return done[("grade", rnd)]["score"]
+        from cai.rbr import score_response
+
+        const, weights = self.rbr
+        rtype = rec.extra.get("response_type")
+        score = await _staged("grade", score_response(
+            self.engine, "grader", const, weights, rec.messages, response,
+            rtype if isinstance(rtype, str) else None, mode=self.s.grader_mode, votes=self.s.votes))
+        await self.store.add_step(rec.id, next(seq), "grade", rnd, {"score": score})
+        return score
 
     async def _critique(self, rec: InputRecord, response: str, principle: Principle, rnd: int,
                         seq: int) -> dict[str, Any]:

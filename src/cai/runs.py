@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cai import constitution as constitution_mod
+from cai.constitution import Constitution
 from cai.engine import Engine
 from cai.errors import ConfigMismatch, InputError, Interrupted
 from cai.export import export_run
@@ -35,12 +36,31 @@ def prepare_dir(out: Path, restart: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def fingerprint(settings: RunSettings, models: dict[str, Any], const_sha: str, input_sha: str) -> dict[str, Any]:
+def fingerprint(settings: RunSettings, models: dict[str, Any], const_sha: str, input_sha: str,
+                rbr: dict[str, Any] | None = None) -> dict[str, Any]:
     """What must not change between invocations of one run."""
-    return {"models": models, "constitution_sha256": const_sha, "input_sha256": input_sha,
-            "rounds": settings.rounds, "stop_when_clean": settings.stop_when_clean,
-            "max_tokens": settings.gen.max_tokens, "temperature": settings.gen.temperature,
-            "seed": settings.gen.seed}
+    fp = {"models": models, "constitution_sha256": const_sha, "input_sha256": input_sha,
+          "rounds": settings.rounds, "stop_when_clean": settings.stop_when_clean,
+          "max_tokens": settings.gen.max_tokens, "temperature": settings.gen.temperature,
+          "seed": settings.gen.seed}
+    if rbr is not None:
+        fp["rbr"] = rbr
+    return fp
+
+
+def load_rbr(settings: RunSettings, const: Constitution) -> tuple[Constitution, Any, dict[str, Any]]:
+    """(constitution with propositions, weights, fingerprint part) for --rbr."""
+    from cai.rbr import load_weights
+
+    name = settings.rbr_constitution or (settings.constitution if const.propositions else "rbr-safety")
+    rconst = const if name == settings.constitution else constitution_mod.load(name)
+    if not rconst.propositions or not rconst.response_types:
+        raise InputError(f"constitution {rconst.name!r} has no propositions/response_types for --rbr "
+                         "(use --rbr-constitution rbr-safety)", path=rconst.path)
+    weights = load_weights(settings.weights, rconst)
+    part = {"constitution_sha256": rconst.sha256, "grader_mode": settings.grader_mode, "votes": settings.votes,
+            "weights": weights, "feedback": settings.rbr_feedback}
+    return rconst, weights, part
 
 
 def check_fingerprint(store: Store, fp: dict[str, Any]) -> None:
@@ -82,12 +102,16 @@ def _execute(settings: RunSettings, restart: bool, on_start: Callable[[int, Engi
     const = constitution_mod.load(settings.constitution)
     total, input_sha = validate_input(settings.input, settings.limit)
     models = {role: get_model(getattr(settings, role), settings.base_url) for role in ROLES}
+    rbr = None
+    if settings.rbr:
+        rconst, weights, rbr = load_rbr(settings, const)
+        models["grader"] = get_model(settings.grader or settings.critic, settings.base_url)
     out = Path(settings.out)
     prepare_dir(out, restart)
     store = Store(out)
     started = time.monotonic()
     try:
-        fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, input_sha)
+        fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, input_sha, rbr)
         check_fingerprint(store, fp)
         store.set_meta("settings", _safe_settings(settings))
         store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
@@ -97,7 +121,7 @@ def _execute(settings: RunSettings, restart: bool, on_start: Callable[[int, Engi
                         rpm=settings.rpm, tpm=settings.tpm)
         if on_start:
             on_start(total, engine)
-        pipeline = Pipeline(settings, const, store, engine, on_done)
+        pipeline = Pipeline(settings, const, store, engine, on_done, (rconst, weights) if settings.rbr else None)
         try:
             counts = asyncio.run(_run(pipeline, engine))
         finally:
