@@ -5,18 +5,16 @@ Exit codes: 0 ok, 1 the run had failed records, 2 bad usage or input, 130 interr
 
 from __future__ import annotations
 
-import functools
 import json
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 
 from cai import __version__
+from cai.clikit import emit, err, fails_cleanly
 from cai.errors import CaiError
 from cai.rbr.cli import rbr_app
 
@@ -25,24 +23,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 constitution_app = typer.Typer(no_args_is_help=True, help="List and show constitutions.")
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(rbr_app, name="rbr")
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def fails_cleanly(fn: F) -> F:
-    """Turn a CaiError into one line on stderr and its exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except CaiError as e:
-            from cai.providers.base import redact
-
-            err.print(f"error: {redact(str(e))}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _version(value: bool) -> None:
@@ -55,10 +35,6 @@ def _version(value: bool) -> None:
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False) -> None:
     """cai: constitutional AI feedback data."""
-
-
-def _emit(data: dict[str, Any]) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 @app.command()
@@ -141,7 +117,7 @@ def run(
     manifest["out"] = str(out)
     failed = manifest["records"].get("failed", 0)
     if as_json:
-        _emit(manifest)
+        emit(manifest)
     ex, inv = manifest["exports"], manifest["this_invocation"]
     cost = inv.get("estimated_cost_usd")
     err.print(f"wrote {out}/: {ex['sft']} sft, {ex['pairs']} pairs ({ex['pairs_dropped']} dropped), "
@@ -186,7 +162,7 @@ def export_cmd(
     finally:
         store.close()
     if as_json:
-        _emit(manifest)
+        emit(manifest)
     ex = manifest["exports"]
     err.print(f"wrote {run_dir}/: {ex['sft']} sft, {ex['pairs']} pairs, {ex['critiques']} critiques", markup=False)
 
@@ -213,7 +189,7 @@ def status(
     finally:
         store.close()
     if as_json:
-        _emit(info)
+        emit(info)
         return
     todo = (info["input_records"] or 0) - info["done"] - info["failed"]
     err.print(f"{run_dir}: {info['done']} done, {info['in_progress']} in progress, {info['failed']} failed, "

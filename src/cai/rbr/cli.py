@@ -6,24 +6,21 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 
-from cai.errors import CaiError
+from cai.clikit import emit, err, fails_cleanly
 
 rbr_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                       help="Rule-based rewards: grade responses with propositions, rules and checks.")
-err = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
 
 Model = Annotated[str, typer.Option(help="Grader model: local, local:PATH.gguf, openai:NAME, anthropic:NAME.")]
 BaseUrl = Annotated[Optional[str], typer.Option(help="OpenAI-compatible or Anthropic base URL.")]
@@ -38,30 +35,6 @@ LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Only the first N r
 ConcOpt = Annotated[int, typer.Option(min=1, help="Responses graded at once (1 for the local model).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
 QuietOpt = Annotated[bool, typer.Option(help="No progress lines on stderr.")]
-
-
-def clean_errors(fn: F) -> F:
-    """A CaiError becomes one line on stderr and its exit code; Ctrl-C exits 130."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from cai.providers.base import redact
-
-        try:
-            return fn(*args, **kwargs)
-        except CaiError as e:
-            err.print(f"error: {redact(str(e))}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; run the same command again to resume (finished calls are cached)",
-                      markup=False)
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _emit(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def _progress(total: int, quiet: bool) -> Callable[[int], None] | None:
@@ -126,7 +99,7 @@ def _usage_line(stats: dict[str, Any]) -> str:
 
 
 @rbr_app.command("grade")
-@clean_errors
+@fails_cleanly
 def grade_cmd(
     target: Annotated[Path, typer.Argument(help="JSONL of {prompt, response|completion, response_type?} rows, "
                                                 "or a run folder (its drafts and final responses).")],
@@ -153,7 +126,7 @@ def grade_cmd(
     stats["classes"] = classes
     stats["mean_reward"] = sum(g["reward"] for g in graded) / len(graded) if graded else None
     if as_json:
-        _emit(stats)
+        emit(stats)
     else:
         print(f"wrote {path}: " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items()))
               + (f"; mean reward {stats['mean_reward']:.3f}" if graded else ""))
@@ -181,7 +154,7 @@ def _print_eval(result: dict[str, Any]) -> None:
 
 
 @rbr_app.command("eval")
-@clean_errors
+@fails_cleanly
 def eval_cmd(
     gold: Annotated[Path, typer.Argument(help="JSONL rows {prompt, completion, response_type, "
                                               "propositions: {name: bool}}.")],
@@ -209,14 +182,14 @@ def eval_cmd(
     if out_file:
         _write_jsonl(out_file, graded)
     if as_json:
-        _emit(result)
+        emit(result)
     else:
         _print_eval(result)
     err.print(_usage_line(stats), markup=False, highlight=False, soft_wrap=True)
 
 
 @rbr_app.command("fit")
-@clean_errors
+@fails_cleanly
 def fit_cmd(
     graded: Annotated[Path, typer.Argument(help="Graded JSONL from `cai rbr grade` or `cai rbr eval --out-file`.")],
     out: Annotated[Path, typer.Option(help="Where to write the fitted weights JSON.")],
@@ -244,7 +217,7 @@ def fit_cmd(
     out.write_text(json.dumps(result["weights"], indent=2, sort_keys=True) + "\n", encoding="utf-8")
     result["out"] = str(out)
     if as_json:
-        _emit(result)
+        emit(result)
         return
     tr, ho = result["train"], result["heldout"]
     print(f"wrote {out}: train pairwise accuracy {_fmt(tr['accuracy'])} ({tr['pairs']} pairs; uniform "
@@ -253,7 +226,7 @@ def fit_cmd(
 
 
 @rbr_app.command("metrics")
-@clean_errors
+@fails_cleanly
 def metrics_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run folder whose input rows have expected: comply|refuse.")],
     graded: Annotated[Optional[Path], typer.Option(help="Graded rows of this run (`cai rbr grade RUN`): "
@@ -271,7 +244,7 @@ def metrics_cmd(
     rows = read_graded(graded) if graded else None
     result = run_refusal_metrics(run_dir, rows, refusal_proposition)
     if as_json:
-        _emit(result)
+        emit(result)
         return
     print(f"{run_dir}: {result['records']} records with `expected`; refusal decided by {result['decided_by']}")
     for which in ("draft", "final"):
