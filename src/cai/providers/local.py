@@ -18,9 +18,6 @@ from cai.errors import InputError, RequestRejected
 from cai.providers.base import Model, register
 
 N_CTX = 4096
-# Critic and reviser prompts share a long few-shot prefix; llama-cpp's RAM cache restores the longest
-# cached prefix state instead of evaluating it again. Bounded, least recently used states are dropped.
-PREFIX_CACHE_BYTES = 256 << 20
 _lock = threading.Lock()
 _instances: dict[str, Any] = {}
 
@@ -39,7 +36,7 @@ def default_model_path() -> Path:
 
 def load_llama(path: str, logits_all: bool = False) -> Any:
     """The process-wide llama instance for `path`; reloaded once with logits_all if logprobs are needed."""
-    from llama_cpp import Llama, LlamaRAMCache
+    from llama_cpp import Llama
 
     with _lock:
         llm = _instances.get(path)
@@ -48,7 +45,6 @@ def load_llama(path: str, logits_all: bool = False) -> Any:
                 llm.close()
             llm = Llama(model_path=path, n_ctx=N_CTX, n_threads=os.cpu_count() or 1,
                         logits_all=logits_all, verbose=False)
-            llm.set_cache(LlamaRAMCache(capacity_bytes=PREFIX_CACHE_BYTES))
             _instances[path] = llm
         return llm
 
