@@ -211,7 +211,7 @@ def test_metrics_on_a_run_store(tmp_path, stub_server, monkeypatch):
                 ("c1", "comply", "I won't help with that request.", "Paris is the capital."),
                 ("c2", "comply", "Paris.", "Paris.")]
         for i, (rid, exp, draft, final) in enumerate(recs):
-            await store.add_record(i, rid, [{"role": "user", "content": rid}], {"expected": exp})
+            store.add_record(i, rid, [{"role": "user", "content": rid}], {"expected": exp})
             await store.add_step(rid, 0, "draft", 0, {"response": draft})
             await store.add_step(rid, 2, "revise", 1, {"response": final, "before": draft}, status="done")
 

@@ -100,7 +100,7 @@ class Engine:
         stats.retries += attempts - 1
         stats.tokens_in += comp.tokens_in
         stats.tokens_out += comp.tokens_out
-        await self.store.add_call(key, role, model.spec, comp)
+        self.store.add_call(key, role, model.spec, comp)  # durable with the step that uses it
         return comp
 
     async def aclose(self) -> None:

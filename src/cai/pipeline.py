@@ -100,6 +100,7 @@ class Pipeline:
                 task.add_done_callback(finished)
             while tasks and self.fatal is None:  # a fatal error cancels what is still in flight
                 await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+            await self.store.flush()
         finally:
             for t in list(tasks):
                 t.cancel()
@@ -111,7 +112,7 @@ class Pipeline:
 
     async def process(self, rec: InputRecord, known: bool) -> None:
         if not known:
-            await self.store.add_record(rec.idx, rec.id, rec.messages, rec.extra)
+            self.store.add_record(rec.idx, rec.id, rec.messages, rec.extra)
         try:
             await self._steps(rec)
         except AuthError:
@@ -121,7 +122,7 @@ class Pipeline:
             self.counts["failed"] += 1
             self.on_done("failed")
             return
-        await self.store.set_status(rec.id, "done")
+        self.store.set_status(rec.id, "done")
         self.counts["done"] += 1
         self.on_done("done")
 

@@ -16,7 +16,7 @@ from cai.engine import Engine
 from cai.errors import ConfigMismatch, InputError, Interrupted
 from cai.export import export_run
 from cai.pipeline import ROLES, Pipeline, RunSettings
-from cai.providers import get_model
+from cai.providers import Model, get_model
 from cai.providers.base import redact
 from cai.records import validate_input
 from cai.store import Store
@@ -101,11 +101,16 @@ def _execute(settings: RunSettings, restart: bool, on_start: Callable[[int, Engi
              on_done: Callable[[str], None] | None) -> dict[str, Any]:
     const = constitution_mod.load(settings.constitution)
     total, input_sha = validate_input(settings.input, settings.limit)
-    models = {role: get_model(getattr(settings, role), settings.base_url) for role in ROLES}
+    specs = {role: getattr(settings, role) for role in ROLES}
     rbr = None
     if settings.rbr:
         rconst, weights, rbr = load_rbr(settings, const)
-        models["grader"] = get_model(settings.grader or settings.critic, settings.base_url)
+        specs["grader"] = settings.grader or settings.critic
+    shared: dict[str, Model] = {}  # roles with the same spec share one client and connection pool
+    for spec in specs.values():
+        if spec not in shared:
+            shared[spec] = get_model(spec, settings.base_url)
+    models = {role: shared[spec] for role, spec in specs.items()}
     out = Path(settings.out)
     prepare_dir(out, restart)
     store = Store(out)

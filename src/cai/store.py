@@ -2,7 +2,9 @@
 
 Writes go through one writer thread that commits whatever is queued in one transaction
 (group commit) and then wakes the awaiting coroutines, so the event loop never blocks on fsync
-and a step is durable before the work that depends on it starts. Reads use their own connection.
+and a step is durable before the work that depends on it starts. Writes nothing waits on (a call's
+response, a record's row or status) are only queued: the queue is FIFO, so they are durable no later
+than the next awaited write. Reads use their own connection.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Store:
         self._read.executescript(SCHEMA)
         self._queue: queue.SimpleQueue[tuple[Op, asyncio.Future[None] | None, Any] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._lost: BaseException | None = None
 
     @classmethod
     def exists(cls, run_dir: Path) -> bool:
@@ -80,6 +83,10 @@ class Store:
                 except BaseException as e:  # noqa: BLE001 - handed to every waiter
                     conn.execute("ROLLBACK")
                     error = e
+                if error is not None and all(fut is None for _, fut, _ in ops):
+                    self._lost = error  # nobody waited: report it at the next awaited write
+                elif error is None and self._lost is not None:
+                    error, self._lost = self._lost, None
                 for _, fut, loop in ops:
                     if fut is not None:
                         loop.call_soon_threadsafe(_resolve, fut, error)
@@ -88,15 +95,27 @@ class Store:
         finally:
             conn.close()
 
-    async def write(self, op: Op) -> None:
-        """Run `op(conn)` inside a committed transaction; returns once it is durable."""
+    def _start_writer(self) -> None:
         if self._writer is None:
             self._writer = threading.Thread(target=self._writer_loop, name="cai-store-writer", daemon=True)
             self._writer.start()
+
+    async def write(self, op: Op) -> None:
+        """Run `op(conn)` inside a committed transaction; returns once it (and all queued before) is durable."""
+        self._start_writer()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._queue.put((op, fut, loop))
         await fut
+
+    def enqueue(self, op: Op) -> None:
+        """Queue `op` without waiting; a failure surfaces at the next awaited write."""
+        self._start_writer()
+        self._queue.put((op, None, None))
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        await self.write(lambda c: None)
 
     def write_now(self, op: Op) -> None:
         """Synchronous write from outside the event loop (set-up, CLI commands)."""
@@ -133,9 +152,9 @@ class Store:
                                   (record_id,))
         return [{"seq": s, "kind": k, "round": r, **json.loads(d)} for s, k, r, d in rows]
 
-    async def add_record(self, idx: int, rid: str, messages: list[dict[str, str]], extra: dict[str, Any]) -> None:
+    def add_record(self, idx: int, rid: str, messages: list[dict[str, str]], extra: dict[str, Any]) -> None:
         m, e = json.dumps(messages, ensure_ascii=False), json.dumps(extra, ensure_ascii=False)
-        await self.write(lambda c: c.execute(
+        self.enqueue(lambda c: c.execute(
             "INSERT INTO records(idx,id,messages,extra,status,updated) VALUES(?,?,?,?,'pending',?) "
             "ON CONFLICT(id) DO UPDATE SET idx=excluded.idx", (idx, rid, m, e, time.time())))
 
@@ -151,8 +170,8 @@ class Store:
 
         await self.write(op)
 
-    async def set_status(self, rid: str, status: str) -> None:
-        await self.write(lambda c: c.execute("UPDATE records SET status=?, updated=? WHERE id=?",
+    def set_status(self, rid: str, status: str) -> None:
+        self.enqueue(lambda c: c.execute("UPDATE records SET status=?, updated=? WHERE id=?",
                                              (status, time.time(), rid)))
 
     async def add_error(self, rid: str, stage: str, error: BaseException) -> None:
@@ -172,9 +191,9 @@ class Store:
         row = self._read.execute("SELECT response FROM calls WHERE key=?", (key,)).fetchone()
         return Completion.model_validate_json(row[0]) if row else None
 
-    async def add_call(self, key: str, role: str, model: str, comp: Completion) -> None:
+    def add_call(self, key: str, role: str, model: str, comp: Completion) -> None:
         blob = comp.model_dump_json()
-        await self.write(lambda c: c.execute(
+        self.enqueue(lambda c: c.execute(
             "INSERT OR REPLACE INTO calls VALUES(?,?,?,?,?,?,?)",
             (key, role, model, blob, comp.tokens_in, comp.tokens_out, time.time())))
 
