@@ -212,8 +212,8 @@ def test_metrics_on_a_run_store(tmp_path, stub_server, monkeypatch):
                 ("c2", "comply", "Paris.", "Paris.")]
         for i, (rid, exp, draft, final) in enumerate(recs):
             store.add_record(i, rid, [{"role": "user", "content": rid}], {"expected": exp})
-            await store.add_step(rid, 0, "draft", 0, {"response": draft})
-            await store.add_step(rid, 2, "revise", 1, {"response": final, "before": draft}, status="done")
+            store.add_step(rid, 0, "draft", 0, {"response": draft})
+            store.add_step(rid, 2, "revise", 1, {"response": final, "before": draft}, status="done")
 
     asyncio.run(fill())
     store.close()

@@ -1,7 +1,7 @@
 """The critique loop over a stream of records: draft → (critique → revise) × rounds.
 
-Each record moves through its steps on its own; each finished step is committed to the store
-before the next one starts, so a re-run continues exactly where the last one stopped.
+Each record moves through its steps on its own; each finished step is queued to the store's group
+commit as it finishes, so a re-run continues from the last committed step of every record.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class Pipeline:
         except AuthError:
             raise
         except ProviderError as e:
-            await self.store.add_error(rec.id, getattr(e, "stage", "draft"), e)
+            self.store.add_error(rec.id, getattr(e, "stage", "draft"), e)
             self.counts["failed"] += 1
             self.on_done("failed")
             return
@@ -137,7 +137,7 @@ class Pipeline:
         else:
             comp = await _staged("draft", self.engine.call("generator", draft_request(rec.messages, cfg)))
             response = comp.text.strip()
-            await self.store.add_step(rec.id, next(seq), "draft", 0, {"response": response})
+            self.store.add_step(rec.id, next(seq), "draft", 0, {"response": response})
         score = await self._grade(rec, response, 0, done, seq)
         for rnd, principle in enumerate(principles, start=1):
             crit = done.get(("critique", rnd)) or await self._critique(rec, response, principle, rnd, next(seq))
@@ -157,7 +157,7 @@ class Pipeline:
                 revised = clean_revision(comp.text, response)
                 data = {"principle": principle.id, "before": response, "response": revised or response,
                         "empty": not revised, "feedback": feedback}
-                await self.store.add_step(rec.id, next(seq), "revise", rnd, data)
+                self.store.add_step(rec.id, next(seq), "revise", rnd, data)
                 response = data["response"]
             score = await self._grade(rec, response, rnd, done, seq)
 
@@ -175,7 +175,7 @@ class Pipeline:
         score = await _staged("grade", score_response(
             self.engine, "grader", const, weights, rec.messages, response,
             rtype if isinstance(rtype, str) else None, mode=self.s.grader_mode, votes=self.s.votes))
-        await self.store.add_step(rec.id, next(seq), "grade", rnd, {"score": score})
+        self.store.add_step(rec.id, next(seq), "grade", rnd, {"score": score})
         return score
 
     async def _critique(self, rec: InputRecord, response: str, principle: Principle, rnd: int,
@@ -194,7 +194,7 @@ class Pipeline:
                 "verdict": verdict.model_dump() if verdict else None,
                 # Unparsed after one repair: the critic's raw text still guides the revision.
                 "critique": verdict.critique if verdict else raw}
-        await self.store.add_step(rec.id, seq, "critique", rnd, data)
+        self.store.add_step(rec.id, seq, "critique", rnd, data)
         return data
 
 

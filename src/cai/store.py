@@ -1,10 +1,11 @@
 """The run store: `runs/<name>/run.sqlite` (WAL). Inputs, steps, model calls and errors.
 
-Writes go through one writer thread that commits whatever is queued in one transaction
-(group commit) and then wakes the awaiting coroutines, so the event loop never blocks on fsync
-and a step is durable before the work that depends on it starts. Writes nothing waits on (a call's
-response, a record's row or status) are only queued: the queue is FIFO, so they are durable no later
-than the next awaited write. Reads use their own connection.
+Writes are queued to one writer thread, which commits whatever is queued in one transaction (group
+commit), so the event loop never waits on the disk or on the writer. The queue is FIFO: a step is
+committed together with, or after, the model calls it used, so after a crash (even kill -9) the store
+holds a prefix of each record's work. The last few milliseconds of steps may be lost to a kill -9;
+they are simply redone on resume. `flush()` waits until everything queued is committed.
+Reads use their own connection.
 """
 
 from __future__ import annotations
@@ -158,8 +159,8 @@ class Store:
             "INSERT INTO records(idx,id,messages,extra,status,updated) VALUES(?,?,?,?,'pending',?) "
             "ON CONFLICT(id) DO UPDATE SET idx=excluded.idx", (idx, rid, m, e, time.time())))
 
-    async def add_step(self, rid: str, seq: int, kind: str, rnd: int, data: dict[str, Any],
-                       status: str | None = None) -> None:
+    def add_step(self, rid: str, seq: int, kind: str, rnd: int, data: dict[str, Any],
+                 status: str | None = None) -> None:
         blob = json.dumps(data, ensure_ascii=False)
         now = time.time()
 
@@ -168,13 +169,13 @@ class Store:
             if status:
                 c.execute("UPDATE records SET status=?, updated=? WHERE id=?", (status, now, rid))
 
-        await self.write(op)
+        self.enqueue(op)
 
     def set_status(self, rid: str, status: str) -> None:
         self.enqueue(lambda c: c.execute("UPDATE records SET status=?, updated=? WHERE id=?",
                                              (status, time.time(), rid)))
 
-    async def add_error(self, rid: str, stage: str, error: BaseException) -> None:
+    def add_error(self, rid: str, stage: str, error: BaseException) -> None:
         from cai.providers.base import redact
 
         msg = redact(str(error))[:2000]
@@ -184,7 +185,7 @@ class Store:
                       (rid, stage, type(error).__name__, msg, time.time()))
             c.execute("UPDATE records SET status='failed', updated=? WHERE id=?", (time.time(), rid))
 
-        await self.write(op)
+        self.enqueue(op)
 
     # -- calls ---------------------------------------------------------------------------
     def get_call(self, key: str) -> Completion | None:
