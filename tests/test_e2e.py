@@ -92,3 +92,28 @@ def test_prompt_longer_than_context_is_a_record_error(tmp_path):
     assert summary["records"] == {"total": 2, "done": 1, "failed": 1}
     status = json.loads(cai("status", run, "--json").stdout)
     assert [(e["id"], e["error_class"]) for e in status["errors"]] == [("p0", "RequestRejected")]
+
+
+@pytest.mark.slow
+def test_local_model_mixed_logprob_calls_concurrently():
+    """A logprobs call reloads the shared llama instance; calls already queued must not use the closed one."""
+    import asyncio
+
+    from cai.config import GenConfig, Request
+    from cai.providers import local
+
+    local._instances.clear()
+    model = local.LocalModel("")
+    flags = [False, True, False, False, False, False, True, False, False]
+    reqs = [Request(messages=({"role": "user", "content": f"Count to {i}."},),
+                    config=GenConfig(max_tokens=3, temperature=0, top_logprobs=5 if lp else None))
+            for i, lp in enumerate(flags)]
+
+    async def main():
+        await model.complete(reqs[0])  # the instance exists, without logits_all
+        return await asyncio.gather(*(model.complete(r) for r in reqs))
+
+    outs = asyncio.run(main())
+    assert all(o.tokens_out > 0 for o in outs)
+    assert [o.top_logprobs is not None for o in outs] == flags
+    assert all(len(o.top_logprobs[0]) >= 5 for o, lp in zip(outs, flags) if lp)

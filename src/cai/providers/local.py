@@ -35,18 +35,20 @@ def default_model_path() -> Path:
 
 
 def load_llama(path: str, logits_all: bool = False) -> Any:
-    """The process-wide llama instance for `path`; reloaded once with logits_all if logprobs are needed."""
+    """The process-wide llama instance for `path`; reloaded once with logits_all if logprobs are needed.
+
+    Call with `_lock` held, and keep holding it while the instance is used: a reload closes the old one.
+    """
     from llama_cpp import Llama
 
-    with _lock:
-        llm = _instances.get(path)
-        if llm is None or (logits_all and not getattr(llm, "_logits_all", False)):
-            if llm is not None:
-                llm.close()
-            llm = Llama(model_path=path, n_ctx=N_CTX, n_threads=os.cpu_count() or 1,
-                        logits_all=logits_all, verbose=False)
-            _instances[path] = llm
-        return llm
+    llm = _instances.get(path)
+    if llm is None or (logits_all and not getattr(llm, "_logits_all", False)):
+        if llm is not None:
+            llm.close()
+        llm = Llama(model_path=path, n_ctx=N_CTX, n_threads=os.cpu_count() or 1,
+                    logits_all=logits_all, verbose=False)
+        _instances[path] = llm
+    return llm
 
 
 @register("local")
@@ -76,7 +78,6 @@ class LocalModel(Model):
 
     def _complete(self, request: Request) -> Completion:
         cfg = request.config
-        llm = load_llama(str(self.path), logits_all=bool(cfg.top_logprobs))
         messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
                     for m in request.messages]
         kwargs: dict[str, Any] = {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
@@ -87,7 +88,8 @@ class LocalModel(Model):
             kwargs["top_logprobs"] = cfg.top_logprobs
         if request.schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": request.schema}
-        with _lock:
+        with _lock:  # loading (maybe reloading) and using the instance are one critical section
+            llm = load_llama(str(self.path), logits_all=bool(cfg.top_logprobs))
             try:
                 out = llm.create_chat_completion(messages=messages, **kwargs)
             except ValueError as e:  # e.g. prompt longer than the context window
