@@ -183,7 +183,7 @@ def status(
         settings = store.get_meta("settings", {})
         info = {"run": str(run_dir), "done": counts.get("done", 0), "in_progress": counts.get("pending", 0),
                 "failed": counts.get("failed", 0), "input_records": store.get_meta("input", {}).get("records"),
-                "tokens": store.token_totals(), "errors": store.errors()[-20:],
+                "tokens": store.token_totals(), "errors": store.errors(last=20),
                 "resume": f"cai run {shlex.quote(settings.get('input', 'INPUT'))} --out {shlex.quote(str(run_dir))}"
                           " (with the same options as before)"}
     finally:

@@ -65,9 +65,6 @@ class Engine:
     def _endpoint(model: Model) -> str:
         return f"{model.provider}|{model.base_url}"
 
-    def limiter(self, role: str) -> AIMDLimiter:
-        return self._limiters[self._endpoint(self.models[role])]
-
     def concurrency_report(self) -> dict[str, dict[str, float]]:
         """Per endpoint: the AIMD cap's maximum, lowest point and value at the end."""
         return {ep: {"max": lim.maximum, "low": lim.low, "end": round(lim.limit, 2)}

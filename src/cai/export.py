@@ -165,7 +165,7 @@ def manifest(store: Store, export_counts: dict[str, int]) -> dict[str, Any]:
         "records": {"total": sum(statuses.values()), **statuses},
         "exports": export_counts,
         "tokens": store.token_totals(),
-        "errors": len(store.errors()),
+        "errors": store.error_count(),
         "wall_seconds": round(store.get_meta("wall_seconds", 0.0), 3),
     }
 

@@ -213,9 +213,14 @@ class Store:
         rows = self._read.execute("SELECT role, COUNT(*), SUM(tokens_in), SUM(tokens_out) FROM calls GROUP BY role")
         return {r: {"calls": n, "tokens_in": ti or 0, "tokens_out": to or 0} for r, n, ti, to in rows}
 
-    def errors(self) -> list[dict[str, Any]]:
-        rows = self._read.execute("SELECT record_id, stage, error_class, message FROM errors ORDER BY n")
+    def errors(self, last: int = -1) -> list[dict[str, Any]]:
+        """Error rows, oldest first; only the `last` N when given."""
+        rows = self._read.execute("SELECT record_id, stage, error_class, message FROM "
+                                  "(SELECT * FROM errors ORDER BY n DESC LIMIT ?) ORDER BY n", (last,))
         return [{"id": r, "stage": s, "error_class": c, "message": m} for r, s, c, m in rows]
+
+    def error_count(self) -> int:
+        return self._read.execute("SELECT COUNT(*) FROM errors").fetchone()[0]
 
 
 def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
