@@ -58,6 +58,10 @@ def test_min_reward_margin_drops_pairs_and_rerun_is_cached(tmp_path, stub_server
     assert again.exit_code == 0 and stub_server.count() == n
     changed = run(stub_server, inp, tmp_path / "r", "--grader-mode", "joint")
     assert changed.exit_code == 2 and "rbr" in changed.stderr
+    without = cai("run", inp, "--out", tmp_path / "r", "--model", "openai:stub", "--base-url", stub_server.url,
+                  "--rounds", "1", "--max-tokens", "16", "--quiet", env={"OPENAI_API_KEY": "k"})
+    assert without.exit_code == 2 and "different models" in without.stderr  # the grader role is gone
+    assert stub_server.count() == n
 
 
 def test_rbr_needs_propositions(tmp_path, stub_server):

@@ -68,11 +68,12 @@ def check_fingerprint(store: Store, fp: dict[str, Any]) -> None:
     if old is None:
         store.set_meta("fingerprint", fp)
         return
-    diff = [k for k in fp if old.get(k) != fp[k]]
+    keys = [*fp, *(k for k in old if k not in fp)]  # a field present on one side only differs too
+    diff = [k for k in keys if old.get(k) != fp.get(k)]
     if diff:
         field = diff[0]
         raise ConfigMismatch(f"this run was started with a different {field} "
-                             f"({old.get(field)!r} → {fp[field]!r}); use the same settings to resume, "
+                             f"({old.get(field)!r} → {fp.get(field)!r}); use the same settings to resume, "
                              "or --restart to start afresh (the old run is moved aside)",
                              path=str(store.run_dir))
 
@@ -102,9 +103,10 @@ def _execute(settings: RunSettings, restart: bool, on_start: Callable[[int, Engi
     const = constitution_mod.load(settings.constitution)
     total, input_sha = validate_input(settings.input, settings.limit)
     specs = {role: getattr(settings, role) for role in ROLES}
-    rbr = None
+    rbr_fp, rbr_setup = None, None
     if settings.rbr:
-        rconst, weights, rbr = load_rbr(settings, const)
+        rconst, weights, rbr_fp = load_rbr(settings, const)
+        rbr_setup = (rconst, weights)
         specs["grader"] = settings.grader or settings.critic
     shared: dict[str, Model] = {}  # roles with the same spec share one client and connection pool
     for spec in specs.values():
@@ -116,7 +118,7 @@ def _execute(settings: RunSettings, restart: bool, on_start: Callable[[int, Engi
     store = Store(out)
     started = time.monotonic()
     try:
-        fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, input_sha, rbr)
+        fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, input_sha, rbr_fp)
         check_fingerprint(store, fp)
         store.set_meta("settings", _safe_settings(settings))
         store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
@@ -126,7 +128,7 @@ def _execute(settings: RunSettings, restart: bool, on_start: Callable[[int, Engi
                         rpm=settings.rpm, tpm=settings.tpm)
         if on_start:
             on_start(total, engine)
-        pipeline = Pipeline(settings, const, store, engine, on_done, (rconst, weights) if settings.rbr else None)
+        pipeline = Pipeline(settings, const, store, engine, on_done, rbr_setup)
         try:
             counts = asyncio.run(_run(pipeline, engine))
         finally:
