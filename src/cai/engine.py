@@ -80,7 +80,9 @@ class Engine:
             return hit
         ep = self._endpoint(model)
         pacer, limiter = self._pacers[ep], self._limiters[ep]
-        estimate = sum(len(m["content"]) for m in request.messages) // 4 + request.config.max_tokens
+        estimate = 0
+        if pacer.tpm:  # only --tpm pacing needs the (rough) token estimate
+            estimate = sum(len(m["content"]) for m in request.messages) // 4 + request.config.max_tokens
         attempts = 0
         async for attempt in retrying(self.max_retries):
             with attempt:
