@@ -602,16 +602,10 @@ class StubServer(_LoopbackServer):
         content: list[dict[str, Any]]
         if structured:
             tool = _forced_tool(body)
-            if text is None:
-                tool_input: Any = instance_for(tool.get("input_schema"), request_digest("anthropic", body))
-            else:
-                try:
-                    tool_input = json.loads(text)
-                except ValueError:
-                    tool_input = None
+            tool_input = (instance_for(tool.get("input_schema"), request_digest("anthropic", body))
+                          if text is None else json_object(text))
             if isinstance(tool_input, dict):
-                content = [{"type": "tool_use", "id": f"toolu_stub{next(self._ids)}",
-                            "name": tool.get("name", "reply"), "input": tool_input}]
+                content = [tool_use_block(tool, tool_input, f"toolu_stub{next(self._ids)}")]
                 stop = "tool_use"
                 out_words = len(json.dumps(tool_input).split())
             else:
@@ -634,6 +628,20 @@ class StubServer(_LoopbackServer):
             "usage": {"input_tokens": _count_words(normalize_messages("anthropic", body)),
                       "output_tokens": max(1, out_words)},
         }
+
+
+def json_object(text: str) -> dict[str, Any] | None:
+    """`text` parsed as a JSON object, or None."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def tool_use_block(tool: dict[str, Any], value: dict[str, Any], block_id: str) -> dict[str, Any]:
+    """An Anthropic `tool_use` content block answering the forced `tool`."""
+    return {"type": "tool_use", "id": block_id, "name": tool.get("name", "reply"), "input": value}
 
 
 def _forced_tool(body: dict[str, Any]) -> dict[str, Any]:
@@ -775,13 +783,9 @@ class EmbeddedAnthropicServer(_LoopbackServer):
         stop = "max_tokens" if finish == "length" else "end_turn"
         content: list[dict[str, Any]] = [{"type": "text", "text": text}]
         if tool is not None:
-            try:
-                value = json.loads(text)
-            except ValueError:
-                value = None
-            if isinstance(value, dict):
-                content = [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}",
-                            "name": tool.get("name", "reply"), "input": value}]
+            value = json_object(text)
+            if value is not None:
+                content = [tool_use_block(tool, value, f"toolu_{uuid.uuid4().hex[:24]}")]
                 stop = "tool_use"
         usage = out.get("usage") or {}
         return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
