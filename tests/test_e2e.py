@@ -95,14 +95,51 @@ def test_prompt_longer_than_context_is_a_record_error(tmp_path):
 
 
 @pytest.mark.slow
+def test_local_top_logprobs_match_llama_cpp_logits_all():
+    """The local provider's top logprobs (read per sampled position, no logits_all) equal
+    llama-cpp-python's own `logprobs` output from a logits_all instance, token by token."""
+    import asyncio
+
+    from llama_cpp import Llama
+
+    from cai.config import GenConfig, Request
+    from cai.providers import local
+
+    model = local.LocalModel("")
+    prompts = ["Is the sky green? Answer Yes or No.", "Name a colour.", "Is water wet? Answer Yes or No."]
+    reqs = [Request(messages=({"role": "user", "content": p},),
+                    config=GenConfig(max_tokens=1 if i != 1 else 4, temperature=0, top_logprobs=5, seed=0))
+            for i, p in enumerate(prompts)]
+
+    async def main():
+        return await asyncio.gather(*(model.complete(r) for r in reqs))
+
+    outs = asyncio.run(main())
+    ref = Llama(model_path=str(model.path), n_ctx=local.N_CTX, n_threads=2, logits_all=True, verbose=False)
+    try:
+        for req, out in zip(reqs, outs):
+            want = ref.create_chat_completion(messages=list(req.messages), max_tokens=req.config.max_tokens,
+                                              temperature=0, seed=0, logprobs=True, top_logprobs=5)
+            choice = want["choices"][0]
+            assert out.text == choice["message"]["content"]
+            rows = [[(t["token"], float(t["logprob"])) for t in tok["top_logprobs"]]
+                    for tok in choice["logprobs"]["content"]]
+            assert out.top_logprobs is not None and len(out.top_logprobs) == len(rows) == out.tokens_out
+            for got, exp in zip(out.top_logprobs, rows):
+                assert [t for t, _ in got] == [t for t, _ in exp]
+                assert [lp for _, lp in got] == pytest.approx([lp for _, lp in exp], abs=1e-3)
+    finally:
+        ref.close()
+
+
+@pytest.mark.slow
 def test_local_model_mixed_logprob_calls_concurrently():
-    """A logprobs call reloads the shared llama instance; calls already queued must not use the closed one."""
+    """Calls with and without logprobs share one llama instance from several threads."""
     import asyncio
 
     from cai.config import GenConfig, Request
     from cai.providers import local
 
-    local._instances.clear()
     model = local.LocalModel("")
     flags = [False, True, False, False, False, False, True, False, False]
     reqs = [Request(messages=({"role": "user", "content": f"Count to {i}."},),
@@ -110,10 +147,10 @@ def test_local_model_mixed_logprob_calls_concurrently():
             for i, lp in enumerate(flags)]
 
     async def main():
-        await model.complete(reqs[0])  # the instance exists, without logits_all
         return await asyncio.gather(*(model.complete(r) for r in reqs))
 
     outs = asyncio.run(main())
     assert all(o.tokens_out > 0 for o in outs)
     assert [o.top_logprobs is not None for o in outs] == flags
-    assert all(len(o.top_logprobs[0]) >= 5 for o, lp in zip(outs, flags) if lp)
+    assert all(len(o.top_logprobs[0]) == 5 and len(o.top_logprobs) == o.tokens_out
+               for o, lp in zip(outs, flags) if lp)

