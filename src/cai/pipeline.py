@@ -73,39 +73,39 @@ class Pipeline:
         self.fatal: BaseException | None = None
         self.counts = {"done": 0, "failed": 0, "skipped": 0}
 
-    async def run(self) -> dict[str, int]:
+    def _todo(self) -> Iterator[tuple[InputRecord, bool]]:
+        """(record, known to the store) for each input record this invocation should work on."""
         statuses = self.store.statuses()
-        sem = asyncio.Semaphore(self.s.concurrency)
-        tasks: set[asyncio.Task[None]] = set()
+        for rec in iter_records(self.s.input, self.s.limit):
+            status = statuses.get(rec.id)
+            wanted = status == "failed" if self.s.retry_failed else status not in ("done", "failed")
+            if wanted:
+                yield rec, status is not None
+            else:
+                self.counts["skipped"] += 1
 
-        def finished(t: asyncio.Task[None]) -> None:
-            tasks.discard(t)
-            sem.release()
-            if not t.cancelled() and t.exception() is not None and self.fatal is None:
-                self.fatal = t.exception()
+    async def run(self) -> dict[str, int]:
+        """`concurrency` workers take the next record as soon as they finish one (as a bare loop
+        would), so no event-loop round trip sits between one record's last call and the next's first."""
+        todo = self._todo()
 
+        async def worker() -> None:
+            for rec, known in todo:  # one shared iterator; next() never awaits, so no two workers race
+                await self.process(rec, known)
+
+        workers = [asyncio.create_task(worker()) for _ in range(max(1, self.s.concurrency))]
         try:
-            for rec in iter_records(self.s.input, self.s.limit):
-                status = statuses.get(rec.id)
-                wanted = status == "failed" if self.s.retry_failed else status not in ("done", "failed")
-                if not wanted:
-                    self.counts["skipped"] += 1
-                    continue
-                await sem.acquire()
-                if self.fatal is not None:
-                    sem.release()
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:  # a fatal error (e.g. bad credentials) stops the others
+                if not t.cancelled() and t.exception() is not None:
+                    self.fatal = t.exception()
                     break
-                task = asyncio.create_task(self.process(rec, known=status is not None))
-                tasks.add(task)
-                task.add_done_callback(finished)
-            while tasks and self.fatal is None:  # a fatal error cancels what is still in flight
-                await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
             await self.store.flush()
         finally:
-            for t in list(tasks):
+            for t in workers:
                 t.cancel()
             with contextlib.suppress(BaseException):
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*workers, return_exceptions=True)
         if self.fatal is not None:
             raise self.fatal
         return self.counts
