@@ -3,8 +3,9 @@
 Writes are queued to one writer thread, which commits whatever is queued in one transaction (group
 commit), so the event loop never waits on the disk or on the writer. The queue is FIFO: a step is
 committed together with, or after, the model calls it used, so after a crash (even kill -9) the store
-holds a prefix of each record's work. The last few milliseconds of steps may be lost to a kill -9;
-they are simply redone on resume. `flush()` waits until everything queued is committed.
+holds a prefix of each record's work. Writes nobody waits for are gathered for up to `COALESCE_S`
+before their commit (fewer, larger transactions), so a kill -9 may lose about that much of the
+latest steps; they are simply redone on resume. `flush()` waits until everything queued is committed.
 Reads use their own connection.
 """
 
@@ -49,6 +50,8 @@ def _connect(path: Path) -> sqlite3.Connection:
 class Store:
     """One run's state. Use `open()`; call `close()` (or use `async with`)."""
 
+    COALESCE_S = 0.02
+
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / DB_NAME
@@ -68,6 +71,8 @@ class Store:
         try:
             while True:
                 item = self._queue.get()
+                if item is not None and item[1] is None:  # nobody waits on it: let more writes queue up
+                    time.sleep(self.COALESCE_S)
                 batch = [item]
                 while True:
                     try:
