@@ -9,7 +9,7 @@ from cai.config import Completion, Request, cache_key
 from cai.errors import RateLimited
 from cai.pacing import AIMDLimiter, Pacer
 from cai.providers.base import Model
-from cai.retry import retrying
+from cai.retry import with_retries
 from cai.store import Store
 
 
@@ -83,18 +83,19 @@ class Engine:
         estimate = 0
         if pacer.tpm:  # only --tpm pacing needs the (rough) token estimate
             estimate = sum(len(m["content"]) for m in request.messages) // 4 + request.config.max_tokens
-        attempts = 0
-        async for attempt in retrying(self.max_retries):
-            with attempt:
-                attempts += 1
-                async with limiter.slot():
-                    await pacer.wait(estimate)
-                    try:
-                        comp = await model.complete(request)
-                    except RateLimited:
-                        limiter.on_rate_limited()
-                        raise
-                limiter.on_success()
+
+        async def attempt() -> Completion:
+            async with limiter.slot():
+                await pacer.wait(estimate)
+                try:
+                    comp = await model.complete(request)
+                except RateLimited:
+                    limiter.on_rate_limited()
+                    raise
+            limiter.on_success()
+            return comp
+
+        comp, attempts = await with_retries(attempt, self.max_retries)
         stats.calls += 1
         stats.retries += attempts - 1
         stats.tokens_in += comp.tokens_in

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
 from cai.errors import ProviderError, RateLimited
 
 MAX_RETRY_AFTER = 120.0
+T = TypeVar("T")
 
 
 def _retryable(e: BaseException) -> bool:
@@ -31,3 +35,27 @@ def retrying(max_retries: int, initial: float = 0.5, maximum: float = 30.0) -> A
     """`async for attempt in retrying(n): with attempt: ...` — up to n retries after the first try."""
     return AsyncRetrying(retry=retry_if_exception(_retryable), stop=stop_after_attempt(max_retries + 1),
                          wait=_Wait(initial, maximum), reraise=True)
+
+
+async def with_retries(fn: Callable[[], Awaitable[T]], max_retries: int) -> tuple[T, int]:
+    """`(await fn(), attempts)`, retrying as `retrying(max_retries)` does.
+
+    The first try runs outside tenacity (most calls succeed at once, and its machinery costs more
+    CPU than the rest of a call's bookkeeping); a retryable failure is then replayed as tenacity's
+    first attempt, so the waits, Retry-After and the attempt count are exactly those of `retrying`.
+    """
+    try:
+        return await fn(), 1
+    except ProviderError as e:
+        if max_retries <= 0 or not _retryable(e):
+            raise
+        first: BaseException | None = e
+    attempts = 0
+    async for attempt in retrying(max_retries):
+        with attempt:
+            attempts += 1
+            if first is not None:
+                replay, first = first, None
+                raise replay
+            result = await fn()
+    return result, attempts
