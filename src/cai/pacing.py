@@ -59,18 +59,27 @@ class AIMDLimiter:
         self.cooldown = cooldown
         self._last_cut = -1e9
         self._cond = asyncio.Condition()
+        self._waiting = 0  # tasks waiting for a slot
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.in_flight < int(self.limit))
+        if self.in_flight >= int(self.limit) or self._waiting:  # the lock only when someone must wait
+            self._waiting += 1
+            try:
+                async with self._cond:
+                    await self._cond.wait_for(lambda: self.in_flight < int(self.limit))
+                    self.in_flight += 1
+            finally:
+                self._waiting -= 1
+        else:
             self.in_flight += 1
         try:
             yield
         finally:
-            async with self._cond:
-                self.in_flight -= 1
-                self._cond.notify_all()
+            self.in_flight -= 1
+            if self._waiting:
+                async with self._cond:
+                    self._cond.notify_all()
 
     def on_success(self) -> None:
         if self.limit < self.maximum:
