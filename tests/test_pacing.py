@@ -91,3 +91,45 @@ def test_pacer_spacing_unit():
     stamps = asyncio.run(main())
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     assert min(gaps) >= 0.045
+
+
+def _flaky(failures: list[BaseException]):
+    calls = []
+
+    async def fn() -> str:
+        calls.append(asyncio.get_running_loop().time())
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+    return fn, calls
+
+
+def test_with_retries_first_try_then_replayed_into_tenacity():
+    from cai.errors import RateLimited, RequestRejected, TransientError
+    from cai.retry import with_retries
+
+    fn, calls = _flaky([])
+    assert asyncio.run(with_retries(fn, 3)) == ("ok", 1)
+
+    fn, calls = _flaky([TransientError("a"), TransientError("b")])
+    assert asyncio.run(with_retries(fn, 3)) == ("ok", 3) and len(calls) == 3
+
+    fn, calls = _flaky([RateLimited("slow down", retry_after=0.3)])  # the server's wait is honoured
+    assert asyncio.run(with_retries(fn, 3)) == ("ok", 2)
+    assert calls[1] - calls[0] >= 0.29
+
+    fn, calls = _flaky([TransientError(str(i)) for i in range(5)])  # 1 try + 2 retries, then the last error
+    try:
+        asyncio.run(with_retries(fn, 2))
+    except TransientError as e:
+        assert str(e) == "2" and len(calls) == 3
+    else:
+        raise AssertionError("expected TransientError")
+
+    fn, calls = _flaky([RequestRejected("bad request")])  # not retryable: one try
+    try:
+        asyncio.run(with_retries(fn, 3))
+    except RequestRejected:
+        assert len(calls) == 1
+    else:
+        raise AssertionError("expected RequestRejected")
