@@ -92,6 +92,7 @@ class Pipeline:
         async def worker() -> None:
             for rec, known in todo:  # one shared iterator; next() never awaits, so no two workers race
                 await self.process(rec, known)
+                await self.store.keep_up()
 
         workers = [asyncio.create_task(worker()) for _ in range(max(1, self.s.concurrency))]
         try:

@@ -51,6 +51,7 @@ class Store:
     """One run's state. Use `open()`; call `close()` (or use `async with`)."""
 
     COALESCE_S = 0.02
+    MAX_BACKLOG = 1000
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
@@ -122,6 +123,12 @@ class Store:
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
         await self.write(lambda c: None)
+
+    async def keep_up(self) -> None:
+        """Wait for the writer if more than `MAX_BACKLOG` writes are queued (e.g. during a WAL
+        checkpoint), so memory stays flat when the model answers faster than the disk commits."""
+        if self._queue.qsize() > self.MAX_BACKLOG:
+            await self.flush()
 
     def write_now(self, op: Op) -> None:
         """Synchronous write from outside the event loop (set-up, CLI commands)."""
