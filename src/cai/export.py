@@ -23,6 +23,14 @@ from cai.store import Store
 EXPORTS = ("sft", "pairs", "critiques")
 
 
+def rewards_of(steps: list[dict[str, Any]]) -> dict[str, float] | None:
+    """With --rbr: the final response's reward (chosen) and the draft's (rejected); else None."""
+    grades = {s["round"]: s["score"]["reward"] for s in steps if s["kind"] == "grade"}
+    if not grades:
+        return None
+    return {"reward_chosen": grades[max(grades)], "reward_rejected": grades[0]}
+
+
 def record_rows(rec: dict[str, Any], min_margin: float | None = None
                 ) -> tuple[dict | None, dict | None, list[dict], str | None]:
     """(sft row, pair row, critique rows, why the pair was dropped) for one finished record."""
@@ -33,7 +41,6 @@ def record_rows(rec: dict[str, Any], min_margin: float | None = None
     final = draft
     crits: list[dict[str, Any]] = []
     pending: dict[int, dict[str, Any]] = {}
-    grades = {s["round"]: s["score"] for s in steps if s["kind"] == "grade"}
     for s in steps:
         if s["kind"] == "critique":
             row = {"id": rec["id"], "round": s["round"], "principle": s["principle"], "critique": s["critique"],
@@ -47,12 +54,10 @@ def record_rows(rec: dict[str, Any], min_margin: float | None = None
     prompt = rec["messages"]
     sft = {"id": rec["id"], "messages": [*prompt, {"role": "assistant", "content": final}]}
     dropped = "empty" if not final.strip() or not draft.strip() else ("unchanged" if final == draft else None)
-    rewards = None
-    if grades:  # --rbr: the draft's grade and the final response's grade
-        rewards = {"reward_chosen": grades[max(grades)]["reward"], "reward_rejected": grades[0]["reward"]}
-        if dropped is None and min_margin is not None and \
-                rewards["reward_chosen"] - rewards["reward_rejected"] < min_margin:
-            dropped = "margin"
+    rewards = rewards_of(steps)
+    if rewards and dropped is None and min_margin is not None and \
+            rewards["reward_chosen"] - rewards["reward_rejected"] < min_margin:
+        dropped = "margin"
     pair = None
     if dropped is None:
         pair = {"id": rec["id"], "prompt": prompt,
@@ -122,10 +127,10 @@ def export(store: Store, fmt: str = "jsonl") -> dict[str, int]:
             if rec["status"] != "done":
                 continue
             expected += (rec["extra"] or {}).get("expected") in ("comply", "refuse")
-            grades = [s["score"]["reward"] for s in rec["steps"] if s["kind"] == "grade"]
-            if grades:
+            rewards = rewards_of(rec["steps"])
+            if rewards:
                 rbr["graded"] += 1
-                rbr["improved"] += grades[-1] > grades[0]
+                rbr["improved"] += rewards["reward_chosen"] > rewards["reward_rejected"]
             sft, pair, crits, why = record_rows(rec, margin)
             if sft:
                 sinks["sft"].add(sft)
