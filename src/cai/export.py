@@ -23,6 +23,16 @@ from cai.store import Store
 EXPORTS = ("sft", "pairs", "critiques")
 
 
+def draft_and_final(steps: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """A record's draft and its last revision (the draft when never revised)."""
+    draft = next((s["response"] for s in steps if s["kind"] == "draft"), None)
+    final = draft
+    for s in steps:
+        if s["kind"] == "revise":
+            final = s["response"]
+    return draft, final
+
+
 def rewards_of(steps: list[dict[str, Any]]) -> dict[str, float] | None:
     """With --rbr: the final response's reward (chosen) and the draft's (rejected); else None."""
     grades = {s["round"]: s["score"]["reward"] for s in steps if s["kind"] == "grade"}
@@ -35,10 +45,9 @@ def record_rows(rec: dict[str, Any], min_margin: float | None = None
                 ) -> tuple[dict | None, dict | None, list[dict], str | None]:
     """(sft row, pair row, critique rows, why the pair was dropped) for one finished record."""
     steps = rec["steps"]
-    draft = next((s["response"] for s in steps if s["kind"] == "draft"), None)
-    if draft is None:
+    draft, final = draft_and_final(steps)
+    if draft is None or final is None:
         return None, None, [], None
-    final = draft
     crits: list[dict[str, Any]] = []
     pending: dict[int, dict[str, Any]] = {}
     for s in steps:
@@ -47,10 +56,8 @@ def record_rows(rec: dict[str, Any], min_margin: float | None = None
                    "verdict": s["verdict"], "parsed": s["parsed"], "before": s["response"], "after": s["response"]}
             pending[s["round"]] = row
             crits.append(row)
-        elif s["kind"] == "revise":
-            final = s["response"]
-            if s["round"] in pending:
-                pending[s["round"]]["after"] = final
+        elif s["kind"] == "revise" and s["round"] in pending:
+            pending[s["round"]]["after"] = s["response"]
     prompt = rec["messages"]
     sft = {"id": rec["id"], "messages": [*prompt, {"role": "assistant", "content": final}]}
     dropped = "empty" if not final.strip() or not draft.strip() else ("unchanged" if final == draft else None)

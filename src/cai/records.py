@@ -56,12 +56,41 @@ def _messages(row: dict[str, Any], where: tuple[str, int]) -> list[dict[str, str
     return [{"role": "user", "content": prompt}]
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) for every non-blank line, each decoded as UTF-8 on its own."""
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"not UTF-8 ({e.reason} at byte {e.start})", path=str(path), line=n) from None
+            if line.strip():
+                yield n, line
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, JSON object) for every non-blank line of a JSONL file; InputError naming the line."""
+    for n, line in _lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"malformed JSON ({e.msg}, column {e.colno})", path=str(path), line=n) from None
+        if not isinstance(row, dict):
+            raise InputError(f"each line must be a JSON object, not {type(row).__name__}", path=str(path), line=n)
+        yield n, row
+
+
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row dict) for every non-blank row."""
     name = str(path)
     suffix = path.suffix.lower()
-    with path.open("rb") as fh:
-        if suffix == ".csv":
+    if suffix == ".txt":
+        for n, line in _lines(path):
+            yield n, {"prompt": line.rstrip("\r\n")}
+    elif suffix != ".csv":
+        yield from iter_jsonl(path)
+    else:
+        with path.open("rb") as fh:
             text = io.TextIOWrapper(fh, encoding="utf-8", errors="strict", newline="")
             reader = csv.DictReader(text)
             try:
@@ -73,24 +102,6 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise InputError(f"not UTF-8 ({e.reason})", path=name, line=reader.line_num + 1) from None
             except csv.Error as e:
                 raise InputError(f"bad CSV: {e}", path=name, line=reader.line_num) from None
-            return
-        for n, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"not UTF-8 ({e.reason} at byte {e.start})", path=name, line=n) from None
-            if not line.strip():
-                continue
-            if suffix == ".txt":
-                yield n, {"prompt": line.rstrip("\r\n")}
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"malformed JSON ({e.msg}, column {e.colno})", path=name, line=n) from None
-            if not isinstance(row, dict):
-                raise InputError(f"each line must be a JSON object, not {type(row).__name__}", path=name, line=n)
-            yield n, row
 
 
 def iter_records(path: str | Path, limit: int | None = None) -> Iterator[InputRecord]:

@@ -14,12 +14,12 @@ and its final response (the last revision).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cai.errors import InputError
+from cai.export import draft_and_final
+from cai.records import iter_jsonl
 from cai.store import Store
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -75,21 +75,6 @@ def parse_row(row: Any, path: str, line: int) -> dict[str, Any]:
             "response_type": rtype, "labels": labels, "source": "row", "expected": expected}
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed JSON) for each non-blank line; InputError on bad JSON or encoding."""
-    try:
-        with path.open(encoding="utf-8") as f:
-            for n, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    yield n, json.loads(text)
-                except ValueError as e:
-                    raise InputError(f"invalid JSON: {getattr(e, 'msg', e)}", path=str(path), line=n) from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 ({e.reason})", path=str(path)) from None
-
-
 def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Rows to grade from a JSONL file (validated in full before any model call)."""
     if not path.is_file():
@@ -123,16 +108,6 @@ def run_rows(run_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:
     finally:
         store.close()
     return rows
-
-
-def draft_and_final(steps: list[dict[str, Any]]) -> tuple[str | None, str | None]:
-    """A record's draft and its last revision (the draft when never revised)."""
-    draft = next((s["response"] for s in steps if s["kind"] == "draft"), None)
-    final = draft
-    for s in steps:
-        if s["kind"] == "revise":
-            final = s["response"]
-    return draft, final
 
 
 def read_input(target: Path, limit: int | None = None) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from cai.errors import InputError
 from cai.rbr.checks import refusal_phrasing
-from cai.rbr.data import draft_and_final
+from cai.export import draft_and_final
 from cai.store import Store
 
 REFUSAL_PROPOSITION = "inability_to_comply"
