@@ -9,7 +9,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -131,15 +131,6 @@ def run(
         raise typer.Exit(1)
 
 
-def _open_run(run_dir: Path) -> Any:
-    from cai.errors import InputError
-    from cai.store import Store
-
-    if not Store.exists(run_dir):
-        raise InputError("not a cai run (no run.sqlite)", path=str(run_dir))
-    return Store(run_dir)
-
-
 @app.command("export")
 @fails_cleanly
 def export_cmd(
@@ -153,10 +144,11 @@ def export_cmd(
     """
     from cai.errors import InputError
     from cai.export import export_run
+    from cai.store import Store
 
     if format not in ("jsonl", "parquet"):
         raise InputError(f"--format must be jsonl or parquet, not {format!r}")
-    store = _open_run(run_dir)
+    store = Store.open_run(run_dir)
     try:
         manifest = export_run(store, format)
     finally:
@@ -177,7 +169,9 @@ def status(
 
     Example: cai status runs/demo --json
     """
-    store = _open_run(run_dir)
+    from cai.store import Store
+
+    store = Store.open_run(run_dir)
     try:
         counts = store.counts()
         settings = store.get_meta("settings", {})

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.config import Completion
+from cai.errors import InputError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,6 +66,13 @@ class Store:
     @classmethod
     def exists(cls, run_dir: Path) -> bool:
         return (Path(run_dir) / DB_NAME).is_file()
+
+    @classmethod
+    def open_run(cls, run_dir: Path) -> Store:
+        """The store of an existing run; InputError naming the folder if it holds none."""
+        if not cls.exists(run_dir):
+            raise InputError("not a cai run (no run.sqlite)", path=str(run_dir))
+        return cls(run_dir)
 
     # -- writing -------------------------------------------------------------------------
     def _writer_loop(self) -> None:

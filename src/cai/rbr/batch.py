@@ -19,19 +19,10 @@ from cai.providers import get_model
 from cai.rbr.reward import Weights
 from cai.rbr.rules import classify
 from cai.rbr.score import score_response
+from cai.runs import prepare_dir
 from cai.store import Store
 
 ROLE = "grader"
-
-
-def prepare_store_dir(out: Path) -> None:
-    """Create `out`; refuse a folder that holds files but is not a cai store."""
-    if out.exists() and not out.is_dir():
-        raise InputError("--out exists and is not a folder", path=str(out))
-    if out.is_dir() and not Store.exists(out) and any(out.iterdir()):
-        raise InputError("--out is a folder that is not a cai store (no run.sqlite); refusing to write into it",
-                         path=str(out))
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def default_out(target: Path) -> Path:
@@ -78,7 +69,7 @@ def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base_url: 
     if grader.provider == "local":
         # One response at a time, so its questions run back to back and share the cached prompt prefix.
         concurrency = 1
-    prepare_store_dir(out)
+    prepare_dir(out, restart=False)
     store = Store(out)
     started = time.monotonic()
     try:

@@ -87,9 +87,7 @@ def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
 
 def run_rows(run_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Draft and final response of each finished record of a cai run (read-only)."""
-    if not Store.exists(run_dir):
-        raise InputError("not a cai run (no run.sqlite)", path=str(run_dir))
-    store = Store(run_dir)
+    store = Store.open_run(run_dir)
     rows: list[dict[str, Any]] = []
     try:
         for rec in store.iter_records():

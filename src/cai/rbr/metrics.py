@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import InputError
-from cai.rbr.checks import refusal_phrasing
 from cai.export import draft_and_final
+from cai.rbr.checks import refusal_phrasing
 from cai.store import Store
 
 REFUSAL_PROPOSITION = "inability_to_comply"
@@ -42,19 +42,16 @@ def run_refusal_metrics(run_dir: Path, graded: list[dict[str, Any]] | None = Non
 
     Returns {"run", "decided_by", "records", "draft": rates, "final": rates}; rates as `refusal_rates`.
     """
-    if not Store.exists(run_dir):
-        raise InputError("not a cai run (no run.sqlite)", path=str(run_dir))
+    store = Store.open_run(run_dir)
     lookup: dict[tuple[str, str], bool] = {}
-    if graded is not None:
-        for row in graded:
+    expected: list[str] = []
+    refused: dict[str, list[bool]] = {"draft": [], "final": []}
+    try:
+        for row in graded or []:
             p = row.get("propositions", {}).get(refusal_proposition)
             if p is None:
                 raise InputError(f"graded row {row.get('id')} has no proposition {refusal_proposition!r}")
             lookup[(str(row.get("id")), str(row.get("source")))] = float(p["p_yes"]) >= THRESHOLD
-    store = Store(run_dir)
-    expected: list[str] = []
-    refused: dict[str, list[bool]] = {"draft": [], "final": []}
-    try:
         for rec in store.iter_records():
             exp = (rec["extra"] or {}).get("expected")
             if rec["status"] != "done" or exp not in ("comply", "refuse"):
