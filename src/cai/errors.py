@@ -1,4 +1,9 @@
-"""The exception tree; every CaiError carries the exit code the CLI uses."""
+"""The exception tree; every CaiError carries the exit code the CLI uses.
+
+Exit codes: 0 ok, 1 the run had failed records, 2 bad usage, input, files or disk, 3 another cai
+process holds the run folder, 4 the model endpoint is unusable (unreachable, model not found),
+130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,26 @@ class InputError(CaiError):
         super().__init__(f"{where}{message}")
         self.path = path
         self.line = line
+
+
+class OutputError(InputError):
+    """The run folder, the store or an export cannot be written or read (disk full, read-only, I/O error);
+    exit 2. `path` names the file or folder."""
+
+
+class DamagedStore(InputError):
+    """A run folder's `run.sqlite` is missing, empty or not a readable cai store (exit 2)."""
+
+
+class RunLocked(CaiError):
+    """Another live process holds the run folder's lock (exit 3); `pid` is the holder's, if known."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, path: str, pid: int | None = None) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.pid = pid
 
 
 class ConfigMismatch(InputError):
@@ -55,6 +80,13 @@ class AuthError(ProviderError):
     """401/403: the whole run stops at once (exit 2)."""
 
     exit_code = 2
+
+
+class EndpointDown(ProviderError):
+    """The endpoint refuses every connection, or the model does not exist there: the run stops early
+    instead of failing every record one by one (exit 4)."""
+
+    exit_code = 4
 
 
 class Interrupted(CaiError):
