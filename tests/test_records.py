@@ -1,9 +1,11 @@
+import hashlib
 import json
 
 import pytest
 
 from cai.errors import InputError
 from cai.records import iter_records, validate_input
+from helpers import cai
 
 
 def write(tmp_path, name, data: bytes):
@@ -69,3 +71,77 @@ def test_unknown_suffix_and_missing_file(tmp_path):
         validate_input(tmp_path / "x.parquet")
     with pytest.raises(InputError, match="not found"):
         validate_input(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("row,field", [
+    ({"prompt": "\ud800"}, "prompt"),
+    ({"messages": [{"role": "user", "content": "ok \udfff"}]}, "messages[0].content"),
+    ({"id": "a\ud83d", "prompt": "hi"}, "id"),
+    ({"prompt": "hi", "meta": {"tags": ["fine", "bad \udc00"]}}, "meta.tags[1]"),
+    ({"prompt": "hi", "meta": {"k\ud800": 1}}, "a key of meta"),
+    ({"prompt": "hi", "x\ud800": 1}, "a field name"),
+])
+def test_lone_surrogate_is_rejected_naming_line_and_field(tmp_path, row, field):
+    good = json.dumps({"prompt": "fine"}).encode()
+    p = write(tmp_path, "in.jsonl", good + b"\n\n" + json.dumps(row).encode() + b"\n")  # json escapes \ud800
+    assert b"\\ud" in p.read_bytes()
+    with pytest.raises(InputError) as e:
+        validate_input(p)
+    assert str(e.value) == f"{p}:3: text is not valid Unicode (lone surrogate in {field})"
+    assert e.value.exit_code == 2
+
+
+def test_valid_surrogate_pair_escape_is_accepted(tmp_path):
+    p = write(tmp_path, "in.jsonl", b'{"prompt": "smile \\ud83d\\ude00"}\n')
+    (rec,) = iter_records(p)
+    assert rec.messages[0]["content"] == "smile \U0001F600"
+
+
+@pytest.mark.parametrize("name,data", [
+    ("in.jsonl", b'\xef\xbb\xbf{"id": "a", "prompt": "first"}\n{"id": "b", "prompt": "second"}\n'),
+    ("in.csv", b"\xef\xbb\xbfid,prompt\r\na,first\r\nb,second\r\n"),  # Excel's "CSV UTF-8"
+    ("in.txt", b"\xef\xbb\xbffirst\nsecond\n"),
+])
+def test_utf8_bom_is_stripped(tmp_path, name, data):
+    p = write(tmp_path, name, data)
+    recs = list(iter_records(p))
+    assert [r.messages[0]["content"] for r in recs] == ["first", "second"]
+    if name != "in.txt":
+        assert [r.id for r in recs] == ["a", "b"]
+    n, sha = validate_input(p)
+    assert n == 2 and sha == hashlib.sha256(data).hexdigest()  # the hash is of the file's bytes, BOM included
+
+
+def test_bom_is_only_stripped_at_the_start(tmp_path):
+    p = write(tmp_path, "in.txt", b"first\n\xef\xbb\xbfsecond\n")
+    assert [r.messages[0]["content"] for r in iter_records(p)] == ["first", "\ufeffsecond"]
+
+
+@pytest.mark.parametrize("name,data", [
+    ("empty.jsonl", b""),
+    ("blank.jsonl", b"\n  \n\t\r\n"),
+    ("bom.jsonl", b"\xef\xbb\xbf\n"),
+    ("blank.txt", b"\n\n   \n"),
+    ("header-only.csv", b"prompt\n"),
+    ("empty.csv", b""),
+    ("bom-only.csv", b"\xef\xbb\xbf"),
+])
+def test_empty_or_blank_input_is_an_error(tmp_path, name, data):
+    p = write(tmp_path, name, data)
+    with pytest.raises(InputError) as e:
+        validate_input(p, limit=5)
+    assert str(e.value) == f"{p}: no prompts"
+    assert e.value.exit_code == 2
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"\n\n", ": no prompts"),
+    (b'{"prompt": "ok"}\n{"prompt": "bad \\udfff"}\n', ":2: text is not valid Unicode (lone surrogate in prompt)"),
+])
+def test_cli_reports_bad_input_in_one_line(tmp_path, data, message):
+    p = write(tmp_path, "in.jsonl", data)
+    res = cai("run", p, "--out", tmp_path / "run", "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1",
+              "--quiet", env={"OPENAI_API_KEY": "k"})
+    assert res.exit_code == 2
+    assert res.stderr == f"error: {p}{message}\n"
+    assert not (tmp_path / "run").exists()

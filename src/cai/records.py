@@ -57,11 +57,12 @@ def _messages(row: dict[str, Any], where: tuple[str, int]) -> list[dict[str, str
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) for every non-blank line, each decoded as UTF-8 on its own."""
+    """(line number, text) for every non-blank line, each decoded as UTF-8 on its own; a UTF-8 BOM at the
+    start of the file is dropped."""
     with path.open("rb") as fh:
         for n, raw in enumerate(fh, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise InputError(f"not UTF-8 ({e.reason} at byte {e.start})", path=str(path), line=n) from None
             if line.strip():
@@ -80,6 +81,42 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield n, row
 
 
+def _unencodable(value: Any, field: str = "") -> str | None:
+    """Where in `value` a string cannot be encoded as UTF-8 (a lone surrogate, e.g. from a JSON `\\ud800`
+    escape): a field path such as `messages[0].content`, or None if every string is fine."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return field
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and _unencodable(k) is not None:
+                return f"a key of {field}" if field else "a field name"
+            bad = _unencodable(v, f"{field}.{k}" if field else str(k))
+            if bad is not None:
+                return bad
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            bad = _unencodable(v, f"{field}[{i}]")
+            if bad is not None:
+                return bad
+    return None
+
+
+def _check_text(row: dict[str, Any], where: tuple[str, int]) -> None:
+    """InputError naming the field if any string in the row (keys, nested values) is not valid Unicode."""
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")  # one C-speed pass over the whole row
+        return
+    except (UnicodeEncodeError, TypeError, ValueError):
+        pass
+    bad = _unencodable(row)
+    if bad is not None:
+        raise InputError(f"text is not valid Unicode (lone surrogate in {bad})", path=where[0], line=where[1])
+
+
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row dict) for every non-blank row."""
     name = str(path)
@@ -91,10 +128,12 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield from iter_jsonl(path)
     else:
         with path.open("rb") as fh:
-            text = io.TextIOWrapper(fh, encoding="utf-8", errors="strict", newline="")
+            text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="strict", newline="")  # BOM: Excel
             reader = csv.DictReader(text)
             try:
-                if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+                if reader.fieldnames is None:  # an empty file: no prompts
+                    return
+                if "prompt" not in reader.fieldnames:
                     raise InputError("CSV needs a `prompt` column", path=name, line=1)
                 for row in reader:
                     yield reader.line_num, dict(row)
@@ -116,6 +155,7 @@ def iter_records(path: str | Path, limit: int | None = None) -> Iterator[InputRe
     for line, row in _rows(path):
         if limit is not None and idx >= limit:
             return
+        _check_text(row, (str(path), line))
         rid = row.get("id")
         if rid is None or rid == "":
             rid = f"line-{line}"
@@ -132,8 +172,12 @@ def iter_records(path: str | Path, limit: int | None = None) -> Iterator[InputRe
 
 
 def validate_input(path: str | Path, limit: int | None = None) -> tuple[int, str]:
-    """One full streaming pass before any model call: (record count, sha256 of the file)."""
+    """One full streaming pass before any model call: (record count, sha256 of the file's bytes).
+
+    A file with no prompts (empty, or only blank lines) is an InputError."""
     count = sum(1 for _ in iter_records(path, limit))
+    if count == 0:
+        raise InputError("no prompts", path=str(path))
     h = hashlib.sha256()
     with Path(path).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
