@@ -58,3 +58,37 @@ def test_schema_error_names_line(tmp_path):
 def test_unknown_constitution():
     with pytest.raises(InputError, match="unknown constitution 'nope'"):
         load("nope")
+
+
+def test_duplicate_principle_id_names_its_line(tmp_path):
+    p = tmp_path / "dup.yaml"
+    p.write_text("name: dup\nprinciples:\n  - id: a\n    critique: c\n    revision: r\n"
+                 "  - id: b\n    critique: c\n    revision: r\n"
+                 "  - critique: c\n    id: a\n    revision: r\n")
+    with pytest.raises(InputError) as e:
+        load(str(p))
+    assert str(e.value) == f"{p}:10: duplicate principle id 'a' (first on line 3)"
+    assert e.value.exit_code == 2
+
+
+def test_duplicate_proposition_id_names_both_lines(tmp_path):
+    p = tmp_path / "dup.yaml"
+    p.write_text("name: dup\nprinciples:\n  - {id: a, critique: c, revision: r}\n"
+                 "propositions:\n  - {id: q, question: one}\n  - {id: r, question: two}\n"
+                 "  - {id: q, question: three}\n")
+    with pytest.raises(InputError) as e:
+        load(str(p))
+    assert str(e.value) == f"{p}:7: duplicate proposition id 'q' (first on line 5)"
+
+
+def test_duplicate_yaml_key_names_its_line(tmp_path):
+    p = tmp_path / "dup.yaml"  # a second `principles:` would silently replace the first
+    p.write_text("name: dup\nprinciples:\n  - {id: a, critique: c, revision: r}\n"
+                 "description: d\nprinciples:\n  - {id: b, critique: c, revision: r}\n")
+    with pytest.raises(InputError) as e:
+        load(str(p))
+    assert str(e.value) == f"{p}:5: duplicate key 'principles' (first on line 2)"
+    p.write_text("name: dup\nprinciples:\n  - {id: a, critique: c, revision: r, critique: again}\n")
+    with pytest.raises(InputError) as e:
+        load(str(p))
+    assert str(e.value) == f"{p}:3: duplicate key 'critique' (first on line 3)"

@@ -156,6 +156,7 @@ def load(name_or_path: str) -> Constitution:
         raise InputError(f"invalid YAML: {getattr(e, 'problem', None) or e}", path=str(path), line=line) from None
     if not isinstance(data, dict):
         raise InputError("a constitution must be a YAML mapping", path=str(path), line=1)
+    _check_keys(node, str(path))
     data.setdefault("name", path.stem)
     try:
         const = Constitution.model_validate(data)
@@ -163,23 +164,48 @@ def load(name_or_path: str) -> Constitution:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
         raise InputError(f"{loc}: {err['msg']}", path=str(path), line=_line_of(node, err["loc"])) from None
-    ids = [p.id for p in const.principles]
-    dup = next((i for i in ids if ids.count(i) > 1), None)
-    if dup:
-        raise InputError(f"duplicate principle id {dup!r}", path=str(path))
+    _check_unique("principle", [p.id for p in const.principles], node, str(path))
     _check_rbr(const, node, str(path))
     const.sha256 = hashlib.sha256(raw).hexdigest()
     const.path = str(path)
     return const
 
 
+def _check_unique(what: str, ids: list[str], node: yaml.Node | None, path: str) -> None:
+    """InputError on the second use of an id in the `{what}s` list, naming its line and the first one's."""
+    first: dict[str, int] = {}
+    for i, pid in enumerate(ids):
+        if pid in first:
+            was = _line_of(node, (f"{what}s", first[pid], "id"))
+            raise InputError(f"duplicate {what} id {pid!r} (first on line {was})", path=path,
+                             line=_line_of(node, (f"{what}s", i, "id")))
+        first[pid] = i
+
+
+def _check_keys(node: yaml.Node | None, path: str, seen_nodes: set[int] | None = None) -> None:
+    """InputError naming the line of a mapping key given twice (YAML loaders silently keep the last value)."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if node is None or id(node) in seen_nodes:  # an alias can point back at a node already checked
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: dict[tuple[str, str], int] = {}  # (tag, text): `1` and `"1"` are different keys
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                if (k.tag, k.value) in keys:
+                    raise InputError(f"duplicate key {k.value!r} (first on line {keys[k.tag, k.value]})", path=path,
+                                     line=k.start_mark.line + 1)
+                keys[k.tag, k.value] = k.start_mark.line + 1
+            _check_keys(v, path, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_keys(item, path, seen_nodes)
+
+
 def _check_rbr(const: Constitution, node: yaml.Node | None, path: str) -> None:
     """Cross-references of the RBR sections: unique proposition ids, known ids in rules, known checks."""
     ids = [p.id for p in const.propositions]
-    for i, pid in enumerate(ids):
-        if pid in ids[:i]:
-            raise InputError(f"duplicate proposition id {pid!r}", path=path,
-                             line=_line_of(node, ("propositions", i, "id")))
+    _check_unique("proposition", ids, node, path)
     known = set(ids)
     for tname, rtype in const.response_types.items():
         for j, rule in enumerate(rtype.rules):
