@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import time
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -14,25 +10,7 @@ from rich.live import Live
 from rich.text import Text
 
 from cai.engine import Engine
-from cai.errors import InputError
-
-
-def load_prices(path: str | None = None) -> dict[str, dict[str, float]]:
-    if path:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"cannot read price table: {e}", path=path) from None
-    else:
-        data = json.loads(resources.files("cai").joinpath("data/prices.json").read_text(encoding="utf-8"))
-    return {k: v for k, v in data.items() if not k.startswith("_")}
-
-
-def price_of(spec: str, prices: dict[str, dict[str, float]]) -> dict[str, float] | None:
-    for pattern, price in prices.items():
-        if fnmatch.fnmatch(spec, pattern):
-            return price
-    return None
+from cai.prices import load_prices, price_of  # noqa: F401 - load_prices is re-exported for cai.cli
 
 
 def cost(engine: Engine, prices: dict[str, dict[str, float]]) -> float | None:

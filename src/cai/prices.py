@@ -1,0 +1,110 @@
+"""The per-model price table for the cost estimate: the shipped `data/prices.json` or a `--prices FILE`.
+
+A table is a JSON object mapping fnmatch patterns over model specs (`openai:gpt-4o*`) to
+`{"input": USD, "output": USD}` per million tokens; keys starting with `_` are comments. The first
+matching pattern wins. Every problem is an InputError naming the file and the line or field.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from cai.errors import InputError
+
+Prices = dict[str, dict[str, float]]
+SHIPPED = "data/prices.json"  # inside the `cai` package
+
+
+class Price(BaseModel):
+    """USD per million tokens in and out."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
+
+
+_TABLE = TypeAdapter(dict[str, Price])
+
+# pydantic error type → what to tell the user
+_MESSAGES = {
+    "missing": "missing",
+    "extra_forbidden": "unknown field (expected input and output)",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "greater_than_equal": "must be >= 0",
+    "model_type": 'must be an object like {"input": 2.5, "output": 10.0}',
+    "dict_type": 'must be an object like {"input": 2.5, "output": 10.0}',
+}
+
+
+class _Duplicate(Exception):
+    """A key given twice in one JSON object."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON object hook: a key given twice (json.loads would silently keep the last value) is an error."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Duplicate(k)
+        out[k] = v
+    return out
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    """`"openai:gpt-4o".input` for the pydantic location ("openai:gpt-4o", "input")."""
+    head, *rest = loc
+    return ".".join([json.dumps(head, ensure_ascii=False), *map(str, rest)])
+
+
+def parse_prices(raw: bytes, path: str) -> Prices:
+    """Validate a price table's bytes; `path` is only used in error messages."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise InputError(f"not UTF-8 ({e.reason} at byte {e.start})", path=path, line=line) from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON ({e.msg}, column {e.colno})", path=path, line=e.lineno) from None
+    except _Duplicate as e:
+        raise InputError(f"duplicate key {json.dumps(e.args[0], ensure_ascii=False)}", path=path) from None
+    if not isinstance(data, dict):
+        raise InputError('a price table must be a JSON object of model patterns, e.g. '
+                         '{"openai:gpt-4o*": {"input": 2.5, "output": 10.0}}', path=path)
+    try:
+        table = _TABLE.validate_python({k: v for k, v in data.items() if not k.startswith("_")})
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = _field(err["loc"])
+        raise InputError(f"{where}: {_MESSAGES.get(err['type'], err['msg'])}", path=path) from None
+    return {pattern: price.model_dump() for pattern, price in table.items()}
+
+
+def load_prices(path: str | Path | None = None) -> Prices:
+    """The table in `path`, or the shipped one; fully validated (InputError naming file and line or field)."""
+    if path is None or str(path) == "":
+        shipped = resources.files("cai").joinpath(SHIPPED)
+        return parse_prices(shipped.read_bytes(), str(shipped))
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read price table ({e.strerror or e})", path=str(path)) from None
+    return parse_prices(raw, str(path))
+
+
+def price_of(spec: str, prices: Prices) -> dict[str, float] | None:
+    """The price of the first pattern matching the model spec (e.g. `openai:gpt-4o-mini`), or None."""
+    for pattern, price in prices.items():
+        if fnmatch.fnmatch(spec, pattern):
+            return price
+    return None
