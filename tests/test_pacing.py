@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
+
+import pytest
 
 from cai.pacing import AIMDLimiter, Pacer
 from helpers import cai, write_prompts
@@ -133,3 +136,31 @@ def test_with_retries_first_try_then_replayed_into_tenacity():
         assert len(calls) == 1
     else:
         raise AssertionError("expected RequestRejected")
+
+
+def test_pacer_refuses_a_request_larger_than_tpm_at_once():
+    from cai.errors import InputError, ProviderError
+
+    async def main() -> Pacer:
+        pacer = Pacer(tpm=100)
+        with pytest.raises(InputError) as e:
+            await pacer.wait(101)
+        assert str(e.value) == "--tpm 100 is smaller than one request (~101 tokens); raise --tpm"
+        assert e.value.exit_code == 2 and not isinstance(e.value, ProviderError)  # stops the run, not one record
+        await pacer.wait(100)  # a request of exactly the cap is admitted
+        return pacer
+
+    pacer = asyncio.run(main())
+    assert [n for _, n in pacer._log] == [100]  # the refused request took nothing from the window
+
+
+def test_tpm_below_one_request_stops_the_run_with_one_line(tmp_path, stub_server):
+    inp = write_prompts(tmp_path / "in.jsonl", ["q?"])
+    res = run(stub_server, inp, tmp_path / "r", "--tpm", "50")  # the draft (~16 tokens) fits, the critique cannot
+    assert res.exit_code == 2
+    assert re.fullmatch(r"error: --tpm 50 is smaller than one request \(~\d+ tokens\); raise --tpm\n", res.stderr)
+    assert res.stdout == ""
+    assert stub_server.count() == 1  # only the draft was sent
+    again = run(stub_server, inp, tmp_path / "r", "--tpm", "100000")  # the run resumes with a larger cap
+    assert again.exit_code == 0, again.stderr
+    assert stub_server.count() == 3

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from cai.errors import InputError
 
 
 class Pacer:
@@ -24,8 +26,13 @@ class Pacer:
         self._log: collections.deque[tuple[float, int]] = collections.deque()
 
     async def wait(self, tokens: int = 0) -> None:
+        """Return when a request of `tokens` (estimated) may start; record it in the window.
+
+        A request larger than `tpm` could never be admitted: InputError (the run stops, exit 2)."""
         if not self.rpm and not self.tpm:
             return
+        if self.tpm and tokens > self.tpm:
+            raise InputError(f"--tpm {self.tpm} is smaller than one request (~{tokens} tokens); raise --tpm")
         async with self._lock:
             while True:
                 now = time.monotonic()
