@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import itertools
 import json
+import select
 import socket
 import sys
 import threading
@@ -25,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-FAULT_KINDS = ("429", "500", "503", "400", "401", "403", "hang", "drop", "truncated", "invalid", "notjson")
+FAULT_KINDS = ("429", "500", "503", "400", "401", "403", "404", "hang", "drop", "truncated", "invalid", "notjson")
 NOT_JSON_TEXT = "Looks fine to me."
 API_PATHS = ("/v1/chat/completions", "/v1/messages")
 
@@ -43,6 +44,20 @@ class _HTTPServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients that vanish mid-request (kill -9, timeouts) are expected here: stay quiet."""
 
+    # A connection is tracked from the moment it leaves the listen backlog until its socket is closed, under
+    # the app's lock, so `wait_idle` never sees a connection that is neither pending nor tracked.
+    def get_request(self) -> tuple[socket.socket, Any]:
+        with self.app._changed:
+            conn, addr = super().get_request()
+            self.app._conns.add(conn)
+        return conn, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            super().shutdown_request(request)
+        finally:
+            self.app._track(request, False)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -55,16 +70,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence request logging
         pass
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.app._track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.app._track(self.connection, False)
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
@@ -118,8 +123,12 @@ class _LoopbackServer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified on every request, pause/resume and stop
         self._conns: set[socket.socket] = set()
         self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0  # API requests received and not yet answered (held, sleeping or being answered)
+        self.max_in_flight = 0
+        self._hold_after: int | None = None  # API requests after this many are held until resume()
 
     # lifecycle ---------------------------------------------------------------------------------
     def start(self) -> _LoopbackServer:
@@ -138,6 +147,8 @@ class _LoopbackServer:
         if httpd is None:
             return
         self._stop.set()  # wakes latency sleeps and hangs
+        with self._changed:
+            self._changed.notify_all()  # wakes held requests
         httpd.shutdown()
         with self._lock:
             conns = list(self._conns)
@@ -192,12 +203,80 @@ class _LoopbackServer:
 
     # accounting --------------------------------------------------------------------------------
     def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._lock:
+        with self._changed:
             (self._conns.add if add else self._conns.discard)(conn)
+            self._changed.notify_all()
 
-    def _record(self, path: str, body: Any) -> None:
-        with self._lock:
+    def _record(self, path: str, body: Any) -> int:
+        """Count a POST request as received and in flight; returns its number (1 for the first).
+        Call `_answered()` once it is answered (or abandoned)."""
+        with self._changed:
             self.requests.append({"path": path, "body": body, "t": time.monotonic()})
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._changed.notify_all()
+            return len(self.requests)
+
+    def _answered(self) -> None:
+        with self._changed:
+            self.in_flight -= 1
+
+    def _hold(self, number: int) -> bool:
+        """Block request `number` while the server holds requests past `_hold_after`; False if stopped."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._stop.is_set() or self._hold_after is None
+                                   or number <= self._hold_after)
+            return not self._stop.is_set()
+
+    # sequencing --------------------------------------------------------------------------------
+    def hold_after(self, n: int) -> None:
+        """Answer the first `n` requests (counting from the server's start or last reset) as usual and hold
+        every later one, unanswered and counted in `in_flight`, until `resume()` (or `stop()`)."""
+        with self._changed:
+            self._hold_after = n
+            self._changed.notify_all()
+
+    def pause(self) -> None:
+        """Hold every request from now on until `resume()`."""
+        with self._changed:
+            self._hold_after = len(self.requests)
+            self._changed.notify_all()
+
+    def resume(self) -> None:
+        with self._changed:
+            self._hold_after = None
+            self._changed.notify_all()
+
+    def wait_for_requests(self, n: int, timeout: float = 300.0, until: Callable[[], bool] | None = None) -> int:
+        """Block until the server has received `n` requests, or `until()` turns true (checked every 0.1 s,
+        e.g. "the client process exited"); returns the count. Only a missed `timeout` raises."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self.requests) < n:
+                if until is not None and until():
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{type(self).__name__} received {len(self.requests)} of {n} requests "
+                                       f"within {timeout:g} s")
+                self._changed.wait(min(left, 0.1))
+            return len(self.requests)
+
+    def wait_idle(self, timeout: float = 300.0) -> None:
+        """Block until no client connection is open (so every byte a client sent, even one killed mid-way,
+        has been read and counted) and no request is in flight. Only a missed `timeout` raises."""
+        httpd = self._httpd
+        if httpd is None:
+            return
+
+        def idle() -> bool:
+            pending, _, _ = select.select([httpd.socket], [], [], 0)  # a connection not yet accepted
+            return not self._conns and not self.in_flight and not pending
+
+        with self._changed:
+            if not self._changed.wait_for(idle, timeout):
+                raise TimeoutError(f"{type(self).__name__} still had {len(self._conns)} open connections and "
+                                   f"{self.in_flight} requests in flight after {timeout:g} s")
 
     def count(self, path_suffix: str | None = None) -> int:
         """POST requests received (faulted ones included), optionally only paths ending in `path_suffix`."""
@@ -216,6 +295,7 @@ class _LoopbackServer:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.max_in_flight = self.in_flight
 
     def handle(self, h: _Handler, method: str, path: str, body: bytes) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -462,7 +542,8 @@ class StubServer(_LoopbackServer):
                 return h.send_json(200, _models_list([self.model]))
             if path == "/_stats":
                 return h.send_json(200, {"requests": self.count(), "by_path": self.by_path(),
-                                         "faults_pending": self.pending_faults()})
+                                         "faults_pending": self.pending_faults(), "in_flight": self.in_flight,
+                                         "max_in_flight": self.max_in_flight})
             return h.send_json(404, error_body("openai", 404))
         if path == "/_faults":
             try:
@@ -485,7 +566,16 @@ class StubServer(_LoopbackServer):
             parsed: Any = json.loads(body) if body else {}
         except ValueError:
             parsed = body.decode("utf-8", "replace")
-        self._record(path, parsed)
+        number = self._record(path, parsed)
+        try:
+            if not self._hold(number):
+                h.close_connection = True
+                return None
+            return self._answer(h, kind, path, parsed)
+        finally:
+            self._answered()
+
+    def _answer(self, h: _Handler, kind: str, path: str, parsed: Any) -> None:
         if path not in API_PATHS:
             return h.send_json(404, error_body(kind, 404, f"no route for POST {path}"))
         if not isinstance(parsed, dict):
@@ -744,16 +834,22 @@ class EmbeddedAnthropicServer(_LoopbackServer):
             parsed: Any = json.loads(body) if body else {}
         except ValueError:
             parsed = None
-        self._record(path, parsed)
-        if path != "/v1/messages":
-            return h.send_json(404, error_body("anthropic", 404, f"no route for POST {path}"))
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("messages"), list):
-            return h.send_json(400, error_body("anthropic", 400, "body must be a JSON object with messages"))
+        number = self._record(path, parsed)
         try:
-            reply = self._complete(parsed)
-        except ValueError as e:  # e.g. prompt longer than the context window
-            return h.send_json(400, error_body("anthropic", 400, str(e)))
-        return h.send_json(200, reply)
+            if not self._hold(number):
+                h.close_connection = True
+                return None
+            if path != "/v1/messages":
+                return h.send_json(404, error_body("anthropic", 404, f"no route for POST {path}"))
+            if not isinstance(parsed, dict) or not isinstance(parsed.get("messages"), list):
+                return h.send_json(400, error_body("anthropic", 400, "body must be a JSON object with messages"))
+            try:
+                reply = self._complete(parsed)
+            except ValueError as e:  # e.g. prompt longer than the context window
+                return h.send_json(400, error_body("anthropic", 400, str(e)))
+            return h.send_json(200, reply)
+        finally:
+            self._answered()
 
     def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
         messages = normalize_messages("anthropic", body)

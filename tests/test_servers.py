@@ -6,13 +6,14 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anthropic
 import openai
 import pytest
+
 from servers import EmbeddedAnthropicServer, StubServer
 
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say something."}]
@@ -198,15 +199,17 @@ def test_fault_predicate(stub_server):
 
 
 def test_hang_times_out(stub_server):
+    stub_server.hang_seconds = 300  # far past the client's timeout: only the timeout can end the call
     stub_server.add_fault("hang")
-    t0 = time.monotonic()
     with pytest.raises(openai.APITimeoutError):
         chat(oai(stub_server, timeout=0.3))
-    assert time.monotonic() - t0 < 5
+    stub_server.wait_for_requests(1)
+    assert stub_server.in_flight == 1  # the client gave up while the server still held its request
     stub_server.add_fault("hang")
     with pytest.raises(anthropic.APITimeoutError):
         message(ant(stub_server, timeout=0.3))
-    assert stub_server.count() == 2
+    assert stub_server.wait_for_requests(2) == 2
+    assert stub_server.in_flight == 2
 
 
 @pytest.mark.parametrize("kind", ["drop", "truncated"])
@@ -245,21 +248,46 @@ def test_unknown_fault_kind(stub_server):
 
 
 def test_concurrent_async_requests_overlap():
-    async def run(srv: StubServer) -> float:
-        client = openai.AsyncOpenAI(base_url=srv.url, api_key="test-key", max_retries=0, timeout=10)
+    """64 requests sent at once are all in flight at the server together: the server holds every request
+    until it has received all 64, which it never would if the client or the server serialised them."""
+
+    async def run(srv: StubServer) -> tuple[int, list[str]]:
+        client = openai.AsyncOpenAI(base_url=srv.url, api_key="test-key", max_retries=0, timeout=600)
         try:
-            t0 = time.monotonic()
-            rs = await asyncio.gather(*(client.chat.completions.create(
+            calls = asyncio.gather(*(client.chat.completions.create(
                 model="m", messages=[{"role": "user", "content": str(i)}]) for i in range(64)))
-            assert len({r.choices[0].message.content for r in rs}) == 64
-            return time.monotonic() - t0
+            try:
+                await asyncio.to_thread(srv.wait_for_requests, 64)
+                held = srv.in_flight  # none answered yet: all 64 are open at the server at once
+            finally:
+                srv.resume()
+            rs = await calls
+            return held, [r.choices[0].message.content for r in rs]
         finally:
             await client.close()
 
-    with StubServer(latency=0.2) as srv:
-        elapsed = asyncio.run(run(srv))
+    with StubServer() as srv:
+        srv.pause()
+        held, texts = asyncio.run(run(srv))
+        assert held == 64 and srv.max_in_flight == 64
         assert srv.count() == 64
-    assert elapsed < 6.0, elapsed  # serial would take 12.8 s
+    assert len(set(texts)) == 64
+
+
+def test_hold_after_and_wait_for_requests(stub_server):
+    stub_server.hold_after(1)
+    client = oai(stub_server, timeout=600)
+    assert chat(client).choices[0].message.content  # the first request is answered as usual
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(chat, client, [{"role": "user", "content": "second"}])
+        assert stub_server.wait_for_requests(2) == 2
+        assert not second.done()  # received, and held
+        stub_server.resume()
+        assert second.result().choices[0].message.content
+    assert stub_server.max_in_flight >= 1 and stub_server.count() == 2
+    assert stub_server.wait_for_requests(5, until=lambda: True) == 2  # `until` ends the wait early
+    with pytest.raises(TimeoutError, match="received 2 of 3 requests"):
+        stub_server.wait_for_requests(3, timeout=0.01)
 
 
 def test_script_mode_stats_and_faults():
