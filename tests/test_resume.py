@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from helpers import cai, read_jsonl, write_prompts
@@ -91,13 +90,17 @@ def test_parquet_export_and_rebuild(tmp_path, stub_server):
     import pandas as pd
 
     inp = write_prompts(tmp_path / "in.jsonl", ["a?", "b?"])
-    assert run(stub_server, inp, tmp_path / "r", "--format", "parquet").exit_code == 0
-    frame = pd.read_parquet(tmp_path / "r" / "pairs.parquet")
+    out = tmp_path / "r"
+    assert run(stub_server, inp, out, "--format", "parquet").exit_code == 0
+    frame = pd.read_parquet(out / "pairs.parquet")
     assert list(frame["id"]) == ["p0", "p1"]
-    (tmp_path / "r" / "sft.jsonl").unlink(missing_ok=True)
-    res = cai("export", tmp_path / "r")
+    assert list(frame["prompt"][1]) == [{"role": "user", "content": "b?"}]  # nested columns, not JSON text
+    assert [m["role"] for m in frame["chosen"][0]] == ["assistant"] == [m["role"] for m in frame["rejected"][0]]
+    assert not any(out.glob("*.jsonl"))
+    res = cai("export", out)
     assert res.exit_code == 0
-    assert [r["id"] for r in read_jsonl(tmp_path / "r" / "sft.jsonl")] == ["p0", "p1"]
+    assert [r["id"] for r in read_jsonl(out / "sft.jsonl")] == ["p0", "p1"]
+    assert not any(out.glob("*.parquet"))  # the other format's files are gone once the new ones are in place
 
 
 def reply_for(body: dict) -> str:
@@ -115,10 +118,20 @@ def committed_replies(out: Path) -> set[str]:
         return {json.loads(r[0])["text"] for r in db.execute("SELECT response FROM calls")}
 
 
+def received_from(srv, n: int, proc: subprocess.Popen) -> None:
+    """Wait until the stub server has received `n` requests in all; fail clearly if `proc` exits first
+    (the deadline of `wait_for_requests`, 300 s, only ever ends a broken run)."""
+    got = srv.wait_for_requests(n, until=lambda: proc.poll() is not None)
+    if got < n:
+        _, err = proc.communicate()
+        err = err.decode() if isinstance(err, bytes) else err
+        raise AssertionError(f"cai exited with {proc.returncode} after the server saw {got} of {n} requests:\n{err}")
+
+
 def test_kill_9_at_random_moments_then_resume(tmp_path, stub_server):
     stub_server.latency = 0.05
     stub_server.reply_fn = lambda kind, body: reply_for(body)
-    inp = write_prompts(tmp_path / "in.jsonl", [f"prompt {i}?" for i in range(100)])
+    inp = write_prompts(tmp_path / "in.jsonl", [f"prompt {i}?" for i in range(100)])  # 500 calls in all
     base = [sys.executable, "-m", "cai", "run", str(inp), "--model", "openai:stub", "--base-url", stub_server.url,
             *ARGS, "--concurrency", "4"]
     env = {**os.environ, "OPENAI_API_KEY": "k"}
@@ -126,18 +139,33 @@ def test_kill_9_at_random_moments_then_resume(tmp_path, stub_server):
     rng = random.Random(1234)
     kills = 0
     seen = 0
-    for attempt in range(12):
+    for attempt in range(6):  # five runs killed mid-way, then one that finishes
         already = committed_replies(out)
+        kill = attempt < 5
+        if kill:
+            # The kill lands once this run has had k answers (k seeded) and sent one more request. Requests
+            # past the k-th are held unanswered, so the run cannot finish first: it answers at most 5 × 60 of
+            # the 500 calls before the last kill.
+            k = rng.randint(1, 60)
+            stub_server.hold_after(seen + k)
         proc = subprocess.Popen([*base, "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
-        if kills < 5:
-            time.sleep(rng.uniform(1.0, 2.2))
-        if kills < 5 and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        else:
-            assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+        try:
+            if kill:
+                received_from(stub_server, seen + k + 1, proc)
+                assert proc.poll() is None, "the run ended although its requests were held"
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+            else:
+                _, err = proc.communicate(timeout=300)
+                assert proc.returncode == 0, err.decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+            stub_server.resume()
+        stub_server.wait_idle()  # every byte the killed run sent has been read and counted
         new = stub_server.requests[seen:]
         seen += len(new)
         whole = [r for r in new if isinstance(r["body"], dict) and "messages" in r["body"]]
@@ -146,9 +174,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path, stub_server):
         # No request was sent whose answer had already been committed.
         resent = [r for r in whole if reply_for(r["body"]) in already]
         assert resent == []
-        if proc.returncode == 0:
-            break
-    assert kills == 5
+    assert kills == 5 and proc.returncode == 0
     sft = read_jsonl(out / "sft.jsonl")
     assert [r["id"] for r in sft] == [f"p{i}" for i in range(100)]  # each once, in input order
     # The exports equal those of an uninterrupted run.
@@ -159,21 +185,29 @@ def test_kill_9_at_random_moments_then_resume(tmp_path, stub_server):
 
 
 def test_sigterm_and_sigint_exit_130_with_resume_command(tmp_path, stub_server):
-    stub_server.latency = 0.2
     inp = write_prompts(tmp_path / "in.jsonl", [f"prompt {i}?" for i in range(30)])
     out = tmp_path / "r"
     cmd = [sys.executable, "-m", "cai", "run", str(inp), "--out", str(out), "--model", "openai:stub",
            "--base-url", stub_server.url, *ARGS, "--concurrency", "2"]
     env = {**os.environ, "OPENAI_API_KEY": "k"}
     for sig in (signal.SIGTERM, signal.SIGINT):
+        before = stub_server.count()
+        # Four answers, then every request is held: the signal comes only once the run is live (it has sent
+        # a request, so its handlers are installed) and it cannot have finished.
+        stub_server.hold_after(before + 4)
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(2.0)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        try:
+            received_from(stub_server, before + 5, proc)
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            stub_server.resume()
         assert proc.returncode == 130, err
         assert "Resume with:" in err and f"--out {out}" in err
         assert not list(out.glob(".*.tmp"))  # no half-written export left behind
-    stub_server.latency = 0.0
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert [r["id"] for r in read_jsonl(out / "sft.jsonl")] == [f"p{i}" for i in range(30)]
