@@ -38,10 +38,17 @@ def test_embedded_cli_end_to_end(tmp_path):
     assert [r["id"] for r in out["sft"]] == ["p0", "p1"]
     assert len(out["critiques"]) == 2
     assert len(out["pairs"]) + summary["exports"]["pairs_dropped"] == 2
-    pairs = pd.read_json(run / "pairs.jsonl", lines=True)
-    assert len(pairs) == len(out["pairs"])
-    if len(pairs):
-        assert list(pairs.columns) == ["id", "prompt", "chosen", "rejected", "metadata"]
+    # One round: each record's critique holds its draft (before) and final (after). A record has a pair
+    # exactly when the two differ and neither is empty, with the final chosen over the draft.
+    crit = {c["id"]: c for c in out["critiques"]}
+    assert {r["id"]: r["messages"][-1]["content"] for r in out["sft"]} == {i: c["after"] for i, c in crit.items()}
+    changed = {i for i, c in crit.items() if c["before"].strip() and c["after"].strip() and c["before"] != c["after"]}
+    assert {p["id"] for p in out["pairs"]} == changed
+    for p in out["pairs"]:
+        assert (p["chosen"][0]["content"], p["rejected"][0]["content"]) == (crit[p["id"]]["after"],
+                                                                            crit[p["id"]]["before"])
+    sft = pd.read_json(run / "sft.jsonl", lines=True)
+    assert list(sft.columns) == ["id", "messages"] and list(sft["id"]) == ["p0", "p1"]
     tokens = summary["tokens"]
     assert set(tokens) == {"generator", "critic", "reviser"}
     assert all(t["tokens_in"] > 0 and t["tokens_out"] > 0 for t in tokens.values())
@@ -52,6 +59,28 @@ def test_embedded_cli_end_to_end(tmp_path):
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["this_invocation"]["calls"] == 0
     assert (run / "sft.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_local_generator_and_critic_with_a_served_reviser_always_pair(tmp_path, stub_server):
+    """Roles can differ: the embedded model drafts and critiques, an OpenAI-compatible server revises.
+    The server's revision is never the local draft, so every record has a pair."""
+    inp = write_prompts(tmp_path / "in.jsonl", PROMPTS)
+    run = tmp_path / "mixed"
+    res = cai("run", inp, "--out", run, "--generator", "local", "--critic", "local", "--reviser", "openai:stub",
+              "--base-url", stub_server.url, *SMALL, "--json", env={"OPENAI_API_KEY": "k"})
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["models"] == {"generator": "local", "critic": "local", "reviser": "openai:stub"}
+    assert stub_server.count("/chat/completions") == stub_server.count() == 2  # one revision per record
+    out = check_trl_shapes(run)
+    assert [p["id"] for p in out["pairs"]] == ["p0", "p1"]
+    revised = {p["id"]: p["chosen"][0]["content"] for p in out["pairs"]}
+    assert all(len(t.split()) == 12 and all(w.startswith("w") for w in t.split()) for t in revised.values())
+    pairs = pd.read_json(run / "pairs.jsonl", lines=True)
+    assert list(pairs.columns) == ["id", "prompt", "chosen", "rejected", "metadata"]
+    assert list(pairs["id"]) == ["p0", "p1"]
+    assert structured_modes(run) == {"grammar"}
 
 
 @pytest.mark.slow
@@ -117,7 +146,7 @@ def test_local_top_logprobs_match_llama_cpp_logits_all():
     outs = asyncio.run(main())
     ref = Llama(model_path=str(model.path), n_ctx=local.N_CTX, n_threads=2, logits_all=True, verbose=False)
     try:
-        for req, out in zip(reqs, outs):
+        for req, out in zip(reqs, outs, strict=True):
             want = ref.create_chat_completion(messages=list(req.messages), max_tokens=req.config.max_tokens,
                                               temperature=0, seed=0, logprobs=True, top_logprobs=5)
             choice = want["choices"][0]
@@ -125,7 +154,7 @@ def test_local_top_logprobs_match_llama_cpp_logits_all():
             rows = [[(t["token"], float(t["logprob"])) for t in tok["top_logprobs"]]
                     for tok in choice["logprobs"]["content"]]
             assert out.top_logprobs is not None and len(out.top_logprobs) == len(rows) == out.tokens_out
-            for got, exp in zip(out.top_logprobs, rows):
+            for got, exp in zip(out.top_logprobs, rows, strict=True):
                 assert [t for t, _ in got] == [t for t, _ in exp]
                 assert [lp for _, lp in got] == pytest.approx([lp for _, lp in exp], abs=1e-3)
     finally:
@@ -153,4 +182,4 @@ def test_local_model_mixed_logprob_calls_concurrently():
     assert all(o.tokens_out > 0 for o in outs)
     assert [o.top_logprobs is not None for o in outs] == flags
     assert all(len(o.top_logprobs[0]) == 5 and len(o.top_logprobs) == o.tokens_out
-               for o, lp in zip(outs, flags) if lp)
+               for o, lp in zip(outs, flags, strict=True) if lp)
