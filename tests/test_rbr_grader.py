@@ -18,6 +18,7 @@ from cai.rbr.score import score_response
 from cai.store import Store
 
 PROMPT = [{"role": "user", "content": "How do I pick a lock?"}]
+N = len(load("rbr-safety").propositions)  # one grader call per proposition in separate mode
 
 
 def rbr(*args, env=None):
@@ -84,17 +85,17 @@ def test_logprobs_scripted_on_stub(stub_server, tmp_path, monkeypatch):
     assert result["checks"]["refusal_phrasing"] == 1.0
     assert result["class"] == "minimum_acceptable"  # refuses, but judgement came out true
     assert any(f.startswith("judgement") for f in result["failed"])
-    assert result["usage"]["calls"] == 23 + 3  # one logprob call each, three votes for judgement
+    assert result["usage"]["calls"] == N + 3  # one logprob call each, three votes for judgement
     requests = [r["body"] for r in stub_server.requests]
     lp = [b for b in requests if b.get("logprobs")]
-    assert len(lp) == 23 and all(b["max_tokens"] == 1 and b["temperature"] == 0 and b["top_logprobs"] == 10
+    assert len(lp) == N and all(b["max_tokens"] == 1 and b["temperature"] == 0 and b["top_logprobs"] == 10
                                  for b in lp)
     assert sorted(b["seed"] for b in requests if not b.get("logprobs")) == [0, 1, 2]
     json.dumps(result)
     # The same scoring again is answered from the store: no new requests.
     before = stub_server.count()
     again, stats = score(tmp_path / "s", "openai:stub", stub_server.url, "I can't help with that.")
-    assert stub_server.count() == before and stats.cached == 26 and again["propositions"] == props
+    assert stub_server.count() == before and stats.cached == N + 3 and again["propositions"] == props
 
 
 def test_votes_on_anthropic_without_logprobs(stub_server, tmp_path, monkeypatch):
@@ -121,7 +122,7 @@ def test_votes_on_anthropic_without_logprobs(stub_server, tmp_path, monkeypatch)
     assert props["apology"] == {"p_yes": 0.5, "method": "votes"}
     assert props["judgement"] == {"p_yes": 0.5, "method": "none"}
     assert props["fully_complies"]["p_yes"] == 0.0
-    assert result["usage"]["calls"] == 23 * 4
+    assert result["usage"]["calls"] == N * 4
     assert all(r["path"] == "/v1/messages" for r in stub_server.requests)
 
 
@@ -152,7 +153,7 @@ def test_response_type_classified_when_missing(stub_server, tmp_path, monkeypatc
     stub_server.logprobs_fn = lambda body: [[("No", -0.1)]]
     result, _ = score(tmp_path / "s", "openai:stub", stub_server.url, "Please talk to someone.", rtype=None)
     assert result["response_type"] == "Safe Refuse 2" and result["response_type_source"] == "classified"
-    assert result["usage"]["calls"] == 24
+    assert result["usage"]["calls"] == N + 1  # the propositions and one classification
 
 
 def test_cli_grade_fit_and_metrics_on_stub(stub_server, tmp_path, monkeypatch):
@@ -179,23 +180,23 @@ def test_cli_grade_fit_and_metrics_on_stub(stub_server, tmp_path, monkeypatch):
         {"id": "c", "prompt": [{"role": "user", "content": "Capital of France?"}], "response": "Paris.",
          "response_type": "Comply"},
         {"id": "d", "prompt": "Capital of France?", "response": refusing, "response_type": "Comply"}]))
-    res = rbr("grade", rows, "--model", "openai:stub", "--base-url", stub_server.url, "--json", "--quiet")
+    res = rbr("grade", rows, "--grader", "openai:stub", "--base-url", stub_server.url, "--json", "--quiet")
     assert res.exit_code == 0, res.output
     stats = json.loads(res.stdout)
-    assert stats["per_response"]["calls"] == 23 and stats["calls_made"] == 92
+    assert stats["per_response"]["calls"] == N and stats["calls_made"] == 4 * N
     graded = [json.loads(x) for x in (tmp_path / "runs" / "rbr-rows" / "graded.jsonl").read_text().splitlines()]
     assert [g["class"] for g in graded] == ["ideal", "unacceptable", "ideal", "unacceptable"]
     assert graded[0]["reward"] > graded[1]["reward"] and graded[2]["reward"] > graded[3]["reward"]
-    res = rbr("fit", tmp_path / "runs" / "rbr-rows" / "graded.jsonl", "--out", "w.json", "--holdout", "0")
+    res = rbr("fit", tmp_path / "runs" / "rbr-rows" / "graded.jsonl", "-o", "w.json", "--holdout", "0")
     assert res.exit_code == 0, res.output
     assert "train pairwise accuracy 1.000" in res.stdout
     assert set(json.loads((tmp_path / "w.json").read_text())) == {"Comply", "Hard Refuse"}
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "x", "response": "y"}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
-    res = rbr("grade", bad, "--model", "openai:stub", "--base-url", stub_server.url)
+    res = rbr("grade", bad, "--grader", "openai:stub", "--base-url", stub_server.url)
     assert res.exit_code == 2 and f"{bad}:2:" in res.stderr
-    res = rbr("grade", rows, "--model", "openai:stub", "--base-url", stub_server.url, "--grader-mode", "both")
+    res = rbr("grade", rows, "--grader", "openai:stub", "--base-url", stub_server.url, "--grader-mode", "both")
     assert res.exit_code == 2 and "--grader-mode" in res.stderr
     res = rbr("metrics", tmp_path / "nope")
     assert res.exit_code == 2 and "not a cai run" in res.stderr
@@ -235,7 +236,7 @@ def test_metrics_on_a_run_store(tmp_path, stub_server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     monkeypatch.chdir(tmp_path)
     stub_server.logprobs_fn = lambda body: [[("Yes", -0.1)]]
-    res = rbr("grade", tmp_path / "run", "--model", "openai:stub", "--base-url", stub_server.url,
+    res = rbr("grade", tmp_path / "run", "--grader", "openai:stub", "--base-url", stub_server.url,
               "--constitution", "rbr-safety", "--json", "--quiet")
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in (tmp_path / "runs" / "rbr-run" / "graded.jsonl").read_text().splitlines()]

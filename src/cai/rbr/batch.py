@@ -7,14 +7,16 @@ A graded row is the input row (see `cai.rbr.data`) plus the `score_response` dic
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from cai.constitution import Constitution
 from cai.engine import Engine
-from cai.errors import InputError
+from cai.errors import InputError, Interrupted
 from cai.providers import get_model
 from cai.rbr.reward import Weights
 from cai.rbr.rules import classify
@@ -32,13 +34,14 @@ def default_out(target: Path) -> Path:
 
 async def grade_rows(engine: Engine, const: Constitution, weights: Weights, rows: list[dict[str, Any]], *,
                      mode: str = "separate", votes: int = 3, concurrency: int = 4, role: str = ROLE,
-                     on_done: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
-    """Score every row (at most `concurrency` rows in flight); results in input order."""
+                     on_done: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Score every row (at most `concurrency` rows in flight); results in input order.
+
+    `on_done("done")` is called as each row finishes (the signature of `Progress.record_done`).
+    """
     sem = asyncio.Semaphore(concurrency)
-    done = 0
 
     async def one(row: dict[str, Any]) -> dict[str, Any]:
-        nonlocal done
         async with sem:
             score = await score_response(engine, role, const, weights, row["prompt"], row["response"],
                                          row.get("response_type"), mode=mode, votes=votes)
@@ -47,19 +50,48 @@ async def grade_rows(engine: Engine, const: Constitution, weights: Weights, rows
         labels = row.get("labels")
         if labels and score["response_type"] in const.response_types:
             out["gold_class"] = classify(const.response_types[score["response_type"]], labels)
-        done += 1
         if on_done:
-            on_done(done)
+            on_done("done")
         return out
 
     return list(await asyncio.gather(*(one(r) for r in rows)))
 
 
+async def _stoppable(work: Coroutine[Any, Any, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Await `work`; SIGINT or SIGTERM cancels it (the event loop hears them) and raises Interrupted."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread can take signals
+        return await work
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if stopped:
+            raise Interrupted("interrupted") from None
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base_url: str | None,
                 const: Constitution, weights: Weights, mode: str, votes: int, concurrency: int = 4,
-                max_retries: int = 5, on_done: Callable[[int], None] | None = None
-                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Grade `rows` with `model`, caching calls in the store at `out`. Returns (graded rows, stats)."""
+                max_retries: int = 5, on_start: Callable[[int, Engine], None] | None = None,
+                on_done: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Grade `rows` with `model`, caching calls in the store at `out`. Returns (graded rows, stats).
+
+    `on_start(rows, engine)` is called before the first call. Ctrl-C or SIGTERM (in the main thread) abandons
+    the calls in flight and raises Interrupted once the store has kept every finished call.
+    """
     for r in rows:
         rt = r.get("response_type")
         if rt is not None and rt not in const.response_types:
@@ -76,11 +108,13 @@ def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base_url: 
         store.set_meta("rbr", {"model": grader.spec, "constitution": const.name, "sha256": const.sha256,
                                "mode": mode, "votes": votes})
         engine = Engine(store, {ROLE: grader}, max_retries=max_retries, concurrency=max(concurrency, 1))
+        if on_start:
+            on_start(len(rows), engine)
 
         async def main() -> list[dict[str, Any]]:
             try:
-                return await grade_rows(engine, const, weights, rows, mode=mode, votes=votes,
-                                        concurrency=concurrency, on_done=on_done)
+                return await _stoppable(grade_rows(engine, const, weights, rows, mode=mode, votes=votes,
+                                                   concurrency=concurrency, on_done=on_done))
             finally:
                 await engine.aclose()
 

@@ -1,16 +1,19 @@
 """`cai rbr …`: grade responses, evaluate the grader, fit weights, refusal metrics.
 
 `rbr_app` is a typer sub-app; cai.cli mounts it as `cai rbr`. This module must not import cai.cli
-(cai.cli imports it). Results go to stdout (`--json` for JSON), logs to stderr.
+(cai.cli imports it). Results go to stdout (`--json` for JSON); progress, summaries and errors to stderr.
+Heavy modules are imported inside the commands so that `cai --help` starts fast.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -18,46 +21,79 @@ import typer
 from rich.console import Console
 
 from cai.clikit import emit, err, fails_cleanly
+from cai.errors import InputError, Interrupted
 
 rbr_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                      help="Rule-based rewards: grade responses with propositions, rules and checks.")
+                      context_settings={"help_option_names": ["-h", "--help"]},
+                      help="Rule-based rewards: grade responses with propositions, rules and checks.\n\n"
+                           "\b\nExample: cai rbr grade rows.jsonl --grader openai:gpt-4o-mini -o graded.jsonl")
 
-Model = Annotated[str, typer.Option(help="Grader model: local, local:PATH.gguf, openai:NAME, anthropic:NAME.")]
+PROGRESS_EVERY = 5.0
+"""Seconds between progress lines when stderr is not a terminal (on a terminal the line updates in place)."""
+
+
+class GraderMode(StrEnum):
+    """How propositions are asked: one call each, or all in one structured call (cai.rbr.grader.MODES)."""
+
+    separate = "separate"
+    joint = "joint"
+
+
+class GroupBy(StrEnum):
+    """Which responses `rbr fit` pairs: those to the same prompt, or those of the same response type."""
+
+    prompt = "prompt"
+    type = "type"
+
+
+Grader = Annotated[str, typer.Option("--grader", help="Grader model: local, local:PATH.gguf, openai:NAME, "
+                                                      "anthropic:NAME.")]
+OldModel = Annotated[Optional[str], typer.Option("--model", hidden=True, help="Old name of --grader.")]
 BaseUrl = Annotated[Optional[str], typer.Option(help="OpenAI-compatible or Anthropic base URL.")]
 ConstOpt = Annotated[str, typer.Option("--constitution", help="Shipped name or YAML path with RBR sections.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(help="Weights JSON (default: the shipped rbr_weights.json).")]
-ModeOpt = Annotated[str, typer.Option("--grader-mode", help="separate (a call per proposition) or joint "
-                                                          "(one structured call per response).")]
+ModeOpt = Annotated[GraderMode, typer.Option("--grader-mode", help="separate: a call per proposition; joint: "
+                                                                 "one structured call per response.")]
 VotesOpt = Annotated[int, typer.Option(min=1, help="Sampled answers per question when there are no logprobs.")]
-OutOpt = Annotated[Optional[Path], typer.Option(help="Store folder caching the grader's calls "
-                                                     "(default runs/rbr-<input name>).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Store folder caching the grader's calls "
+                                                              "(default runs/rbr-<input name>).")]
 LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Only the first N rows (records for a run).")]
 ConcOpt = Annotated[int, typer.Option(min=1, help="Responses graded at once (1 for the local model).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
-QuietOpt = Annotated[bool, typer.Option(help="No progress lines on stderr.")]
+QuietOpt = Annotated[bool, typer.Option(help="No progress on stderr.")]
 
 
-def _progress(total: int, quiet: bool) -> Callable[[int], None] | None:
-    if quiet:
-        return None
-    started = time.monotonic()
-    step = max(1, total // 20)
-
-    def on_done(n: int) -> None:
-        if n % step == 0 or n == total:
-            err.print(f"graded {n}/{total} ({time.monotonic() - started:.0f}s)", markup=False, highlight=False)
-
-    return on_done
+def _grader_of(grader: str, model: Optional[str]) -> str:
+    """`--grader`, or the hidden old name `--model` when only that was given."""
+    if model is None:
+        return grader
+    if grader not in ("local", model):
+        raise InputError("give the grader model once, with --grader (--model is its old name)")
+    return model
 
 
-def _setup(constitution: str, weights: Optional[Path], mode: str) -> tuple[Any, Any]:
+@contextmanager
+def _sigterm_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM stops the command as Ctrl-C does: fails_cleanly prints one line and exits 130."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    except Interrupted:
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, never wrapped (paths in it must copy-paste)."""
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _setup(constitution: str, weights: Optional[Path]) -> tuple[Any, Any]:
+    """The constitution (it must have propositions and response types) and its weights."""
     from cai.constitution import load
-    from cai.errors import InputError
-    from cai.rbr.grader import MODES
     from cai.rbr.reward import load_weights
 
-    if mode not in MODES:
-        raise InputError(f"--grader-mode must be one of {', '.join(MODES)}, not {mode!r}")
     const = load(constitution)
     if not const.propositions or not const.response_types:
         raise InputError("constitution has no propositions / response_types for rule-based rewards",
@@ -72,30 +108,44 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write atomically (a temp file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C or SIGTERM mid-write included: leave no temp file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def _grade(target: Path, *, model: str, base_url: Optional[str], constitution: str, weights: Optional[Path],
-           mode: str, votes: int, out: Optional[Path], limit: Optional[int], concurrency: int,
+def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: str, weights: Optional[Path],
+           mode: GraderMode, votes: int, out: Optional[Path], limit: Optional[int], concurrency: int,
            quiet: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Grade the rows of `target` with progress on stderr; returns (graded rows, stats)."""
+    from cai.progress import Progress, load_prices
     from cai.rbr.batch import default_out, run_grading
     from cai.rbr.data import read_input
 
-    const, w = _setup(constitution, weights, mode)
+    const, w = _setup(constitution, weights)
     rows = read_input(target, limit)
-    out = out or default_out(target)
-    return run_grading(rows, out=out, model=model, base_url=base_url, const=const, weights=w, mode=mode,
-                       votes=votes, concurrency=concurrency, on_done=_progress(len(rows), quiet))
+    progress = Progress(quiet=quiet, prices=load_prices())
+    progress.every = PROGRESS_EVERY
+    try:
+        graded, stats = run_grading(rows, out=out or default_out(target), model=grader, base_url=base_url,
+                                    const=const, weights=w, mode=mode.value, votes=votes, concurrency=concurrency,
+                                    on_start=progress.start, on_done=progress.record_done)
+    finally:
+        progress.stop()
+    stats["estimated_cost_usd"] = progress.summary()["estimated_cost_usd"]
+    return graded, stats
 
 
 def _usage_line(stats: dict[str, Any]) -> str:
-    per = stats["per_response"]
+    per, cost = stats["per_response"], stats["estimated_cost_usd"]
     return (f"{stats['rows']} responses, {stats['mode']} mode: {stats['calls_made']} calls made, "
             f"{stats['calls_cached']} cached; per response {per['calls']:g} calls, {per['tokens_in']:g} tokens in, "
-            f"{per['tokens_out']:g} out; {stats['elapsed_s']:.1f}s; store {stats['store']}")
+            f"{per['tokens_out']:g} out; {stats['elapsed_s']:.1f}s" + (f", ~${cost:.4f}" if cost else "")
+            + f"; store {stats['store']}")
 
 
 @rbr_app.command("grade")
@@ -103,23 +153,27 @@ def _usage_line(stats: dict[str, Any]) -> str:
 def grade_cmd(
     target: Annotated[Path, typer.Argument(help="JSONL of {prompt, response|completion, response_type?} rows, "
                                                 "or a run folder (its drafts and final responses).")],
-    model: Model = "local", base_url: BaseUrl = None, constitution: ConstOpt = "rbr-safety",
-    weights: WeightsOpt = None, grader_mode: ModeOpt = "separate", votes: VotesOpt = 3, out: OutOpt = None,
-    out_file: Annotated[Optional[Path], typer.Option(help="Graded JSONL (default <out>/graded.jsonl).")] = None,
+    grader: Grader = "local", model: OldModel = None, base_url: BaseUrl = None,
+    constitution: ConstOpt = "rbr-safety", weights: WeightsOpt = None,
+    grader_mode: ModeOpt = GraderMode.separate, votes: VotesOpt = 3, out: OutOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Graded JSONL (default "
+                                                                          "<out>/graded.jsonl).")] = None,
     limit: LimitOpt = None, concurrency: ConcOpt = 4, as_json: JsonOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Grade responses: P(yes) per proposition, check scores, class and reward for each.
 
-    Example: cai rbr grade runs/demo --model local --grader-mode joint --out-file graded.jsonl
+    \b
+    Example: cai rbr grade runs/demo --grader openai:gpt-4o-mini --grader-mode joint -o graded.jsonl
     """
     from cai.rbr.batch import default_out
 
-    graded, stats = _grade(target, model=model, base_url=base_url, constitution=constitution, weights=weights,
-                           mode=grader_mode, votes=votes, out=out, limit=limit, concurrency=concurrency,
-                           quiet=quiet)
-    path = out_file or (out or default_out(target)) / "graded.jsonl"
-    _write_jsonl(path, graded)
-    stats["out_file"] = str(path)
+    with _sigterm_like_ctrl_c():
+        graded, stats = _grade(target, grader=_grader_of(grader, model), base_url=base_url,
+                               constitution=constitution, weights=weights, mode=grader_mode, votes=votes, out=out,
+                               limit=limit, concurrency=concurrency, quiet=quiet)
+        path = output or (out or default_out(target)) / "graded.jsonl"
+        _write_jsonl(path, graded)
+    stats["output"] = str(path)
     classes: dict[str, int] = {}
     for g in graded:
         classes[g["class"]] = classes.get(g["class"], 0) + 1
@@ -127,10 +181,9 @@ def grade_cmd(
     stats["mean_reward"] = sum(g["reward"] for g in graded) / len(graded) if graded else None
     if as_json:
         emit(stats)
-    else:
-        print(f"wrote {path}: " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items()))
-              + (f"; mean reward {stats['mean_reward']:.3f}" if graded else ""))
-    err.print(_usage_line(stats), markup=False, highlight=False, soft_wrap=True)
+    _say(f"wrote {path}: " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items()))
+         + (f"; mean reward {stats['mean_reward']:.3f}" if graded else ""))
+    _say(_usage_line(stats))
 
 
 def _fmt(x: Any) -> str:
@@ -158,69 +211,75 @@ def _print_eval(result: dict[str, Any]) -> None:
 def eval_cmd(
     gold: Annotated[Path, typer.Argument(help="JSONL rows {prompt, completion, response_type, "
                                               "propositions: {name: bool}}.")],
-    model: Model = "local", base_url: BaseUrl = None, constitution: ConstOpt = "rbr-safety",
-    weights: WeightsOpt = None, grader_mode: ModeOpt = "separate", votes: VotesOpt = 3, out: OutOpt = None,
-    out_file: Annotated[Optional[Path], typer.Option(help="Also write the graded rows here.")] = None,
+    grader: Grader = "local", model: OldModel = None, base_url: BaseUrl = None,
+    constitution: ConstOpt = "rbr-safety", weights: WeightsOpt = None,
+    grader_mode: ModeOpt = GraderMode.separate, votes: VotesOpt = 3, out: OutOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the graded rows "
+                                                                          "here.")] = None,
     limit: LimitOpt = None, concurrency: ConcOpt = 4, as_json: JsonOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Grade a gold set and compare with its human labels: accuracy, precision, recall, F1, AUC.
 
-    Example: cai rbr eval gold.jsonl --model local --limit 5 --json
+    \b
+    Example: cai rbr eval gold.jsonl --grader local --limit 5 --json
     """
-    from cai.errors import InputError
     from cai.rbr.evaluate import evaluate
 
     if gold.is_dir():
         raise InputError("eval needs a JSONL gold file, not a folder", path=str(gold))
-    graded, stats = _grade(gold, model=model, base_url=base_url, constitution=constitution, weights=weights,
-                           mode=grader_mode, votes=votes, out=out, limit=limit, concurrency=concurrency,
-                           quiet=quiet)
-    if not any(g.get("labels") for g in graded):
-        raise InputError("no row has human labels (`propositions`: {name: true/false})", path=str(gold))
+    with _sigterm_like_ctrl_c():
+        graded, stats = _grade(gold, grader=_grader_of(grader, model), base_url=base_url,
+                               constitution=constitution, weights=weights, mode=grader_mode, votes=votes, out=out,
+                               limit=limit, concurrency=concurrency, quiet=quiet)
+        if not any(g.get("labels") for g in graded):
+            raise InputError("no row has human labels (`propositions`: {name: true/false})", path=str(gold))
+        if output:
+            _write_jsonl(output, graded)
     result = evaluate(graded)
     result["usage"] = stats
-    if out_file:
-        _write_jsonl(out_file, graded)
     if as_json:
         emit(result)
     else:
         _print_eval(result)
-    err.print(_usage_line(stats), markup=False, highlight=False, soft_wrap=True)
+    if output:
+        _say(f"wrote {output}: {len(graded)} graded rows")
+    _say(_usage_line(stats))
 
 
 @rbr_app.command("fit")
 @fails_cleanly
 def fit_cmd(
-    graded: Annotated[Path, typer.Argument(help="Graded JSONL from `cai rbr grade` or `cai rbr eval --out-file`.")],
-    out: Annotated[Path, typer.Option(help="Where to write the fitted weights JSON.")],
+    graded: Annotated[Path, typer.Argument(help="Graded JSONL from `cai rbr grade` or `cai rbr eval --output`.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the fitted weights JSON.")],
     margin: Annotated[float, typer.Option(min=0.0, help="How much higher the better response must score.")] = 1.0,
     l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty on the weights.")] = 1e-3,
     holdout: Annotated[float, typer.Option(min=0.0, max=0.95, help="Share of prompts held out.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seeds the split and the start point.")] = 0,
-    group_by: Annotated[str, typer.Option(help="Pair responses within the same prompt, or within the same "
-                                               "response type (type).")] = "prompt",
+    group_by: Annotated[GroupBy, typer.Option(help="Pair responses to the same prompt, or of the same "
+                                                   "response type.")] = GroupBy.prompt,
     init: Annotated[Optional[Path], typer.Option(help="Weights kept for types without pairs.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Fit reward weights with a hinge ranking loss on pairs whose class order is known.
 
-    Example: cai rbr fit graded.jsonl --out weights.json --group-by type
+    \b
+    Example: cai rbr fit graded.jsonl -o weights.json --group-by type
     """
     from cai.rbr.data import read_graded
     from cai.rbr.fit import fit
     from cai.rbr.reward import load_weights
 
     rows = read_graded(graded)
-    result = fit(rows, margin=margin, l2=l2, holdout=holdout, seed=seed, group_by=group_by,
+    result = fit(rows, margin=margin, l2=l2, holdout=holdout, seed=seed, group_by=group_by.value,
                  init=load_weights(init) if init else None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result["weights"], indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    result["out"] = str(out)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result["weights"], indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    result["output"] = str(output)
     if as_json:
         emit(result)
         return
     tr, ho = result["train"], result["heldout"]
-    print(f"wrote {out}: train pairwise accuracy {_fmt(tr['accuracy'])} ({tr['pairs']} pairs; uniform "
+    print(f"wrote {output}: train pairwise accuracy {_fmt(tr['accuracy'])} ({tr['pairs']} pairs; uniform "
           f"{_fmt(tr['uniform_accuracy'])}), held-out {_fmt(ho['accuracy'])} ({ho['pairs']} pairs; uniform "
           f"{_fmt(ho['uniform_accuracy'])})")
 
@@ -236,6 +295,7 @@ def metrics_cmd(
 ) -> None:
     """Not-Unsafe and Not-Overrefuse of a run's drafts and final responses.
 
+    \b
     Example: cai rbr metrics runs/xstest --json
     """
     from cai.rbr.data import read_graded
