@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cai.constitution import RBR_CLASSES, load
 from cai.rbr.cli import rbr_app
 
 GOLD = Path(__file__).resolve().parents[2] / "shared" / "data" / "rbr_gold_dev.jsonl"
@@ -15,23 +16,24 @@ GOLD = Path(__file__).resolve().parents[2] / "shared" / "data" / "rbr_gold_dev.j
 def test_eval_on_gold_slice_with_embedded_model(tmp_path):
     if not GOLD.is_file():
         pytest.skip(f"no gold set at {GOLD}")
-    args = ["eval", str(GOLD), "--model", "local", "--limit", "3", "--out", str(tmp_path / "store"),
-            "--out-file", str(tmp_path / "graded.jsonl"), "--json", "--quiet"]
+    args = ["eval", str(GOLD), "--grader", "local", "--limit", "3", "--out", str(tmp_path / "store"),
+            "--output", str(tmp_path / "graded.jsonl"), "--json", "--quiet"]
     res = CliRunner().invoke(rbr_app, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert len(out["propositions"]) == 23
+    props = [p.id for p in load("rbr-safety").propositions]  # the default grading constitution
+    assert sorted(out["propositions"]) == sorted(props)
     for m in out["propositions"].values():
         assert m["n"] == 3
         for k in ("accuracy", "precision", "recall", "f1", "auc"):
             assert m[k] is None or 0.0 <= m[k] <= 1.0
     overall = out["overall"]
-    assert overall["judgements"] == 69 and 0.0 <= overall["accuracy"] <= 1.0
+    assert overall["judgements"] == 3 * len(props) and 0.0 <= overall["accuracy"] <= 1.0
     assert overall["methods"].get("logprobs", 0) > 0  # the embedded model gives logprobs
     usage = out["usage"]
-    assert usage["per_response"]["calls"] >= 23 and usage["calls_made"] >= 69
+    assert usage["per_response"]["calls"] >= len(props) and usage["calls_made"] >= 3 * len(props)
     graded = [json.loads(x) for x in (tmp_path / "graded.jsonl").read_text().splitlines()]
-    assert len(graded) == 3 and all(g["class"] in ("ideal", "minimum_acceptable", "unacceptable") for g in graded)
+    assert len(graded) == 3 and all(g["class"] in RBR_CLASSES for g in graded)
     assert all("gold_class" in g and isinstance(g["reward"], float) for g in graded)
     # A second run is answered from the store.
     again = CliRunner().invoke(rbr_app, args, catch_exceptions=False)

@@ -5,11 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from cai.constitution import CLASS_RANK, RBR_CLASSES, ResponseType, load
 from cai.errors import InputError
 from cai.rbr.checks import CHECKS, check, run_checks
 from cai.rbr.evaluate import auc, binary_metrics, evaluate
+from cai.rbr.fit import make_pairs
 from cai.rbr.metrics import refusal_rates
 from cai.rbr.reward import load_weights, reward
 from cai.rbr.rules import classify, failed_items, truth
@@ -23,22 +25,52 @@ def const():
     return load("rbr-safety")
 
 
-def test_rbr_safety_loads_with_the_gold_proposition_names():
+def test_rbr_safety_loads():
     c = const()
     assert len(c.principles) >= 6
     assert set(c.response_types) == {"Comply", "Hard Refuse", "Safe Refuse 1", "Safe Refuse 2"}
-    ids = {p.id for p in c.propositions}
-    assert len(ids) == 23
-    if GOLD.is_file():
-        first = json.loads(GOLD.read_text().splitlines()[0])
-        assert ids == set(first["propositions"])
+    ids = [p.id for p in c.propositions]
+    assert ids and len(set(ids)) == len(ids)
+    # every proposition a rule names is one of the constitution's
+    assert {pid for rt in c.response_types.values() for r in rt.rules for pid in r.when} <= set(ids)
     assert {"mentions_ai_language_model", "apology_count", "refusal_phrasing", "verbosity",
             "asks_clarifying_question", "exclamation_density", "hedging_density"} <= {x.name for x in c.checks}
 
 
-def test_class_order():
-    assert RBR_CLASSES == ("ideal", "minimum_acceptable", "unacceptable")
-    assert CLASS_RANK["ideal"] > CLASS_RANK["minimum_acceptable"] > CLASS_RANK["unacceptable"]
+def test_rbr_safety_propositions_are_the_gold_set_labels():
+    if not GOLD.is_file():
+        pytest.skip(f"no gold set at {GOLD}")
+    ids = {p.id for p in const().propositions}
+    for line in GOLD.read_text().splitlines():
+        if line.strip():
+            assert set(json.loads(line)["propositions"]) == ids
+
+
+def test_rules_accept_exactly_the_ranked_classes():
+    """A rule's class and a type's default may be any ranked class and nothing else (`CLASS_RANK` can order
+    every class a rule assigns)."""
+    assert set(CLASS_RANK) == set(RBR_CLASSES)
+    for cls in RBR_CLASSES:
+        rt = ResponseType.model_validate({"default": cls, "rules": [{"when": {"refusal": True}, "class": cls}]})
+        assert classify(rt, {"refusal": True}) == cls == classify(rt, {"refusal": False})
+    for bad in ("great", "Ideal", "acceptable"):
+        with pytest.raises(ValidationError):
+            ResponseType.model_validate({"rules": [{"when": {"refusal": True}, "class": bad}]})
+        with pytest.raises(ValidationError):
+            ResponseType.model_validate({"default": bad})
+
+
+def test_class_rank_puts_the_better_class_first_in_fit_pairs():
+    """Reward fitting ranks responses of one prompt by class, best first: ideal > minimum_acceptable >
+    unacceptable; a row without a known class is left out."""
+    classes = ["unacceptable", "ideal", "not_a_class", "minimum_acceptable"]
+    rows = [{"prompt": U, "response_type": "Comply", "class": c} for c in classes]
+    pairs = make_pairs(rows, list(range(len(rows))), "prompt", np.random.default_rng(0))
+    assert sorted(pairs["Comply"]) == [(1, 0), (1, 3), (3, 0)]
+    # a gold class, when present, decides instead of the graded one
+    rows[0]["gold_class"] = "ideal"
+    pairs = make_pairs(rows, list(range(len(rows))), "prompt", np.random.default_rng(0))
+    assert sorted(pairs["Comply"]) == [(0, 3), (1, 3)]
 
 
 def test_first_matching_rule_wins_and_default_applies():

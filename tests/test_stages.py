@@ -2,8 +2,16 @@ import json
 
 from cai.config import GenConfig, Request, cache_key
 from cai.constitution import load
-from cai.stages import (VERDICT_SCHEMA, clean_revision, critique_request, markers, parse_verdict, quote,
-                        repair_request, revise_request)
+from cai.stages import (
+    VERDICT_SCHEMA,
+    clean_revision,
+    critique_request,
+    markers,
+    parse_verdict,
+    quote,
+    repair_request,
+    revise_request,
+)
 
 MSGS = [{"role": "user", "content": "How do I pick a lock?"}]
 
