@@ -7,20 +7,35 @@ Shapes (TRL conversational):
   critiques: {"id", "round", "principle", "critique", "verdict", "parsed", "before", "after"}
 A pair is written only if the final response is non-empty and differs from the draft. With --rbr, pairs
 also carry "reward_chosen" and "reward_rejected" (rewards of the final response and of the draft), and
---min-reward-margin x drops pairs whose reward did not improve by x.
+--min-reward-margin x drops pairs whose reward did not improve by x. Parquet files hold the same rows in
+nested columns with a fixed schema per run (see cai.parquet and docs/export.md).
+
+Files: each export is written to a temp file next to it (`.NAME.XXXXXXXX.tmp`), created with mode 0o666 so
+that the kernel applies the umask (or the folder's default ACL) as for any new file: nothing reads or sets
+the process umask, which would race other threads. The temp files are fsynced and renamed over the exports
+only once all of them are complete; then the exports of the other format are deleted. An export first
+deletes the temp files a killed export left behind. On any failure every temp file is closed and deleted,
+and an OSError (disk full, read-only, I/O error) becomes one OutputError naming the file (exit 2).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from cai import parquet
+from cai.errors import OutputError
 from cai.store import Store
 
 EXPORTS = ("sft", "pairs", "critiques")
+FORMATS = ("jsonl", "parquet")
 
 
 def draft_and_final(steps: list[dict[str, Any]]) -> tuple[str | None, str | None]:
@@ -78,58 +93,118 @@ def record_rows(rec: dict[str, Any], min_margin: float | None = None
     return sft, pair, crits, dropped
 
 
-class _Sink:
-    """One export file, written to a temp file in the same folder and renamed on commit."""
+def _cannot_write(path: Path, e: OSError) -> OutputError:
+    """One line for an OSError while writing `path` (pyarrow's own messages are long: use the errno's text)."""
+    return OutputError(f"cannot write export: {os.strerror(e.errno) if e.errno else e}", path=str(path))
 
-    def __init__(self, path: Path, fmt: str) -> None:
-        self.path, self.fmt, self.count = path, fmt, 0
-        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        self.fh = os.fdopen(fd, "w", encoding="utf-8")
-        self.rows: list[dict[str, Any]] = []  # parquet only: written whole on commit
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an OSError raised inside into OutputError naming `path`, chained to it."""
+    try:
+        yield
+    except OSError as e:
+        raise _cannot_write(path, e) from e
+
+
+def _temp_file(path: Path) -> tuple[int, Path]:
+    """A new empty `.NAME.XXXXXXXX.tmp` next to `path`, mode 0o666 less the umask; (fd, its path)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+class _Sink:
+    """One export file: rows go to a temp file next to it; `finish` makes it durable, `commit` renames it."""
+
+    def __init__(self, path: Path, schema: pa.Schema | None = None) -> None:
+        self.path, self.count = path, 0
+        with _writing(path):
+            fd, self.tmp = _temp_file(path)
+        self.fh = os.fdopen(fd, "wb") if schema is not None else os.fdopen(fd, "w", encoding="utf-8")
+        self.rows: parquet.ParquetRows | None = None
+        if schema is not None:
+            try:
+                with _writing(path):
+                    self.rows = parquet.ParquetRows(self.fh, schema)
+            except BaseException:
+                self.abort()
+                raise
 
     def add(self, row: dict[str, Any]) -> None:
+        try:
+            if self.rows is None:
+                self.fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            else:
+                self.rows.add(row)
+        except OSError as e:
+            raise _cannot_write(self.path, e) from e
         self.count += 1
-        if self.fmt == "parquet":
-            self.rows.append(row)
-        else:
-            self.fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def finish(self) -> None:
+        """Write what is buffered, fsync and close the temp file."""
+        with _writing(self.path):
+            if self.rows is not None:
+                self.rows.close()
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
 
     def commit(self) -> None:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        if self.fmt == "parquet":
-            import pandas as pd
-
-            frame = pd.DataFrame(self.rows)
-            for col in frame.columns:  # nested dicts/lists go in as JSON text for a stable schema
-                if frame[col].map(lambda v: isinstance(v, (dict, list))).any():
-                    frame[col] = frame[col].map(lambda v: json.dumps(v, ensure_ascii=False))
-            frame.to_parquet(self.tmp, index=False)
-        os.replace(self.tmp, self.path)
+        with _writing(self.path):
+            os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        self.fh.close()
-        Path(self.tmp).unlink(missing_ok=True)
+        """Close and delete the temp file, whatever fails on the way: the export's own error is the one raised."""
+        if self.rows is not None:
+            with suppress(Exception):
+                self.rows.discard()
+        with suppress(Exception):
+            self.fh.close()
+        with suppress(OSError):
+            self.tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
+    """`data` as indented JSON, through a temp file (mode 0o666 less the umask) renamed over `path`."""
+    with _writing(path):
+        fd, tmp = _temp_file(path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=2, sort_keys=True)
+                fh.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+
+
+def sweep(run_dir: Path) -> None:
+    """Delete the temp files that an export killed mid-way left in `run_dir`."""
+    for name in [f"{e}.{ext}" for e in EXPORTS for ext in FORMATS] + ["manifest.json"]:
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            with _writing(tmp):
+                tmp.unlink(missing_ok=True)
 
 
 def export(store: Store, fmt: str = "jsonl") -> dict[str, int]:
     """Rebuild every export from the store in one pass; returns the counts, also kept in the manifest."""
+    settings = store.get_meta("settings", {})
     ext = "parquet" if fmt == "parquet" else "jsonl"
-    sinks = {name: _Sink(store.run_dir / f"{name}.{ext}", fmt) for name in EXPORTS}
+    sweep(store.run_dir)
+    sinks: dict[str, _Sink] = {}
     dropped = {"unchanged": 0, "empty": 0, "margin": 0}
-    margin = store.get_meta("settings", {}).get("min_reward_margin")
+    margin = settings.get("min_reward_margin")
     rbr = {"graded": 0, "improved": 0}
     expected = 0
     try:
+        for name in EXPORTS:
+            schema = parquet.schema(name, rewards=bool(settings.get("rbr"))) if ext == "parquet" else None
+            sinks[name] = _Sink(store.run_dir / f"{name}.{ext}", schema)
         for rec in store.iter_records():
             if rec["status"] != "done":
                 continue
@@ -148,11 +223,17 @@ def export(store: Store, fmt: str = "jsonl") -> dict[str, int]:
             for c in crits:
                 sinks["critiques"].add(c)
         for sink in sinks.values():
+            sink.finish()
+        for sink in sinks.values():
             sink.commit()
     except BaseException:
         for sink in sinks.values():
             sink.abort()
         raise
+    for name in EXPORTS:  # only now that the new files are in place
+        for stale in (store.run_dir / f"{name}.{other}" for other in FORMATS if other != ext):
+            with _writing(stale):
+                stale.unlink(missing_ok=True)
     counts = {name: sink.count for name, sink in sinks.items()}
     counts.update({f"pairs_dropped_{k}": v for k, v in dropped.items()})
     counts["pairs_dropped"] = sum(dropped.values())
@@ -183,6 +264,7 @@ def manifest(store: Store, export_counts: dict[str, int]) -> dict[str, Any]:
 
 
 def export_run(store: Store, fmt: str = "jsonl") -> dict[str, Any]:
+    """Rebuild the exports and write manifest.json; returns the manifest."""
     counts = export(store, fmt)
     data = manifest(store, counts)
     if counts["with_expected"]:  # inputs with `expected: comply|refuse` get Not-Unsafe / Not-Overrefuse

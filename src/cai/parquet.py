@@ -1,0 +1,66 @@
+"""Parquet exports: one fixed pyarrow schema per export, rows streamed to a ParquetWriter in row groups.
+
+Columns are real nested types, so `pandas.read_parquet` and `datasets.load_dataset("parquet", ...)` give
+lists of {"role", "content"} dicts, as TRL expects. The schema depends only on the export and on whether
+the run used rule-based rewards, so every file of a run has the same columns (an empty file included).
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROWS_PER_GROUP = 1000  # rows buffered before they are written out as one row group
+
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+METADATA = pa.struct([("principles", pa.list_(pa.string())), ("rounds", pa.int64()),
+                      ("violations", pa.list_(pa.bool_()))])
+VERDICT = pa.struct([("critique", pa.string()), ("violates", pa.bool_()), ("severity", pa.int64())])
+
+
+def schema(export: str, rewards: bool = False) -> pa.Schema:
+    """The columns of `export` (sft, pairs or critiques); `rewards` adds the pairs' reward columns."""
+    if export == "sft":
+        return pa.schema([("id", pa.string()), ("messages", MESSAGES)])
+    if export == "pairs":
+        fields = [("id", pa.string()), ("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES),
+                  ("metadata", METADATA)]
+        if rewards:
+            fields += [("reward_chosen", pa.float64()), ("reward_rejected", pa.float64())]
+        return pa.schema(fields)
+    if export == "critiques":
+        return pa.schema([("id", pa.string()), ("round", pa.int64()), ("principle", pa.string()),
+                          ("critique", pa.string()), ("verdict", VERDICT), ("parsed", pa.bool_()),
+                          ("before", pa.string()), ("after", pa.string())])
+    raise ValueError(f"unknown export {export!r}")
+
+
+class ParquetRows:
+    """Rows written to an open binary file as Parquet, `ROWS_PER_GROUP` at a time; the file stays open."""
+
+    def __init__(self, fh: IO[bytes], schema: pa.Schema) -> None:
+        self.schema = schema
+        self.writer = pq.ParquetWriter(fh, schema)
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= ROWS_PER_GROUP:
+            self._write()
+
+    def _write(self) -> None:
+        if self.rows:
+            batch, self.rows = self.rows, []
+            self.writer.write_table(pa.Table.from_pylist(batch, schema=self.schema))
+
+    def close(self) -> None:
+        """Write the buffered rows and the footer."""
+        self._write()
+        self.writer.close()
+
+    def discard(self) -> None:
+        """Drop the buffered rows and close the writer (the file is about to be deleted)."""
+        self.rows = []
+        self.writer.close()
