@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Message = dict[str, str]
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` with lone surrogates (which no UTF-8 file or SQLite text can hold) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 class GenConfig(BaseModel):
@@ -50,6 +57,16 @@ class Completion(BaseModel):
     finish_reason: str | None = None
     top_logprobs: list[list[tuple[str, float]]] | None = None
     structured: str | None = None  # how a schema was enforced: json_schema, json_object, tool, grammar, prompt
+
+    @field_validator("text")
+    @classmethod
+    def _storable_text(cls, v: str) -> str:
+        return storable(v)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _storable_tokens(cls, v: list[list[tuple[str, float]]] | None) -> list[list[tuple[str, float]]] | None:
+        return None if v is None else [[(storable(t), lp) for t, lp in pos] for pos in v]
 
 
 def cache_key(identity: dict[str, Any], request: Request) -> str:

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from cai.config import Completion, Request, cache_key
-from cai.errors import RateLimited
+from cai.errors import ConnectFailed, EndpointDown, NotFound, RateLimited
 from cai.pacing import AIMDLimiter, Pacer
 from cai.providers.base import Model
 from cai.retry import with_retries
@@ -20,6 +20,7 @@ class RoleStats:
     tokens_in: int = 0
     tokens_out: int = 0
     retries: int = 0
+    rate_limited: int = 0  # 429 answers, retried or not
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Stats:
     """Counters for progress and the summary (this invocation only; the store keeps the totals)."""
 
     roles: dict[str, RoleStats] = field(default_factory=dict)
+    unparsed: int = 0  # critic replies that were not a valid verdict even after the repair request
 
     def role(self, name: str) -> RoleStats:
         return self.roles.setdefault(name, RoleStats())
@@ -43,9 +45,32 @@ class Stats:
     def tokens_out(self) -> int:
         return sum(r.tokens_out for r in self.roles.values())
 
+    @property
+    def retries(self) -> int:
+        return sum(r.retries for r in self.roles.values())
+
+    @property
+    def rate_limited(self) -> int:
+        return sum(r.rate_limited for r in self.roles.values())
+
+
+@dataclass
+class EndpointHealth:
+    """Whether an endpoint has ever answered, and how many calls in a row could not connect to it."""
+
+    answered: int = 0
+    unreachable_in_a_row: int = 0
+
 
 class Engine:
-    """Sends requests for roles (generator, critic, reviser, grader…) to their models."""
+    """Sends requests for roles (generator, critic, reviser, grader…) to their models.
+
+    An endpoint that never answered and refuses connections (after the retries), or that answers 404
+    (wrong model or base URL), raises EndpointDown, which stops the run instead of failing every
+    record one by one; so do `UNREACHABLE_IN_A_ROW` calls in a row that could not connect.
+    """
+
+    UNREACHABLE_IN_A_ROW = 3
 
     def __init__(self, store: Store, models: dict[str, Model], *, max_retries: int = 5,
                  concurrency: int = 8, rpm: int | None = None, tpm: int | None = None) -> None:
@@ -56,10 +81,12 @@ class Engine:
         # One pacer and one AIMD cap per endpoint, shared by the roles that use it.
         self._pacers: dict[str, Pacer] = {}
         self._limiters: dict[str, AIMDLimiter] = {}
+        self._health: dict[str, EndpointHealth] = {}
         for m in models.values():
             ep = self._endpoint(m)
             self._pacers.setdefault(ep, Pacer(rpm, tpm))
             self._limiters.setdefault(ep, AIMDLimiter(concurrency))
+            self._health.setdefault(ep, EndpointHealth())
 
     @staticmethod
     def _endpoint(model: Model) -> str:
@@ -70,7 +97,9 @@ class Engine:
         return {ep: {"max": lim.maximum, "low": lim.low, "end": round(lim.limit, 2)}
                 for ep, lim in self._limiters.items()}
 
-    async def call(self, role: str, request: Request) -> Completion:
+    async def call(self, role: str, request: Request, record: str | None = None) -> Completion:
+        """The model's reply to `request` (from the store's cache if it has it); `record` names the record
+        the call is for, so its stored reply fails only that record if it cannot be written."""
         model = self.models[role]
         key = cache_key(model.identity(), request)
         stats = self.stats.role(role)
@@ -87,21 +116,41 @@ class Engine:
         async def attempt() -> Completion:
             async with limiter.slot():
                 await pacer.wait(estimate)
+                self._may_send(record)
                 try:
                     comp = await model.complete(request)
                 except RateLimited:
                     limiter.on_rate_limited()
+                    stats.rate_limited += 1
                     raise
             limiter.on_success()
             return comp
 
-        comp, attempts = await with_retries(attempt, self.max_retries)
+        health = self._health[ep]
+        try:
+            comp, attempts = await with_retries(attempt, self.max_retries)
+        except (ConnectFailed, NotFound) as e:
+            health.unreachable_in_a_row += isinstance(e, ConnectFailed)
+            if not health.answered or health.unreachable_in_a_row >= self.UNREACHABLE_IN_A_ROW:
+                hint = ("is the server running, and is --base-url right?" if isinstance(e, ConnectFailed)
+                        else "check the model name and --base-url")
+                raise EndpointDown(f"{model.spec} is unusable: {e} ({hint})") from e
+            raise
+        health.answered += 1
+        health.unreachable_in_a_row = 0
         stats.calls += 1
         stats.retries += attempts - 1
         stats.tokens_in += comp.tokens_in
         stats.tokens_out += comp.tokens_out
-        self.store.add_call(key, role, model.spec, comp)  # durable with the step that uses it
+        self.store.add_call(key, role, model.spec, comp, record)  # durable with the step that uses it
         return comp
+
+    def _may_send(self, record: str | None) -> None:
+        """No call is sent once the store has failed, or for a record whose writes failed."""
+        if self.store.broken is not None:
+            raise self.store.broken
+        if record is not None:
+            self.store.check_record(record)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(m.aclose() for m in {id(m): m for m in self.models.values()}.values()))

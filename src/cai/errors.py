@@ -53,15 +53,20 @@ class ConfigMismatch(InputError):
 
 
 class ProviderError(CaiError):
-    """A model call failed."""
+    """A model call failed. `fatal` errors stop the whole run instead of failing one record."""
 
     retryable = False
+    fatal = False
 
 
 class TransientError(ProviderError):
     """Worth retrying: 408/409/5xx, timeouts, dropped connections, bad bodies."""
 
     retryable = True
+
+
+class ConnectFailed(TransientError):
+    """The endpoint refused or could not take the connection (nothing was sent, nothing is billed)."""
 
 
 class RateLimited(TransientError):
@@ -76,10 +81,15 @@ class RequestRejected(ProviderError):
     """A 400-class answer about this request: fails the record, not the run."""
 
 
+class NotFound(RequestRejected):
+    """HTTP 404: a wrong model name or base URL when no call to that endpoint has succeeded yet."""
+
+
 class AuthError(ProviderError):
     """401/403: the whole run stops at once (exit 2)."""
 
     exit_code = 2
+    fatal = True
 
 
 class EndpointDown(ProviderError):
@@ -87,6 +97,7 @@ class EndpointDown(ProviderError):
     instead of failing every record one by one (exit 4)."""
 
     exit_code = 4
+    fatal = True
 
 
 class Interrupted(CaiError):

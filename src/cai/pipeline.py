@@ -17,11 +17,10 @@ from pydantic import BaseModel
 from cai.config import GenConfig
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.engine import Engine
-from cai.errors import AuthError, ProviderError
+from cai.errors import ProviderError
 from cai.records import InputRecord, iter_records
-from cai.stages import (clean_revision, critique_request, draft_request, parse_verdict, repair_request,
-                        revise_request)
-from cai.store import Store
+from cai.stages import clean_revision, critique_request, draft_request, parse_verdict, repair_request, revise_request
+from cai.store import RecordWriteFailed, Store
 
 ROLES = ("generator", "critic", "reviser")
 # A verdict is JSON: cut off mid-object it cannot be parsed, so the critic always gets at least this many tokens.
@@ -48,6 +47,8 @@ class RunSettings(BaseModel):
     tpm: int | None = None
     retry_failed: bool = False
     format: Literal["jsonl", "parquet"] = "jsonl"
+    system_role_for_developer: bool = False  # exports write `developer` turns as `system`
+    prices: str | None = None  # price table for the cost estimate (default: shipped)
     # Rule-based rewards: grade the draft and each revision, steer the reviser, reward the pairs.
     rbr: bool = False
     grader: str | None = None  # model spec; default: the critic's
@@ -116,10 +117,14 @@ class Pipeline:
             self.store.add_record(rec.idx, rec.id, rec.messages, rec.extra)
         try:
             await self._steps(rec)
-        except AuthError:
-            raise
         except ProviderError as e:
+            if e.fatal:
+                raise
             self.store.add_error(rec.id, getattr(e, "stage", "draft"), e)
+            self.counts["failed"] += 1
+            self.on_done("failed")
+            return
+        except RecordWriteFailed:  # the store wrote its error row; spend nothing more on it
             self.counts["failed"] += 1
             self.on_done("failed")
             return
@@ -136,7 +141,8 @@ class Pipeline:
         if ("draft", 0) in done:
             response = done[("draft", 0)]["response"]
         else:
-            comp = await _staged("draft", self.engine.call("generator", draft_request(rec.messages, cfg)))
+            req = draft_request(rec.messages, cfg)
+            comp = await _staged("draft", self.engine.call("generator", req, rec.id))
             response = comp.text.strip()
             self.store.add_step(rec.id, next(seq), "draft", 0, {"response": response})
         score = await self._grade(rec, response, 0, done, seq)
@@ -154,7 +160,7 @@ class Pipeline:
 
                     feedback = feedback_text(score)
                 req = revise_request(rec.messages, response, crit["critique"], principle, cfg, feedback)
-                comp = await _staged("revise", self.engine.call("reviser", req))
+                comp = await _staged("revise", self.engine.call("reviser", req, rec.id))
                 revised = clean_revision(comp.text, response)
                 data = {"principle": principle.id, "before": response, "response": revised or response,
                         "empty": not revised, "feedback": feedback}
@@ -185,11 +191,12 @@ class Pipeline:
         if cfg.max_tokens < CRITIC_MIN_TOKENS:
             cfg = cfg.model_copy(update={"max_tokens": CRITIC_MIN_TOKENS})
         req = critique_request(rec.messages, response, principle, cfg)
-        comp = await _staged("critique", self.engine.call("critic", req))
+        comp = await _staged("critique", self.engine.call("critic", req, rec.id))
         raw, verdict, repaired = comp.text, parse_verdict(comp.text), False
         if verdict is None:
-            comp = await _staged("critique", self.engine.call("critic", repair_request(req, raw)))
+            comp = await _staged("critique", self.engine.call("critic", repair_request(req, raw), rec.id))
             raw, verdict, repaired = comp.text, parse_verdict(comp.text), True
+            self.engine.stats.unparsed += verdict is None
         data = {"principle": principle.id, "response": response, "raw": raw, "repaired": repaired,
                 "parsed": verdict is not None,
                 "verdict": verdict.model_dump() if verdict else None,

@@ -7,12 +7,20 @@ holds a prefix of each record's work. Writes nobody waits for are gathered for u
 before their commit (fewer, larger transactions), so a kill -9 may lose about that much of the
 latest steps; they are simply redone on resume. `flush()` waits until everything queued is committed.
 Reads use their own connection.
+
+Each write runs under its own savepoint and names its record: a write that fails on its data (e.g. text
+SQLite cannot encode) rolls back only that write, fails only that record (an error row, and none of
+its later writes are kept), and never drops another record's writes. A failure of the store itself
+(disk full, read-only, I/O error, a failed COMMIT) marks the store `broken`: nothing more is written,
+every waiter gets the error, and the engine sends no further model call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -22,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from cai.config import Completion
-from cai.errors import InputError
+from cai.errors import DamagedStore, InputError, OutputError
+from cai.redact import redact
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -33,19 +42,54 @@ CREATE TABLE IF NOT EXISTS steps(record_id TEXT NOT NULL, seq INTEGER NOT NULL, 
 CREATE TABLE IF NOT EXISTS calls(key TEXT PRIMARY KEY, role TEXT NOT NULL, model TEXT NOT NULL,
   response TEXT NOT NULL, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS errors(n INTEGER PRIMARY KEY AUTOINCREMENT, record_id TEXT NOT NULL, stage TEXT NOT NULL,
-  error_class TEXT NOT NULL, message TEXT NOT NULL, created REAL NOT NULL);
+  error_class TEXT NOT NULL, message TEXT NOT NULL, created REAL NOT NULL, resolved INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS invocations(n INTEGER PRIMARY KEY AUTOINCREMENT, pid INTEGER NOT NULL,
+  started REAL NOT NULL, ended REAL NOT NULL, command TEXT NOT NULL);
 """
+TABLES = {"meta", "records", "steps", "calls", "errors"}
 
 DB_NAME = "run.sqlite"
 Op = Callable[[sqlite3.Connection], None]
+# (op, future or None, loop or None, record id or None, is a model call)
+Item = tuple[Op, "asyncio.Future[None] | None", Any, "str | None", bool]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:  # a committed snapshot per query; never writes, never creates the file
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            if os.access(path.parent, os.W_OK):
+                raise
+            # A read-only filesystem: SQLite cannot create the WAL index, and nobody can write the file
+            # either, so reading it as immutable is safe.
+            conn.close()
+            conn = sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False, isolation_level=None)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=10000")
     return conn
+
+
+def store_wide(error: BaseException) -> bool:
+    """True for failures of the store itself (disk, I/O, locking, corruption), not of one write's data."""
+    if isinstance(error, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError,
+                          sqlite3.InterfaceError)):
+        return False
+    return isinstance(error, (sqlite3.Error, OSError, MemoryError))
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is open (a failed COMMIT has usually rolled back already)."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
 
 class Store:
@@ -54,25 +98,51 @@ class Store:
     COALESCE_S = 0.02
     MAX_BACKLOG = 1000
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, readonly: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / DB_NAME
-        self._read = _connect(self.path)
-        self._read.executescript(SCHEMA)
-        self._queue: queue.SimpleQueue[tuple[Op, asyncio.Future[None] | None, Any] | None] = queue.SimpleQueue()
+        self.readonly = readonly
+        self.broken: OutputError | None = None  # set when the store itself failed; nothing more is written
+        self.failed_records: dict[str, str] = {}  # record id -> why its write failed (its later writes are dropped)
+        self.unstored_calls = 0  # model calls answered but lost with a failed commit
+        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._lost: BaseException | None = None
+        self._invocation: int | None = None
+        existed = self.path.exists()
+        tables = TABLES
+        try:
+            if existed:  # look before writing: a foreign, empty or damaged file is never turned into a store
+                with contextlib.closing(_connect(self.path, readonly=True)) as probe:
+                    tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if existed and not TABLES <= tables:
+                raise DamagedStore("not a cai run, or a damaged store (its tables are missing)",
+                                   path=str(self.path))
+            self._read = _connect(self.path, readonly)
+            if not readonly:
+                self._read.executescript(SCHEMA)
+                if "resolved" not in self._columns("errors"):  # a store from before error rows could resolve
+                    self._read.execute("ALTER TABLE errors ADD COLUMN resolved INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.DatabaseError as e:
+            if type(e) is sqlite3.DatabaseError:  # "file is not a database", "disk image is malformed"
+                raise DamagedStore(f"damaged store, not a readable cai run ({e})", path=str(self.path)) from e
+            raise OutputError(f"cannot open the run store ({e})", path=str(self.path)) from e
+        self._resolved_col = "resolved" in self._columns("errors")
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self._read.execute(f"PRAGMA table_info({table})")}
 
     @classmethod
     def exists(cls, run_dir: Path) -> bool:
         return (Path(run_dir) / DB_NAME).is_file()
 
     @classmethod
-    def open_run(cls, run_dir: Path) -> Store:
-        """The store of an existing run; InputError naming the folder if it holds none."""
+    def open_run(cls, run_dir: Path, *, readonly: bool = False) -> Store:
+        """The store of an existing run; InputError naming the folder if it holds none, DamagedStore if
+        it cannot be read. `readonly` opens a committed snapshot that never writes (status, readers)."""
         if not cls.exists(run_dir):
             raise InputError("not a cai run (no run.sqlite)", path=str(run_dir))
-        return cls(run_dir)
+        return cls(run_dir, readonly=readonly)
 
     # -- writing -------------------------------------------------------------------------
     def _writer_loop(self) -> None:
@@ -80,8 +150,8 @@ class Store:
         try:
             while True:
                 item = self._queue.get()
-                if item is not None and item[1] is None:  # nobody waits on it: let more writes queue up
-                    time.sleep(self.COALESCE_S)
+                if item is not None and item[1] is None and self.broken is None:
+                    time.sleep(self.COALESCE_S)  # nobody waits on it: let more writes queue up
                 batch = [item]
                 while True:
                     try:
@@ -89,20 +159,18 @@ class Store:
                     except queue.Empty:
                         break
                 ops = [b for b in batch if b is not None]
-                error: BaseException | None = None
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    for op, _, _ in ops:
-                        op(conn)
-                    conn.execute("COMMIT")
-                except BaseException as e:  # noqa: BLE001 - handed to every waiter
-                    conn.execute("ROLLBACK")
-                    error = e
-                if error is not None and all(fut is None for _, fut, _ in ops):
-                    self._lost = error  # nobody waited: report it at the next awaited write
-                elif error is None and self._lost is not None:
-                    error, self._lost = self._lost, None
-                for _, fut, loop in ops:
+                error: BaseException | None = self.broken
+                if error is None and ops:
+                    try:
+                        self._commit(conn, ops)
+                    except BaseException as e:  # noqa: BLE001 - the store itself failed: handed to every waiter
+                        _rollback(conn)
+                        error = self._break(e, ops)
+                    if error is None and self._lost is not None:
+                        error, self._lost = self._lost, None
+                elif error is not None:
+                    self.unstored_calls += sum(1 for o in ops if o[4])
+                for _, fut, loop, _, _ in ops:
                     if fut is not None:
                         loop.call_soon_threadsafe(_resolve, fut, error)
                 if None in batch:
@@ -110,23 +178,58 @@ class Store:
         finally:
             conn.close()
 
+    def _commit(self, conn: sqlite3.Connection, ops: list[Item]) -> None:
+        """One transaction; each write under a savepoint, so a write that fails on its data fails its record only."""
+        conn.execute("BEGIN IMMEDIATE")
+        for op, _, _, rid, _ in ops:
+            if rid is not None and rid in self.failed_records:
+                continue  # that record already failed in the store: keep none of its later writes
+            conn.execute("SAVEPOINT w")
+            try:
+                op(conn)
+            except Exception as e:
+                if store_wide(e) or rid is None:
+                    raise
+                conn.execute("ROLLBACK TO w")
+                self.failed_records[rid] = f"{type(e).__name__}: {e}"
+                _record_error(conn, rid, "store", e)
+            conn.execute("RELEASE w")
+        if self._invocation is not None:  # a heartbeat: a killed invocation's wall time ends at its last commit
+            conn.execute("UPDATE invocations SET ended=? WHERE n=?", (time.time(), self._invocation))
+        conn.execute("COMMIT")
+
+    def _break(self, error: BaseException, ops: list[Item]) -> OutputError:
+        """Mark the store broken by `error`; returns the one-line error every later write gets."""
+        lost = sum(1 for o in ops if o[4])
+        self.unstored_calls += lost
+        reason = getattr(error, "strerror", None) or str(error)
+        self.broken = OutputError(
+            f"cannot write the run store ({reason}); the run stopped. Everything committed before this is "
+            "kept; model calls answered since the last commit were not stored and will be made again on resume",
+            path=str(self.path))
+        self.broken.__cause__ = error
+        return self.broken
+
     def _start_writer(self) -> None:
         if self._writer is None:
             self._writer = threading.Thread(target=self._writer_loop, name="cai-store-writer", daemon=True)
             self._writer.start()
 
-    async def write(self, op: Op) -> None:
+    async def write(self, op: Op, record: str | None = None) -> None:
         """Run `op(conn)` inside a committed transaction; returns once it (and all queued before) is durable."""
+        if self.broken is not None:
+            raise self.broken
         self._start_writer()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._queue.put((op, fut, loop))
+        self._queue.put((op, fut, loop, record, False))
         await fut
 
-    def enqueue(self, op: Op) -> None:
-        """Queue `op` without waiting; a failure surfaces at the next awaited write."""
+    def enqueue(self, op: Op, record: str | None = None, call: bool = False) -> None:
+        """Queue `op` (a write for `record`, if given) without waiting; a failure surfaces at the next
+        awaited write, or as `broken`."""
         self._start_writer()
-        self._queue.put((op, None, None))
+        self._queue.put((op, None, None, record, call))
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -139,14 +242,44 @@ class Store:
             await self.flush()
 
     def write_now(self, op: Op) -> None:
-        """Synchronous write from outside the event loop (set-up, CLI commands)."""
-        self._read.execute("BEGIN IMMEDIATE")
+        """Synchronous write from outside the event loop (set-up, CLI commands); OutputError if the store fails."""
+        if self.broken is not None:
+            raise self.broken
         try:
+            self._read.execute("BEGIN IMMEDIATE")
             op(self._read)
             self._read.execute("COMMIT")
-        except BaseException:
-            self._read.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            _rollback(self._read)
+            if store_wide(e):
+                raise self._break(e, []) from e
             raise
+        except BaseException:
+            _rollback(self._read)
+            raise
+
+    # -- invocations ---------------------------------------------------------------------
+    def begin_invocation(self, argv: list[str], cwd: str) -> None:
+        """Record this process's invocation (command line as typed, and where); its `ended` moves with every
+        commit, so a killed invocation keeps its wall time up to its last commit."""
+        now, blob = time.time(), json.dumps({"argv": argv, "cwd": cwd}, ensure_ascii=False)
+        cur: list[int] = []
+        self.write_now(lambda c: cur.append(c.execute(
+            "INSERT INTO invocations(pid,started,ended,command) VALUES(?,?,?,?)",
+            (os.getpid(), now, now, blob)).lastrowid or 0))
+        self._invocation = cur[0]
+
+    def end_invocation(self) -> None:
+        if self._invocation is None or self.broken is not None:
+            return
+        n, self._invocation = self._invocation, None
+        self.write_now(lambda c: c.execute("UPDATE invocations SET ended=? WHERE n=?", (time.time(), n)))
+
+    def invocations(self) -> list[dict[str, Any]]:
+        if "invocations" not in {r[0] for r in self._read.execute("SELECT name FROM sqlite_master")}:
+            return []
+        rows = self._read.execute("SELECT pid, started, ended, command FROM invocations ORDER BY n")
+        return [{"pid": p, "started": s, "ended": e, "command": json.loads(c)} for p, s, e, c in rows]
 
     def close(self) -> None:
         if self._writer is not None:
@@ -154,6 +287,12 @@ class Store:
             self._writer.join()
             self._writer = None
         self._read.close()
+
+    def check_record(self, rid: str) -> None:
+        """Raise RecordWriteFailed if a write of record `rid` failed in the store (stop spending on it)."""
+        why = self.failed_records.get(rid)
+        if why is not None:
+            raise RecordWriteFailed(f"record {rid!r} could not be stored: {why}")
 
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
@@ -177,7 +316,7 @@ class Store:
         m, e = json.dumps(messages, ensure_ascii=False), json.dumps(extra, ensure_ascii=False)
         self.enqueue(lambda c: c.execute(
             "INSERT INTO records(idx,id,messages,extra,status,updated) VALUES(?,?,?,?,'pending',?) "
-            "ON CONFLICT(id) DO UPDATE SET idx=excluded.idx", (idx, rid, m, e, time.time())))
+            "ON CONFLICT(id) DO UPDATE SET idx=excluded.idx", (idx, rid, m, e, time.time())), rid)
 
     def add_step(self, rid: str, seq: int, kind: str, rnd: int, data: dict[str, Any],
                  status: str | None = None) -> None:
@@ -189,34 +328,30 @@ class Store:
             if status:
                 c.execute("UPDATE records SET status=?, updated=? WHERE id=?", (status, now, rid))
 
-        self.enqueue(op)
+        self.enqueue(op, rid)
 
     def set_status(self, rid: str, status: str) -> None:
-        self.enqueue(lambda c: c.execute("UPDATE records SET status=?, updated=? WHERE id=?",
-                                             (status, time.time(), rid)))
+        """Set a record's status; `done` also resolves the error rows of its earlier failed attempts."""
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE records SET status=?, updated=? WHERE id=?", (status, time.time(), rid))
+            if status == "done":
+                c.execute("UPDATE errors SET resolved=1 WHERE record_id=?", (rid,))
+
+        self.enqueue(op, rid)
 
     def add_error(self, rid: str, stage: str, error: BaseException) -> None:
-        from cai.providers.base import redact
-
-        msg = redact(str(error))[:2000]
-
-        def op(c: sqlite3.Connection) -> None:
-            c.execute("INSERT INTO errors(record_id,stage,error_class,message,created) VALUES(?,?,?,?,?)",
-                      (rid, stage, type(error).__name__, msg, time.time()))
-            c.execute("UPDATE records SET status='failed', updated=? WHERE id=?", (time.time(), rid))
-
-        self.enqueue(op)
+        self.enqueue(lambda c: _record_error(c, rid, stage, error), rid)
 
     # -- calls ---------------------------------------------------------------------------
     def get_call(self, key: str) -> Completion | None:
         row = self._read.execute("SELECT response FROM calls WHERE key=?", (key,)).fetchone()
         return Completion.model_validate_json(row[0]) if row else None
 
-    def add_call(self, key: str, role: str, model: str, comp: Completion) -> None:
+    def add_call(self, key: str, role: str, model: str, comp: Completion, record: str | None = None) -> None:
         blob = comp.model_dump_json()
         self.enqueue(lambda c: c.execute(
             "INSERT OR REPLACE INTO calls VALUES(?,?,?,?,?,?,?)",
-            (key, role, model, blob, comp.tokens_in, comp.tokens_out, time.time())))
+            (key, role, model, blob, comp.tokens_in, comp.tokens_out, time.time())), record, call=True)
 
     # -- reading for exports and status --------------------------------------------------
     def iter_records(self) -> Iterator[dict[str, Any]]:
@@ -233,14 +368,36 @@ class Store:
         rows = self._read.execute("SELECT role, COUNT(*), SUM(tokens_in), SUM(tokens_out) FROM calls GROUP BY role")
         return {r: {"calls": n, "tokens_in": ti or 0, "tokens_out": to or 0} for r, n, ti, to in rows}
 
-    def errors(self, last: int = -1) -> list[dict[str, Any]]:
-        """Error rows, oldest first; only the `last` N when given."""
-        rows = self._read.execute("SELECT record_id, stage, error_class, message FROM "
-                                  "(SELECT * FROM errors ORDER BY n DESC LIMIT ?) ORDER BY n", (last,))
-        return [{"id": r, "stage": s, "error_class": c, "message": m} for r, s, c, m in rows]
+    def errors(self, last: int = -1, open_only: bool = False) -> list[dict[str, Any]]:
+        """Error rows, oldest first (only the `last` N when given); `resolved` once the record later succeeded."""
+        res = "resolved" if self._resolved_col else "0"
+        where = f"WHERE {res}=0" if open_only else ""
+        rows = self._read.execute(f"SELECT record_id, stage, error_class, message, {res} FROM "
+                                  f"(SELECT * FROM errors {where} ORDER BY n DESC LIMIT ?) ORDER BY n", (last,))
+        return [{"id": r, "stage": s, "error_class": c, "message": m, "resolved": bool(v)}
+                for r, s, c, m, v in rows]
 
-    def error_count(self) -> int:
-        return self._read.execute("SELECT COUNT(*) FROM errors").fetchone()[0]
+    def unparsed_verdicts(self) -> int:
+        """Critique steps whose reply was not a valid verdict even after the repair request."""
+        return self._read.execute("SELECT COUNT(*) FROM steps WHERE kind='critique' AND "
+                                  "json_extract(data, '$.parsed') = 0").fetchone()[0]
+
+    def error_count(self, open_only: bool = True) -> int:
+        where = "WHERE resolved=0" if open_only and self._resolved_col else ""
+        return self._read.execute(f"SELECT COUNT(*) FROM errors {where}").fetchone()[0]
+
+
+class RecordWriteFailed(Exception):
+    """A write of this record failed in the store (its error row is written); the record stops."""
+
+
+def _record_error(c: sqlite3.Connection, rid: str, stage: str, error: BaseException) -> None:
+    """Insert an error row for `rid` and mark it failed (the message made storable whatever it holds)."""
+    msg = redact(str(error))[:2000].encode("utf-8", "replace").decode("utf-8")
+    now = time.time()
+    c.execute("INSERT INTO errors(record_id,stage,error_class,message,created) VALUES(?,?,?,?,?)",
+              (rid, stage, type(error).__name__, msg, now))
+    c.execute("UPDATE records SET status='failed', updated=? WHERE id=?", (now, rid))
 
 
 def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:

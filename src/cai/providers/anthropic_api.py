@@ -11,8 +11,8 @@ from typing import Any
 import anthropic
 
 from cai.config import Completion, Request
-from cai.errors import AuthError, TransientError
-from cai.providers.base import Model, http_error, redact, register
+from cai.errors import AuthError, ConnectFailed, TransientError
+from cai.providers.base import Model, could_not_connect, http_error, redact, register
 
 
 def split_system(messages: tuple[dict[str, str], ...]) -> tuple[str, list[dict[str, str]]]:
@@ -39,10 +39,15 @@ def _takes_temperature() -> bool:
 
 @register("anthropic")
 class AnthropicModel(Model):
+    default_base_url = "https://api.anthropic.com"
+
     def __init__(self, name: str, base_url: str | None = None) -> None:
         base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         super().__init__(name, base_url)
         self._client: anthropic.AsyncAnthropic | None = None
+
+    def check(self) -> None:
+        self._get_client()
 
     def _get_client(self) -> anthropic.AsyncAnthropic:
         if self._client is None:
@@ -70,8 +75,11 @@ class AnthropicModel(Model):
             resp = await self._get_client().messages.create(**kwargs)
         except anthropic.APIStatusError as e:
             raise http_error(e.status_code, str(e.message), where, e.response.headers) from None
-        except (anthropic.APITimeoutError, anthropic.APIConnectionError) as e:
+        except anthropic.APITimeoutError as e:
             raise TransientError(redact(f"{type(e).__name__} talking to {where}: {e}")) from None
+        except anthropic.APIConnectionError as e:
+            cls = ConnectFailed if could_not_connect(e) else TransientError
+            raise cls(redact(f"{type(e).__name__} talking to {where}: {e}")) from None
         except (anthropic.APIError, ValueError) as e:
             raise TransientError(redact(f"bad response from {where}: {e}")) from None
         text_parts: list[str] = []

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import importlib
-import os
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from cai.config import Completion, Request
-from cai.errors import AuthError, InputError, ProviderError, RateLimited, RequestRejected, TransientError
+from cai.errors import AuthError, InputError, NotFound, ProviderError, RateLimited, RequestRejected, TransientError
+from cai.redact import SECRET_ENV, redact
+
+__all__ = ["SECRET_ENV", "Model", "get_model", "http_error", "redact", "register"]
 
 _REGISTRY: dict[str, type[Model]] = {}
 _BUILTIN = {"local": "cai.providers.local", "openai": "cai.providers.openai_api",
             "anthropic": "cai.providers.anthropic_api"}
-SECRET_ENV = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 
 
 class Model(ABC):
@@ -22,6 +24,7 @@ class Model(ABC):
 
     provider: ClassVar[str]
     supports_logprobs: ClassVar[bool] = False
+    default_base_url: ClassVar[str | None] = None  # where the SDK sends requests when no base URL is given
 
     def __init__(self, name: str, base_url: str | None = None) -> None:
         self.name = name
@@ -34,6 +37,9 @@ class Model(ABC):
     def identity(self) -> dict[str, Any]:
         """What names this model in a cache key (never a key or a timeout)."""
         return {"provider": self.provider, "model": self.name, "base_url": self.base_url}
+
+    def check(self) -> None:
+        """Raise now (AuthError, InputError) if this model cannot be used at all, e.g. a missing API key."""
 
     @abstractmethod
     async def complete(self, request: Request) -> Completion:
@@ -66,13 +72,17 @@ def get_model(spec: str, base_url: str | None = None) -> Model:
     return cls(name, base_url)
 
 
-def redact(text: str) -> str:
-    """Replace any API key found in the environment with ***."""
-    for var in SECRET_ENV:
-        value = os.environ.get(var)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
+def could_not_connect(error: BaseException) -> bool:
+    """True if a connection error's cause chain shows the connection was never made (refused, no route,
+    unknown host), as opposed to one dropped mid-request."""
+    seen: BaseException | None = error
+    for _ in range(10):
+        seen = seen.__cause__ or seen.__context__ if seen is not None else None
+        if seen is None:
+            return False
+        if isinstance(seen, (ConnectionRefusedError, socket.gaierror)) or type(seen).__name__ == "ConnectError":
+            return True
+    return False
 
 
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -98,6 +108,8 @@ def http_error(status: int, message: str, where: str, headers: Mapping[str, str]
         return RateLimited(text, _retry_after(headers))
     if status in (401, 403):
         return AuthError(text)
+    if status == 404:
+        return NotFound(text)
     if status in (408, 409) or status >= 500:
         return TransientError(text)
     return RequestRejected(text)

@@ -9,8 +9,8 @@ from typing import Any
 import openai
 
 from cai.config import Completion, Request
-from cai.errors import AuthError, ProviderError, TransientError
-from cai.providers.base import Model, http_error, redact, register
+from cai.errors import AuthError, ConnectFailed, ProviderError, TransientError
+from cai.providers.base import Model, could_not_connect, http_error, redact, register
 
 # Order tried for a structured reply; a server that rejects one is asked with the next from then on.
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
@@ -24,12 +24,16 @@ def schema_instruction(schema: dict[str, Any]) -> str:
 @register("openai")
 class OpenAIModel(Model):
     supports_logprobs = True
+    default_base_url = "https://api.openai.com/v1"
 
     def __init__(self, name: str, base_url: str | None = None) -> None:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         super().__init__(name, base_url)
         self._mode = 0
         self._client: openai.AsyncOpenAI | None = None
+
+    def check(self) -> None:
+        self._get_client()
 
     def _get_client(self) -> openai.AsyncOpenAI:
         if self._client is None:
@@ -79,8 +83,11 @@ class OpenAIModel(Model):
             if mode not in (None, "prompt") and e.status_code in (400, 422, 500) and _mentions_format(body):
                 raise _Unsupported() from None
             raise http_error(e.status_code, body, where, e.response.headers) from None
-        except (openai.APITimeoutError, openai.APIConnectionError) as e:
+        except openai.APITimeoutError as e:
             raise TransientError(redact(f"{type(e).__name__} talking to {where}: {e}")) from None
+        except openai.APIConnectionError as e:
+            cls = ConnectFailed if could_not_connect(e) else TransientError
+            raise cls(redact(f"{type(e).__name__} talking to {where}: {e}")) from None
         except openai.APIError as e:  # invalid or truncated body
             raise TransientError(redact(f"bad response from {where}: {e}")) from None
         except ValueError as e:
