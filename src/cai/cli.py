@@ -1,26 +1,33 @@
 """The `cai` command. Logs and progress go to stderr; `--json` prints results to stdout.
 
-Exit codes: 0 ok, 1 the run had failed records, 2 bad usage or input, 130 interrupted.
+Exit codes: 0 ok, 1 the run had failed records, 2 bad usage, input, files or disk, 3 the run folder is
+in use by another cai process, 4 the model endpoint is unusable (unreachable, model not found),
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
 from cai import __version__
 from cai.clikit import emit, err, fails_cleanly
-from cai.errors import CaiError
+from cai.cmdline import quote, resume_command, retry_command, summary_line
+from cai.errors import CaiError, Interrupted
 from cai.rbr.cli import rbr_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Make AI-feedback training data: draft, critique against a constitution, revise, export.")
-constitution_app = typer.Typer(no_args_is_help=True, help="List and show constitutions.")
+HELP = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, context_settings=HELP,
+                  help="Make AI-feedback training data: draft, critique against a constitution, revise, export.\n\n"
+                       "Example: cai run examples/prompts.jsonl --out runs/demo --limit 6 --max-tokens 64\n\n"
+                       "Exit codes: 0 ok, 1 some records failed, 2 bad usage, input, files or disk, 3 the run "
+                       "folder is in use by another cai process, 4 the model endpoint is unusable, 130 interrupted.")
+constitution_app = typer.Typer(no_args_is_help=True, context_settings=HELP,
+                               help="List and show constitutions.\n\nExample: cai constitution show model-spec")
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(rbr_app, name="rbr")
 
@@ -35,6 +42,13 @@ def _version(value: bool) -> None:
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False) -> None:
     """cai: constitutional AI feedback data."""
+
+
+Format = Annotated[Literal["jsonl", "parquet"], typer.Option(help="Export format.")]
+DevAsSystem = Annotated[bool, typer.Option(
+    "--system-role-for-developer/--keep-developer-role",
+    help="Write `developer` turns of prompts as `system` in sft and pairs (most chat templates reject a "
+         "developer role).")]
 
 
 @app.command()
@@ -60,7 +74,8 @@ def run(
     timeout: Annotated[float, typer.Option(min=0.01, help="Seconds per call attempt.")] = 120.0,
     rpm: Annotated[Optional[int], typer.Option(min=1, help="Max requests per minute per endpoint.")] = None,
     tpm: Annotated[Optional[int], typer.Option(min=1, help="Max (estimated) tokens per minute per endpoint.")] = None,
-    format: Annotated[str, typer.Option(help="Export format: jsonl or parquet.")] = "jsonl",
+    format: Format = "jsonl",
+    system_role_for_developer: DevAsSystem = False,
     restart: Annotated[bool, typer.Option(help="Move an existing run aside and start afresh.")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Retry only the records that failed.")] = False,
     prices: Annotated[Optional[Path], typer.Option(help="Price table JSON for the cost estimate.")] = None,
@@ -69,11 +84,13 @@ def run(
     grader: Annotated[Optional[str], typer.Option(help="Model that grades propositions (default: the critic).")] = None,
     rbr_constitution: Annotated[Optional[str], typer.Option(help="Constitution with propositions (default: the "
                                                                  "run's if it has them, else rbr-safety).")] = None,
-    grader_mode: Annotated[str, typer.Option(help="separate (a call per proposition) or joint.")] = "separate",
+    grader_mode: Annotated[Literal["separate", "joint"], typer.Option(
+        help="A call per proposition, or one structured call per response.")] = "separate",
     votes: Annotated[int, typer.Option(min=1, help="Sampled answers per question without logprobs.")] = 3,
     weights: Annotated[Optional[Path], typer.Option(help="Reward weights JSON (default: shipped).")] = None,
     rbr_feedback: Annotated[bool, typer.Option(help="Give the reviser the failed propositions/checks.")] = True,
-    min_reward_margin: Annotated[Optional[float], typer.Option(help="Drop pairs whose reward improved by less.")] = None,
+    min_reward_margin: Annotated[Optional[float], typer.Option(
+        help="Drop pairs whose reward improved by less.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON to stdout.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
 ) -> None:
@@ -82,35 +99,33 @@ def run(
     Example: cai run examples/prompts.jsonl --out runs/demo --limit 4 --max-tokens 64
     """
     from cai.config import GenConfig
-    from cai.errors import InputError, Interrupted
     from cai.pipeline import RunSettings
-    from cai.progress import Progress, load_prices
-    from cai.runs import execute, resume_command
+    from cai.prices import load_prices
+    from cai.progress import Progress
+    from cai.runs import execute, normalize_out
 
-    if format not in ("jsonl", "parquet"):
-        raise InputError(f"--format must be jsonl or parquet, not {format!r}")
-    if grader_mode not in ("separate", "joint"):
-        raise InputError(f"--grader-mode must be separate or joint, not {grader_mode!r}")
-    out = out or Path("runs") / input.stem
+    price_table = load_prices(str(prices) if prices else None)  # a bad table fails before any call
+    out = normalize_out(out or Path("runs") / input.stem)
     settings = RunSettings(
         input=str(input), out=str(out), generator=generator or model, critic=critic or model,
         reviser=reviser or model, base_url=base_url, constitution=constitution, rounds=rounds,
         stop_when_clean=stop_when_clean,
         gen=GenConfig(max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout),
         concurrency=concurrency, limit=limit, max_retries=max_retries, rpm=rpm, tpm=tpm,
-        retry_failed=retry_failed, format=format, rbr=rbr, grader=grader,  # type: ignore[arg-type]
-        rbr_constitution=rbr_constitution, grader_mode=grader_mode, votes=votes,  # type: ignore[arg-type]
-        weights=str(weights) if weights else None, rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin)
-    progress = Progress(quiet=quiet, prices=load_prices(str(prices) if prices else None))
-    resume = resume_command(["cai", *map(shlex.quote, sys.argv[1:])])
+        retry_failed=retry_failed, format=format, rbr=rbr, grader=grader,
+        rbr_constitution=rbr_constitution, grader_mode=grader_mode, votes=votes,
+        weights=str(weights) if weights else None, rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin,
+        prices=str(prices) if prices else None, system_role_for_developer=system_role_for_developer)
+    progress = Progress(quiet=quiet, prices=price_table)
+    argv = ["cai", *sys.argv[1:]]
     try:
-        manifest = execute(settings, restart=restart, on_start=progress.start, on_done=progress.record_done)
-    except Interrupted:
+        manifest = execute(settings, restart=restart, command=argv, on_start=progress.start,
+                           on_done=progress.record_done)
+    except CaiError as e:
         progress.stop()
-        err.print(f"interrupted; nothing finished is lost. Resume with:\n  {resume}", markup=False)
-        raise
-    except CaiError:
-        progress.stop()
+        if isinstance(e, Interrupted):
+            raise Interrupted("interrupted; every committed step is kept. Resume with:\n  "
+                              + resume_command(argv)) from None
         raise
     progress.stop()
     manifest["this_invocation"].update(progress.summary())
@@ -118,16 +133,10 @@ def run(
     failed = manifest["records"].get("failed", 0)
     if as_json:
         emit(manifest)
-    ex, inv = manifest["exports"], manifest["this_invocation"]
-    cost = inv.get("estimated_cost_usd")
-    err.print(f"wrote {out}/: {ex['sft']} sft, {ex['pairs']} pairs ({ex['pairs_dropped']} dropped), "
-              f"{ex['critiques']} critiques; {manifest['records'].get('done', 0)} done, {failed} failed; "
-              f"{inv['calls']} calls ({inv['cached']} cached), "
-              f"{sum(t['tokens_in'] + t['tokens_out'] for t in manifest['tokens'].values())} tokens, "
-              f"{inv['elapsed_s']:.1f}s" + (f", ~${cost:.4f}" if cost else ""), markup=False, highlight=False)
+    err.print(summary_line(manifest), markup=False, highlight=False)
     if failed:
-        err.print(f"{failed} record(s) failed; see `cai status {out}`. Retry them with:\n  {resume} --retry-failed",
-                  markup=False)
+        err.print(f"{failed} record(s) failed; see `cai status {quote(str(out))}`. Retry them with:\n  "
+                  f"{retry_command(argv)}", markup=False, highlight=False)
         raise typer.Exit(1)
 
 
@@ -135,24 +144,28 @@ def run(
 @fails_cleanly
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. runs/demo.")],
-    format: Annotated[str, typer.Option(help="jsonl or parquet.")] = "jsonl",
+    format: Format = "jsonl",
+    system_role_for_developer: Annotated[Optional[bool], typer.Option(
+        "--system-role-for-developer/--keep-developer-role",
+        help="Write `developer` turns as `system` (default: what the run was started with).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
-    """Rebuild the exports and manifest of a run from its store.
+    """Rebuild the exports and manifest of a run from its store (files of the other format are removed).
 
     Example: cai export runs/demo --format parquet
     """
-    from cai.errors import InputError
     from cai.export import export_run
+    from cai.lock import RunLock
     from cai.store import Store
 
-    if format not in ("jsonl", "parquet"):
-        raise InputError(f"--format must be jsonl or parquet, not {format!r}")
-    store = Store.open_run(run_dir)
-    try:
-        manifest = export_run(store, format)
-    finally:
-        store.close()
+    store = Store.open_run(run_dir, readonly=True)  # damaged or foreign folders fail before the lock
+    store.close()
+    with RunLock(run_dir):
+        store = Store.open_run(run_dir)
+        try:
+            manifest = export_run(store, format, developer_as_system=system_role_for_developer)
+        finally:
+            store.close()
     if as_json:
         emit(manifest)
     ex = manifest["exports"]
@@ -165,34 +178,33 @@ def status(
     run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. runs/demo.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
-    """Show done / in progress / failed counts, tokens, errors and how to resume.
+    """Show done / in progress / failed / not started, tokens, errors and how to resume; never writes.
+    Exits 1 if records failed.
 
     Example: cai status runs/demo --json
     """
-    from cai.store import Store
+    from cai.status import run_status
 
-    store = Store.open_run(run_dir)
-    try:
-        counts = store.counts()
-        settings = store.get_meta("settings", {})
-        info = {"run": str(run_dir), "done": counts.get("done", 0), "in_progress": counts.get("pending", 0),
-                "failed": counts.get("failed", 0), "input_records": store.get_meta("input", {}).get("records"),
-                "tokens": store.token_totals(), "errors": store.errors(last=20),
-                "resume": f"cai run {shlex.quote(settings.get('input', 'INPUT'))} --out {shlex.quote(str(run_dir))}"
-                          " (with the same options as before)"}
-    finally:
-        store.close()
+    info = run_status(run_dir)
     if as_json:
         emit(info)
-        return
-    todo = (info["input_records"] or 0) - info["done"] - info["failed"]
-    err.print(f"{run_dir}: {info['done']} done, {info['in_progress']} in progress, {info['failed']} failed, "
-              f"{max(todo, 0)} not started", markup=False)
-    for role, t in info["tokens"].items():
-        err.print(f"  {role}: {t['calls']} calls, {t['tokens_in']} in, {t['tokens_out']} out", markup=False)
-    for e in info["errors"]:
-        err.print(f"  failed {e['id']} at {e['stage']}: {e['error_class']}: {e['message']}", markup=False)
-    err.print(f"resume: {info['resume']}", markup=False)
+    else:
+        c = info["records"]
+        state = f"running (pid {info['running_pid']})" if info["running_pid"] is not None else "not running"
+        err.print(f"{run_dir}: {state}; {c['done']} done, {c['in_progress']} in progress, {c['failed']} failed, "
+                  f"{c['not_started']} not started (of {c['input']})", markup=False, highlight=False)
+        for role, t in info["tokens"].items():
+            err.print(f"  {role}: {t['calls']} calls, {t['tokens_in']} in, {t['tokens_out']} out", markup=False)
+        for e in info["errors"]:
+            mark = " (resolved: the record later succeeded)" if e["resolved"] else ""
+            err.print(f"  failed {e['id']} at {e['stage']}: {e['error_class']}: {e['message']}{mark}",
+                      markup=False, highlight=False)
+        if info["resume"]:
+            err.print(f"resume: {info['resume']}", markup=False, highlight=False)
+        if c["failed"] and info["retry_failed"]:
+            err.print(f"retry failed records: {info['retry_failed']}", markup=False, highlight=False)
+    if info["records"]["failed"]:
+        raise typer.Exit(1)
 
 
 @constitution_app.command("list")

@@ -11,8 +11,10 @@ import typer
 from rich.console import Console
 
 from cai.errors import CaiError
+from cai.redact import redact
 
-err = Console(stderr=True)
+# soft_wrap: long lines (paths, URLs, commands to copy) are never hard-wrapped, terminal or not.
+err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -21,15 +23,15 @@ def fails_cleanly(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from cai.providers.base import redact
-
         try:
             return fn(*args, **kwargs)
         except CaiError as e:
-            err.print(f"error: {redact(str(e))}", markup=False, highlight=False, soft_wrap=True)
+            prefix = "" if e.exit_code == 130 else "error: "
+            err.print(f"{prefix}{redact(str(e))}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            err.print("interrupted; run the same command again to resume (finished calls are kept)", markup=False)
+            err.print("interrupted; run the same command again to resume (committed steps are kept)", markup=False,
+                      highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

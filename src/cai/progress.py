@@ -31,7 +31,7 @@ class Progress:
     """
 
     def __init__(self, quiet: bool = False, prices: dict[str, dict[str, float]] | None = None) -> None:
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)
         self.quiet = quiet
         self.prices = prices or {}
         self.total = 0
@@ -67,6 +67,8 @@ class Progress:
         if self.engine is not None:
             st = self.engine.stats
             parts += [f"calls {st.calls}", f"tokens {st.tokens_in}→{st.tokens_out}"]
+            parts += [f"{label} {n}" for label, n in (("retries", st.retries), ("429s", st.rate_limited),
+                                                      ("unparsed", st.unparsed)) if n]
             c = cost(self.engine, self.prices)
             parts.append(f"${c:.4f}" if c is not None else "$?")
         remaining = self.total - self.done

@@ -3,37 +3,67 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from cai import constitution as constitution_mod
 from cai.constitution import Constitution
 from cai.engine import Engine
-from cai.errors import ConfigMismatch, InputError, Interrupted
+from cai.errors import ConfigMismatch, InputError, Interrupted, OutputError
 from cai.export import export_run
+from cai.lock import LOCK_NAME, RunLock
 from cai.pipeline import ROLES, Pipeline, RunSettings
 from cai.providers import Model, get_model
-from cai.providers.base import redact
 from cai.records import validate_input
+from cai.redact import redact
 from cai.store import Store
 
 
+def normalize_out(out: str | Path) -> Path:
+    """`a/../b` → `b`, so creating the folder leaves no stray `a/`."""
+    return Path(os.path.normpath(out))
+
+
 def prepare_dir(out: Path, restart: bool) -> None:
-    """Refuse a folder that holds other files; with `restart`, move an old run aside (never delete)."""
+    """Refuse a folder that holds other files; with `restart`, move an old run aside (never delete) once no
+    other process holds it. OutputError naming the folder if it cannot be created."""
     if out.exists() and not out.is_dir():
         raise InputError("--out exists and is not a folder", path=str(out))
     if out.is_dir() and not Store.exists(out):
-        if any(out.iterdir()):
+        if any(p.name != LOCK_NAME for p in out.iterdir()):
             raise InputError("--out is a folder that is not a cai run (no run.sqlite); refusing to write "
                              "into it", path=str(out))
     if restart and Store.exists(out):
         aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(str(out), str(aside))
-    out.mkdir(parents=True, exist_ok=True)
+        with RunLock(out):  # a live run keeps its folder: RunLocked (exit 3)
+            try:
+                shutil.move(str(out), str(aside))
+            except OSError as e:
+                raise OutputError(f"cannot move the old run aside ({e.strerror})", path=str(out)) from e
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the run folder ({e.strerror})", path=str(out)) from e
+
+
+@contextlib.contextmanager
+def locked_store(out: Path, restart: bool = False) -> Iterator[Store]:
+    """Prepare `out`, hold its run lock for the whole block, and open (or create) its store."""
+    if Store.exists(out) and not restart:
+        Store.open_run(out, readonly=True).close()  # a damaged or foreign store fails before anything is written
+    prepare_dir(out, restart)
+    with RunLock(out):
+        store = Store.open_run(out) if Store.exists(out) else Store(out)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 def fingerprint(settings: RunSettings, models: dict[str, Any], const_sha: str, input_sha: str,
@@ -78,27 +108,25 @@ def check_fingerprint(store: Store, fp: dict[str, Any]) -> None:
                              path=str(store.run_dir))
 
 
-def resume_command(argv: list[str]) -> str:
-    return " ".join(a for a in argv if a not in ("--restart",))
-
-
-def execute(settings: RunSettings, *, restart: bool = False,
+def execute(settings: RunSettings, *, restart: bool = False, command: list[str] | None = None,
             on_start: Callable[[int, Engine], None] | None = None,
             on_done: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Validate everything, run the loop, export. Returns the manifest.
+    """Validate everything, run the loop, export. Returns the manifest. `command` is the invocation as
+    typed (stored, so `cai status` can print a runnable resume command).
 
     SIGTERM is treated like Ctrl-C from the start, so either one ends the command with Interrupted.
     """
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        return _execute(settings, restart, on_start, on_done)
+        return _execute(settings, restart, command or [], on_start, on_done)
     except KeyboardInterrupt:
         raise Interrupted("interrupted") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _execute(settings: RunSettings, restart: bool, on_start: Callable[[int, Engine], None] | None,
+def _execute(settings: RunSettings, restart: bool, command: list[str],
+             on_start: Callable[[int, Engine], None] | None,
              on_done: Callable[[str], None] | None) -> dict[str, Any]:
     const = constitution_mod.load(settings.constitution)
     total, input_sha = validate_input(settings.input, settings.limit)
@@ -113,17 +141,18 @@ def _execute(settings: RunSettings, restart: bool, on_start: Callable[[int, Engi
         if spec not in shared:
             shared[spec] = get_model(spec, settings.base_url)
     models = {role: shared[spec] for role, spec in specs.items()}
-    out = Path(settings.out)
-    prepare_dir(out, restart)
-    store = Store(out)
-    started = time.monotonic()
-    try:
+    for model in shared.values():
+        model.check()  # e.g. a missing API key, before any folder is created
+    with locked_store(normalize_out(settings.out), restart) as store:
         fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, input_sha, rbr_fp)
         check_fingerprint(store, fp)
         store.set_meta("settings", _safe_settings(settings))
         store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
+        store.set_meta("base_urls", {r: redact(m.base_url or m.default_base_url or "") or None
+                                     for r, m in models.items()})
         store.set_meta("constitution", {"name": const.name, "sha256": const.sha256, "path": const.path})
         store.set_meta("input", {"path": settings.input, "sha256": input_sha, "records": total})
+        store.begin_invocation([redact(a) for a in command], os.getcwd())
         engine = Engine(store, models, max_retries=settings.max_retries, concurrency=settings.concurrency,
                         rpm=settings.rpm, tpm=settings.tpm)
         if on_start:
@@ -132,15 +161,14 @@ def _execute(settings: RunSettings, restart: bool, on_start: Callable[[int, Engi
         try:
             counts = asyncio.run(_run(pipeline, engine))
         finally:
-            store.set_meta("wall_seconds", store.get_meta("wall_seconds", 0.0) + time.monotonic() - started)
+            store.end_invocation()
         result = export_run(store, settings.format)
         result["this_invocation"] = {**counts, "calls": engine.stats.calls,
                                      "cached": sum(r.cached for r in engine.stats.roles.values()),
                                      "retries": sum(r.retries for r in engine.stats.roles.values()),
+                                     "rate_limited": sum(r.rate_limited for r in engine.stats.roles.values()),
                                      "concurrency": engine.concurrency_report()}
         return result
-    finally:
-        store.close()
 
 
 def _safe_settings(settings: RunSettings) -> dict[str, Any]:

@@ -1,0 +1,46 @@
+"""`cai status` as data: a run's counts, tokens, errors, liveness and commands to resume. Never writes."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from cai.cmdline import resume_command, retry_command
+from cai.lock import running_pid
+from cai.store import Store
+
+
+def _in_cwd(command: str, cwd: str | None) -> str:
+    """Prefix `cd DIR &&` when the command was typed in another folder (its paths are relative to it)."""
+    if cwd and os.path.abspath(cwd) != os.path.abspath(os.getcwd()):
+        return f"cd {shlex.quote(cwd)} && {command}"
+    return command
+
+
+def run_status(run_dir: Path) -> dict[str, Any]:
+    """Counts that add up (done + in progress + failed + not started = input records), open and resolved
+    errors, the pid of a live writer, and the last invocation's resume and retry commands."""
+    store = Store.open_run(run_dir, readonly=True)
+    try:
+        counts = store.counts()
+        total = (store.get_meta("input", {}) or {}).get("records")
+        invocations = store.invocations()
+        done, failed, pending = counts.get("done", 0), counts.get("failed", 0), counts.get("pending", 0)
+        known = done + failed + pending
+        total = max(total or 0, known)
+        info: dict[str, Any] = {
+            "run": str(run_dir), "running_pid": running_pid(run_dir),
+            "records": {"input": total, "done": done, "in_progress": pending, "failed": failed,
+                        "not_started": total - known},
+            "tokens": store.token_totals(), "errors_open": store.error_count(open_only=True),
+            "errors": store.errors(last=20), "resume": None, "retry_failed": None}
+    finally:
+        store.close()
+    last = next((i for i in reversed(invocations) if i["command"].get("argv")), None)
+    if last is not None:
+        argv, cwd = last["command"]["argv"], last["command"].get("cwd")
+        info["resume"] = _in_cwd(resume_command(argv), cwd)
+        info["retry_failed"] = _in_cwd(retry_command(argv), cwd)
+    return info
