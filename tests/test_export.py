@@ -4,6 +4,7 @@ files, disk-full and other OS errors, developer turns as system turns."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import shutil
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cai.errors import OutputError
-from cai.export import EXPORTS, export_run
+from cai.export import EXPORTS, export, export_run
 from cai.store import Store
 from helpers import cai
 
@@ -285,3 +286,28 @@ def test_disk_full_is_one_line_and_leaves_nothing_behind(tmp_path, fmt):
         assert res.stderr.splitlines() == [f"error: {run}/{Path(err.path).name}: "
                                            "cannot write export: No space left on device"]
         assert leftovers(run) == [] and export_files(run) == [] and not (run / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_developer_turns_become_system_turns_when_asked(tmp_path, fmt):
+    def prompts(run: Path, **kw: Any) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """The sft messages less the answer, and the pair prompt, of the run's one record."""
+        store = Store.open_run(run)
+        try:
+            export(store, fmt, **kw)
+        finally:
+            store.close()
+        if fmt == "parquet":
+            sft, pairs = (pq.read_table(run / f"{n}.parquet").to_pylist()[0] for n in ("sft", "pairs"))
+        else:
+            sft, pairs = (json.loads((run / f"{n}.jsonl").read_text()) for n in ("sft", "pairs"))
+        assert sft["messages"][-1]["role"] == "assistant"
+        return sft["messages"][:-1], pairs["prompt"]
+
+    as_system = [{"role": "system", "content": "Be brief."}, PROMPT[1]]
+    plain = make_run(tmp_path / "plain", 1, messages=PROMPT)
+    assert prompts(plain) == (PROMPT, PROMPT)
+    assert prompts(plain, developer_as_system=True) == (as_system, as_system)
+    asked = make_run(tmp_path / "asked", 1, messages=PROMPT, settings={"system_role_for_developer": True})
+    assert prompts(asked) == (as_system, as_system)
+    assert prompts(asked, developer_as_system=False) == (PROMPT, PROMPT)

@@ -10,6 +10,10 @@ also carry "reward_chosen" and "reward_rejected" (rewards of the final response 
 --min-reward-margin x drops pairs whose reward did not improve by x. Parquet files hold the same rows in
 nested columns with a fixed schema per run (see cai.parquet and docs/export.md).
 
+`developer_as_system` (export() and export_run(); None means the run's `system_role_for_developer` setting,
+default False) writes `developer` turns as `system` turns in sft `messages` and pairs `prompt`, since most
+chat templates reject a developer role.
+
 Files: each export is written to a temp file next to it (`.NAME.XXXXXXXX.tmp`), created with mode 0o666 so
 that the kernel applies the umask (or the folder's default ACL) as for any new file: nothing reads or sets
 the process umask, which would race other threads. The temp files are fsynced and renamed over the exports
@@ -91,6 +95,11 @@ def record_rows(rec: dict[str, Any], min_margin: float | None = None
         if rewards:
             pair.update(rewards)
     return sft, pair, crits, dropped
+
+
+def developer_as_system_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """`messages` with every `developer` turn given the `system` role (keys keep their order)."""
+    return [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
 
 
 def _cannot_write(path: Path, e: OSError) -> OutputError:
@@ -191,9 +200,11 @@ def sweep(run_dir: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def export(store: Store, fmt: str = "jsonl") -> dict[str, int]:
+def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None = None) -> dict[str, int]:
     """Rebuild every export from the store in one pass; returns the counts, also kept in the manifest."""
     settings = store.get_meta("settings", {})
+    if developer_as_system is None:
+        developer_as_system = bool(settings.get("system_role_for_developer", False))
     ext = "parquet" if fmt == "parquet" else "jsonl"
     sweep(store.run_dir)
     sinks: dict[str, _Sink] = {}
@@ -208,6 +219,8 @@ def export(store: Store, fmt: str = "jsonl") -> dict[str, int]:
         for rec in store.iter_records():
             if rec["status"] != "done":
                 continue
+            if developer_as_system:
+                rec["messages"] = developer_as_system_turns(rec["messages"])
             expected += (rec["extra"] or {}).get("expected") in ("comply", "refuse")
             rewards = rewards_of(rec["steps"])
             if rewards:
@@ -263,9 +276,9 @@ def manifest(store: Store, export_counts: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def export_run(store: Store, fmt: str = "jsonl") -> dict[str, Any]:
+def export_run(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None = None) -> dict[str, Any]:
     """Rebuild the exports and write manifest.json; returns the manifest."""
-    counts = export(store, fmt)
+    counts = export(store, fmt, developer_as_system=developer_as_system)
     data = manifest(store, counts)
     if counts["with_expected"]:  # inputs with `expected: comply|refuse` get Not-Unsafe / Not-Overrefuse
         from cai.rbr.metrics import run_refusal_metrics
