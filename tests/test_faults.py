@@ -11,17 +11,22 @@ import pytest
 from helpers import cai, check_trl_shapes, read_jsonl, write_prompts
 
 KEY = "sk-test-PLANTED-5ecret-9f8e7d6c5b4a"
-FAST = ["--rounds", "1", "--max-tokens", "16", "--quiet", "--max-retries", "3", "--timeout", "2"]
+FAST = ["--rounds", "1", "--max-tokens", "16", "--quiet", "--max-retries", "3"]
+# Per-attempt timeouts: long enough that no loopback answer misses it on a loaded machine; a hung request
+# (the server never answers before the test ends) can only end by its timeout.
+TIMEOUT = "60"
+HANG_TIMEOUT = "10"
+HANG_FOREVER = 3600.0
 
 
-def run_stub(srv, inp: Path, out: Path, *extra: str, provider: str = "openai") -> object:
+def run_stub(srv, inp: Path, out: Path, *extra: str, provider: str = "openai", timeout: str = TIMEOUT) -> object:
     if provider == "openai":
         args = ["--model", "openai:stub", "--base-url", srv.url]
         env = {"OPENAI_API_KEY": KEY}
     else:
         args = ["--model", "anthropic:stub", "--base-url", srv.anthropic_url]
         env = {"ANTHROPIC_API_KEY": KEY}
-    return cai("run", inp, "--out", out, *args, *FAST, "--json", *extra, env=env)
+    return cai("run", inp, "--out", out, *args, *FAST, "--timeout", timeout, "--json", *extra, env=env)
 
 
 def prompts(tmp_path: Path, n: int = 3) -> Path:
@@ -39,9 +44,10 @@ def assert_no_secret(tmp_path: Path, *texts: str) -> None:
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 @pytest.mark.parametrize("fault", ["500", "503", "drop", "truncated", "invalid", "hang"])
 def test_transient_faults_are_retried(tmp_path, stub_server, provider, fault):
-    stub_server.hang_seconds = 5
+    stub_server.hang_seconds = HANG_FOREVER
     stub_server.add_fault(fault, times=2)
-    res = run_stub(stub_server, prompts(tmp_path, 2), tmp_path / "run", provider=provider)
+    res = run_stub(stub_server, prompts(tmp_path, 2), tmp_path / "run", provider=provider,
+                   timeout=HANG_TIMEOUT if fault == "hang" else TIMEOUT)
     assert res.exit_code == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["records"]["done"] == 2
