@@ -8,11 +8,9 @@ import signal
 import sqlite3
 from pathlib import Path
 
-from helpers import read_jsonl, write_prompts
-from reliability import (assert_complete, cai_proc, cai_run, one_line_error, remount, stored_calls, stub_args,
-                         tmpfs)
-
 from cai.store import Store
+from helpers import read_jsonl, write_prompts
+from reliability import assert_complete, cai_proc, cai_run, one_line_error, remount, stored_calls, stub_args, tmpfs
 
 
 def _limit_file_size(limit: int):

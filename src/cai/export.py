@@ -29,13 +29,15 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from cai import parquet
-from cai.errors import OutputError
+from cai import __version__, parquet
+from cai.errors import InputError, OutputError
+from cai.prices import load_prices, price_of
 from cai.store import Store
 
 EXPORTS = ("sft", "pairs", "critiques")
@@ -256,23 +258,51 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
     return counts
 
 
-def manifest(store: Store, export_counts: dict[str, int]) -> dict[str, Any]:
-    """manifest.json content: versions, models, settings, hashes, counts, tokens, wall time. No keys."""
-    from cai import __version__
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
 
+
+def estimated_cost(store: Store, settings: dict[str, Any]) -> float | None:
+    """USD for every call the run stored, by the price of each role's model; None if a price is unknown."""
+    try:
+        prices = load_prices(settings.get("prices"))
+    except InputError:  # the table was checked when the run started; it may have moved since
+        return None
+    models, total = store.get_meta("models", {}), 0.0
+    for role, t in store.token_totals().items():
+        price = price_of(models.get(role, ""), prices)
+        if price is None:
+            return None
+        total += (t["tokens_in"] * price.get("input", 0) + t["tokens_out"] * price.get("output", 0)) / 1e6
+    return round(total, 6)
+
+
+def manifest(store: Store, export_counts: dict[str, int]) -> dict[str, Any]:
+    """manifest.json content: versions, models and their endpoints, settings, hashes, counts, tokens, cost,
+    open errors, unparsed verdicts, start/end time and wall time (killed invocations included). No keys."""
     statuses = store.counts()
+    settings = store.get_meta("settings", {})
+    invocations = store.invocations()
+    wall = store.get_meta("wall_seconds", 0.0) + sum(i["ended"] - i["started"] for i in invocations)
     return {
         "cai_version": __version__,
         "models": store.get_meta("models", {}),
-        "settings": store.get_meta("settings", {}),
-        "seed": (store.get_meta("settings", {}).get("gen") or {}).get("seed"),
+        "base_urls": store.get_meta("base_urls", {}),
+        "settings": settings,
+        "seed": (settings.get("gen") or {}).get("seed"),
         "constitution": store.get_meta("constitution", {}),
         "input": store.get_meta("input", {}),
         "records": {"total": sum(statuses.values()), **statuses},
         "exports": export_counts,
         "tokens": store.token_totals(),
-        "errors": store.error_count(),
-        "wall_seconds": round(store.get_meta("wall_seconds", 0.0), 3),
+        "estimated_cost_usd": estimated_cost(store, settings),
+        "errors": store.error_count(open_only=True),
+        "errors_resolved": store.error_count(open_only=False) - store.error_count(open_only=True),
+        "unparsed_verdicts": store.unparsed_verdicts(),
+        "started": _iso(min((i["started"] for i in invocations), default=None)),
+        "ended": _iso(max((i["ended"] for i in invocations), default=None)),
+        "invocations": len(invocations),
+        "wall_seconds": round(wall, 3),
     }
 
 
