@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             if not args.json:
                 q = " → ".join(f"{x:.0f}" for x in r["rss_quartiles_mb"])
-                print(f"{n:>7} prompts: peak RSS {r['maxrss_mb']:.1f} MB (wait4 ru_maxrss; VmHWM {r['vmhwm_mb']:.1f} MB)"
+                print(f"{n:>7} prompts: peak RSS {r['maxrss_mb']:.1f} MB "
+                      f"(wait4 ru_maxrss; VmHWM {r['vmhwm_mb']:.1f} MB)"
                       f"  RSS at 25/50/75/100% of the run: {q} MB  {r['wall_s']:.1f} s, "
                       f"{r['server_requests']} server requests", flush=True)
     summary: dict[str, Any] = {"concurrency": args.concurrency, "runs": results}

@@ -26,6 +26,10 @@ if importlib.util.find_spec("cai") is None and _SRC.is_dir():  # not installed: 
 
 from servers import EmbeddedAnthropicServer, StubServer, gguf_path  # noqa: E402
 
+# How long a server may take to start answering: generous, since a loaded 2-core machine can take a minute
+# just to import and load the model. Only a server that never comes up reaches it.
+SERVER_START_S = 300.0
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -73,7 +77,7 @@ def llama_server() -> Iterator[str]:
             return ""
 
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + SERVER_START_S
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"llama_cpp.server exited with {proc.returncode}; log {log.name}:\n{log_tail()}")
@@ -84,7 +88,8 @@ def llama_server() -> Iterator[str]:
             except (urllib.error.URLError, OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server did not answer on {base} within 60 s; log {log.name}:\n{log_tail()}")
+                pytest.fail(f"llama_cpp.server did not answer on {base} within {SERVER_START_S:g} s; "
+                            f"log {log.name}:\n{log_tail()}")
             time.sleep(0.25)
         yield base
     finally:
