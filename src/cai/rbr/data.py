@@ -116,7 +116,7 @@ def read_input(target: Path, limit: int | None = None) -> list[dict[str, Any]]:
 
 
 def read_graded(path: Path) -> list[dict[str, Any]]:
-    """Graded rows as written by `cai rbr grade` / `cai rbr eval --out-file`."""
+    """Graded rows as written by `cai rbr grade` / `cai rbr eval --output`."""
     if not path.is_file():
         raise InputError("file not found", path=str(path))
     out = []
