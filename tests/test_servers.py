@@ -26,11 +26,12 @@ VERDICT_SCHEMA = {
 }
 
 
-def oai(srv: StubServer, timeout: float = 10.0) -> openai.OpenAI:
+# Client timeouts are generous: a loopback answer on a loaded machine must never miss one.
+def oai(srv: StubServer, timeout: float = 60.0) -> openai.OpenAI:
     return openai.OpenAI(base_url=srv.url, api_key="test-key", max_retries=0, timeout=timeout)
 
 
-def ant(srv, timeout: float = 10.0) -> anthropic.Anthropic:
+def ant(srv, timeout: float = 60.0) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=srv.anthropic_url, api_key="test-key", max_retries=0, timeout=timeout)
 
 
@@ -298,23 +299,23 @@ def test_script_mode_stats_and_faults():
         line = proc.stdout.readline()
         assert line.startswith("PORT ")
         base = f"http://127.0.0.1:{int(line.split()[1])}"
-        client = openai.OpenAI(base_url=base + "/v1", api_key="test-key", max_retries=0, timeout=10)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="test-key", max_retries=0, timeout=60)
         assert len(chat(client).choices[0].message.content.split()) == 5
         req = urllib.request.Request(base + "/_faults", data=json.dumps({"kind": "503", "times": 1}).encode(),
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=60) as r:
             assert r.status == 200
         with pytest.raises(openai.InternalServerError):
             chat(client)
         anthropic.Anthropic(base_url=base, api_key="k", max_retries=0).messages.create(
             model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
-        with urllib.request.urlopen(base + "/_stats", timeout=5) as r:
+        with urllib.request.urlopen(base + "/_stats", timeout=60) as r:
             stats = json.loads(r.read())
         assert stats["requests"] == 3
         assert stats["by_path"] == {"/v1/chat/completions": 2, "/v1/messages": 1}
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.wait(timeout=60)
 
 
 # --- the embedded model ----------------------------------------------------------------------------
@@ -322,7 +323,7 @@ def test_script_mode_stats_and_faults():
 
 @pytest.mark.slow
 def test_embedded_anthropic_server(anthropic_embedded: EmbeddedAnthropicServer):
-    client = ant(anthropic_embedded, timeout=120)
+    client = ant(anthropic_embedded, timeout=300)
     before = anthropic_embedded.count("/v1/messages")  # the server is shared by the session
     r = client.messages.create(model="smollm2", max_tokens=8, system="You are terse.",
                                messages=[{"role": "user", "content": [{"type": "text", "text": "Say hi."}]}])
