@@ -7,10 +7,11 @@ import contextlib
 import os
 import shutil
 import signal
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cai import constitution as constitution_mod
 from cai.constitution import Constitution
@@ -23,6 +24,8 @@ from cai.providers import Model, get_model
 from cai.records import validate_input
 from cai.redact import redact
 from cai.store import Store
+
+T = TypeVar("T")
 
 
 def normalize_out(out: str | Path) -> Path:
@@ -178,21 +181,24 @@ def _safe_settings(settings: RunSettings) -> dict[str, Any]:
     return data
 
 
-async def _run(pipeline: Pipeline, engine: Engine) -> dict[str, int]:
+async def stoppable(work: Coroutine[Any, Any, T]) -> T:
+    """Await `work`; SIGINT or SIGTERM cancels it (the event loop hears them) and raises Interrupted.
+    Off the main thread (which alone takes signals) it just awaits `work`."""
+    if threading.current_thread() is not threading.main_thread():
+        return await work
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
+    task = asyncio.ensure_future(work)
     stopped = False
 
     def stop() -> None:
         nonlocal stopped
         stopped = True
-        if task is not None:
-            task.cancel()
+        task.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     try:
-        return await pipeline.run()
+        return await task
     except asyncio.CancelledError:
         if stopped:
             raise Interrupted("interrupted") from None
@@ -200,4 +206,10 @@ async def _run(pipeline: Pipeline, engine: Engine) -> dict[str, int]:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _run(pipeline: Pipeline, engine: Engine) -> dict[str, int]:
+    try:
+        return await stoppable(pipeline.run())
+    finally:
         await engine.aclose()

@@ -7,21 +7,19 @@ A graded row is the input row (see `cai.rbr.data`) plus the `score_response` dic
 from __future__ import annotations
 
 import asyncio
-import signal
-import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cai.constitution import Constitution
 from cai.engine import Engine
-from cai.errors import InputError, Interrupted
+from cai.errors import InputError
 from cai.providers import get_model
 from cai.rbr.reward import Weights
 from cai.rbr.rules import classify
 from cai.rbr.score import score_response
-from cai.runs import prepare_dir
+from cai.runs import prepare_dir, stoppable
 from cai.store import Store
 
 ROLE = "grader"
@@ -57,32 +55,6 @@ async def grade_rows(engine: Engine, const: Constitution, weights: Weights, rows
     return list(await asyncio.gather(*(one(r) for r in rows)))
 
 
-async def _stoppable(work: Coroutine[Any, Any, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Await `work`; SIGINT or SIGTERM cancels it (the event loop hears them) and raises Interrupted."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread can take signals
-        return await work
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(work)
-    stopped = False
-
-    def stop() -> None:
-        nonlocal stopped
-        stopped = True
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if stopped:
-            raise Interrupted("interrupted") from None
-        raise
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
 def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base_url: str | None,
                 const: Constitution, weights: Weights, mode: str, votes: int, concurrency: int = 4,
                 max_retries: int = 5, on_start: Callable[[int, Engine], None] | None = None,
@@ -113,7 +85,7 @@ def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base_url: 
 
         async def main() -> list[dict[str, Any]]:
             try:
-                return await _stoppable(grade_rows(engine, const, weights, rows, mode=mode, votes=votes,
+                return await stoppable(grade_rows(engine, const, weights, rows, mode=mode, votes=votes,
                                                    concurrency=concurrency, on_done=on_done))
             finally:
                 await engine.aclose()
