@@ -50,8 +50,8 @@ TABLES = {"meta", "records", "steps", "calls", "errors"}
 
 DB_NAME = "run.sqlite"
 Op = Callable[[sqlite3.Connection], None]
-# (op, future or None, loop or None, record id or None, is a model call)
-Item = tuple[Op, "asyncio.Future[None] | None", Any, "str | None", bool]
+# (op, future or None, its loop or None, the record the write belongs to or None)
+Item = tuple[Op, "asyncio.Future[None] | None", Any, "str | None"]
 
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -104,10 +104,8 @@ class Store:
         self.readonly = readonly
         self.broken: OutputError | None = None  # set when the store itself failed; nothing more is written
         self.failed_records: dict[str, str] = {}  # record id -> why its write failed (its later writes are dropped)
-        self.unstored_calls = 0  # model calls answered but lost with a failed commit
         self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
-        self._lost: BaseException | None = None
         self._invocation: int | None = None
         existed = self.path.exists()
         tables = TABLES
@@ -159,18 +157,14 @@ class Store:
                     except queue.Empty:
                         break
                 ops = [b for b in batch if b is not None]
-                error: BaseException | None = self.broken
+                error: BaseException | None = self.broken  # once broken, nothing more is written
                 if error is None and ops:
                     try:
                         self._commit(conn, ops)
                     except BaseException as e:  # noqa: BLE001 - the store itself failed: handed to every waiter
                         _rollback(conn)
-                        error = self._break(e, ops)
-                    if error is None and self._lost is not None:
-                        error, self._lost = self._lost, None
-                elif error is not None:
-                    self.unstored_calls += sum(1 for o in ops if o[4])
-                for _, fut, loop, _, _ in ops:
+                        error = self._break(e)
+                for _, fut, loop, _ in ops:
                     if fut is not None:
                         loop.call_soon_threadsafe(_resolve, fut, error)
                 if None in batch:
@@ -181,7 +175,7 @@ class Store:
     def _commit(self, conn: sqlite3.Connection, ops: list[Item]) -> None:
         """One transaction; each write under a savepoint, so a write that fails on its data fails its record only."""
         conn.execute("BEGIN IMMEDIATE")
-        for op, _, _, rid, _ in ops:
+        for op, _, _, rid in ops:
             if rid is not None and rid in self.failed_records:
                 continue  # that record already failed in the store: keep none of its later writes
             conn.execute("SAVEPOINT w")
@@ -198,10 +192,8 @@ class Store:
             conn.execute("UPDATE invocations SET ended=? WHERE n=?", (time.time(), self._invocation))
         conn.execute("COMMIT")
 
-    def _break(self, error: BaseException, ops: list[Item]) -> OutputError:
+    def _break(self, error: BaseException) -> OutputError:
         """Mark the store broken by `error`; returns the one-line error every later write gets."""
-        lost = sum(1 for o in ops if o[4])
-        self.unstored_calls += lost
         reason = getattr(error, "strerror", None) or str(error)
         self.broken = OutputError(
             f"cannot write the run store ({reason}); the run stopped. Everything committed before this is "
@@ -222,14 +214,14 @@ class Store:
         self._start_writer()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        self._queue.put((op, fut, loop, record, False))
+        self._queue.put((op, fut, loop, record))
         await fut
 
-    def enqueue(self, op: Op, record: str | None = None, call: bool = False) -> None:
-        """Queue `op` (a write for `record`, if given) without waiting; a failure surfaces at the next
-        awaited write, or as `broken`."""
+    def enqueue(self, op: Op, record: str | None = None) -> None:
+        """Queue `op` (a write for `record`, if given) without waiting. If it fails on its data, `record`
+        fails (see `check_record`); if the store fails, `broken` is set and the next awaited write raises."""
         self._start_writer()
-        self._queue.put((op, None, None, record, call))
+        self._queue.put((op, None, None, record))
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -252,7 +244,7 @@ class Store:
         except sqlite3.Error as e:
             _rollback(self._read)
             if store_wide(e):
-                raise self._break(e, []) from e
+                raise self._break(e) from e
             raise
         except BaseException:
             _rollback(self._read)
@@ -351,7 +343,7 @@ class Store:
         blob = comp.model_dump_json()
         self.enqueue(lambda c: c.execute(
             "INSERT OR REPLACE INTO calls VALUES(?,?,?,?,?,?,?)",
-            (key, role, model, blob, comp.tokens_in, comp.tokens_out, time.time())), record, call=True)
+            (key, role, model, blob, comp.tokens_in, comp.tokens_out, time.time())), record)
 
     # -- reading for exports and status --------------------------------------------------
     def iter_records(self) -> Iterator[dict[str, Any]]:
