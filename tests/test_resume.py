@@ -123,7 +123,7 @@ def received_from(srv, n: int, proc: subprocess.Popen) -> None:
     (the deadline of `wait_for_requests`, 300 s, only ever ends a broken run)."""
     got = srv.wait_for_requests(n, until=lambda: proc.poll() is not None)
     if got < n:
-        _, err = proc.communicate()
+        err = proc.stderr.read() if proc.stderr else ""
         err = err.decode() if isinstance(err, bytes) else err
         raise AssertionError(f"cai exited with {proc.returncode} after the server saw {got} of {n} requests:\n{err}")
 
@@ -163,7 +163,8 @@ def test_kill_9_at_random_moments_then_resume(tmp_path, stub_server):
         finally:
             if proc.poll() is None:
                 proc.kill()
-            proc.communicate()
+                proc.wait()
+            proc.stderr.close()
             stub_server.resume()
         stub_server.wait_idle()  # every byte the killed run sent has been read and counted
         new = stub_server.requests[seen:]
@@ -205,6 +206,7 @@ def test_sigterm_and_sigint_exit_130_with_resume_command(tmp_path, stub_server):
                 proc.kill()
                 proc.communicate()
             stub_server.resume()
+        stub_server.wait_idle()  # the next run's requests are counted from here
         assert proc.returncode == 130, err
         assert "Resume with:" in err and f"--out {out}" in err
         assert not list(out.glob(".*.tmp"))  # no half-written export left behind
