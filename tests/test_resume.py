@@ -80,7 +80,8 @@ def test_bad_input_exits_2_before_any_call(tmp_path, stub_server):
     assert stub_server.count() == 0 and not (tmp_path / "r").exists()
     bad_yaml = tmp_path / "c.yaml"
     bad_yaml.write_text("name: c\nprinciples:\n  - id: a\n    critique: 'unterminated\n")
-    res = run(stub_server, write_prompts(tmp_path / "ok.jsonl", ["a?"]), tmp_path / "r", "--constitution", str(bad_yaml))
+    ok = write_prompts(tmp_path / "ok.jsonl", ["a?"])
+    res = run(stub_server, ok, tmp_path / "r", "--constitution", str(bad_yaml))
     assert res.exit_code == 2 and f"{bad_yaml}:" in res.stderr and "invalid YAML" in res.stderr
     res = run(stub_server, tmp_path / "ok.jsonl", tmp_path / "r", "--constitution", "nope")
     assert res.exit_code == 2 and "unknown constitution 'nope'" in res.stderr
