@@ -196,3 +196,11 @@ def test_status_never_creates_or_writes(tmp_path):
     res = cai("status", empty)
     assert res.exit_code == 2 and list(empty.iterdir()) == []
     assert cai("status", tmp_path / "missing").exit_code == 2 and not (tmp_path / "missing").exists()
+
+
+def test_printed_commands_never_repeat_retry_failed_or_restart():
+    from cai.cmdline import resume_command, retry_command
+
+    argv = ["cai", "run", "my prompts.jsonl", "--out", "runs/x", "--restart", "--retry-failed"]
+    assert resume_command(argv) == "cai run 'my prompts.jsonl' --out runs/x"
+    assert retry_command(argv) == "cai run 'my prompts.jsonl' --out runs/x --retry-failed"
