@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from cai.cmdline import resume_command, retry_command
 from conftest import free_port
 from helpers import cai, read_jsonl, write_prompts
 from reliability import KEY, assert_complete, cai_proc, cai_run, one_line_error, stub_args
@@ -199,8 +200,6 @@ def test_status_never_creates_or_writes(tmp_path):
 
 
 def test_printed_commands_never_repeat_retry_failed_or_restart():
-    from cai.cmdline import resume_command, retry_command
-
     argv = ["cai", "run", "my prompts.jsonl", "--out", "runs/x", "--restart", "--retry-failed"]
     assert resume_command(argv) == "cai run 'my prompts.jsonl' --out runs/x"
     assert retry_command(argv) == "cai run 'my prompts.jsonl' --out runs/x --retry-failed"
