@@ -24,6 +24,7 @@ and an OSError (disk full, read-only, I/O error) becomes one OutputError naming 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import secrets
@@ -31,14 +32,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
-from cai import __version__, parquet
+from cai import __version__
 from cai.errors import InputError, OutputError
 from cai.prices import load_prices, price_of
 from cai.store import Store
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from cai import parquet
 
 EXPORTS = ("sft", "pairs", "critiques")
 FORMATS = ("jsonl", "parquet")
@@ -128,6 +133,11 @@ def _temp_file(path: Path) -> tuple[int, Path]:
             continue
 
 
+def _parquet() -> ModuleType:
+    """`cai.parquet`, imported on first use: pyarrow adds ~50 MB of RSS that JSONL runs never need."""
+    return importlib.import_module("cai.parquet")
+
+
 class _Sink:
     """One export file: rows go to a temp file next to it; `finish` makes it durable, `commit` renames it."""
 
@@ -140,7 +150,7 @@ class _Sink:
         if schema is not None:
             try:
                 with _writing(path):
-                    self.rows = parquet.ParquetRows(self.fh, schema)
+                    self.rows = _parquet().ParquetRows(self.fh, schema)
             except BaseException:
                 self.abort()
                 raise
@@ -216,7 +226,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
     expected = 0
     try:
         for name in EXPORTS:
-            schema = parquet.schema(name, rewards=bool(settings.get("rbr"))) if ext == "parquet" else None
+            schema = _parquet().schema(name, rewards=bool(settings.get("rbr"))) if ext == "parquet" else None
             sinks[name] = _Sink(store.run_dir / f"{name}.{ext}", schema)
         for rec in store.iter_records():
             if rec["status"] != "done":
