@@ -4,7 +4,7 @@ import json
 import pytest
 
 from cai.errors import InputError
-from cai.records import iter_records, validate_input
+from cai.records import iter_jsonl, iter_records, validate_input
 from helpers import cai
 
 
@@ -145,3 +145,16 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, data, message):
     assert res.exit_code == 2
     assert res.stderr == f"error: {p}{message}\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_every_jsonl_reader_rejects_lone_surrogates(tmp_path):
+    """rbr's readers share iter_jsonl, so a lone surrogate in a graded or gold file is one line too, not a
+    crash when the request is hashed for the call cache."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "ok", "response": "fine"}\n{"prompt": "ok", "response": "bad \\ud800"}\n')
+    with pytest.raises(InputError, match=r"rows\.jsonl:2: text is not valid Unicode \(lone surrogate in response\)"):
+        list(iter_jsonl(path))
+    res = cai("rbr", "grade", path, "--grader", "openai:m", "--base-url", "http://127.0.0.1:9/v1",
+              "--out", tmp_path / "store")
+    assert res.exit_code == 2 and res.stderr.startswith(f"error: {path}:2: text is not valid Unicode")
+    assert not (tmp_path / "store").exists()

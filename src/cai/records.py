@@ -70,7 +70,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, JSON object) for every non-blank line of a JSONL file; InputError naming the line."""
+    """(line number, JSON object) for every non-blank line of a JSONL file; InputError naming the line,
+    also for text no UTF-8 file or store can hold (a lone surrogate escape such as `"\\ud800"`)."""
     for n, line in _lines(path):
         try:
             row = json.loads(line)
@@ -78,6 +79,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise InputError(f"malformed JSON ({e.msg}, column {e.colno})", path=str(path), line=n) from None
         if not isinstance(row, dict):
             raise InputError(f"each line must be a JSON object, not {type(row).__name__}", path=str(path), line=n)
+        _check_text(row, (str(path), n))
         yield n, row
 
 
@@ -155,7 +157,6 @@ def iter_records(path: str | Path, limit: int | None = None) -> Iterator[InputRe
     for line, row in _rows(path):
         if limit is not None and idx >= limit:
             return
-        _check_text(row, (str(path), line))
         rid = row.get("id")
         if rid is None or rid == "":
             rid = f"line-{line}"
