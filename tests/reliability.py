@@ -89,3 +89,15 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 def remount(path: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+def kill_while_live(srv: Any, answered: int, *args: Any, held: int = 1) -> None:
+    """Run `cai ARGS`, let the server answer `answered` requests and hold the next `held`, then kill -9 the
+    run mid-call (no sleep decides when); the server answers normally again afterwards."""
+    srv.hold_after(answered)
+    proc = cai_proc(*args)
+    srv.wait_for_requests(answered + held, until=lambda: proc.poll() is not None)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.kill()
+    proc.wait()
+    srv.resume()

@@ -14,7 +14,7 @@ import pytest
 from cai.cmdline import resume_command, retry_command
 from conftest import free_port
 from helpers import cai, read_jsonl, write_prompts
-from reliability import KEY, assert_complete, cai_proc, cai_run, one_line_error, stub_args
+from reliability import KEY, assert_complete, cai_proc, cai_run, kill_while_live, one_line_error, stub_args
 
 
 def test_empty_input_exits_2_before_a_folder_or_call(tmp_path, stub_server):
@@ -112,12 +112,7 @@ def test_status_counts_add_up_resolve_errors_and_print_runnable_commands(tmp_pat
 def test_in_progress_records_are_not_also_not_started(tmp_path, stub_server):
     inp = write_prompts(tmp_path / "in.jsonl", [f"q{i}?" for i in range(10)])
     run = tmp_path / "r"
-    stub_server.hold_after(6)
-    proc = cai_proc("run", inp, "--out", run, *stub_args(stub_server), "--concurrency", "2")
-    stub_server.wait_for_requests(8, until=lambda: proc.poll() is not None)
-    proc.kill()
-    proc.wait()
-    stub_server.resume()
+    kill_while_live(stub_server, 6, "run", inp, "--out", run, *stub_args(stub_server), "--concurrency", "2", held=2)
     c = json.loads(cai("status", run, "--json").stdout)["records"]
     assert c["in_progress"] >= 1
     assert c["done"] + c["in_progress"] + c["failed"] + c["not_started"] == c["input"] == 10
@@ -127,12 +122,7 @@ def test_wall_time_counts_killed_invocations(tmp_path, stub_server):
     inp = write_prompts(tmp_path / "in.jsonl", [f"q{i}?" for i in range(6)])
     run = tmp_path / "r"
     stub_server.latency = 0.05
-    stub_server.hold_after(12)
-    proc = cai_proc("run", inp, "--out", run, *stub_args(stub_server), "--concurrency", "1")
-    stub_server.wait_for_requests(13, until=lambda: proc.poll() is not None)
-    proc.kill()
-    proc.wait()
-    stub_server.resume()
+    kill_while_live(stub_server, 12, "run", inp, "--out", run, *stub_args(stub_server), "--concurrency", "1")
     assert cai_run("run", inp, "--out", run, *stub_args(stub_server)).returncode == 0
     m = json.loads((run / "manifest.json").read_text())
     assert m["invocations"] == 2

@@ -10,7 +10,17 @@ from pathlib import Path
 
 from cai.store import Store
 from helpers import read_jsonl, write_prompts
-from reliability import assert_complete, cai_proc, cai_run, one_line_error, remount, stored_calls, stub_args, tmpfs
+from reliability import (
+    assert_complete,
+    cai_proc,
+    cai_run,
+    kill_while_live,
+    one_line_error,
+    remount,
+    stored_calls,
+    stub_args,
+    tmpfs,
+)
 
 
 def _limit_file_size(limit: int):
@@ -140,12 +150,7 @@ def test_run_lock_one_writer_per_folder(tmp_path, stub_server):
 def test_a_killed_writer_leaves_no_lock_behind(tmp_path, stub_server):
     inp = write_prompts(tmp_path / "in.jsonl", [f"q{i}?" for i in range(4)])
     run = tmp_path / "run"
-    stub_server.hold_after(2)
-    proc = cai_proc("run", inp, "--out", run, *stub_args(stub_server))
-    stub_server.wait_for_requests(3, until=lambda: proc.poll() is not None)
-    proc.kill()
-    proc.wait()
-    stub_server.resume()
+    kill_while_live(stub_server, 2, "run", inp, "--out", run, *stub_args(stub_server))
     assert (run / "run.lock").exists()
     res = cai_run("run", inp, "--out", run, *stub_args(stub_server))
     assert res.returncode == 0, res.stderr
