@@ -126,7 +126,8 @@ def test_run_lock_one_writer_per_folder(tmp_path, stub_server):
     inp = write_prompts(tmp_path / "in.jsonl", [f"q{i}?" for i in range(6)])
     run = tmp_path / "run"
     stub_server.hold_after(3)  # the first process is live and waiting on the server
-    first = cai_proc("run", inp, "--out", run, *stub_args(stub_server), "--concurrency", "1")
+    # --timeout 600: the held request must not time out (and be retried) while the others are refused.
+    first = cai_proc("run", inp, "--out", run, *stub_args(stub_server), "--concurrency", "1", "--timeout", "600")
     try:
         stub_server.wait_for_requests(4, until=lambda: first.poll() is not None)
         assert first.poll() is None
