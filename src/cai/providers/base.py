@@ -62,7 +62,13 @@ def get_model(spec: str, base_url: str | None = None) -> Model:
     """Build a model from `local`, `local:/path.gguf`, `openai:<model>` or `anthropic:<model>`."""
     prefix, _, name = spec.partition(":")
     if prefix not in _REGISTRY and prefix in _BUILTIN:
-        importlib.import_module(_BUILTIN[prefix])
+        try:
+            importlib.import_module(_BUILTIN[prefix])
+        except ModuleNotFoundError as e:  # only the local provider's optional dependency, not any ImportError
+            if prefix != "local" or e.name != "llama_cpp":
+                raise
+            raise InputError("the local model needs the 'local' extra: pip install 'cai[local]' "
+                             "(llama-cpp-python is not installed)") from None
     cls = _REGISTRY.get(prefix)
     if cls is None:
         known = ", ".join(sorted(set(_REGISTRY) | set(_BUILTIN)))

