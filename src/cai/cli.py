@@ -15,9 +15,9 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cai import __version__
-from cai.clikit import emit, err, fails_cleanly
+from cai.clikit import emit, err, fails_cleanly, run_async
 from cai.cmdline import quote, resume_command, retry_command, summary_line
-from cai.errors import CaiError, Interrupted
+from cai.errors import Interrupted
 from cai.rbr.cli import rbr_app
 
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -98,37 +98,30 @@ def run(
 
     Example: cai run examples/prompts.jsonl --out runs/demo --limit 4 --max-tokens 64
     """
-    from cai.config import GenConfig
-    from cai.pipeline import RunSettings
+    from cai.api import arun
     from cai.prices import load_prices
     from cai.progress import Progress
-    from cai.runs import execute, normalize_out
+    from cai.runs import normalize_out
 
-    price_table = load_prices(str(prices) if prices else None)  # a bad table fails before any call
     out = normalize_out(out or Path("runs") / input.stem)
-    settings = RunSettings(
-        input=str(input), out=str(out), generator=generator or model, critic=critic or model,
-        reviser=reviser or model, base_url=base_url, constitution=constitution, rounds=rounds,
-        stop_when_clean=stop_when_clean,
-        gen=GenConfig(max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout),
-        concurrency=concurrency, limit=limit, max_retries=max_retries, rpm=rpm, tpm=tpm,
-        retry_failed=retry_failed, format=format, rbr=rbr, grader=grader,
-        rbr_constitution=rbr_constitution, grader_mode=grader_mode, votes=votes,
-        weights=str(weights) if weights else None, rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin,
-        prices=str(prices) if prices else None, system_role_for_developer=system_role_for_developer)
-    progress = Progress(quiet=quiet, prices=price_table)
+    progress = Progress(quiet=quiet, prices=load_prices(str(prices) if prices else None))
     argv = ["cai", *sys.argv[1:]]
     try:
-        manifest = execute(settings, restart=restart, command=argv, on_start=progress.start,
-                           on_done=progress.record_done)
-    except CaiError as e:
+        result = run_async(arun(
+            input, out=out, model=model, generator=generator, critic=critic, reviser=reviser, base_url=base_url,
+            constitution=constitution, rounds=rounds, stop_when_clean=stop_when_clean, max_tokens=max_tokens,
+            temperature=temperature, seed=seed, concurrency=concurrency, limit=limit, max_retries=max_retries,
+            timeout=timeout, rpm=rpm, tpm=tpm, format=format, system_role_for_developer=system_role_for_developer,
+            restart=restart, retry_failed=retry_failed, prices=prices, rbr=rbr, grader=grader,
+            rbr_constitution=rbr_constitution, grader_mode=grader_mode, votes=votes, weights=weights,
+            rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin, progress=progress, command=argv))
+    except Interrupted:
+        raise Interrupted("interrupted; every committed step is kept. Resume with:\n  "
+                          + resume_command(argv)) from None
+    finally:
         progress.stop()
-        if isinstance(e, Interrupted):
-            raise Interrupted("interrupted; every committed step is kept. Resume with:\n  "
-                              + resume_command(argv)) from None
-        raise
-    progress.stop()
-    manifest["this_invocation"].update(progress.summary())
+    manifest = result.manifest
+    manifest["this_invocation"] = {**(result.invocation or {}), **progress.summary()}
     manifest["out"] = str(out)
     failed = manifest["records"].get("failed", 0)
     if as_json:
@@ -154,18 +147,9 @@ def export_cmd(
 
     Example: cai export runs/demo --format parquet
     """
-    from cai.export import export_run
-    from cai.lock import RunLock
-    from cai.store import Store
+    from cai.api import open_run
 
-    store = Store.open_run(run_dir, readonly=True)  # damaged or foreign folders fail before the lock
-    store.close()
-    with RunLock(run_dir):
-        store = Store.open_run(run_dir)
-        try:
-            manifest = export_run(store, format, developer_as_system=system_role_for_developer)
-        finally:
-            store.close()
+    manifest = open_run(run_dir).export(format, developer_as_system=system_role_for_developer)
     if as_json:
         emit(manifest)
     ex = manifest["exports"]
@@ -183,9 +167,9 @@ def status(
 
     Example: cai status runs/demo --json
     """
-    from cai.status import run_status
+    from cai.api import open_run
 
-    info = run_status(run_dir)
+    info = open_run(run_dir).status()
     if as_json:
         emit(info)
     else:

@@ -1,21 +1,30 @@
-"""What every `cai` command shares: the stderr console, clean failures, JSON to stdout."""
+"""What every `cai` command shares: the stderr console, clean failures, JSON to stdout, and signals.
+
+Only the CLI installs signal handlers: Ctrl-C and SIGTERM end a command with exit 130; during the event
+loop they cancel the running task (`run_async`), so the library underneath stops without a handler of its
+own and keeps everything it committed."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from cai.errors import CaiError
+from cai.errors import CaiError, Interrupted
 from cai.redact import redact
 
 # soft_wrap: long lines (paths, URLs, commands to copy) are never hard-wrapped, terminal or not.
 err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+INTERRUPTED = "interrupted; run the same command again to resume (committed steps are kept)"
 
 
 def fails_cleanly(fn: F) -> F:
@@ -23,6 +32,7 @@ def fails_cleanly(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM is Ctrl-C from the start
         try:
             return fn(*args, **kwargs)
         except CaiError as e:
@@ -30,9 +40,10 @@ def fails_cleanly(fn: F) -> F:
             err.print(f"{prefix}{redact(str(e))}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            err.print("interrupted; run the same command again to resume (committed steps are kept)", markup=False,
-                      highlight=False)
+            err.print(INTERRUPTED, markup=False, highlight=False)
             raise typer.Exit(130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
 
@@ -40,3 +51,37 @@ def fails_cleanly(fn: F) -> F:
 def emit(data: Any) -> None:
     """Print `data` as JSON to stdout."""
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+async def stoppable(work: Coroutine[Any, Any, T]) -> T:
+    """Await `work`; SIGINT or SIGTERM cancels it (the event loop hears them) and raises Interrupted.
+    Off the main thread (which alone takes signals) it just awaits `work`."""
+    if threading.current_thread() is not threading.main_thread():
+        return await work
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        loop.add_signal_handler(sig, stop)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if stopped:
+            raise Interrupted(INTERRUPTED) from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)  # the loop's removal would leave SIG_DFL for SIGTERM
+
+
+def run_async(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` on a new event loop; Ctrl-C or SIGTERM cancel it and raise Interrupted."""
+    return asyncio.run(stoppable(work))

@@ -6,17 +6,15 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cai import constitution as constitution_mod
 from cai.constitution import Constitution
 from cai.engine import Engine
-from cai.errors import ConfigMismatch, InputError, Interrupted, OutputError
+from cai.errors import ConfigMismatch, InputError, OutputError
 from cai.export import export_run
 from cai.lock import LOCK_NAME, RunLock
 from cai.pipeline import ROLES, Pipeline, RunSettings
@@ -24,8 +22,6 @@ from cai.providers import Model, get_model
 from cai.records import validate_input
 from cai.redact import redact
 from cai.store import Store
-
-T = TypeVar("T")
 
 
 def normalize_out(out: str | Path) -> Path:
@@ -111,28 +107,17 @@ def check_fingerprint(store: Store, fp: dict[str, Any]) -> None:
                              path=str(store.run_dir))
 
 
-def execute(settings: RunSettings, *, restart: bool = False, command: list[str] | None = None,
-            on_start: Callable[[int, Engine], None] | None = None,
-            on_done: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Validate everything, run the loop, export. Returns the manifest. `command` is the invocation as
-    typed (stored, so `cai status` can print a runnable resume command).
+async def execute(settings: RunSettings, *, restart: bool = False, command: list[str] | None = None,
+                  on_start: Callable[[int, Engine], None] | None = None,
+                  on_done: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Validate everything, run the loop, export; returns the manifest plus `this_invocation`.
 
-    SIGTERM is treated like Ctrl-C from the start, so either one ends the command with Interrupted.
+    Everything a user can get wrong is checked before the run folder is created. `command` is the
+    invocation as typed (stored, so `cai status` can print a runnable resume command). No signal handler
+    is installed: cancelling the task stops the run (what is committed is kept).
     """
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        return _execute(settings, restart, command or [], on_start, on_done)
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _execute(settings: RunSettings, restart: bool, command: list[str],
-             on_start: Callable[[int, Engine], None] | None,
-             on_done: Callable[[str], None] | None) -> dict[str, Any]:
     const = constitution_mod.load(settings.constitution)
-    total, input_sha = validate_input(settings.input, settings.limit)
+    total, input_sha = await asyncio.to_thread(validate_input, settings.input, settings.limit)
     specs = {role: getattr(settings, role) for role in ROLES}
     rbr_fp, rbr_setup = None, None
     if settings.rbr:
@@ -155,21 +140,22 @@ def _execute(settings: RunSettings, restart: bool, command: list[str],
                                      for r, m in models.items()})
         store.set_meta("constitution", {"name": const.name, "sha256": const.sha256, "path": const.path})
         store.set_meta("input", {"path": settings.input, "sha256": input_sha, "records": total})
-        store.begin_invocation([redact(a) for a in command], os.getcwd())
+        store.begin_invocation([redact(a) for a in command or []], os.getcwd())
         engine = Engine(store, models, max_retries=settings.max_retries, concurrency=settings.concurrency,
                         rpm=settings.rpm, tpm=settings.tpm)
         if on_start:
             on_start(total, engine)
         pipeline = Pipeline(settings, const, store, engine, on_done, rbr_setup)
         try:
-            counts = asyncio.run(_run(pipeline, engine))
+            counts = await pipeline.run()
         finally:
             store.end_invocation()
-        result = export_run(store, settings.format)
+            await engine.aclose()
+        result = await asyncio.to_thread(export_run, store, settings.format)
         result["this_invocation"] = {**counts, "calls": engine.stats.calls,
                                      "cached": sum(r.cached for r in engine.stats.roles.values()),
-                                     "retries": sum(r.retries for r in engine.stats.roles.values()),
-                                     "rate_limited": sum(r.rate_limited for r in engine.stats.roles.values()),
+                                     "retries": engine.stats.retries, "rate_limited": engine.stats.rate_limited,
+                                     "unparsed": engine.stats.unparsed,
                                      "concurrency": engine.concurrency_report()}
         return result
 
@@ -179,37 +165,3 @@ def _safe_settings(settings: RunSettings) -> dict[str, Any]:
     if data.get("base_url"):
         data["base_url"] = redact(data["base_url"])
     return data
-
-
-async def stoppable(work: Coroutine[Any, Any, T]) -> T:
-    """Await `work`; SIGINT or SIGTERM cancels it (the event loop hears them) and raises Interrupted.
-    Off the main thread (which alone takes signals) it just awaits `work`."""
-    if threading.current_thread() is not threading.main_thread():
-        return await work
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(work)
-    stopped = False
-
-    def stop() -> None:
-        nonlocal stopped
-        stopped = True
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if stopped:
-            raise Interrupted("interrupted") from None
-        raise
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
-async def _run(pipeline: Pipeline, engine: Engine) -> dict[str, int]:
-    try:
-        return await stoppable(pipeline.run())
-    finally:
-        await engine.aclose()

@@ -353,6 +353,11 @@ class Store:
             yield {"idx": idx, "id": rid, "messages": json.loads(messages), "extra": json.loads(extra),
                    "status": status, "steps": self.steps(rid)}
 
+    def read_calls(self) -> Iterator[tuple[str, str, str, str, int, int, float]]:
+        """(key, role, model, response JSON, tokens_in, tokens_out, created) for every stored call, oldest first."""
+        return self._read.execute("SELECT key, role, model, response, tokens_in, tokens_out, created FROM calls "
+                                  "ORDER BY created")
+
     def counts(self) -> dict[str, int]:
         return dict(self._read.execute("SELECT status, COUNT(*) FROM records GROUP BY status"))
 

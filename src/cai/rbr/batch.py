@@ -19,7 +19,7 @@ from cai.providers import get_model
 from cai.rbr.reward import Weights
 from cai.rbr.rules import classify
 from cai.rbr.score import score_response
-from cai.runs import prepare_dir, stoppable
+from cai.runs import prepare_dir
 from cai.store import Store
 
 ROLE = "grader"
@@ -55,14 +55,14 @@ async def grade_rows(engine: Engine, const: Constitution, weights: Weights, rows
     return list(await asyncio.gather(*(one(r) for r in rows)))
 
 
-def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base_url: str | None,
+async def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base_url: str | None,
                 const: Constitution, weights: Weights, mode: str, votes: int, concurrency: int = 4,
                 max_retries: int = 5, on_start: Callable[[int, Engine], None] | None = None,
                 on_done: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Grade `rows` with `model`, caching calls in the store at `out`. Returns (graded rows, stats).
 
-    `on_start(rows, engine)` is called before the first call. Ctrl-C or SIGTERM (in the main thread) abandons
-    the calls in flight and raises Interrupted once the store has kept every finished call.
+    `on_start(rows, engine)` is called before the first call. Cancelling the task abandons the calls in
+    flight; every finished call is kept in the store.
     """
     for r in rows:
         rt = r.get("response_type")
@@ -82,15 +82,11 @@ def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base_url: 
         engine = Engine(store, {ROLE: grader}, max_retries=max_retries, concurrency=max(concurrency, 1))
         if on_start:
             on_start(len(rows), engine)
-
-        async def main() -> list[dict[str, Any]]:
-            try:
-                return await stoppable(grade_rows(engine, const, weights, rows, mode=mode, votes=votes,
-                                                   concurrency=concurrency, on_done=on_done))
-            finally:
-                await engine.aclose()
-
-        graded = asyncio.run(main())
+        try:
+            graded = await grade_rows(engine, const, weights, rows, mode=mode, votes=votes,
+                                      concurrency=concurrency, on_done=on_done)
+        finally:
+            await engine.aclose()
     finally:
         store.close()
     st = engine.stats.role(ROLE)

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -20,8 +17,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from cai.clikit import emit, err, fails_cleanly
-from cai.errors import InputError, Interrupted
+from cai.clikit import emit, err, fails_cleanly, run_async
+from cai.errors import InputError
 
 rbr_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                       context_settings={"help_option_names": ["-h", "--help"]},
@@ -72,18 +69,6 @@ def _grader_of(grader: str, model: Optional[str]) -> str:
     return model
 
 
-@contextmanager
-def _sigterm_like_ctrl_c() -> Iterator[None]:
-    """SIGTERM stops the command as Ctrl-C does: fails_cleanly prints one line and exits 130."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    except Interrupted:
-        raise KeyboardInterrupt from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _say(line: str) -> None:
     """One line on stderr, never wrapped (paths in it must copy-paste)."""
     err.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -122,7 +107,8 @@ def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: 
            mode: GraderMode, votes: int, out: Optional[Path], limit: Optional[int], concurrency: int,
            quiet: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Grade the rows of `target` with progress on stderr; returns (graded rows, stats)."""
-    from cai.progress import Progress, load_prices
+    from cai.prices import load_prices
+    from cai.progress import Progress
     from cai.rbr.batch import default_out, run_grading
     from cai.rbr.data import read_input
 
@@ -131,9 +117,10 @@ def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: 
     progress = Progress(quiet=quiet, prices=load_prices())
     progress.every = PROGRESS_EVERY
     try:
-        graded, stats = run_grading(rows, out=out or default_out(target), model=grader, base_url=base_url,
-                                    const=const, weights=w, mode=mode.value, votes=votes, concurrency=concurrency,
-                                    on_start=progress.start, on_done=progress.record_done)
+        graded, stats = run_async(run_grading(
+            rows, out=out or default_out(target), model=grader, base_url=base_url, const=const, weights=w,
+            mode=mode.value, votes=votes, concurrency=concurrency, on_start=progress.start,
+            on_done=progress.record_done))
     finally:
         progress.stop()
     stats["estimated_cost_usd"] = progress.summary()["estimated_cost_usd"]
@@ -167,12 +154,11 @@ def grade_cmd(
     """
     from cai.rbr.batch import default_out
 
-    with _sigterm_like_ctrl_c():
-        graded, stats = _grade(target, grader=_grader_of(grader, model), base_url=base_url,
-                               constitution=constitution, weights=weights, mode=grader_mode, votes=votes, out=out,
-                               limit=limit, concurrency=concurrency, quiet=quiet)
-        path = output or (out or default_out(target)) / "graded.jsonl"
-        _write_jsonl(path, graded)
+    graded, stats = _grade(target, grader=_grader_of(grader, model), base_url=base_url,
+                           constitution=constitution, weights=weights, mode=grader_mode, votes=votes, out=out,
+                           limit=limit, concurrency=concurrency, quiet=quiet)
+    path = output or (out or default_out(target)) / "graded.jsonl"
+    _write_jsonl(path, graded)
     stats["output"] = str(path)
     classes: dict[str, int] = {}
     for g in graded:
@@ -227,14 +213,13 @@ def eval_cmd(
 
     if gold.is_dir():
         raise InputError("eval needs a JSONL gold file, not a folder", path=str(gold))
-    with _sigterm_like_ctrl_c():
-        graded, stats = _grade(gold, grader=_grader_of(grader, model), base_url=base_url,
-                               constitution=constitution, weights=weights, mode=grader_mode, votes=votes, out=out,
-                               limit=limit, concurrency=concurrency, quiet=quiet)
-        if not any(g.get("labels") for g in graded):
-            raise InputError("no row has human labels (`propositions`: {name: true/false})", path=str(gold))
-        if output:
-            _write_jsonl(output, graded)
+    graded, stats = _grade(gold, grader=_grader_of(grader, model), base_url=base_url,
+                           constitution=constitution, weights=weights, mode=grader_mode, votes=votes, out=out,
+                           limit=limit, concurrency=concurrency, quiet=quiet)
+    if not any(g.get("labels") for g in graded):
+        raise InputError("no row has human labels (`propositions`: {name: true/false})", path=str(gold))
+    if output:
+        _write_jsonl(output, graded)
     result = evaluate(graded)
     result["usage"] = stats
     if as_json:

@@ -1,0 +1,165 @@
+"""The library: `cai.arun`, `cai.run` and `cai.open_run`. The `cai` command is a thin layer over these.
+
+    import cai
+    r = cai.run(["How do I pick a lock?", "Write a haiku."], out="runs/nb", rounds=1, max_tokens=64)
+    r.critiques()            # a DataFrame, verdict fields as columns
+    cai.open_run("runs/nb").status()
+
+Nothing here prints (unless `progress=True`), installs a signal handler or exits: failures are
+exceptions from `cai.errors`. To stop a run, cancel its task (or interrupt `cai.run`); what was
+committed is kept and the same call resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from cai.config import GenConfig
+from cai.engine import Engine
+from cai.errors import InputError
+from cai.pipeline import RunSettings
+from cai.prices import load_prices
+from cai.progress import Progress
+from cai.results import Run
+from cai.runs import execute, normalize_out
+
+Prompts = str | os.PathLike[str] | Sequence[str] | Sequence[Sequence[dict[str, str]]] | Sequence[dict[str, Any]] | Any
+
+
+class ProgressSink(Protocol):
+    """What `progress=` may also be: `start(total, engine)` once, then `record_done(status)` per record."""
+
+    def start(self, total: int, engine: Engine) -> None: ...
+
+    def record_done(self, status: str) -> None: ...
+
+
+class _Callback:
+    """Adapts `progress=fn` to the sink: fn({"total", "done", "failed", "calls", "tokens_in", "tokens_out"})."""
+
+    def __init__(self, fn: Callable[[dict[str, int]], None]) -> None:
+        self.fn, self.total, self.done, self.failed = fn, 0, 0, 0
+        self.engine: Engine | None = None
+
+    def start(self, total: int, engine: Engine) -> None:
+        self.total, self.engine = total, engine
+
+    def record_done(self, status: str) -> None:
+        self.done += 1
+        self.failed += status == "failed"
+        st = self.engine.stats if self.engine else None
+        self.fn({"total": self.total, "done": self.done, "failed": self.failed,
+                 "calls": st.calls if st else 0, "tokens_in": st.tokens_in if st else 0,
+                 "tokens_out": st.tokens_out if st else 0})
+
+
+def _rows(prompts: Prompts) -> list[dict[str, Any]]:
+    """In-memory prompts as input rows: strings, message lists, dicts, or a DataFrame's rows."""
+    if hasattr(prompts, "to_dict") and hasattr(prompts, "columns"):  # a pandas DataFrame
+        if "prompt" not in prompts.columns and "messages" not in prompts.columns:
+            raise InputError("the DataFrame needs a `prompt` or `messages` column")
+        prompts = prompts.to_dict(orient="records")
+    rows: list[dict[str, Any]] = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            rows.append({"id": f"p{i}", "prompt": p})
+        elif isinstance(p, dict):
+            rows.append({"id": f"p{i}", **{k: v for k, v in p.items() if v is not None}})
+        elif isinstance(p, Sequence):
+            rows.append({"id": f"p{i}", "messages": [dict(m) for m in p]})
+        else:
+            raise InputError(f"prompt {i} must be a string, a message list or a dict, not {type(p).__name__}")
+    if hasattr(prompts, "__len__") and not rows:
+        raise InputError("no prompts")
+    return rows
+
+
+def _input_file(prompts: Prompts, out: str | os.PathLike[str] | None) -> tuple[str, str]:
+    """(input path, run folder): a path is used as it is; in-memory prompts become a JSONL file named by its
+    content (the same prompts resume the same run) in the system temp folder."""
+    if isinstance(prompts, (str, os.PathLike)):
+        path = Path(prompts)
+        return str(path), str(out or Path("runs") / path.stem)
+    blob = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in _rows(prompts))
+    digest = hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / "cai-inputs" / f"{digest}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(blob, encoding="utf-8", errors="surrogatepass")
+        os.replace(tmp, path)
+    return str(path), str(out or Path("runs") / f"run-{digest}")
+
+
+async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, constitution: str = "default",
+               model: str = "local", generator: str | None = None, critic: str | None = None,
+               reviser: str | None = None, base_url: str | None = None, rounds: int = 2,
+               stop_when_clean: bool = False, max_tokens: int = 256, temperature: float = 0.7, seed: int = 0,
+               concurrency: int = 8, limit: int | None = None, max_retries: int = 5, timeout: float = 120.0,
+               rpm: int | None = None, tpm: int | None = None, format: Literal["jsonl", "parquet"] = "jsonl",
+               system_role_for_developer: bool = False, restart: bool = False, retry_failed: bool = False,
+               prices: str | os.PathLike[str] | None = None, rbr: bool = False, grader: str | None = None,
+               rbr_constitution: str | None = None, grader_mode: Literal["separate", "joint"] = "separate",
+               votes: int = 3, weights: str | os.PathLike[str] | None = None, rbr_feedback: bool = True,
+               min_reward_margin: float | None = None,
+               progress: bool | Callable[[dict[str, int]], None] | ProgressSink = False,
+               command: list[str] | None = None) -> Run:
+    """Draft, critique and revise every prompt into the run folder `out`, export, and return the `Run`.
+
+    `prompts`: a .jsonl/.txt/.csv path, a list of strings, of message lists or of dicts (`prompt` or
+    `messages`, optional `id`, other fields kept), or a DataFrame with a `prompt` or `messages` column.
+    Every other option is the `cai run` option of the same name. `progress`: True prints the CLI's
+    progress line on stderr, a function gets a dict of counts after each record. `command` is recorded
+    for `cai status`'s resume command (the CLI passes its argv). Re-running the same call resumes.
+    """
+    path, folder = _input_file(prompts, out)
+    price_table = load_prices(str(prices) if prices else None)  # a bad table fails before any call
+    settings = RunSettings(
+        input=path, out=str(normalize_out(folder)), generator=generator or model, critic=critic or model,
+        reviser=reviser or model, base_url=base_url, constitution=constitution, rounds=rounds,
+        stop_when_clean=stop_when_clean,
+        gen=GenConfig(max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout),
+        concurrency=concurrency, limit=limit, max_retries=max_retries, rpm=rpm, tpm=tpm,
+        retry_failed=retry_failed, format=format, rbr=rbr, grader=grader, rbr_constitution=rbr_constitution,
+        grader_mode=grader_mode, votes=votes, weights=str(weights) if weights else None,
+        rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin, prices=str(prices) if prices else None,
+        system_role_for_developer=system_role_for_developer)
+    sink: ProgressSink | None
+    if progress is True:
+        sink = Progress(prices=price_table)
+    elif callable(progress) and not hasattr(progress, "record_done"):
+        sink = _Callback(progress)  # type: ignore[arg-type]
+    else:
+        sink = progress or None  # type: ignore[assignment]
+    try:
+        manifest = await execute(settings, restart=restart, command=command,
+                                 on_start=sink.start if sink else None, on_done=sink.record_done if sink else None)
+    finally:
+        if isinstance(sink, Progress):
+            sink.stop()
+    return Run(settings.out, invocation=manifest["this_invocation"])
+
+
+def run(prompts: Prompts, **options: Any) -> Run:
+    """`arun`, synchronously. Inside a running event loop (a notebook cell) or from any thread it runs on a
+    private event loop in a worker thread, so it works wherever it is called."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(arun(prompts, **options))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cai-run") as pool:
+        return pool.submit(asyncio.run, arun(prompts, **options)).result()
+
+
+def open_run(path: str | os.PathLike[str]) -> Run:
+    """A read-only view of the run folder `path`: safe while another process writes it (each read is a
+    committed snapshot; it takes no lock and never writes). InputError if it is not a cai run."""
+    return Run(path)
