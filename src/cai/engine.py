@@ -134,7 +134,8 @@ class Engine:
             if not health.answered or health.unreachable_in_a_row >= self.UNREACHABLE_IN_A_ROW:
                 hint = ("is the server running, and is --base-url right?" if isinstance(e, ConnectFailed)
                         else "check the model name and --base-url")
-                raise EndpointDown(f"{model.spec} is unusable: {e} ({hint})") from e
+                raise EndpointDown(f"{model.spec} is unusable: {e} ({hint})", provider=e.provider or model.provider,
+                                   model=e.model or model.name, status=e.status) from e
             raise
         health.answered += 1
         health.unreachable_in_a_row = 0

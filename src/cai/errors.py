@@ -7,6 +7,19 @@ process holds the run folder, 4 the model endpoint is unusable (unreachable, mod
 
 from __future__ import annotations
 
+import copy
+import re
+from typing import Any, ClassVar, Self
+
+from cai.redact import redact
+
+_BREAKS = re.compile(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*")
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks (and the blanks around them) turned into single spaces."""
+    return _BREAKS.sub(" ", text).strip()
+
 
 class CaiError(Exception):
     """Base of every error cai raises on purpose."""
@@ -53,10 +66,53 @@ class ConfigMismatch(InputError):
 
 
 class ProviderError(CaiError):
-    """A model call failed. `fatal` errors stop the whole run instead of failing one record."""
+    """A model call failed. `fatal` errors stop the whole run instead of failing one record.
+
+    Like httpx's exceptions, each carries its context as attributes: `provider` (openai, anthropic, local),
+    `model` (the model name), `status` (the HTTP status, when there was an answer) and `stage` (draft, critique,
+    revise, grade: set by the pipeline with `with_stage`). The SDK exception it came from is `__cause__`.
+    `str()` and `repr()` are one line with API keys redacted, and neither includes the cause.
+    """
 
     retryable = False
     fatal = False
+    _fields: ClassVar[tuple[str, ...]] = ("provider", "model", "status", "stage")
+
+    def __init__(self, message: str, *, provider: str | None = None, model: str | None = None,
+                 status: int | None = None, stage: str | None = None) -> None:
+        super().__init__(one_line(redact(message)))
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self.stage = stage
+
+    @property
+    def message(self) -> str:
+        """The one-line, redacted message (what `str()` gives)."""
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return one_line(redact(self.message))
+
+    def __repr__(self) -> str:
+        fields = "".join(f", {k}={getattr(self, k, None)!r}" for k in self._fields)
+        return redact(f"{type(self).__name__}({str(self)!r}{fields})")
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with some fields changed (like `dataclasses.replace`); cause, context and traceback are kept."""
+        unknown = set(changes) - set(self._fields)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field {sorted(unknown)[0]!r}")
+        new = copy.copy(self)
+        for k, v in changes.items():
+            setattr(new, k, v)
+        new.__cause__, new.__context__ = self.__cause__, self.__context__
+        new.__suppress_context__ = self.__suppress_context__
+        return new.with_traceback(self.__traceback__)
+
+    def with_stage(self, stage: str) -> Self:
+        """A copy of this error that names the pipeline stage it failed in."""
+        return self.replace(stage=stage)
 
 
 class TransientError(ProviderError):
@@ -72,8 +128,11 @@ class ConnectFailed(TransientError):
 class RateLimited(TransientError):
     """HTTP 429; `retry_after` is the server's hint in seconds, if any."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    _fields: ClassVar[tuple[str, ...]] = (*ProviderError._fields, "retry_after")
+
+    def __init__(self, message: str, retry_after: float | None = None, *, provider: str | None = None,
+                 model: str | None = None, status: int | None = None, stage: str | None = None) -> None:
+        super().__init__(message, provider=provider, model=model, status=status, stage=stage)
         self.retry_after = retry_after
 
 
@@ -94,7 +153,8 @@ class AuthError(ProviderError):
 
 class EndpointDown(ProviderError):
     """The endpoint refuses every connection, or the model does not exist there: the run stops early
-    instead of failing every record one by one (exit 4)."""
+    instead of failing every record one by one (exit 4). It carries the provider, model and status of the
+    ConnectFailed or NotFound that caused it (its `__cause__`)."""
 
     exit_code = 4
     fatal = True

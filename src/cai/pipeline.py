@@ -120,7 +120,7 @@ class Pipeline:
         except ProviderError as e:
             if e.fatal:
                 raise
-            self.store.add_error(rec.id, getattr(e, "stage", "draft"), e)
+            self.store.add_error(rec.id, e.stage or "draft", e)
             self.counts["failed"] += 1
             self.on_done("failed")
             return
@@ -207,9 +207,8 @@ class Pipeline:
 
 
 async def _staged(stage: str, aw: Any) -> Any:
-    """Await a call, tagging a ProviderError with the stage it failed in."""
+    """Await a call; a ProviderError is raised again as a copy naming `stage` (same cause and traceback)."""
     try:
         return await aw
     except ProviderError as e:
-        e.stage = stage  # type: ignore[attr-defined]
-        raise
+        raise e.with_stage(stage) from e.__cause__

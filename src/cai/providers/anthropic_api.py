@@ -11,8 +11,8 @@ from typing import Any
 import anthropic
 
 from cai.config import Completion, Request
-from cai.errors import AuthError, ConnectFailed, TransientError
-from cai.providers.base import Model, could_not_connect, http_error, redact, register
+from cai.errors import AuthError
+from cai.providers.base import Model, register, sdk_error
 
 
 def split_system(messages: tuple[dict[str, str], ...]) -> tuple[str, list[dict[str, str]]]:
@@ -53,7 +53,7 @@ class AnthropicModel(Model):
         if self._client is None:
             key = os.environ.get("ANTHROPIC_API_KEY")
             if not key:
-                raise AuthError("ANTHROPIC_API_KEY is not set")
+                raise AuthError("ANTHROPIC_API_KEY is not set", provider=self.provider, model=self.name)
             self._client = anthropic.AsyncAnthropic(api_key=key, base_url=self.base_url, max_retries=0)
         return self._client
 
@@ -73,15 +73,8 @@ class AnthropicModel(Model):
         where = self.base_url or "api.anthropic.com"
         try:
             resp = await self._get_client().messages.create(**kwargs)
-        except anthropic.APIStatusError as e:
-            raise http_error(e.status_code, str(e.message), where, e.response.headers) from None
-        except anthropic.APITimeoutError as e:
-            raise TransientError(redact(f"{type(e).__name__} talking to {where}: {e}")) from None
-        except anthropic.APIConnectionError as e:
-            cls = ConnectFailed if could_not_connect(e) else TransientError
-            raise cls(redact(f"{type(e).__name__} talking to {where}: {e}")) from None
-        except (anthropic.APIError, ValueError) as e:
-            raise TransientError(redact(f"bad response from {where}: {e}")) from None
+        except (anthropic.APIError, ValueError) as e:  # HTTP errors, timeouts, connections, bad bodies
+            raise sdk_error(e, anthropic, where, provider=self.provider, model=self.name) from e
         text_parts: list[str] = []
         structured = None
         for block in resp.content or []:

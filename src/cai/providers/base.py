@@ -6,13 +6,23 @@ import importlib
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any, ClassVar
 
 from cai.config import Completion, Request
-from cai.errors import AuthError, InputError, NotFound, ProviderError, RateLimited, RequestRejected, TransientError
+from cai.errors import (
+    AuthError,
+    ConnectFailed,
+    InputError,
+    NotFound,
+    ProviderError,
+    RateLimited,
+    RequestRejected,
+    TransientError,
+)
 from cai.redact import SECRET_ENV, redact
 
-__all__ = ["SECRET_ENV", "Model", "get_model", "http_error", "redact", "register"]
+__all__ = ["SECRET_ENV", "Model", "get_model", "http_error", "redact", "register", "sdk_error"]
 
 _REGISTRY: dict[str, type[Model]] = {}
 _BUILTIN = {"local": "cai.providers.local", "openai": "cai.providers.openai_api",
@@ -107,15 +117,34 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
         return None
 
 
-def http_error(status: int, message: str, where: str, headers: Mapping[str, str] | None = None) -> ProviderError:
-    """Map an HTTP status to the error class that decides retry / fail record / stop run."""
+def http_error(status: int, message: str, where: str, headers: Mapping[str, str] | None = None, *,
+               provider: str | None = None, model: str | None = None) -> ProviderError:
+    """Map an HTTP status to the error class that decides retry / fail record / stop run; the error carries
+    `status`, `provider` and `model`."""
     text = redact(f"HTTP {status} from {where}: {message}")[:500]
+    context: dict[str, Any] = {"provider": provider, "model": model, "status": status}
     if status == 429:
-        return RateLimited(text, _retry_after(headers))
+        return RateLimited(text, _retry_after(headers), **context)
     if status in (401, 403):
-        return AuthError(text)
+        return AuthError(text, **context)
     if status == 404:
-        return NotFound(text)
+        return NotFound(text, **context)
     if status in (408, 409) or status >= 500:
-        return TransientError(text)
-    return RequestRejected(text)
+        return TransientError(text, **context)
+    return RequestRejected(text, **context)
+
+
+def sdk_error(e: Exception, sdk: ModuleType, where: str, *, provider: str, model: str,
+              message: str | None = None) -> ProviderError:
+    """The ProviderError for an exception of the openai or anthropic SDK (`sdk`, the module: both SDKs have the
+    same exception classes). Raise it `from e`. `message` replaces the server's error text of an HTTP error."""
+    context: dict[str, Any] = {"provider": provider, "model": model}
+    if isinstance(e, sdk.APIStatusError):
+        return http_error(e.status_code, message if message is not None else str(e.message), where,
+                          e.response.headers, **context)
+    if isinstance(e, sdk.APITimeoutError):
+        return TransientError(f"{type(e).__name__} talking to {where}: {e}", **context)
+    if isinstance(e, sdk.APIConnectionError):
+        cls = ConnectFailed if could_not_connect(e) else TransientError
+        return cls(f"{type(e).__name__} talking to {where}: {e}", **context)
+    return TransientError(f"bad response from {where}: {e}", **context)  # an invalid or truncated body

@@ -9,8 +9,8 @@ from typing import Any
 import openai
 
 from cai.config import Completion, Request
-from cai.errors import AuthError, ConnectFailed, ProviderError, TransientError
-from cai.providers.base import Model, could_not_connect, http_error, redact, register
+from cai.errors import AuthError, ProviderError, TransientError
+from cai.providers.base import Model, register, sdk_error
 
 # Order tried for a structured reply; a server that rejects one is asked with the next from then on.
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
@@ -40,7 +40,8 @@ class OpenAIModel(Model):
             key = os.environ.get("OPENAI_API_KEY")
             if not key:
                 if not self.base_url:
-                    raise AuthError("OPENAI_API_KEY is not set (or pass --base-url for a local server)")
+                    raise AuthError("OPENAI_API_KEY is not set (or pass --base-url for a local server)",
+                                    provider=self.provider, model=self.name)
                 key = "no-key"
             # Retries are owned by cai.retry, so the SDK makes exactly one attempt.
             self._client = openai.AsyncOpenAI(api_key=key, base_url=self.base_url, max_retries=0)
@@ -81,19 +82,12 @@ class OpenAIModel(Model):
         except openai.APIStatusError as e:
             body = _error_text(e)
             if mode not in (None, "prompt") and e.status_code in (400, 422, 500) and _mentions_format(body):
-                raise _Unsupported() from None
-            raise http_error(e.status_code, body, where, e.response.headers) from None
-        except openai.APITimeoutError as e:
-            raise TransientError(redact(f"{type(e).__name__} talking to {where}: {e}")) from None
-        except openai.APIConnectionError as e:
-            cls = ConnectFailed if could_not_connect(e) else TransientError
-            raise cls(redact(f"{type(e).__name__} talking to {where}: {e}")) from None
-        except openai.APIError as e:  # invalid or truncated body
-            raise TransientError(redact(f"bad response from {where}: {e}")) from None
-        except ValueError as e:
-            raise TransientError(redact(f"bad response from {where}: {e}")) from None
+                raise _Unsupported(body, provider=self.provider, model=self.name, status=e.status_code) from e
+            raise sdk_error(e, openai, where, provider=self.provider, model=self.name, message=body) from e
+        except (openai.APIError, ValueError) as e:  # timeouts, connections, invalid or truncated bodies
+            raise sdk_error(e, openai, where, provider=self.provider, model=self.name) from e
         if not getattr(resp, "choices", None):
-            raise TransientError(f"response from {where} has no choices")
+            raise TransientError(f"response from {where} has no choices", provider=self.provider, model=self.name)
         choice = resp.choices[0]
         top = None
         if kwargs.get("logprobs") and choice.logprobs is not None and choice.logprobs.content:
