@@ -131,7 +131,8 @@ class LocalModel(Model):
             try:
                 out = llm.create_chat_completion(messages=messages, **kwargs)
             except ValueError as e:  # e.g. prompt longer than the context window
-                raise RequestRejected(f"local model rejected the request: {e}") from None
+                raise RequestRejected(f"local model rejected the request: {e}", provider="local",
+                                      model=self.path.name) from e
         choice = out["choices"][0]
         usage = out.get("usage") or {}
         top = recorder.rows[:max(1, int(usage.get("completion_tokens", 0)))] if recorder and recorder.rows else None
