@@ -18,6 +18,44 @@ def storable(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
+class Output:
+    """Marks a settings field that changes what the models produce: `rounds: Annotated[int, OUTPUT] = 2`.
+    The resume fingerprint is derived from the marked fields (see `output_settings`), never listed by hand."""
+
+    def __repr__(self) -> str:
+        return "OUTPUT"
+
+
+OUTPUT = Output()
+
+
+def output_settings(model: BaseModel) -> dict[str, Any]:
+    """{name: value} of `model`'s fields marked OUTPUT, and of every nested settings model's `output_fields()`
+    (flattened, e.g. GenConfig's max_tokens, temperature, seed, top_logprobs)."""
+    out: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if any(isinstance(m, Output) for m in info.metadata):
+            out[name] = value
+        elif isinstance(value, BaseModel) and hasattr(value, "output_fields"):
+            out.update(value.output_fields())
+    return out
+
+
+def output_defaults(cls: type[BaseModel]) -> dict[str, Any]:
+    """The defaults of what `output_settings` returns for a `cls` instance (fields added later compare equal
+    to a fingerprint without them only while they keep their default)."""
+    out: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        if any(isinstance(m, Output) for m in info.metadata):
+            out[name] = info.get_default(call_default_factory=True)
+        else:
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel) and hasattr(default, "output_fields"):
+                out.update(default.output_fields())
+    return out
+
+
 class GenConfig(BaseModel):
     """Settings for one model call. `timeout` does not change the output, so it is not in the key."""
 
@@ -30,6 +68,7 @@ class GenConfig(BaseModel):
     timeout: float = Field(120.0, gt=0)
 
     def output_fields(self) -> dict[str, Any]:
+        """Every field but `timeout`: a new field changes the cache key and the resume fingerprint by itself."""
         return self.model_dump(exclude={"timeout"})
 
 

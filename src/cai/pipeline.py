@@ -10,11 +10,11 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel
 
-from cai.config import GenConfig
+from cai.config import OUTPUT, GenConfig
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.engine import Engine
 from cai.errors import ProviderError
@@ -28,7 +28,8 @@ CRITIC_MIN_TOKENS = 128
 
 
 class RunSettings(BaseModel):
-    """Everything `cai run` was asked to do."""
+    """Everything `cai run` was asked to do. Fields that change the models' outputs are marked OUTPUT (and
+    `gen` contributes its output fields): the resume fingerprint is derived from them."""
 
     input: str
     out: str
@@ -37,8 +38,8 @@ class RunSettings(BaseModel):
     reviser: str = "local"
     base_url: str | None = None
     constitution: str = "default"
-    rounds: int = 2
-    stop_when_clean: bool = False
+    rounds: Annotated[int, OUTPUT] = 2
+    stop_when_clean: Annotated[bool, OUTPUT] = False
     gen: GenConfig = GenConfig()
     concurrency: int = 8
     limit: int | None = None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cai import constitution as constitution_mod
+from cai.config import output_defaults, output_settings
 from cai.constitution import Constitution
 from cai.engine import Engine
 from cai.errors import ConfigMismatch, InputError, OutputError
@@ -67,11 +68,10 @@ def locked_store(out: Path, restart: bool = False) -> Iterator[Store]:
 
 def fingerprint(settings: RunSettings, models: dict[str, Any], const_sha: str, input_sha: str,
                 rbr: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What must not change between invocations of one run."""
+    """What must not change between invocations of one run: the models' identities, the constitution's and
+    the input's content hashes, and every output-affecting setting (derived from the OUTPUT marks)."""
     fp = {"models": models, "constitution_sha256": const_sha, "input_sha256": input_sha,
-          "rounds": settings.rounds, "stop_when_clean": settings.stop_when_clean,
-          "max_tokens": settings.gen.max_tokens, "temperature": settings.gen.temperature,
-          "seed": settings.gen.seed}
+          **output_settings(settings)}
     if rbr is not None:
         fp["rbr"] = rbr
     return fp
@@ -92,13 +92,16 @@ def load_rbr(settings: RunSettings, const: Constitution) -> tuple[Constitution, 
     return rconst, weights, part
 
 
-def check_fingerprint(store: Store, fp: dict[str, Any]) -> None:
+def check_fingerprint(store: Store, fp: dict[str, Any], settings: RunSettings | None = None) -> None:
+    """Store `fp` on a new run; on an existing one, ConfigMismatch naming the first field that differs."""
     old = store.get_meta("fingerprint")
     if old is None:
         store.set_meta("fingerprint", fp)
         return
-    keys = [*fp, *(k for k in old if k not in fp)]  # a field present on one side only differs too
-    diff = [k for k in keys if old.get(k) != fp.get(k)]
+    keys = [*fp, *(k for k in old if k not in fp)]  # a field present on one side only differs too…
+    defaults = output_defaults(type(settings)) if settings is not None else {}
+    diff = [k for k in keys if old.get(k) != fp.get(k)
+            and not (k not in old and k in defaults and fp.get(k) == defaults[k])]  # …unless added later at its default
     if diff:
         field = diff[0]
         raise ConfigMismatch(f"this run was started with a different {field} "
@@ -133,7 +136,7 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
         model.check()  # e.g. a missing API key, before any folder is created
     with locked_store(normalize_out(settings.out), restart) as store:
         fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, input_sha, rbr_fp)
-        check_fingerprint(store, fp)
+        check_fingerprint(store, fp, settings)
         store.set_meta("settings", _safe_settings(settings))
         store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
         store.set_meta("base_urls", {r: redact(m.base_url or m.default_base_url or "") or None
