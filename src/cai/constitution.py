@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cai.checks import CHECKS
 from cai.errors import InputError
 from cai.resources import data_dir
 
@@ -71,7 +72,7 @@ class ResponseType(BaseModel):
 
 
 class CheckRef(BaseModel):
-    """A deterministic check (registered in `cai.rbr.checks`) to compute for every response."""
+    """A deterministic check (registered in `cai.checks`) to compute for every response."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -215,8 +216,6 @@ def _check_rbr(const: Constitution, node: yaml.Node | None, path: str) -> None:
                                      path=path, line=_line_of(node, ("response_types", tname, "rules", j, "when", pid)))
     if not (const.checks or any(t.checks for t in const.response_types.values())):
         return
-    from cai.rbr.checks import CHECKS  # the check registry; imported only when a constitution names checks
-
     for k, ref in enumerate(const.checks):
         if ref.name not in CHECKS:
             raise InputError(f"checks.{k}: unknown check {ref.name!r} (known: {', '.join(sorted(CHECKS))})",

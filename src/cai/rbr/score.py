@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from cai.checks import run_checks
 from cai.constitution import Constitution
 from cai.engine import Engine
 from cai.errors import InputError
-from cai.rbr.checks import run_checks
 from cai.rbr.grader import Usage, classify_response_type, grade
 from cai.rbr.reward import Weights, reward
 from cai.rbr.rules import classify, failed_items, truth
