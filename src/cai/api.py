@@ -8,6 +8,11 @@
 Nothing here prints (unless `progress=True`), installs a signal handler or exits: failures are
 exceptions from `cai.errors`. To stop a run, cancel its task (or interrupt `cai.run`); what was
 committed is kept and the same call resumes.
+
+This module is the composition layer: the core (`cai.runs`, `cai.pipeline`, `cai.export`, ...) never
+imports a plugin, so the API imports them and wires them in. Importing `cai.rbr` registers the "rbr"
+scorer that `rbr=True` builds (`cai.scoring`), and `MANIFEST_EXTRAS` adds rbr's refusal metrics to the
+manifest of runs whose inputs carry `expected`.
 """
 
 from __future__ import annotations
@@ -22,16 +27,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import cai.rbr  # noqa: F401  (registers the "rbr" scorer)
 from cai.config import GenConfig
 from cai.engine import Engine
 from cai.errors import InputError
+from cai.export import ManifestExtra
 from cai.pipeline import RunSettings
 from cai.prices import load_prices
 from cai.progress import Progress
+from cai.rbr.metrics import refusal_metrics_extra
 from cai.results import Run
 from cai.runs import execute, normalize_out
 
 Prompts = str | os.PathLike[str] | Sequence[str] | Sequence[Sequence[dict[str, str]]] | Sequence[dict[str, Any]] | Any
+#: Plugins' manifest sections added to every export made through the API (and so the CLI).
+MANIFEST_EXTRAS: tuple[ManifestExtra, ...] = (refusal_metrics_extra,)
 
 
 class ProgressSink(Protocol):
@@ -141,11 +151,12 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, c
         sink = progress or None  # type: ignore[assignment]
     try:
         manifest = await execute(settings, restart=restart, command=command,
-                                 on_start=sink.start if sink else None, on_done=sink.record_done if sink else None)
+                                 on_start=sink.start if sink else None, on_done=sink.record_done if sink else None,
+                                 manifest_extras=MANIFEST_EXTRAS)
     finally:
         if isinstance(sink, Progress):
             sink.stop()
-    return Run(settings.out, invocation=manifest["this_invocation"])
+    return Run(settings.out, invocation=manifest["this_invocation"], manifest_extras=MANIFEST_EXTRAS)
 
 
 def run(prompts: Prompts, **options: Any) -> Run:
@@ -162,4 +173,4 @@ def run(prompts: Prompts, **options: Any) -> Run:
 def open_run(path: str | os.PathLike[str]) -> Run:
     """A read-only view of the run folder `path`: safe while another process writes it (each read is a
     committed snapshot; it takes no lock and never writes). InputError if it is not a cai run."""
-    return Run(path)
+    return Run(path, manifest_extras=MANIFEST_EXTRAS)

@@ -28,7 +28,7 @@ import importlib
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 EXPORTS = ("sft", "pairs", "critiques")
 FORMATS = ("jsonl", "parquet")
+#: A plugin's manifest section: (store, export counts) → keys to add to manifest.json ({} for none).
+ManifestExtra = Callable[[Store, dict[str, int]], dict[str, Any]]
 
 
 def draft_and_final(steps: list[dict[str, Any]]) -> tuple[str | None, str | None]:
@@ -316,13 +318,13 @@ def manifest(store: Store, export_counts: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def export_run(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None = None) -> dict[str, Any]:
-    """Rebuild the exports and write manifest.json; returns the manifest."""
+def export_run(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None = None,
+               extras: Sequence[ManifestExtra] = ()) -> dict[str, Any]:
+    """Rebuild the exports and write manifest.json; returns the manifest. Each of `extras` adds its keys
+    after the core's, in order (the composition layer passes plugins' hooks, e.g. rbr's refusal metrics)."""
     counts = export(store, fmt, developer_as_system=developer_as_system)
     data = manifest(store, counts)
-    if counts["with_expected"]:  # inputs with `expected: comply|refuse` get Not-Unsafe / Not-Overrefuse
-        from cai.rbr.metrics import run_refusal_metrics
-
-        data["refusal_metrics"] = run_refusal_metrics(store.run_dir)
+    for extra in extras:
+        data.update(extra(store, counts))
     write_json(store.run_dir / "manifest.json", data)
     return data

@@ -19,6 +19,7 @@ from cai.constitution import Constitution, Principle, sample_principles
 from cai.engine import Engine
 from cai.errors import ProviderError
 from cai.records import InputRecord, iter_records
+from cai.scoring import Scorer
 from cai.stages import clean_revision, critique_request, draft_request, parse_verdict, repair_request, revise_request
 from cai.store import RecordWriteFailed, Store
 
@@ -62,12 +63,13 @@ class RunSettings(BaseModel):
 
 
 class Pipeline:
-    """Runs records through the loop. `on_done(status)` is called as each record finishes."""
+    """Runs records through the loop. `on_done(status)` is called as each record finishes; `scorer` (if any)
+    grades the draft and each revision."""
 
     def __init__(self, settings: RunSettings, const: Constitution, store: Store, engine: Engine,
-                 on_done: Callable[[str], None] | None = None, rbr: tuple[Constitution, Any] | None = None) -> None:
+                 on_done: Callable[[str], None] | None = None, scorer: Scorer | None = None) -> None:
         self.s = settings
-        self.rbr = rbr  # (constitution with propositions, reward weights) when --rbr
+        self.scorer = scorer
         self.const = const
         self.store = store
         self.engine = engine
@@ -155,11 +157,7 @@ class Pipeline:
             if ("revise", rnd) in done:
                 response = done[("revise", rnd)]["response"]
             else:
-                feedback = ""
-                if score is not None and s.rbr_feedback:
-                    from cai.rbr import feedback_text
-
-                    feedback = feedback_text(score)
+                feedback = self.scorer.feedback(score) if self.scorer is not None and score is not None else ""
                 req = revise_request(rec.messages, response, crit["critique"], principle, cfg, feedback)
                 comp = await _staged("revise", self.engine.call("reviser", req, rec.id))
                 revised = clean_revision(comp.text, response)
@@ -171,18 +169,12 @@ class Pipeline:
 
     async def _grade(self, rec: InputRecord, response: str, rnd: int, done: dict[tuple[str, int], Any],
                      seq: Iterator[int]) -> dict[str, Any] | None:
-        """With --rbr: the rule-based score of the current response, stored as a `grade` step."""
-        if self.rbr is None:
+        """With a scorer: its score of the current response, stored as a `grade` step."""
+        if self.scorer is None:
             return None
         if ("grade", rnd) in done:
             return done[("grade", rnd)]["score"]
-        from cai.rbr import score_response
-
-        const, weights = self.rbr
-        rtype = rec.extra.get("response_type")
-        score = await _staged("grade", score_response(
-            self.engine, "grader", const, weights, rec.messages, response,
-            rtype if isinstance(rtype, str) else None, mode=self.s.grader_mode, votes=self.s.votes))
+        score = await _staged("grade", self.scorer.score(self.engine, rec.messages, response, rec.extra))
         self.store.add_step(rec.id, next(seq), "grade", rnd, {"score": score})
         return score
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cai.errors import InputError
-from cai.export import developer_as_system_turns, export_run, record_rows
+from cai.export import ManifestExtra, developer_as_system_turns, export_run, record_rows
 from cai.lock import RunLock
 from cai.status import run_status
 from cai.store import Store
@@ -28,11 +29,14 @@ def _text(messages: list[dict[str, str]]) -> str:
 class Run:
     """A cai run folder. Every table method returns a new DataFrame, in input order."""
 
-    def __init__(self, path: str | os.PathLike[str], invocation: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], invocation: dict[str, Any] | None = None,
+                 manifest_extras: Sequence[ManifestExtra] = ()) -> None:
         self.path = Path(path)
         Store.open_run(self.path, readonly=True).close()  # InputError / DamagedStore now, not at first use
         #: counts of the invocation that returned this object (`cai.run`); None for `open_run`
         self.invocation = invocation
+        #: plugins' manifest sections that `export()` adds (cai.api passes rbr's refusal metrics)
+        self.manifest_extras = tuple(manifest_extras)
 
     def __repr__(self) -> str:
         c = self.status()["records"]
@@ -143,6 +147,7 @@ class Run:
         with RunLock(self.path):
             store = Store.open_run(self.path)
             try:
-                return export_run(store, format, developer_as_system=developer_as_system)
+                return export_run(store, format, developer_as_system=developer_as_system,
+                                  extras=self.manifest_extras)
             finally:
                 store.close()

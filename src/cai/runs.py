@@ -7,21 +7,21 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from cai import constitution as constitution_mod
 from cai.config import output_defaults, output_settings
-from cai.constitution import Constitution
 from cai.engine import Engine
 from cai.errors import ConfigMismatch, InputError, OutputError
-from cai.export import export_run
+from cai.export import ManifestExtra, export_run
 from cai.lock import LOCK_NAME, RunLock
 from cai.pipeline import ROLES, Pipeline, RunSettings
 from cai.providers import Model, get_model
 from cai.records import validate_input
 from cai.redact import redact
+from cai.scoring import make_scorer
 from cai.store import Store
 
 
@@ -77,21 +77,6 @@ def fingerprint(settings: RunSettings, models: dict[str, Any], const_sha: str, i
     return fp
 
 
-def load_rbr(settings: RunSettings, const: Constitution) -> tuple[Constitution, Any, dict[str, Any]]:
-    """(constitution with propositions, weights, fingerprint part) for --rbr."""
-    from cai.rbr import load_weights
-
-    name = settings.rbr_constitution or (settings.constitution if const.propositions else "rbr-safety")
-    rconst = const if name == settings.constitution else constitution_mod.load(name)
-    if not rconst.propositions or not rconst.response_types:
-        raise InputError(f"constitution {rconst.name!r} has no propositions/response_types for --rbr "
-                         "(use --rbr-constitution rbr-safety)", path=rconst.path)
-    weights = load_weights(settings.weights, rconst)
-    part = {"constitution_sha256": rconst.sha256, "grader_mode": settings.grader_mode, "votes": settings.votes,
-            "weights": weights, "feedback": settings.rbr_feedback}
-    return rconst, weights, part
-
-
 def check_fingerprint(store: Store, fp: dict[str, Any], settings: RunSettings | None = None) -> None:
     """Store `fp` on a new run; on an existing one, ConfigMismatch naming the first field that differs."""
     old = store.get_meta("fingerprint")
@@ -112,7 +97,8 @@ def check_fingerprint(store: Store, fp: dict[str, Any], settings: RunSettings | 
 
 async def execute(settings: RunSettings, *, restart: bool = False, command: list[str] | None = None,
                   on_start: Callable[[int, Engine], None] | None = None,
-                  on_done: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  on_done: Callable[[str], None] | None = None,
+                  manifest_extras: Sequence[ManifestExtra] = ()) -> dict[str, Any]:
     """Validate everything, run the loop, export; returns the manifest plus `this_invocation`.
 
     Everything a user can get wrong is checked before the run folder is created. `command` is the
@@ -122,11 +108,9 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
     const = constitution_mod.load(settings.constitution)
     total, input_sha = await asyncio.to_thread(validate_input, settings.input, settings.limit)
     specs = {role: getattr(settings, role) for role in ROLES}
-    rbr_fp, rbr_setup = None, None
-    if settings.rbr:
-        rconst, weights, rbr_fp = load_rbr(settings, const)
-        rbr_setup = (rconst, weights)
-        specs["grader"] = settings.grader or settings.critic
+    scorer = make_scorer("rbr", settings, const) if settings.rbr else None  # registered by cai.rbr
+    if scorer is not None:
+        specs.update(scorer.models())
     shared: dict[str, Model] = {}  # roles with the same spec share one client and connection pool
     for spec in specs.values():
         if spec not in shared:
@@ -135,7 +119,8 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
     for model in shared.values():
         model.check()  # e.g. a missing API key, before any folder is created
     with locked_store(normalize_out(settings.out), restart) as store:
-        fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, input_sha, rbr_fp)
+        fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, input_sha,
+                         scorer.fingerprint() if scorer is not None else None)
         check_fingerprint(store, fp, settings)
         store.set_meta("settings", _safe_settings(settings))
         store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
@@ -148,13 +133,13 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
                         rpm=settings.rpm, tpm=settings.tpm)
         if on_start:
             on_start(total, engine)
-        pipeline = Pipeline(settings, const, store, engine, on_done, rbr_setup)
+        pipeline = Pipeline(settings, const, store, engine, on_done, scorer)
         try:
             counts = await pipeline.run()
         finally:
             store.end_invocation()
             await engine.aclose()
-        result = await asyncio.to_thread(export_run, store, settings.format)
+        result = await asyncio.to_thread(export_run, store, settings.format, extras=manifest_extras)
         result["this_invocation"] = {**counts, "calls": engine.stats.calls,
                                      "cached": sum(r.cached for r in engine.stats.roles.values()),
                                      "retries": engine.stats.retries, "rate_limited": engine.stats.rate_limited,

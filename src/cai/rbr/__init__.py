@@ -1,19 +1,24 @@
 """Rule-based rewards (RBR): grade responses with yes/no propositions, rules and deterministic checks.
 
-Pieces: `checks` (deterministic checks, a registry), `rules` (propositions → class), `grader`
-(P(yes) from logprobs, votes or one joint call), `reward` (weights, reward), `score` (the pipeline
-hooks `score_response` and `feedback_text`), `fit` (hinge-ranking weight fitting), `evaluate`
-(grader vs human labels), `metrics` (Not-Unsafe / Not-Overrefuse of a run), `cli` (`cai rbr`).
-See docs/rbr.md.
+Pieces: `checks` (deterministic checks, re-exported from `cai.checks`), `rules` (propositions → class),
+`grader` (P(yes) from logprobs, votes or one joint call), `reward` (weights, reward), `score`
+(`score_response` and `feedback_text`), `scorer` (`RbrScorer`, the `cai.scoring.Scorer` the pipeline
+calls), `fit` (hinge-ranking weight fitting), `evaluate` (grader vs human labels), `metrics`
+(Not-Unsafe / Not-Overrefuse of a run, and `refusal_metrics_extra`, the manifest hook), `cli` (`cai rbr`).
+Importing this package registers the "rbr" scorer with `cai.scoring`. See docs/rbr.md.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
+
+from cai.scoring import Scorer, register_scorer
 
 _LAZY = {"score_response": "cai.rbr.score", "feedback_text": "cai.rbr.score",
          "run_refusal_metrics": "cai.rbr.metrics", "refusal_rates": "cai.rbr.metrics",
-         "load_weights": "cai.rbr.reward"}
+         "refusal_metrics_extra": "cai.rbr.metrics", "load_weights": "cai.rbr.reward",
+         "RbrScorer": "cai.rbr.scorer"}
 
 __all__ = sorted(_LAZY)
 
@@ -21,7 +26,13 @@ __all__ = sorted(_LAZY)
 def __getattr__(name: str) -> Any:
     """Import the hooks on first use, so `import cai.rbr.cli` stays light."""
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'cai.rbr' has no attribute {name!r}")
+
+
+def _rbr_scorer(settings: Any, const: Any) -> Scorer:
+    """The "rbr" scorer factory; the grading modules load when a run asks for it."""
+    return importlib.import_module("cai.rbr.scorer").rbr_scorer(settings, const)  # type: ignore[no-any-return]
+
+
+register_scorer("rbr", _rbr_scorer)

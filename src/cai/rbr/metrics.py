@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cai.checks import refusal_phrasing
 from cai.errors import InputError
 from cai.export import draft_and_final
-from cai.rbr.checks import refusal_phrasing
 from cai.store import Store
 
 REFUSAL_PROPOSITION = "inability_to_comply"
@@ -79,3 +79,10 @@ def run_refusal_metrics(run_dir: Path, graded: list[dict[str, Any]] | None = Non
     return {"run": str(run_dir), "decided_by": how, "records": len(expected),
             "draft": refusal_rates(expected, refused["draft"]),
             "final": refusal_rates(expected, refused["final"])}
+
+
+def refusal_metrics_extra(store: Store, counts: dict[str, int]) -> dict[str, Any]:
+    """A `cai.export.ManifestExtra`: `refusal_metrics` when some exported input rows carry `expected`."""
+    if not counts.get("with_expected"):
+        return {}
+    return {"refusal_metrics": run_refusal_metrics(store.run_dir)}
