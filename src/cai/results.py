@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from cai.errors import InputError
-from cai.export import ManifestExtra, developer_as_system_turns, export_run, record_rows
+from cai.export import ManifestExtra, developer_as_system_turns, draft_and_final, export_run, record_rows
 from cai.lock import RunLock
 from cai.status import run_status
 from cai.store import Store
@@ -71,9 +71,7 @@ class Run:
         input's other fields (e.g. `expected`) as columns."""
         rows = []
         for rec, (_, _, crits, dropped) in self._rows():
-            steps = rec["steps"]
-            draft = next((s["response"] for s in steps if s["kind"] == "draft"), None)
-            final = next((s["response"] for s in reversed(steps) if s["kind"] == "revise"), draft)
+            draft, final = draft_and_final(rec["steps"])
             rows.append({"id": rec["id"], "status": rec["status"], "prompt": _text(rec["messages"]),
                          "messages": rec["messages"], "draft": draft, "final": final, "rounds": len(crits),
                          "violations": sum(bool(c["verdict"] and c["verdict"]["violates"]) for c in crits),
