@@ -1,4 +1,4 @@
-"""Progress on stderr (rich) and the per-model price table used for the cost estimate."""
+"""Progress on stderr (rich) and the cost estimate of an invocation by a price table (`cai.prices`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.text import Text
 
 from cai.engine import Engine
-from cai.prices import load_prices, price_of  # noqa: F401 - load_prices is re-exported for cai.cli
+from cai.prices import price_of
 
 
 def cost(engine: Engine, prices: dict[str, dict[str, float]]) -> float | None:
