@@ -54,7 +54,7 @@ def stored_calls(run: Path) -> int:
 def assert_complete(run: Path) -> dict[str, str]:
     """No record is `done` without every step its settings require; returns {record id: status}."""
     with contextlib.closing(sqlite3.connect(f"{(run / 'run.sqlite').as_uri()}?mode=ro", uri=True)) as db:
-        settings = json.loads(db.execute("SELECT value FROM meta WHERE key='settings'").fetchone()[0])
+        loop = json.loads(db.execute("SELECT value FROM meta WHERE key='settings'").fetchone()[0])["loop"]
         statuses = dict(db.execute("SELECT id, status FROM records"))
         for rid, status in statuses.items():
             if status != "done":
@@ -62,11 +62,11 @@ def assert_complete(run: Path) -> dict[str, str]:
             steps = {(k, r): json.loads(d) for k, r, d in
                      db.execute("SELECT kind, round, data FROM steps WHERE record_id=?", (rid,))}
             assert ("draft", 0) in steps, rid
-            for rnd in range(1, settings["rounds"] + 1):
+            for rnd in range(1, loop["rounds"] + 1):
                 crit = steps.get(("critique", rnd))
                 assert crit is not None, (rid, rnd)
                 clean = crit["verdict"] is not None and not crit["verdict"]["violates"]
-                if settings["stop_when_clean"] and clean:
+                if loop["stop_when_clean"] and clean:
                     break
                 assert ("revise", rnd) in steps, (rid, rnd)
     return statuses

@@ -144,7 +144,7 @@ def test_summary_and_manifest_report_retries_429s_and_unparsed(tmp_path, stub_se
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert m["unparsed_verdicts"] == 1
     assert m["base_urls"]["generator"] == stub_server.url  # resolved from OPENAI_BASE_URL
-    assert m["settings"]["base_url"] is None
+    assert m["settings"]["models"]["base_url"] is None
     assert m["estimated_cost_usd"] is None  # openai:stub has no price
     assert m["started"] and m["ended"]
 

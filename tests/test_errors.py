@@ -27,8 +27,9 @@ from cai.errors import (
     RequestRejected,
     TransientError,
 )
-from cai.pipeline import Pipeline, RunSettings
+from cai.pipeline import Pipeline
 from cai.providers import get_model
+from cai.settings import RunSettings
 from cai.store import Store
 from helpers import write_prompts
 from servers import StubServer, error_body
@@ -189,9 +190,8 @@ def test_pipeline_names_the_stage_in_the_error_row_and_on_a_fatal_error(tmp_path
     inp = write_prompts(tmp_path / "in.jsonl", ["question number 0?", "question number 1?"])
     run_dir: Path = tmp_path / "run"
     run_dir.mkdir()
-    settings = RunSettings(input=str(inp), out=str(run_dir), generator="openai:stub", critic="openai:stub",
-                           reviser="openai:stub", base_url=stub_server.url, rounds=1, concurrency=1,
-                           max_retries=0, gen=GenConfig(max_tokens=16))
+    settings = RunSettings.from_options(input=inp, out=run_dir, model="openai:stub", base_url=stub_server.url,
+                                        rounds=1, concurrency=1, max_retries=0, max_tokens=16)
     model = get_model("openai:stub", stub_server.url)
     store = Store(run_dir)
     engine = Engine(store, {"generator": model, "critic": model, "reviser": model}, max_retries=0, concurrency=1)

@@ -22,6 +22,7 @@ import pytest
 
 from cai.errors import OutputError
 from cai.export import EXPORTS, export, export_run
+from cai.settings import RunSettings
 from cai.store import Store
 from helpers import cai
 
@@ -40,7 +41,8 @@ def make_run(run_dir: Path, n: int = 3, *, settings: dict[str, Any] | None = Non
     run_dir.mkdir(parents=True, exist_ok=True)
     store = Store(run_dir)
     try:
-        store.set_meta("settings", {"rbr": rbr, **(settings or {})})
+        store.set_meta("settings", RunSettings.from_options(input="in.jsonl", out=run_dir, rbr=rbr,
+                                                            **(settings or {})).model_dump())
         for i in range(n):
             rid = f"r{i}"
             draft, final = f"draft {i}: {text()}", f"final {i}: {text()}"

@@ -17,9 +17,9 @@ __all__ = ["Run", "__version__", "arun", "open_run", "run"]
 
 if TYPE_CHECKING:
     from cai.api import arun, open_run, run
-    from cai.results import Run
+    from cai.runfolder import Run
 
-_LAZY = {"arun": "cai.api", "run": "cai.api", "open_run": "cai.api", "Run": "cai.results"}
+_LAZY = {"arun": "cai.api", "run": "cai.api", "open_run": "cai.api", "Run": "cai.runfolder"}
 
 
 def __getattr__(name: str) -> Any:

@@ -28,16 +28,15 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import cai.rbr  # noqa: F401  (registers the "rbr" scorer)
-from cai.config import GenConfig
 from cai.engine import Engine
 from cai.errors import InputError
 from cai.export import ManifestExtra
-from cai.pipeline import RunSettings
 from cai.prices import load_prices
 from cai.progress import Progress
 from cai.rbr.metrics import refusal_metrics_extra
-from cai.results import Run
+from cai.runfolder import Run
 from cai.runs import execute, normalize_out
+from cai.settings import RunSettings
 
 Prompts = str | os.PathLike[str] | Sequence[str] | Sequence[Sequence[dict[str, str]]] | Sequence[dict[str, Any]] | Any
 #: Plugins' manifest sections added to every export made through the API (and so the CLI).
@@ -119,7 +118,7 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, c
                prices: str | os.PathLike[str] | None = None, rbr: bool = False, grader: str | None = None,
                rbr_constitution: str | None = None, grader_mode: Literal["separate", "joint"] = "separate",
                votes: int = 3, weights: str | os.PathLike[str] | None = None, rbr_feedback: bool = True,
-               min_reward_margin: float | None = None,
+               min_reward_margin: float | None = None, cache: str | os.PathLike[str] | None = None,
                progress: bool | Callable[[dict[str, int]], None] | ProgressSink = False,
                command: list[str] | None = None) -> Run:
     """Draft, critique and revise every prompt into the run folder `out`, export, and return the `Run`.
@@ -132,15 +131,14 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, c
     """
     path, folder = _input_file(prompts, out)
     price_table = load_prices(str(prices) if prices else None)  # a bad table fails before any call
-    settings = RunSettings(
-        input=path, out=str(normalize_out(folder)), generator=generator or model, critic=critic or model,
-        reviser=reviser or model, base_url=base_url, constitution=constitution, rounds=rounds,
-        stop_when_clean=stop_when_clean,
-        gen=GenConfig(max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout),
-        concurrency=concurrency, limit=limit, max_retries=max_retries, rpm=rpm, tpm=tpm,
-        retry_failed=retry_failed, format=format, rbr=rbr, grader=grader, rbr_constitution=rbr_constitution,
-        grader_mode=grader_mode, votes=votes, weights=str(weights) if weights else None,
-        rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin, prices=str(prices) if prices else None,
+    settings = RunSettings.from_options(
+        input=path, out=normalize_out(folder), model=model, generator=generator, critic=critic, reviser=reviser,
+        base_url=base_url, constitution=constitution, rounds=rounds, stop_when_clean=stop_when_clean,
+        max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout, concurrency=concurrency,
+        limit=limit, max_retries=max_retries, rpm=rpm, tpm=tpm, retry_failed=retry_failed, format=format,
+        rbr=rbr, grader=grader, rbr_constitution=rbr_constitution, grader_mode=grader_mode if rbr else None,
+        votes=votes if rbr else None, weights=weights, rbr_feedback=rbr_feedback if rbr else None,
+        min_reward_margin=min_reward_margin, prices=prices, cache=cache,
         system_role_for_developer=system_role_for_developer)
     sink: ProgressSink | None
     if progress is True:
@@ -156,7 +154,7 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, c
     finally:
         if isinstance(sink, Progress):
             sink.stop()
-    return Run(settings.out, invocation=manifest["this_invocation"], manifest_extras=MANIFEST_EXTRAS)
+    return Run(settings.io.out, invocation=manifest["this_invocation"], manifest_extras=MANIFEST_EXTRAS)
 
 
 def run(prompts: Prompts, **options: Any) -> Run:

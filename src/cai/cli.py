@@ -79,6 +79,8 @@ def run(
     restart: Annotated[bool, typer.Option(help="Move an existing run aside and start afresh.")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Retry only the records that failed.")] = False,
     prices: Annotated[Optional[Path], typer.Option(help="Price table JSON for the cost estimate.")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Call cache shared by runs (a SQLite file, created if "
+                                                       "missing): identical calls are answered from it.")] = None,
     rbr: Annotated[bool, typer.Option(help="Rule-based rewards: grade the draft and each revision, tell the "
                                            "reviser what failed, put rewards on the pairs.")] = False,
     grader: Annotated[Optional[str], typer.Option(help="Model that grades propositions (default: the critic).")] = None,
@@ -112,7 +114,7 @@ def run(
             constitution=constitution, rounds=rounds, stop_when_clean=stop_when_clean, max_tokens=max_tokens,
             temperature=temperature, seed=seed, concurrency=concurrency, limit=limit, max_retries=max_retries,
             timeout=timeout, rpm=rpm, tpm=tpm, format=format, system_role_for_developer=system_role_for_developer,
-            restart=restart, retry_failed=retry_failed, prices=prices, rbr=rbr, grader=grader,
+            restart=restart, retry_failed=retry_failed, prices=prices, cache=cache, rbr=rbr, grader=grader,
             rbr_constitution=rbr_constitution, grader_mode=grader_mode, votes=votes, weights=weights,
             rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin, progress=progress, command=argv))
     except Interrupted:
@@ -127,6 +129,10 @@ def run(
     if as_json:
         emit(manifest)
     err.print(summary_line(manifest), markup=False, highlight=False)
+    cache_report = manifest["this_invocation"].get("call_cache") or {}
+    if cache_report.get("failed"):
+        err.print(f"warning: stopped writing the call cache ({cache_report['failed']}); the run is complete",
+                  markup=False, highlight=False)
     if failed:
         err.print(f"{failed} record(s) failed; see `cai status {quote(str(out))}`. Retry them with:\n  "
                   f"{retry_command(argv)}", markup=False, highlight=False)

@@ -34,7 +34,8 @@ def summary_line(manifest: dict[str, Any]) -> str:
     parts = [f"wrote {manifest['out']}/: {ex['sft']} sft, {ex['pairs']} pairs ({ex['pairs_dropped']} dropped), "
              f"{ex['critiques']} critiques",
              f"{rec.get('done', 0)} done, {rec.get('failed', 0)} failed",
-             f"{_plural(inv['calls'], 'call', 'calls')} ({inv['cached']} cached), "
+             f"{_plural(inv['calls'], 'call', 'calls')} ({inv['cached']} cached"
+             + (f", {inv['shared_cache_hits']} from --cache" if inv.get("shared_cache_hits") else "") + "), "
              f"{_plural(inv['retries'], 'retry', 'retries')}, {inv.get('rate_limited', 0)} rate-limited (429)",
              _plural(manifest.get("unparsed_verdicts", 0), "unparsed verdict", "unparsed verdicts"),
              f"{tokens} tokens, {inv['elapsed_s']:.1f}s"]

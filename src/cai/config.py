@@ -29,16 +29,36 @@ class Output:
 OUTPUT = Output()
 
 
+def _marked(info: Any) -> bool:
+    return any(isinstance(m, Output) for m in info.metadata)
+
+
+def _settings_class(annotation: Any) -> type[BaseModel] | None:
+    """The settings model in a field's annotation (`X` or `X | None`), if any."""
+    for t in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+def _merge(out: dict[str, Any], part: dict[str, Any]) -> None:
+    clash = out.keys() & part.keys()
+    if clash:  # the fingerprint is flat: two output fields of one name would hide each other
+        raise TypeError(f"output-affecting settings share a name: {', '.join(sorted(clash))}")
+    out.update(part)
+
+
 def output_settings(model: BaseModel) -> dict[str, Any]:
-    """{name: value} of `model`'s fields marked OUTPUT, and of every nested settings model's `output_fields()`
-    (flattened, e.g. GenConfig's max_tokens, temperature, seed, top_logprobs)."""
+    """{name: value} of `model`'s fields marked OUTPUT, of every nested settings model's marked fields, and
+    of the `output_fields()` of those that define it (GenConfig's max_tokens, temperature, seed, ...).
+    Flat: names are unique across the tree (TypeError otherwise), so fingerprints of older runs compare."""
     out: dict[str, Any] = {}
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
-        if any(isinstance(m, Output) for m in info.metadata):
-            out[name] = value
-        elif isinstance(value, BaseModel) and hasattr(value, "output_fields"):
-            out.update(value.output_fields())
+        if _marked(info):
+            _merge(out, {name: value})
+        elif isinstance(value, BaseModel):
+            _merge(out, value.output_fields() if hasattr(value, "output_fields") else output_settings(value))
     return out
 
 
@@ -47,12 +67,14 @@ def output_defaults(cls: type[BaseModel]) -> dict[str, Any]:
     to a fingerprint without them only while they keep their default)."""
     out: dict[str, Any] = {}
     for name, info in cls.model_fields.items():
-        if any(isinstance(m, Output) for m in info.metadata):
+        if _marked(info):
             out[name] = info.get_default(call_default_factory=True)
-        else:
-            default = info.get_default(call_default_factory=True)
-            if isinstance(default, BaseModel) and hasattr(default, "output_fields"):
-                out.update(default.output_fields())
+            continue
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel) and hasattr(default, "output_fields"):
+            out.update(default.output_fields())
+        elif (sub := _settings_class(info.annotation)) is not None:
+            out.update(output_defaults(sub))
     return out
 
 

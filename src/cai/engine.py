@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from cai.callcache import CallCache
 from cai.config import Completion, Request, cache_key
 from cai.errors import ConnectFailed, EndpointDown, NotFound, RateLimited
 from cai.pacing import AIMDLimiter, Pacer
@@ -16,7 +17,8 @@ from cai.store import Store
 @dataclass
 class RoleStats:
     calls: int = 0
-    cached: int = 0
+    cached: int = 0  # answers the run's own store already had (a resumed run)
+    shared: int = 0  # answers taken from the shared call cache
     tokens_in: int = 0
     tokens_out: int = 0
     retries: int = 0
@@ -73,9 +75,11 @@ class Engine:
     UNREACHABLE_IN_A_ROW = 3
 
     def __init__(self, store: Store, models: dict[str, Model], *, max_retries: int = 5,
-                 concurrency: int = 8, rpm: int | None = None, tpm: int | None = None) -> None:
+                 concurrency: int = 8, rpm: int | None = None, tpm: int | None = None,
+                 cache: CallCache | None = None) -> None:
         self.store = store
         self.models = models
+        self.cache = cache
         self.max_retries = max_retries
         self.stats = Stats()
         # One pacer and one AIMD cap per endpoint, shared by the roles that use it.
@@ -98,14 +102,19 @@ class Engine:
                 for ep, lim in self._limiters.items()}
 
     async def call(self, role: str, request: Request, record: str | None = None) -> Completion:
-        """The model's reply to `request` (from the store's cache if it has it); `record` names the record
-        the call is for, so its stored reply fails only that record if it cannot be written."""
+        """The model's reply to `request` (from the run's store if it has it, else from the shared call cache
+        if there is one); `record` names the record the call is for, so its stored reply fails only that
+        record if it cannot be written."""
         model = self.models[role]
         key = cache_key(model.identity(), request)
         stats = self.stats.role(role)
         hit = self.store.get_call(key)
         if hit is not None:
             stats.cached += 1
+            return hit
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            stats.shared += 1
+            self.store.add_call(key, role, model.spec, hit, record, shared=True)
             return hit
         ep = self._endpoint(model)
         pacer, limiter = self._pacers[ep], self._limiters[ep]
@@ -144,6 +153,8 @@ class Engine:
         stats.tokens_in += comp.tokens_in
         stats.tokens_out += comp.tokens_out
         self.store.add_call(key, role, model.spec, comp, record)  # durable with the step that uses it
+        if self.cache is not None:
+            await self.cache.aput(key, model.spec, comp)
         return comp
 
     def _may_send(self, record: str | None) -> None:

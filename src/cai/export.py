@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 from cai import __version__
 from cai.errors import InputError, OutputError
 from cai.prices import load_prices, price_of
+from cai.results import developer_as_system_turns, record_rows, rewards_of
+from cai.settings import IOSettings, RunSettings
 from cai.store import Store
 
 if TYPE_CHECKING:
@@ -49,66 +51,6 @@ EXPORTS = ("sft", "pairs", "critiques")
 FORMATS = ("jsonl", "parquet")
 #: A plugin's manifest section: (store, export counts) → keys to add to manifest.json ({} for none).
 ManifestExtra = Callable[[Store, dict[str, int]], dict[str, Any]]
-
-
-def draft_and_final(steps: list[dict[str, Any]]) -> tuple[str | None, str | None]:
-    """A record's draft and its last revision (the draft when never revised)."""
-    draft = next((s["response"] for s in steps if s["kind"] == "draft"), None)
-    final = draft
-    for s in steps:
-        if s["kind"] == "revise":
-            final = s["response"]
-    return draft, final
-
-
-def rewards_of(steps: list[dict[str, Any]]) -> dict[str, float] | None:
-    """With --rbr: the final response's reward (chosen) and the draft's (rejected); else None."""
-    grades = {s["round"]: s["score"]["reward"] for s in steps if s["kind"] == "grade"}
-    if not grades:
-        return None
-    return {"reward_chosen": grades[max(grades)], "reward_rejected": grades[0]}
-
-
-def record_rows(rec: dict[str, Any], min_margin: float | None = None
-                ) -> tuple[dict | None, dict | None, list[dict], str | None]:
-    """(sft row, pair row, critique rows, why the pair was dropped) for one finished record."""
-    steps = rec["steps"]
-    draft, final = draft_and_final(steps)
-    if draft is None or final is None:
-        return None, None, [], None
-    crits: list[dict[str, Any]] = []
-    pending: dict[int, dict[str, Any]] = {}
-    for s in steps:
-        if s["kind"] == "critique":
-            row = {"id": rec["id"], "round": s["round"], "principle": s["principle"], "critique": s["critique"],
-                   "verdict": s["verdict"], "parsed": s["parsed"], "before": s["response"], "after": s["response"]}
-            pending[s["round"]] = row
-            crits.append(row)
-        elif s["kind"] == "revise" and s["round"] in pending:
-            pending[s["round"]]["after"] = s["response"]
-    prompt = rec["messages"]
-    sft = {"id": rec["id"], "messages": [*prompt, {"role": "assistant", "content": final}]}
-    dropped = "empty" if not final.strip() or not draft.strip() else ("unchanged" if final == draft else None)
-    rewards = rewards_of(steps)
-    if rewards and dropped is None and min_margin is not None and \
-            rewards["reward_chosen"] - rewards["reward_rejected"] < min_margin:
-        dropped = "margin"
-    pair = None
-    if dropped is None:
-        pair = {"id": rec["id"], "prompt": prompt,
-                "chosen": [{"role": "assistant", "content": final}],
-                "rejected": [{"role": "assistant", "content": draft}],
-                "metadata": {"principles": [c["principle"] for c in crits], "rounds": len(crits),
-                             "violations": [bool(c["verdict"]["violates"]) if c["verdict"] else None
-                                            for c in crits]}}
-        if rewards:
-            pair.update(rewards)
-    return sft, pair, crits, dropped
-
-
-def developer_as_system_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """`messages` with every `developer` turn given the `system` role (keys keep their order)."""
-    return [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
 
 
 def _cannot_write(path: Path, e: OSError) -> OutputError:
@@ -216,19 +158,19 @@ def sweep(run_dir: Path) -> None:
 
 def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None = None) -> dict[str, int]:
     """Rebuild every export from the store in one pass; returns the counts, also kept in the manifest."""
-    settings = store.get_meta("settings", {})
+    settings = run_settings(store)
     if developer_as_system is None:
-        developer_as_system = bool(settings.get("system_role_for_developer", False))
+        developer_as_system = settings.export.system_role_for_developer
     ext = "parquet" if fmt == "parquet" else "jsonl"
     sweep(store.run_dir)
     sinks: dict[str, _Sink] = {}
     dropped = {"unchanged": 0, "empty": 0, "margin": 0}
-    margin = settings.get("min_reward_margin")
+    margin = settings.export.min_reward_margin
     rbr = {"graded": 0, "improved": 0}
     expected = 0
     try:
         for name in EXPORTS:
-            schema = _parquet().schema(name, rewards=bool(settings.get("rbr"))) if ext == "parquet" else None
+            schema = _parquet().schema(name, rewards=settings.scoring is not None) if ext == "parquet" else None
             sinks[name] = _Sink(store.run_dir / f"{name}.{ext}", schema)
         for rec in store.iter_records():
             if rec["status"] != "done":
@@ -270,14 +212,20 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
     return counts
 
 
+def run_settings(store: Store) -> RunSettings:
+    """The settings the run stored (as the last invocation gave them); the defaults for a store without."""
+    data = store.get_meta("settings")
+    return RunSettings.from_stored(data) if data else RunSettings(io=IOSettings(input="", out=str(store.run_dir)))
+
+
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
 
 
-def estimated_cost(store: Store, settings: dict[str, Any]) -> float | None:
+def estimated_cost(store: Store, settings: RunSettings) -> float | None:
     """USD for every call the run stored, by the price of each role's model; None if a price is unknown."""
     try:
-        prices = load_prices(settings.get("prices"))
+        prices = load_prices(settings.execution.prices)
     except InputError:  # the table was checked when the run started; it may have moved since
         return None
     models, total = store.get_meta("models", {}), 0.0
@@ -293,20 +241,23 @@ def manifest(store: Store, export_counts: dict[str, int]) -> dict[str, Any]:
     """manifest.json content: versions, models and their endpoints, settings, hashes, counts, tokens, cost,
     open errors, unparsed verdicts, start/end time and wall time (killed invocations included). No keys."""
     statuses = store.counts()
-    settings = store.get_meta("settings", {})
+    settings = run_settings(store)
     invocations = store.invocations()
     wall = store.get_meta("wall_seconds", 0.0) + sum(i["ended"] - i["started"] for i in invocations)
     return {
         "cai_version": __version__,
         "models": store.get_meta("models", {}),
         "base_urls": store.get_meta("base_urls", {}),
-        "settings": settings,
-        "seed": (settings.get("gen") or {}).get("seed"),
+        "settings": settings.model_dump(),
+        "seed": settings.generation.seed,
         "constitution": store.get_meta("constitution", {}),
         "input": store.get_meta("input", {}),
         "records": {"total": sum(statuses.values()), **statuses},
         "exports": export_counts,
         "tokens": store.token_totals(),
+        "call_cache": {"path": settings.execution.cache,
+                       "hits": sum(t["calls"] for t in store.token_totals(shared=True).values()),
+                       "tokens": store.token_totals(shared=True)},
         "estimated_cost_usd": estimated_cost(store, settings),
         "errors": store.error_count(open_only=True),
         "errors_resolved": store.error_count(open_only=False) - store.error_count(open_only=True),

@@ -10,56 +10,19 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel
-
-from cai.config import OUTPUT, GenConfig
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.engine import Engine
 from cai.errors import ProviderError
 from cai.records import InputRecord, iter_records
 from cai.scoring import Scorer
+from cai.settings import RunSettings
 from cai.stages import clean_revision, critique_request, draft_request, parse_verdict, repair_request, revise_request
 from cai.store import RecordWriteFailed, Store
 
-ROLES = ("generator", "critic", "reviser")
 # A verdict is JSON: cut off mid-object it cannot be parsed, so the critic always gets at least this many tokens.
 CRITIC_MIN_TOKENS = 128
-
-
-class RunSettings(BaseModel):
-    """Everything `cai run` was asked to do. Fields that change the models' outputs are marked OUTPUT (and
-    `gen` contributes its output fields): the resume fingerprint is derived from them."""
-
-    input: str
-    out: str
-    generator: str = "local"
-    critic: str = "local"
-    reviser: str = "local"
-    base_url: str | None = None
-    constitution: str = "default"
-    rounds: Annotated[int, OUTPUT] = 2
-    stop_when_clean: Annotated[bool, OUTPUT] = False
-    gen: GenConfig = GenConfig()
-    concurrency: int = 8
-    limit: int | None = None
-    max_retries: int = 5
-    rpm: int | None = None
-    tpm: int | None = None
-    retry_failed: bool = False
-    format: Literal["jsonl", "parquet"] = "jsonl"
-    system_role_for_developer: bool = False  # exports write `developer` turns as `system`
-    prices: str | None = None  # price table for the cost estimate (default: shipped)
-    # Rule-based rewards: grade the draft and each revision, steer the reviser, reward the pairs.
-    rbr: bool = False
-    grader: str | None = None  # model spec; default: the critic's
-    rbr_constitution: str | None = None  # default: the run's constitution if it has propositions, else rbr-safety
-    grader_mode: Literal["separate", "joint"] = "separate"
-    votes: int = 3
-    weights: str | None = None
-    rbr_feedback: bool = True
-    min_reward_margin: float | None = None
 
 
 class Pipeline:
@@ -80,9 +43,9 @@ class Pipeline:
     def _todo(self) -> Iterator[tuple[InputRecord, bool]]:
         """(record, known to the store) for each input record this invocation should work on."""
         statuses = self.store.statuses()
-        for rec in iter_records(self.s.input, self.s.limit):
+        for rec in iter_records(self.s.io.input, self.s.io.limit):
             status = statuses.get(rec.id)
-            wanted = status == "failed" if self.s.retry_failed else status not in ("done", "failed")
+            wanted = status == "failed" if self.s.execution.retry_failed else status not in ("done", "failed")
             if wanted:
                 yield rec, status is not None
             else:
@@ -98,7 +61,7 @@ class Pipeline:
                 await self.process(rec, known)
                 await self.store.keep_up()
 
-        workers = [asyncio.create_task(worker()) for _ in range(max(1, self.s.concurrency))]
+        workers = [asyncio.create_task(worker()) for _ in range(max(1, self.s.execution.concurrency))]
         try:
             done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:  # a fatal error (e.g. bad credentials) stops the others
@@ -136,11 +99,11 @@ class Pipeline:
         self.on_done("done")
 
     async def _steps(self, rec: InputRecord) -> None:
-        s, cfg = self.s, self.s.gen
+        loop, cfg = self.s.loop, self.s.generation
         steps = self.store.steps(rec.id)
         done = {(st["kind"], st["round"]): st for st in steps}
         seq = itertools.count(max((st["seq"] for st in steps), default=-1) + 1)  # next free step numbers
-        principles = sample_principles(self.const, cfg.seed, rec.messages, s.rounds)
+        principles = sample_principles(self.const, cfg.seed, rec.messages, loop.rounds)
         if ("draft", 0) in done:
             response = done[("draft", 0)]["response"]
         else:
@@ -152,7 +115,7 @@ class Pipeline:
         for rnd, principle in enumerate(principles, start=1):
             crit = done.get(("critique", rnd)) or await self._critique(rec, response, principle, rnd, next(seq))
             verdict = crit["verdict"]
-            if s.stop_when_clean and verdict is not None and not verdict["violates"]:
+            if loop.stop_when_clean and verdict is not None and not verdict["violates"]:
                 break
             if ("revise", rnd) in done:
                 response = done[("revise", rnd)]["response"]
@@ -180,7 +143,7 @@ class Pipeline:
 
     async def _critique(self, rec: InputRecord, response: str, principle: Principle, rnd: int,
                         seq: int) -> dict[str, Any]:
-        cfg = self.s.gen
+        cfg = self.s.generation
         if cfg.max_tokens < CRITIC_MIN_TOKENS:
             cfg = cfg.model_copy(update={"max_tokens": CRITIC_MIN_TOKENS})
         req = critique_request(rec.messages, response, principle, cfg)

@@ -1,151 +1,73 @@
-"""`Run`: a run folder read as pandas DataFrames (flat columns), its status and manifest, and its exports.
-
-Reads open a read-only snapshot of `run.sqlite` per call: safe while another process writes the run,
-no lock taken, nothing written. `export()` is the one method that writes; it takes the run lock.
+"""What a run's records yield, as plain functions over stored records (`Store.iter_records()` dicts): the
+draft and final response, the rewards, and the sft / pair / critique rows that exports and `Run` tables
+are made of. Nothing here reads or writes files.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
 
-from cai.errors import InputError
-from cai.export import ManifestExtra, developer_as_system_turns, draft_and_final, export_run, record_rows
-from cai.lock import RunLock
-from cai.status import run_status
-from cai.store import Store
+def draft_and_final(steps: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """A record's draft and its last revision (the draft when never revised)."""
+    draft = next((s["response"] for s in steps if s["kind"] == "draft"), None)
+    final = draft
+    for s in steps:
+        if s["kind"] == "revise":
+            final = s["response"]
+    return draft, final
 
 
-def _text(messages: list[dict[str, str]]) -> str:
+def rewards_of(steps: list[dict[str, Any]]) -> dict[str, float] | None:
+    """With --rbr: the final response's reward (chosen) and the draft's (rejected); else None."""
+    grades = {s["round"]: s["score"]["reward"] for s in steps if s["kind"] == "grade"}
+    if not grades:
+        return None
+    return {"reward_chosen": grades[max(grades)], "reward_rejected": grades[0]}
+
+
+def record_rows(rec: dict[str, Any], min_margin: float | None = None
+                ) -> tuple[dict | None, dict | None, list[dict], str | None]:
+    """(sft row, pair row, critique rows, why the pair was dropped) for one finished record."""
+    steps = rec["steps"]
+    draft, final = draft_and_final(steps)
+    if draft is None or final is None:
+        return None, None, [], None
+    crits: list[dict[str, Any]] = []
+    pending: dict[int, dict[str, Any]] = {}
+    for s in steps:
+        if s["kind"] == "critique":
+            row = {"id": rec["id"], "round": s["round"], "principle": s["principle"], "critique": s["critique"],
+                   "verdict": s["verdict"], "parsed": s["parsed"], "before": s["response"], "after": s["response"]}
+            pending[s["round"]] = row
+            crits.append(row)
+        elif s["kind"] == "revise" and s["round"] in pending:
+            pending[s["round"]]["after"] = s["response"]
+    prompt = rec["messages"]
+    sft = {"id": rec["id"], "messages": [*prompt, {"role": "assistant", "content": final}]}
+    dropped = "empty" if not final.strip() or not draft.strip() else ("unchanged" if final == draft else None)
+    rewards = rewards_of(steps)
+    if rewards and dropped is None and min_margin is not None and \
+            rewards["reward_chosen"] - rewards["reward_rejected"] < min_margin:
+        dropped = "margin"
+    pair = None
+    if dropped is None:
+        pair = {"id": rec["id"], "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": final}],
+                "rejected": [{"role": "assistant", "content": draft}],
+                "metadata": {"principles": [c["principle"] for c in crits], "rounds": len(crits),
+                             "violations": [bool(c["verdict"]["violates"]) if c["verdict"] else None
+                                            for c in crits]}}
+        if rewards:
+            pair.update(rewards)
+    return sft, pair, crits, dropped
+
+
+def developer_as_system_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """`messages` with every `developer` turn given the `system` role (keys keep their order)."""
+    return [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
+
+
+def prompt_text(messages: list[dict[str, str]]) -> str:
     """The last user turn's text (what a person reads as "the prompt")."""
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-
-
-class Run:
-    """A cai run folder. Every table method returns a new DataFrame, in input order."""
-
-    def __init__(self, path: str | os.PathLike[str], invocation: dict[str, Any] | None = None,
-                 manifest_extras: Sequence[ManifestExtra] = ()) -> None:
-        self.path = Path(path)
-        Store.open_run(self.path, readonly=True).close()  # InputError / DamagedStore now, not at first use
-        #: counts of the invocation that returned this object (`cai.run`); None for `open_run`
-        self.invocation = invocation
-        #: plugins' manifest sections that `export()` adds (cai.api passes rbr's refusal metrics)
-        self.manifest_extras = tuple(manifest_extras)
-
-    def __repr__(self) -> str:
-        c = self.status()["records"]
-        return f"<cai.Run {str(self.path)!r}: {c['done']} done, {c['failed']} failed of {c['input']}>"
-
-    def _store(self) -> Store:
-        return Store.open_run(self.path, readonly=True)
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """manifest.json as written by the last export ({} before the first)."""
-        try:
-            return json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-
-    def status(self) -> dict[str, Any]:
-        """What `cai status --json` prints: counts that add up, tokens, errors, a live writer's pid."""
-        return run_status(self.path)
-
-    def _rows(self, done_only: bool = False) -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
-        store = self._store()
-        try:
-            margin = (store.get_meta("settings", {}) or {}).get("min_reward_margin")
-            return [(rec, record_rows(rec, margin)) for rec in store.iter_records()
-                    if not done_only or rec["status"] == "done"]
-        finally:
-            store.close()
-
-    def records(self) -> pd.DataFrame:
-        """One row per record: id, status, prompt (text), messages, draft, final, rounds, violations, the
-        input's other fields (e.g. `expected`) as columns."""
-        rows = []
-        for rec, (_, _, crits, dropped) in self._rows():
-            draft, final = draft_and_final(rec["steps"])
-            rows.append({"id": rec["id"], "status": rec["status"], "prompt": _text(rec["messages"]),
-                         "messages": rec["messages"], "draft": draft, "final": final, "rounds": len(crits),
-                         "violations": sum(bool(c["verdict"] and c["verdict"]["violates"]) for c in crits),
-                         "pair_dropped": dropped})
-            rows[-1].update({k: v for k, v in rec["extra"].items() if k not in rows[-1]})
-        return pd.DataFrame(rows, columns=None if rows else ["id", "status", "prompt", "messages", "draft",
-                                                              "final", "rounds", "violations", "pair_dropped"])
-
-    def critiques(self) -> pd.DataFrame:
-        """One row per critique: id, round, principle, critique, violates, severity, parsed, before, after."""
-        rows = []
-        for _, (_, _, crits, _) in self._rows():
-            for c in crits:
-                v = c["verdict"] or {}
-                rows.append({"id": c["id"], "round": c["round"], "principle": c["principle"],
-                             "critique": c["critique"], "violates": v.get("violates"), "severity": v.get("severity"),
-                             "parsed": c["parsed"], "before": c["before"], "after": c["after"]})
-        return pd.DataFrame(rows, columns=["id", "round", "principle", "critique", "violates", "severity", "parsed",
-                                           "before", "after"])
-
-    def pairs(self) -> pd.DataFrame:
-        """Preference pairs as exported (TRL message lists) plus flat text columns: prompt_text, chosen_text,
-        rejected_text, principles, rounds, violations (and rewards with --rbr)."""
-        rows = []
-        for _, (_, pair, _, _) in self._rows(done_only=True):
-            if pair is None:
-                continue
-            meta = pair.pop("metadata")
-            rows.append({**pair, "prompt_text": _text(pair["prompt"]), "chosen_text": pair["chosen"][0]["content"],
-                         "rejected_text": pair["rejected"][0]["content"], **meta})
-        return pd.DataFrame(rows, columns=None if rows else ["id", "prompt", "chosen", "rejected", "prompt_text",
-                                                              "chosen_text", "rejected_text"])
-
-    def sft(self, developer_as_system: bool = False) -> pd.DataFrame:
-        """SFT rows as exported (`messages`) plus prompt_text and completion (the final response)."""
-        rows = []
-        for _, (sft, _, _, _) in self._rows(done_only=True):
-            if sft is None:
-                continue
-            msgs = developer_as_system_turns(sft["messages"]) if developer_as_system else sft["messages"]
-            rows.append({"id": sft["id"], "messages": msgs, "prompt_text": _text(msgs[:-1]),
-                         "completion": msgs[-1]["content"]})
-        return pd.DataFrame(rows, columns=["id", "messages", "prompt_text", "completion"])
-
-    def errors(self) -> pd.DataFrame:
-        """Every error row: id, stage, error_class, message, resolved (the record later succeeded)."""
-        store = self._store()
-        try:
-            rows = store.errors()
-        finally:
-            store.close()
-        return pd.DataFrame(rows, columns=["id", "stage", "error_class", "message", "resolved"])
-
-    def calls(self) -> pd.DataFrame:
-        """Every stored model call: key, role, model, tokens_in, tokens_out, created, text, structured."""
-        store = self._store()
-        try:
-            rows = [{"key": k, "role": r, "model": m, "tokens_in": ti, "tokens_out": to, "created": c,
-                     **{f: json.loads(resp).get(f) for f in ("text", "structured")}}
-                    for k, r, m, resp, ti, to, c in store.read_calls()]
-        finally:
-            store.close()
-        return pd.DataFrame(rows, columns=["key", "role", "model", "tokens_in", "tokens_out", "created", "text",
-                                           "structured"])
-
-    def export(self, format: str = "jsonl", *, developer_as_system: bool | None = None) -> dict[str, Any]:
-        """Rebuild the exports and manifest.json (files of the other format are removed); returns the manifest.
-        Takes the run lock: RunLocked (exit 3) while another process writes the run."""
-        if format not in ("jsonl", "parquet"):
-            raise InputError(f"format must be jsonl or parquet, not {format!r}")
-        with RunLock(self.path):
-            store = Store.open_run(self.path)
-            try:
-                return export_run(store, format, developer_as_system=developer_as_system,
-                                  extras=self.manifest_extras)
-            finally:
-                store.close()

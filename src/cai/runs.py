@@ -7,21 +7,23 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from cai import constitution as constitution_mod
+from cai.callcache import CallCache
 from cai.config import output_defaults, output_settings
 from cai.engine import Engine
 from cai.errors import ConfigMismatch, InputError, OutputError
 from cai.export import ManifestExtra, export_run
 from cai.lock import LOCK_NAME, RunLock
-from cai.pipeline import ROLES, Pipeline, RunSettings
+from cai.pipeline import Pipeline
 from cai.providers import Model, get_model
 from cai.records import validate_input
 from cai.redact import redact
 from cai.scoring import make_scorer
+from cai.settings import ExecutionSettings, RunSettings
 from cai.store import Store
 
 
@@ -95,6 +97,38 @@ def check_fingerprint(store: Store, fp: dict[str, Any], settings: RunSettings | 
                              path=str(store.run_dir))
 
 
+def build_models(specs: dict[str, str], base_url: str | None) -> dict[str, Model]:
+    """role → model; roles with the same spec share one client (and connection pool). Each model is checked
+    (e.g. a missing API key) before anything is created."""
+    shared: dict[str, Model] = {}
+    for spec in specs.values():
+        if spec not in shared:
+            shared[spec] = get_model(spec, base_url)
+    for model in shared.values():
+        model.check()
+    return {role: shared[spec] for role, spec in specs.items()}
+
+
+@contextlib.asynccontextmanager
+async def open_session(out: Path, models: dict[str, Model], execution: ExecutionSettings, *,
+                       restart: bool = False) -> AsyncIterator[tuple[Store, Engine]]:
+    """The one run set-up path (`cai run`, `cai rbr grade`, the library): prepare `out`, hold its run lock,
+    open its store, and an engine over `models` paced and retried as `execution` says, sharing answers
+    through `execution.cache` if given (a bad cache file fails before the folder is created)."""
+    cache = CallCache(execution.cache) if execution.cache else None
+    try:
+        with locked_store(out, restart) as store:
+            engine = Engine(store, models, max_retries=execution.max_retries, concurrency=execution.concurrency,
+                            rpm=execution.rpm, tpm=execution.tpm, cache=cache)
+            try:
+                yield store, engine
+            finally:
+                await engine.aclose()
+    finally:
+        if cache is not None:
+            cache.close()
+
+
 async def execute(settings: RunSettings, *, restart: bool = False, command: list[str] | None = None,
                   on_start: Callable[[int, Engine], None] | None = None,
                   on_done: Callable[[str], None] | None = None,
@@ -105,20 +139,15 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
     invocation as typed (stored, so `cai status` can print a runnable resume command). No signal handler
     is installed: cancelling the task stops the run (what is committed is kept).
     """
-    const = constitution_mod.load(settings.constitution)
-    total, input_sha = await asyncio.to_thread(validate_input, settings.input, settings.limit)
-    specs = {role: getattr(settings, role) for role in ROLES}
-    scorer = make_scorer("rbr", settings, const) if settings.rbr else None  # registered by cai.rbr
+    const = constitution_mod.load(settings.loop.constitution)
+    total, input_sha = await asyncio.to_thread(validate_input, settings.io.input, settings.io.limit)
+    specs = settings.models.specs()
+    scorer = make_scorer(settings.scoring.scorer, settings, const) if settings.scoring else None
     if scorer is not None:
         specs.update(scorer.models())
-    shared: dict[str, Model] = {}  # roles with the same spec share one client and connection pool
-    for spec in specs.values():
-        if spec not in shared:
-            shared[spec] = get_model(spec, settings.base_url)
-    models = {role: shared[spec] for role, spec in specs.items()}
-    for model in shared.values():
-        model.check()  # e.g. a missing API key, before any folder is created
-    with locked_store(normalize_out(settings.out), restart) as store:
+    models = build_models(specs, settings.models.base_url)
+    async with open_session(normalize_out(settings.io.out), models, settings.execution,
+                            restart=restart) as (store, engine):
         fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, input_sha,
                          scorer.fingerprint() if scorer is not None else None)
         check_fingerprint(store, fp, settings)
@@ -127,10 +156,8 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
         store.set_meta("base_urls", {r: redact(m.base_url or m.default_base_url or "") or None
                                      for r, m in models.items()})
         store.set_meta("constitution", {"name": const.name, "sha256": const.sha256, "path": const.path})
-        store.set_meta("input", {"path": settings.input, "sha256": input_sha, "records": total})
+        store.set_meta("input", {"path": settings.io.input, "sha256": input_sha, "records": total})
         store.begin_invocation([redact(a) for a in command or []], os.getcwd())
-        engine = Engine(store, models, max_retries=settings.max_retries, concurrency=settings.concurrency,
-                        rpm=settings.rpm, tpm=settings.tpm)
         if on_start:
             on_start(total, engine)
         pipeline = Pipeline(settings, const, store, engine, on_done, scorer)
@@ -138,10 +165,11 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
             counts = await pipeline.run()
         finally:
             store.end_invocation()
-            await engine.aclose()
-        result = await asyncio.to_thread(export_run, store, settings.format, extras=manifest_extras)
+        result = await asyncio.to_thread(export_run, store, settings.export.format, extras=manifest_extras)
         result["this_invocation"] = {**counts, "calls": engine.stats.calls,
                                      "cached": sum(r.cached for r in engine.stats.roles.values()),
+                                     "shared_cache_hits": sum(r.shared for r in engine.stats.roles.values()),
+                                     "call_cache": engine.cache.report() if engine.cache is not None else None,
                                      "retries": engine.stats.retries, "rate_limited": engine.stats.rate_limited,
                                      "unparsed": engine.stats.unparsed,
                                      "concurrency": engine.concurrency_report()}
@@ -150,6 +178,6 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
 
 def _safe_settings(settings: RunSettings) -> dict[str, Any]:
     data = settings.model_dump()
-    if data.get("base_url"):
-        data["base_url"] = redact(data["base_url"])
+    if data["models"]["base_url"]:
+        data["models"]["base_url"] = redact(data["models"]["base_url"])
     return data

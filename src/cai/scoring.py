@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cai.errors import InputError
+from cai.settings import RunSettings
 
 if TYPE_CHECKING:  # for annotations only: registering a scorer stays a light import
     from cai.constitution import Constitution
@@ -42,8 +43,8 @@ class Scorer(Protocol):
         ...
 
 
-#: Builds a scorer from the run's settings (a `cai.pipeline.RunSettings`) and its constitution.
-ScorerFactory = Callable[[Any, "Constitution"], Scorer]
+#: Builds a scorer from the run's settings and its constitution.
+ScorerFactory = Callable[[RunSettings, "Constitution"], Scorer]
 
 _SCORERS: dict[str, ScorerFactory] = {}
 
@@ -53,7 +54,7 @@ def register_scorer(name: str, factory: ScorerFactory) -> None:
     _SCORERS[name] = factory
 
 
-def make_scorer(name: str, settings: Any, const: Constitution) -> Scorer:
+def make_scorer(name: str, settings: RunSettings, const: Constitution) -> Scorer:
     """The scorer registered as `name`, built for this run. InputError if no plugin registered it."""
     factory = _SCORERS.get(name)
     if factory is None:

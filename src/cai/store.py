@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS records(idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNI
 CREATE TABLE IF NOT EXISTS steps(record_id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
   round INTEGER NOT NULL, data TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY(record_id, seq));
 CREATE TABLE IF NOT EXISTS calls(key TEXT PRIMARY KEY, role TEXT NOT NULL, model TEXT NOT NULL,
-  response TEXT NOT NULL, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, created REAL NOT NULL);
+  response TEXT NOT NULL, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, created REAL NOT NULL,
+  shared INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS errors(n INTEGER PRIMARY KEY AUTOINCREMENT, record_id TEXT NOT NULL, stage TEXT NOT NULL,
   error_class TEXT NOT NULL, message TEXT NOT NULL, created REAL NOT NULL, resolved INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS invocations(n INTEGER PRIMARY KEY AUTOINCREMENT, pid INTEGER NOT NULL,
@@ -121,11 +122,14 @@ class Store:
                 self._read.executescript(SCHEMA)
                 if "resolved" not in self._columns("errors"):  # a store from before error rows could resolve
                     self._read.execute("ALTER TABLE errors ADD COLUMN resolved INTEGER NOT NULL DEFAULT 0")
+                if "shared" not in self._columns("calls"):  # a store from before the shared call cache
+                    self._read.execute("ALTER TABLE calls ADD COLUMN shared INTEGER NOT NULL DEFAULT 0")
         except sqlite3.DatabaseError as e:
             if type(e) is sqlite3.DatabaseError:  # "file is not a database", "disk image is malformed"
                 raise DamagedStore(f"damaged store, not a readable cai run ({e})", path=str(self.path)) from e
             raise OutputError(f"cannot open the run store ({e})", path=str(self.path)) from e
         self._resolved_col = "resolved" in self._columns("errors")
+        self._shared = "shared" if "shared" in self._columns("calls") else "0"  # older stores read as unshared
 
     def _columns(self, table: str) -> set[str]:
         return {r[1] for r in self._read.execute(f"PRAGMA table_info({table})")}
@@ -339,11 +343,13 @@ class Store:
         row = self._read.execute("SELECT response FROM calls WHERE key=?", (key,)).fetchone()
         return Completion.model_validate_json(row[0]) if row else None
 
-    def add_call(self, key: str, role: str, model: str, comp: Completion, record: str | None = None) -> None:
+    def add_call(self, key: str, role: str, model: str, comp: Completion, record: str | None = None,
+                 shared: bool = False) -> None:
+        """Store a call's answer; `shared`: taken from the shared call cache (paid by another run)."""
         blob = comp.model_dump_json()
         self.enqueue(lambda c: c.execute(
-            "INSERT OR REPLACE INTO calls VALUES(?,?,?,?,?,?,?)",
-            (key, role, model, blob, comp.tokens_in, comp.tokens_out, time.time())), record)
+            "INSERT OR REPLACE INTO calls VALUES(?,?,?,?,?,?,?,?)",
+            (key, role, model, blob, comp.tokens_in, comp.tokens_out, time.time(), int(shared))), record)
 
     # -- reading for exports and status --------------------------------------------------
     def iter_records(self) -> Iterator[dict[str, Any]]:
@@ -353,16 +359,19 @@ class Store:
             yield {"idx": idx, "id": rid, "messages": json.loads(messages), "extra": json.loads(extra),
                    "status": status, "steps": self.steps(rid)}
 
-    def read_calls(self) -> Iterator[tuple[str, str, str, str, int, int, float]]:
-        """(key, role, model, response JSON, tokens_in, tokens_out, created) for every stored call, oldest first."""
-        return self._read.execute("SELECT key, role, model, response, tokens_in, tokens_out, created FROM calls "
-                                  "ORDER BY created")
+    def read_calls(self) -> Iterator[tuple[str, str, str, str, int, int, float, int]]:
+        """(key, role, model, response JSON, tokens_in, tokens_out, created, shared) for every stored call,
+        oldest first."""
+        return self._read.execute("SELECT key, role, model, response, tokens_in, tokens_out, created, "
+                                  f"{self._shared} FROM calls ORDER BY created")
 
     def counts(self) -> dict[str, int]:
         return dict(self._read.execute("SELECT status, COUNT(*) FROM records GROUP BY status"))
 
-    def token_totals(self) -> dict[str, dict[str, int]]:
-        rows = self._read.execute("SELECT role, COUNT(*), SUM(tokens_in), SUM(tokens_out) FROM calls GROUP BY role")
+    def token_totals(self, shared: bool = False) -> dict[str, dict[str, int]]:
+        """Per role: calls and tokens this run paid for (`shared=True`: those taken from the shared cache)."""
+        rows = self._read.execute("SELECT role, COUNT(*), SUM(tokens_in), SUM(tokens_out) FROM calls "
+                                  f"WHERE {self._shared}=? GROUP BY role", (int(shared),))
         return {r: {"calls": n, "tokens_in": ti or 0, "tokens_out": to or 0} for r, n, ti, to in rows}
 
     def errors(self, last: int = -1, open_only: bool = False) -> list[dict[str, Any]]:

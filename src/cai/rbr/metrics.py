@@ -16,7 +16,7 @@ from typing import Any
 
 from cai.checks import refusal_phrasing
 from cai.errors import InputError
-from cai.export import draft_and_final
+from cai.results import draft_and_final
 from cai.store import Store
 
 REFUSAL_PROPOSITION = "inability_to_comply"

@@ -13,6 +13,7 @@ from cai.engine import Engine
 from cai.errors import InputError
 from cai.rbr.reward import Weights, load_weights
 from cai.rbr.score import feedback_text, score_response
+from cai.settings import RunSettings, ScoringSettings
 
 ROLE = "grader"
 
@@ -44,14 +45,15 @@ class RbrScorer:
                 "weights": self.weights, "feedback": self.give_feedback}
 
 
-def rbr_scorer(settings: Any, const: Constitution) -> RbrScorer:
-    """The scorer for a run's `RunSettings`: the run's constitution if it has propositions (or
-    `rbr_constitution`), else rbr-safety; the grader model defaults to the critic's."""
-    name = settings.rbr_constitution or (settings.constitution if const.propositions else "rbr-safety")
-    rconst = const if name == settings.constitution else constitution_mod.load(name)
+def rbr_scorer(settings: RunSettings, const: Constitution) -> RbrScorer:
+    """The scorer for a run's settings: `scoring.constitution` if given, else the run's constitution if it has
+    propositions, else rbr-safety; the grader model defaults to the critic's."""
+    scoring = settings.scoring or ScoringSettings()
+    name = scoring.constitution or (settings.loop.constitution if const.propositions else "rbr-safety")
+    rconst = const if name == settings.loop.constitution else constitution_mod.load(name)
     if not rconst.propositions or not rconst.response_types:
         raise InputError(f"constitution {rconst.name!r} has no propositions/response_types for --rbr "
                          "(use --rbr-constitution rbr-safety)", path=rconst.path)
-    weights = load_weights(settings.weights, rconst)
-    return RbrScorer(rconst, weights, settings.grader or settings.critic, mode=settings.grader_mode,
-                     votes=settings.votes, feedback=settings.rbr_feedback)
+    weights = load_weights(scoring.weights, rconst)
+    return RbrScorer(rconst, weights, scoring.grader or settings.models.critic, mode=scoring.mode,
+                     votes=scoring.votes, feedback=scoring.feedback)

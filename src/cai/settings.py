@@ -1,0 +1,140 @@
+"""`RunSettings`: everything a run was asked to do, one typed model per concern, built once.
+
+    RunSettings.from_options(input="in.jsonl", out="runs/x", rounds=1, max_tokens=64)   # CLI / API options
+    settings.loop.rounds, settings.generation.max_tokens, settings.models.specs()
+
+Fields that change what the models produce are marked OUTPUT (and `generation` contributes its
+`output_fields()`): the resume fingerprint is derived from them by `cai.config.output_settings`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cai.config import OUTPUT, GenConfig
+from cai.errors import InputError
+
+ROLES = ("generator", "critic", "reviser")
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IOSettings(_Part):
+    """Where prompts come from and where the run folder is."""
+
+    input: str
+    out: str
+    limit: int | None = Field(None, ge=1)  # only the first N prompts
+
+
+class ModelSettings(_Part):
+    """The model of each role (`local`, `local:PATH.gguf`, `openai:NAME`, `anthropic:NAME`)."""
+
+    generator: str = "local"
+    critic: str = "local"
+    reviser: str = "local"
+    base_url: str | None = None
+
+    def specs(self) -> dict[str, str]:
+        return {role: getattr(self, role) for role in ROLES}
+
+
+class LoopSettings(_Part):
+    """The critique loop: which constitution, how many critique → revise rounds."""
+
+    constitution: str = "default"
+    rounds: Annotated[int, OUTPUT] = Field(2, ge=0)
+    stop_when_clean: Annotated[bool, OUTPUT] = False
+
+
+class ExecutionSettings(_Part):
+    """How calls are made; none of it changes an output, so a run resumes under other values."""
+
+    concurrency: int = Field(8, ge=1)
+    max_retries: int = Field(5, ge=0)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    retry_failed: bool = False
+    prices: str | None = None  # price table for the cost estimate (default: shipped)
+    cache: str | None = None  # a call cache shared by runs (cai.callcache); off by default
+
+
+class ScoringSettings(_Part):
+    """Rule-based rewards: grade the draft and each revision, steer the reviser, reward the pairs."""
+
+    scorer: str = "rbr"  # a name registered with cai.scoring
+    grader: str | None = None  # model spec; default: the critic's
+    constitution: str | None = None  # default: the run's if it has propositions, else rbr-safety
+    mode: Literal["separate", "joint"] = "separate"
+    votes: int = Field(3, ge=1)
+    weights: str | None = None
+    feedback: bool = True
+
+
+class ExportSettings(_Part):
+    """What the exports look like."""
+
+    format: Literal["jsonl", "parquet"] = "jsonl"
+    system_role_for_developer: bool = False  # write `developer` turns as `system` in sft and pairs
+    min_reward_margin: float | None = None  # with scoring: drop pairs whose reward improved by less
+
+
+class RunSettings(_Part):
+    """Everything `cai run` was asked to do (see the module docstring)."""
+
+    io: IOSettings
+    models: ModelSettings = ModelSettings()
+    generation: GenConfig = GenConfig()
+    loop: LoopSettings = LoopSettings()
+    execution: ExecutionSettings = ExecutionSettings()
+    scoring: ScoringSettings | None = None
+    export: ExportSettings = ExportSettings()
+
+    @classmethod
+    def from_options(cls, **options: Any) -> RunSettings:
+        """Build from the flat options of `cai run` / `cai.arun` (`model` sets every role not given;
+        `rbr=True` turns scoring on, with `grader`, `rbr_constitution`, `grader_mode`, `votes`, `weights`,
+        `rbr_feedback`). An unknown option is an InputError naming it."""
+        opts = {k: v for k, v in options.items() if v is not None}
+        model = opts.pop("model", "local")
+        rbr = opts.pop("rbr", False)
+        renamed = {"rbr_constitution": "constitution", "grader_mode": "mode", "rbr_feedback": "feedback"}
+        parts: dict[str, dict[str, Any]] = {name: {} for name in cls.model_fields}
+        parts["models"] = {role: opts.pop(role, model) for role in ROLES}
+        for name, value in opts.items():
+            field = renamed.get(name, name)
+            target = "scoring" if name in _SCORING_OPTIONS else next(
+                (p for p, fields in _PART_FIELDS.items() if field in fields), None)
+            if target is None:
+                raise InputError(f"unknown run option {name!r}")
+            parts[target][field] = str(value) if name in _PATHS else value
+        scoring = parts.pop("scoring")
+        if not rbr and scoring:
+            raise InputError(f"{', '.join(sorted(scoring))}: rule-based reward options need rbr=True (--rbr)")
+        try:
+            return cls(**parts, scoring=ScoringSettings(**scoring) if rbr else None)  # type: ignore[arg-type]
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise InputError(f"run option {first['loc'][-1]}: {first['msg']}") from None
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> RunSettings:
+        """The settings a run stored (meta `settings`); runs from before the nesting stored them flat."""
+        if "io" in data:
+            return cls.model_validate(data)
+        rbr = bool(data.get("rbr"))
+        flat = {k: v for k, v in data.items() if k not in ("gen", "rbr") and (rbr or k not in _SCORING_OPTIONS)}
+        flat.update(data.get("gen") or {})
+        return cls.from_options(**flat, rbr=rbr)
+
+
+_PART_FIELDS: dict[str, set[str]] = {
+    "io": set(IOSettings.model_fields), "models": {"base_url"}, "generation": set(GenConfig.model_fields),
+    "loop": set(LoopSettings.model_fields), "execution": set(ExecutionSettings.model_fields),
+    "export": set(ExportSettings.model_fields)}
+_SCORING_OPTIONS = {"grader", "rbr_constitution", "grader_mode", "votes", "weights", "rbr_feedback"}
+_PATHS = {"input", "out", "prices", "cache", "weights"}
