@@ -3,6 +3,7 @@ default, counted in the manifest, never failing a run, and used by `cai rbr grad
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -189,3 +190,24 @@ def test_rbr_grade_shares_the_cache_and_takes_the_run_lock(tmp_path, stub_server
         _, err = proc.communicate(timeout=600)
     assert proc.returncode == 3, err
     assert "g2" in one_line_error(err)
+
+
+def test_a_store_from_before_the_cache_reads_and_upgrades(tmp_path):
+    from cai.store import Store
+
+    store = Store(tmp_path)
+    store.add_call("k", "generator", "openai:m", Completion(text="hi", tokens_in=3, tokens_out=1))
+    asyncio.run(store.flush())
+    store.close()
+    with sqlite3.connect(tmp_path / "run.sqlite") as db:  # as a version without the shared cache wrote it
+        db.execute("ALTER TABLE calls DROP COLUMN shared")
+    old = Store.open_run(tmp_path, readonly=True)
+    try:
+        assert [row[-1] for row in old.read_calls()] == [0]
+        assert old.token_totals() == {"generator": {"calls": 1, "tokens_in": 3, "tokens_out": 1}}
+        assert old.token_totals(shared=True) == {}
+    finally:
+        old.close()
+    Store.open_run(tmp_path).close()  # a writable open adds the column
+    with sqlite3.connect(tmp_path / "run.sqlite") as db:
+        assert "shared" in {r[1] for r in db.execute("PRAGMA table_info(calls)")}
