@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -150,3 +152,18 @@ def test_library_installs_no_signal_handler(tmp_path, stub_server):
     cai.run(PROMPTS[:1], out=tmp_path / "r", **options(stub_server))
     assert {s: signal.getsignal(s) for s in before} == before
     assert os.environ["OPENAI_API_KEY"] == KEY
+
+
+def test_a_run_loads_pandas_only_when_a_table_is_asked_for(tmp_path, stub_server):
+    """pandas pulls in pyarrow (~80 MB): `cai run` and a library run that only gets its `Run` never load it."""
+    script = ("import sys, cai\n"
+              f"r = cai.run({PROMPTS!r}, out={str(tmp_path / 'r')!r}, model='openai:stub', "
+              f"base_url={stub_server.url!r}, rounds=1, max_tokens=16)\n"
+              "assert r.status()['records']['done'] == 3\n"
+              "print('pandas' in sys.modules, 'pyarrow' in sys.modules)\n"
+              "r.critiques()\n"
+              "print('pandas' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "OPENAI_API_KEY": KEY}, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "False", "True"]

@@ -10,9 +10,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from cai.errors import InputError
 from cai.export import ManifestExtra, export_run, run_settings
@@ -20,6 +18,17 @@ from cai.lock import RunLock
 from cai.results import developer_as_system_turns, draft_and_final, prompt_text, record_rows
 from cai.status import run_status
 from cai.store import Store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def _frame(rows: list[dict[str, Any]], columns: list[str] | None) -> pd.DataFrame:
+    """A DataFrame of `rows`. pandas (which loads pyarrow, ~80 MB) is imported on the first table asked for,
+    not by every `cai run` or scheduled job that only gets a `Run` back."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
 
 
 class Run:
@@ -73,7 +82,7 @@ class Run:
                          "violations": sum(bool(c["verdict"] and c["verdict"]["violates"]) for c in crits),
                          "pair_dropped": dropped})
             rows[-1].update({k: v for k, v in rec["extra"].items() if k not in rows[-1]})
-        return pd.DataFrame(rows, columns=None if rows else ["id", "status", "prompt", "messages", "draft",
+        return _frame(rows, columns=None if rows else ["id", "status", "prompt", "messages", "draft",
                                                               "final", "rounds", "violations", "pair_dropped"])
 
     def critiques(self) -> pd.DataFrame:
@@ -85,7 +94,7 @@ class Run:
                 rows.append({"id": c["id"], "round": c["round"], "principle": c["principle"],
                              "critique": c["critique"], "violates": v.get("violates"), "severity": v.get("severity"),
                              "parsed": c["parsed"], "before": c["before"], "after": c["after"]})
-        return pd.DataFrame(rows, columns=["id", "round", "principle", "critique", "violates", "severity", "parsed",
+        return _frame(rows, columns=["id", "round", "principle", "critique", "violates", "severity", "parsed",
                                            "before", "after"])
 
     def pairs(self) -> pd.DataFrame:
@@ -99,7 +108,7 @@ class Run:
             rows.append({**pair, "prompt_text": prompt_text(pair["prompt"]),
                          "chosen_text": pair["chosen"][0]["content"], "rejected_text": pair["rejected"][0]["content"],
                          **meta})
-        return pd.DataFrame(rows, columns=None if rows else ["id", "prompt", "chosen", "rejected", "prompt_text",
+        return _frame(rows, columns=None if rows else ["id", "prompt", "chosen", "rejected", "prompt_text",
                                                               "chosen_text", "rejected_text"])
 
     def sft(self, developer_as_system: bool = False) -> pd.DataFrame:
@@ -111,7 +120,7 @@ class Run:
             msgs = developer_as_system_turns(sft["messages"]) if developer_as_system else sft["messages"]
             rows.append({"id": sft["id"], "messages": msgs, "prompt_text": prompt_text(msgs[:-1]),
                          "completion": msgs[-1]["content"]})
-        return pd.DataFrame(rows, columns=["id", "messages", "prompt_text", "completion"])
+        return _frame(rows, columns=["id", "messages", "prompt_text", "completion"])
 
     def errors(self) -> pd.DataFrame:
         """Every error row: id, stage, error_class, message, resolved (the record later succeeded)."""
@@ -120,7 +129,7 @@ class Run:
             rows = store.errors()
         finally:
             store.close()
-        return pd.DataFrame(rows, columns=["id", "stage", "error_class", "message", "resolved"])
+        return _frame(rows, columns=["id", "stage", "error_class", "message", "resolved"])
 
     def calls(self) -> pd.DataFrame:
         """Every stored model call: key, role, model, tokens_in, tokens_out, created, shared (taken from the
@@ -132,7 +141,7 @@ class Run:
                     for k, r, m, resp, ti, to, c, sh in store.read_calls()]
         finally:
             store.close()
-        return pd.DataFrame(rows, columns=["key", "role", "model", "tokens_in", "tokens_out", "created", "shared",
+        return _frame(rows, columns=["key", "role", "model", "tokens_in", "tokens_out", "created", "shared",
                                            "text", "structured"])
 
     def export(self, format: str = "jsonl", *, developer_as_system: bool | None = None) -> dict[str, Any]:
