@@ -2,7 +2,7 @@
 
     import cai
     r = cai.run("prompts.jsonl", out="runs/x", model="openai:gpt-4o-mini")   # or: await cai.arun(...)
-    r.pairs(); r.critiques(); cai.open_run("runs/x").status()
+    r.pairs(); r.critiques(); r.principle_stats(); cai.open_run("runs/x").status()
 
 The names below load on first use, so `import cai` (and the `cai` command) stays fast.
 """
@@ -13,13 +13,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Run", "__version__", "arun", "open_run", "run"]
+__all__ = ["Run", "__version__", "arun", "compare", "open_run", "run"]
 
 if TYPE_CHECKING:
-    from cai.api import arun, open_run, run
+    from cai.api import arun, compare, open_run, run
     from cai.runfolder import Run
 
-_LAZY = {"arun": "cai.api", "run": "cai.api", "open_run": "cai.api", "Run": "cai.runfolder"}
+_LAZY = {"arun": "cai.api", "run": "cai.api", "open_run": "cai.api", "compare": "cai.api", "Run": "cai.runfolder"}
 
 
 def __getattr__(name: str) -> Any:

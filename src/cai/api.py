@@ -25,9 +25,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import cai.rbr  # noqa: F401  (registers the "rbr" scorer)
+from cai import explore
 from cai.engine import Engine
 from cai.errors import InputError
 from cai.export import ManifestExtra
@@ -37,6 +38,9 @@ from cai.rbr.metrics import refusal_metrics_extra
 from cai.runfolder import Run
 from cai.runs import execute, normalize_out
 from cai.settings import RunSettings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Prompts = str | os.PathLike[str] | Sequence[str] | Sequence[Sequence[dict[str, str]]] | Sequence[dict[str, Any]] | Any
 #: Plugins' manifest sections added to every export made through the API (and so the CLI).
@@ -172,3 +176,9 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     """A read-only view of the run folder `path`: safe while another process writes it (each read is a
     committed snapshot; it takes no lock and never writes). InputError if it is not a cai run."""
     return Run(path, manifest_extras=MANIFEST_EXTRAS)
+
+
+def compare(a: Run | str | os.PathLike[str], b: Run | str | os.PathLike[str], by: str = "metric") -> pd.DataFrame:
+    """Two runs (or run folders) over the same prompts side by side: violation rate, severity, lengths and
+    rewards per run and their difference (`by="prompt"`: one row per prompt). See `cai.explore.compare`."""
+    return explore.compare(a if isinstance(a, Run) else open_run(a), b if isinstance(b, Run) else open_run(b), by)

@@ -1,11 +1,14 @@
 """What a run's records yield, as plain functions over stored records (`Store.iter_records()` dicts): the
 draft and final response, the rewards, and the sft / pair / critique rows that exports and `Run` tables
-are made of. Nothing here reads or writes files.
+are made of, and `frame` (rows as a DataFrame). Nothing here reads or writes files.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def draft_and_final(steps: list[dict[str, Any]]) -> tuple[str | None, str | None]:
@@ -71,3 +74,11 @@ def developer_as_system_turns(messages: list[dict[str, str]]) -> list[dict[str, 
 def prompt_text(messages: list[dict[str, str]]) -> str:
     """The last user turn's text (what a person reads as "the prompt")."""
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def frame(rows: list[dict[str, Any]], columns: list[str] | None) -> pd.DataFrame:
+    """`rows` as a DataFrame (with `columns`, in that order, also when empty). pandas, which loads pyarrow
+    (~80 MB), is imported on the first table asked for, not by every `cai run` that only gets a `Run` back."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)

@@ -8,27 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cai.errors import InputError
+from cai import explore
+from cai.constitution import Constitution
+from cai.constitution import load as load_constitution
+from cai.errors import CaiError, InputError
 from cai.export import ManifestExtra, export_run, run_settings
 from cai.lock import RunLock
-from cai.results import developer_as_system_turns, draft_and_final, prompt_text, record_rows
+from cai.results import developer_as_system_turns, draft_and_final, frame, prompt_text, record_rows
 from cai.status import run_status
 from cai.store import Store
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-def _frame(rows: list[dict[str, Any]], columns: list[str] | None) -> pd.DataFrame:
-    """A DataFrame of `rows`. pandas (which loads pyarrow, ~80 MB) is imported on the first table asked for,
-    not by every `cai run` or scheduled job that only gets a `Run` back."""
-    import pandas as pd
-
-    return pd.DataFrame(rows, columns=columns)
 
 
 class Run:
@@ -82,7 +77,7 @@ class Run:
                          "violations": sum(bool(c["verdict"] and c["verdict"]["violates"]) for c in crits),
                          "pair_dropped": dropped})
             rows[-1].update({k: v for k, v in rec["extra"].items() if k not in rows[-1]})
-        return _frame(rows, columns=None if rows else ["id", "status", "prompt", "messages", "draft",
+        return frame(rows, columns=None if rows else ["id", "status", "prompt", "messages", "draft",
                                                               "final", "rounds", "violations", "pair_dropped"])
 
     def critiques(self) -> pd.DataFrame:
@@ -94,7 +89,7 @@ class Run:
                 rows.append({"id": c["id"], "round": c["round"], "principle": c["principle"],
                              "critique": c["critique"], "violates": v.get("violates"), "severity": v.get("severity"),
                              "parsed": c["parsed"], "before": c["before"], "after": c["after"]})
-        return _frame(rows, columns=["id", "round", "principle", "critique", "violates", "severity", "parsed",
+        return frame(rows, columns=["id", "round", "principle", "critique", "violates", "severity", "parsed",
                                            "before", "after"])
 
     def pairs(self) -> pd.DataFrame:
@@ -108,7 +103,7 @@ class Run:
             rows.append({**pair, "prompt_text": prompt_text(pair["prompt"]),
                          "chosen_text": pair["chosen"][0]["content"], "rejected_text": pair["rejected"][0]["content"],
                          **meta})
-        return _frame(rows, columns=None if rows else ["id", "prompt", "chosen", "rejected", "prompt_text",
+        return frame(rows, columns=None if rows else ["id", "prompt", "chosen", "rejected", "prompt_text",
                                                               "chosen_text", "rejected_text"])
 
     def sft(self, developer_as_system: bool = False) -> pd.DataFrame:
@@ -120,7 +115,7 @@ class Run:
             msgs = developer_as_system_turns(sft["messages"]) if developer_as_system else sft["messages"]
             rows.append({"id": sft["id"], "messages": msgs, "prompt_text": prompt_text(msgs[:-1]),
                          "completion": msgs[-1]["content"]})
-        return _frame(rows, columns=["id", "messages", "prompt_text", "completion"])
+        return frame(rows, columns=["id", "messages", "prompt_text", "completion"])
 
     def errors(self) -> pd.DataFrame:
         """Every error row: id, stage, error_class, message, resolved (the record later succeeded)."""
@@ -129,7 +124,7 @@ class Run:
             rows = store.errors()
         finally:
             store.close()
-        return _frame(rows, columns=["id", "stage", "error_class", "message", "resolved"])
+        return frame(rows, columns=["id", "stage", "error_class", "message", "resolved"])
 
     def calls(self) -> pd.DataFrame:
         """Every stored model call: key, role, model, tokens_in, tokens_out, created, shared (taken from the
@@ -141,8 +136,54 @@ class Run:
                     for k, r, m, resp, ti, to, c, sh in store.read_calls()]
         finally:
             store.close()
-        return _frame(rows, columns=["key", "role", "model", "tokens_in", "tokens_out", "created", "shared",
+        return frame(rows, columns=["key", "role", "model", "tokens_in", "tokens_out", "created", "shared",
                                            "text", "structured"])
+
+    def stored_records(self) -> Iterator[dict[str, Any]]:
+        """The stored records in input order, each with its steps (`Store.iter_records` dicts), from one
+        read-only snapshot."""
+        store = self._store()
+        try:
+            yield from store.iter_records()
+        finally:
+            store.close()
+
+    def constitution(self) -> Constitution | None:
+        """The run's constitution, loaded from where the run found it (None if it cannot be loaded now)."""
+        store = self._store()
+        try:
+            meta = store.get_meta("constitution", {}) or {}
+        finally:
+            store.close()
+        for source in (meta.get("path"), meta.get("name")):
+            if source:
+                try:
+                    return load_constitution(source)
+                except CaiError:
+                    continue
+        return None
+
+    # -- exploring (cai.explore) ----------------------------------------------------------
+    def principle_stats(self) -> pd.DataFrame:
+        """Per principle: tags, kind, layer, times sampled, violation rate, mean severity, unparsed, mean
+        length change after revision and (with rewards) mean reward change. See `cai.explore`."""
+        return explore.principle_stats(self)
+
+    def rounds(self) -> pd.DataFrame:
+        """Per round: violation rate, severity, unparsed, length and reward change: does the loop converge?"""
+        return explore.rounds(self)
+
+    def diff(self, record_id: str) -> explore.RecordDiff:
+        """Draft → each revision of one record as word diffs (HTML in Jupyter, plain text elsewhere)."""
+        return explore.diff(self, record_id)
+
+    def grades(self) -> pd.DataFrame:
+        """With rule-based rewards: one row per (record, step, proposition) with p_yes and method, one per check."""
+        return explore.grades(self)
+
+    def summary(self) -> pd.DataFrame:
+        """The manifest's numbers as (metric, value) rows."""
+        return explore.summary(self)
 
     def export(self, format: str = "jsonl", *, developer_as_system: bool | None = None) -> dict[str, Any]:
         """Rebuild the exports and manifest.json (files of the other format are removed); returns the manifest.

@@ -1,0 +1,301 @@
+"""What the critic found: statistics per principle and per round, word diffs of each revision, rule-based
+grades, the manifest's numbers, and two runs side by side. Each function takes a `cai.Run`, which has
+them as methods (`run.principle_stats()`, ...); `cai.compare(a, b)` takes runs or run folders.
+
+Lengths are in characters. A violation rate counts parsed verdicts only (unparsed ones are counted apart).
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cai.errors import InputError
+from cai.results import draft_and_final, frame, prompt_text
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from cai.constitution import Constitution, Principle
+
+
+
+class Run(Protocol):
+    """What these functions read of a run (`cai.runfolder.Run` is one)."""
+
+    path: Path
+
+    @property
+    def manifest(self) -> dict[str, Any]: ...
+
+    def stored_records(self) -> Iterable[dict[str, Any]]: ...
+
+    def constitution(self) -> Constitution | None: ...
+
+
+_TOKENS = re.compile(r"\s+|[^\s]+")
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _rewards(steps: list[dict[str, Any]]) -> dict[int, float]:
+    """Round → reward of the response after that round (0: the draft), from `grade` steps."""
+    return {s["round"]: float(s["score"]["reward"]) for s in steps if s["kind"] == "grade"}
+
+
+@dataclass
+class _Tally:
+    sampled: int = 0
+    violations: int = 0
+    unparsed: int = 0
+    severities: list[float] = field(default_factory=list)
+    length_changes: list[float] = field(default_factory=list)
+    reward_changes: list[float] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+
+    def add(self, critique: dict[str, Any], revision: dict[str, Any] | None, rewards: dict[int, float]) -> None:
+        self.sampled += 1
+        verdict, rnd = critique["verdict"], critique["round"]
+        if verdict is None:
+            self.unparsed += 1
+        else:
+            self.violations += bool(verdict["violates"])
+            self.severities.append(verdict["severity"])
+        if revision is not None:
+            self.length_changes.append(len(revision["response"]) - len(revision["before"]))
+        if rnd in rewards:
+            self.rewards.append(rewards[rnd])
+            if rnd - 1 in rewards:
+                self.reward_changes.append(rewards[rnd] - rewards[rnd - 1])
+
+    def row(self) -> dict[str, Any]:
+        parsed = self.sampled - self.unparsed
+        return {"sampled": self.sampled, "violations": self.violations,
+                "violation_rate": self.violations / parsed if parsed else math.nan,
+                "mean_severity": _mean(self.severities), "unparsed": self.unparsed,
+                "revised": len(self.length_changes), "mean_length_change": _mean(self.length_changes),
+                "mean_reward_change": _mean(self.reward_changes)}
+
+
+def _critique_steps(run: Run) -> Iterable[tuple[dict[str, Any], dict[str, Any] | None, dict[int, float]]]:
+    """(critique step, the revision it led to or None, the record's rewards by round) for every critique."""
+    for rec in run.stored_records():
+        steps = rec["steps"]
+        revisions = {s["round"]: s for s in steps if s["kind"] == "revise"}
+        rewards = _rewards(steps)
+        for s in steps:
+            if s["kind"] == "critique":
+                yield s, revisions.get(s["round"]), rewards
+
+
+PRINCIPLE_COLUMNS = ["principle", "tags", "kind", "layer", "sampled", "violations", "violation_rate",
+                     "mean_severity", "unparsed", "revised", "mean_length_change", "mean_reward_change"]
+
+
+def principle_stats(run: Run) -> pd.DataFrame:
+    """Per principle sampled (most violated first): its tags, kind and layer from the run's constitution,
+    times sampled, violations and rate, mean severity, unparsed verdicts, revisions, mean length change
+    of the revision, and (with rule-based rewards) the mean reward change the revision brought."""
+    const = run.constitution()
+    principles: dict[str, Principle] = {p.id: p for p in const.principles} if const else {}
+    tallies: dict[str, _Tally] = {}
+    for crit, revision, rewards in _critique_steps(run):
+        tallies.setdefault(crit["principle"], _Tally()).add(crit, revision, rewards)
+    rows = []
+    for pid, tally in tallies.items():
+        p = principles.get(pid)
+        rows.append({"principle": pid, "tags": ", ".join(p.tags) if p else "", "kind": p.kind if p else None,
+                     "layer": getattr(p, "layer", None), **tally.row()})
+    rows.sort(key=lambda r: (-(0 if math.isnan(r["violation_rate"]) else r["violation_rate"]), -r["sampled"],
+                             r["principle"]))
+    return frame(rows, PRINCIPLE_COLUMNS)
+
+
+def rounds(run: Run) -> pd.DataFrame:
+    """Per critique round: critiques, violations and rate, mean severity, unparsed verdicts, revisions, mean
+    length change, and with rewards the mean reward after the round. Does the loop converge?"""
+    tallies: dict[int, _Tally] = {}
+    for crit, revision, rewards in _critique_steps(run):
+        tallies.setdefault(crit["round"], _Tally()).add(crit, revision, rewards)
+    rows = []
+    for rnd in sorted(tallies):
+        row = tallies[rnd].row()
+        rows.append({"round": rnd, "critiques": row.pop("sampled"), **row,
+                     "mean_reward": _mean(tallies[rnd].rewards)})
+    return frame(rows, ["round", "critiques", "violations", "violation_rate", "mean_severity", "unparsed",
+                        "revised", "mean_length_change", "mean_reward_change", "mean_reward"])
+
+
+def word_diff(before: str, after: str) -> list[tuple[str, str]]:
+    """(op, text) pieces turning `before` into `after` word by word; op is equal, delete or insert."""
+    a, b = _TOKENS.findall(before), _TOKENS.findall(after)
+    out: list[tuple[str, str]] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(("equal", "".join(a[i1:i2])))
+            continue
+        if i2 > i1:
+            out.append(("delete", "".join(a[i1:i2])))
+        if j2 > j1:
+            out.append(("insert", "".join(b[j1:j2])))
+    return out
+
+
+@dataclass
+class RecordDiff:
+    """A record's draft and each revision as word diffs: HTML in Jupyter, plain text (`[-old-]{+new+}`)
+    elsewhere. `steps` holds one dict per round: round, principle, violates, severity, critique, diff."""
+
+    id: str
+    prompt: str
+    draft: str
+    steps: list[dict[str, Any]]
+
+    def __str__(self) -> str:
+        lines = [f"record {self.id}: {self.prompt}", "", "draft:", self.draft]
+        for s in self.steps:
+            lines += ["", f"round {s['round']} — {s['principle']} (violates={s['violates']}, "
+                          f"severity={s['severity']}): {s['critique']}"]
+            if s["diff"] is not None:
+                lines.append("".join(t if op == "equal" else f"[-{t}-]" if op == "delete" else f"{{+{t}+}}"
+                                     for op, t in s["diff"]))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        parts = [f"<div><b>{esc(self.id)}</b>: {esc(self.prompt)}</div>",
+                 f"<div style='white-space:pre-wrap;margin:4px 0'><i>draft</i><br>{esc(self.draft)}</div>"]
+        tag = {"equal": "span", "delete": "del style='background:#fdd'", "insert": "ins style='background:#dfd'"}
+        for s in self.steps:
+            parts.append(f"<div style='margin-top:6px'><i>round {s['round']} · {esc(s['principle'])} · "
+                         f"violates={s['violates']} · severity={s['severity']}</i><br>{esc(s['critique'])}</div>")
+            if s["diff"] is not None:
+                body = "".join(f"<{tag[op]}>{esc(t)}</{tag[op].split()[0]}>" for op, t in s["diff"])
+                parts.append(f"<div style='white-space:pre-wrap;border-left:3px solid #ccc;padding-left:6px'>"
+                             f"{body}</div>")
+        return "".join(parts)
+
+
+def diff(run: Run, record_id: str) -> RecordDiff:
+    """Draft → each revision of record `record_id` as word diffs, with each round's critique."""
+    rec = next((r for r in run.stored_records() if r["id"] == record_id), None)
+    if rec is None:
+        raise InputError(f"no record {record_id!r} in this run", path=str(run.path))
+    draft, _ = draft_and_final(rec["steps"])
+    revisions = {s["round"]: s for s in rec["steps"] if s["kind"] == "revise"}
+    steps = []
+    for s in rec["steps"]:
+        if s["kind"] != "critique":
+            continue
+        v, rev = s["verdict"] or {}, revisions.get(s["round"])
+        steps.append({"round": s["round"], "principle": s["principle"], "violates": v.get("violates"),
+                      "severity": v.get("severity"), "critique": s["critique"],
+                      "diff": word_diff(rev["before"], rev["response"]) if rev is not None else None})
+    return RecordDiff(record_id, prompt_text(rec["messages"]), draft or "", steps)
+
+
+GRADE_COLUMNS = ["id", "round", "step", "response_type", "kind", "name", "p_yes", "method", "score", "reward"]
+
+
+def grades(run: Run) -> pd.DataFrame:
+    """With rule-based rewards: one row per (record, graded response, proposition) with p_yes and method,
+    and one per check with its score; `step` is draft (round 0) or revision; `reward` is the response's."""
+    rows = []
+    for rec in run.stored_records():
+        for s in rec["steps"]:
+            if s["kind"] != "grade":
+                continue
+            sc = s["score"]
+            base = {"id": rec["id"], "round": s["round"], "step": "draft" if s["round"] == 0 else "revision",
+                    "response_type": sc.get("response_type"), "reward": sc.get("reward")}
+            for name, p in (sc.get("propositions") or {}).items():
+                rows.append({**base, "kind": "proposition", "name": name, "p_yes": p.get("p_yes"),
+                             "method": p.get("method"), "score": None})
+            for name, value in (sc.get("checks") or {}).items():
+                rows.append({**base, "kind": "check", "name": name, "p_yes": None, "method": "check",
+                             "score": value})
+    return frame(rows, GRADE_COLUMNS)
+
+
+def _numbers(data: Any, prefix: str = "") -> Iterable[tuple[str, float]]:
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from _numbers(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool):
+        yield prefix, data
+
+
+def summary(run: Run) -> pd.DataFrame:
+    """The manifest's numbers (records, exports, tokens, cost, errors, cache hits, wall time, ...) as rows of
+    (metric, value), metric a dotted path into manifest.json; settings are left out."""
+    m = {k: v for k, v in run.manifest.items() if k not in ("settings", "seed")}
+    return frame([{"metric": k, "value": v} for k, v in _numbers(m)], ["metric", "value"])
+
+
+def _per_prompt(run: Run) -> dict[str, dict[str, Any]]:
+    """Record id → prompt, final, lengths, violations, parsed verdicts and rewards, for finished records."""
+    out = {}
+    for rec in run.stored_records():
+        if rec["status"] != "done":
+            continue
+        draft, final = draft_and_final(rec["steps"])
+        verdicts = [s["verdict"] for s in rec["steps"] if s["kind"] == "critique" and s["verdict"] is not None]
+        rewards = _rewards(rec["steps"])
+        out[rec["id"]] = {"prompt": prompt_text(rec["messages"]), "final": final or "",
+                          "draft_length": len(draft or ""), "final_length": len(final or ""),
+                          "violations": sum(bool(v["violates"]) for v in verdicts), "verdicts": len(verdicts),
+                          "severity": [v["severity"] for v in verdicts],
+                          "reward_draft": rewards.get(0, math.nan),
+                          "reward_final": rewards[max(rewards)] if rewards else math.nan}
+    return out
+
+
+def _label(run: Run, other: Run) -> str:
+    return run.path.name if run.path.name != other.path.name else str(run.path)
+
+
+def compare(a: Run, b: Run, by: str = "metric") -> pd.DataFrame:
+    """Two runs over the same prompts (matched by record id; finished in both), side by side.
+
+    `by="metric"`: one row per metric (prompts compared, violation rate, mean severity, mean draft and final
+    length, mean length change, mean draft and final reward, share of finals whose reward improved) with a
+    column per run and their difference (b − a). `by="prompt"`: one row per prompt with each run's final
+    response, length, violations and final reward."""
+    if by not in ("metric", "prompt"):
+        raise InputError(f"by must be 'metric' or 'prompt', not {by!r}")
+    pa, pb = _per_prompt(a), _per_prompt(b)
+    ids = [i for i in pa if i in pb]
+    la, lb = _label(a, b), _label(b, a)
+    if by == "prompt":
+        rows = [{"id": i, "prompt": pa[i]["prompt"], f"final_{la}": pa[i]["final"], f"final_{lb}": pb[i]["final"],
+                 f"length_{la}": pa[i]["final_length"], f"length_{lb}": pb[i]["final_length"],
+                 f"violations_{la}": pa[i]["violations"], f"violations_{lb}": pb[i]["violations"],
+                 f"reward_{la}": pa[i]["reward_final"], f"reward_{lb}": pb[i]["reward_final"]} for i in ids]
+        return frame(rows, ["id", "prompt", f"final_{la}", f"final_{lb}", f"length_{la}", f"length_{lb}",
+                            f"violations_{la}", f"violations_{lb}", f"reward_{la}", f"reward_{lb}"])
+
+    def metrics(per: dict[str, dict[str, Any]]) -> dict[str, float]:
+        rs = [per[i] for i in ids]
+        verdicts = sum(r["verdicts"] for r in rs)
+        rewarded = [r for r in rs if not math.isnan(r["reward_final"]) and not math.isnan(r["reward_draft"])]
+        return {"prompts": len(rs),
+                "violation_rate": sum(r["violations"] for r in rs) / verdicts if verdicts else math.nan,
+                "mean_severity": _mean([s for r in rs for s in r["severity"]]),
+                "mean_draft_length": _mean([r["draft_length"] for r in rs]),
+                "mean_final_length": _mean([r["final_length"] for r in rs]),
+                "mean_length_change": _mean([r["final_length"] - r["draft_length"] for r in rs]),
+                "mean_draft_reward": _mean([r["reward_draft"] for r in rewarded]),
+                "mean_final_reward": _mean([r["reward_final"] for r in rewarded]),
+                "reward_improved_share": _mean([float(r["reward_final"] > r["reward_draft"]) for r in rewarded])}
+
+    ma, mb = metrics(pa), metrics(pb)
+    rows = [{"metric": k, la: ma[k], lb: mb[k], "difference": mb[k] - ma[k]} for k in ma]
+    return frame(rows, ["metric", la, lb, "difference"])
