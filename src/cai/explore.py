@@ -149,7 +149,7 @@ def word_diff(before: str, after: str) -> list[tuple[str, str]]:
     return out
 
 
-@dataclass
+@dataclass(repr=False)
 class RecordDiff:
     """A record's draft and each revision as word diffs: HTML in Jupyter, plain text (`[-old-]{+new+}`)
     elsewhere. `steps` holds one dict per round: round, principle, violates, severity, critique, diff."""
@@ -168,6 +168,9 @@ class RecordDiff:
                 lines.append("".join(t if op == "equal" else f"[-{t}-]" if op == "delete" else f"{{+{t}+}}"
                                      for op, t in s["diff"]))
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
 
     def _repr_html_(self) -> str:
         esc = html.escape
