@@ -197,3 +197,10 @@ class Run:
                                   extras=self.manifest_extras)
             finally:
                 store.close()
+
+    def to_datasets(self) -> Any:
+        """sft and pairs as a `datasets.DatasetDict` in TRL's conversational columns (see `cai.hf`); needs the
+        'hf' extra. Reads only, like the tables."""
+        from cai.hf import dataset_dict  # here: cai.hf loads pyarrow, which a Run leaves unloaded until asked
+
+        return dataset_dict(self.path)

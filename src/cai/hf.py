@@ -1,0 +1,241 @@
+"""A run as a Hugging Face dataset: `write_hf` writes a folder that `datasets.load_dataset(DIR, "pairs")`
+and the Hub read (`sft/` and `pairs/` Parquet files and a `README.md` dataset card); `dataset_dict` gives
+the same rows as an in-memory `datasets.DatasetDict`.
+
+Both read the run through a read-only store (no lock, nothing written to the run folder, safe while
+`cai run` writes it). Rows are the exports' rows (`cai.results.record_rows`, done records in input order,
+`developer_as_system` as for `cai.export`) with the exports' Parquet schemas (`cai.parquet`). The card's
+numbers are the manifest's (`cai.export.manifest`), computed from the store as the files are written.
+
+Files are written as the exports are: temp files next to them, renamed once all are complete; on a failure
+the temp files are deleted, and an OSError becomes one OutputError naming the path (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from cai import parquet
+from cai.errors import InputError
+from cai.export import _Sink, _temp_file, _writing, manifest, run_settings
+from cai.results import developer_as_system_turns, record_rows
+from cai.settings import ROLES
+from cai.store import Store
+
+if TYPE_CHECKING:
+    import datasets
+
+CONFIGS = ("sft", "pairs")
+DATA_FILE = "train-00000-of-00001.parquet"  # the Hub's shard naming: one train split, one shard
+README = "README.md"
+TAGS = ["cai", "constitutional-ai", "synthetic", "sft", "dpo", "preference"]
+_SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+          (10_000_000, "1M<n<10M")]
+
+
+def _rows(store: Store, developer_as_system: bool | None, add: Callable[[str, dict[str, Any]], None]
+          ) -> dict[str, int]:
+    """Pass every sft and pair row of the run's done records to `add(config, row)`; returns the counts, keyed
+    as the manifest's `exports`."""
+    settings = run_settings(store)
+    if developer_as_system is None:
+        developer_as_system = settings.export.system_role_for_developer
+    counts = dict.fromkeys(CONFIGS, 0)
+    dropped = {"unchanged": 0, "empty": 0, "margin": 0}
+    for rec in store.iter_records():
+        if rec["status"] != "done":
+            continue
+        if developer_as_system:
+            rec["messages"] = developer_as_system_turns(rec["messages"])
+        sft, pair, _, why = record_rows(rec, settings.export.min_reward_margin)
+        for name, row in (("sft", sft), ("pairs", pair)):
+            if row:
+                add(name, row)
+                counts[name] += 1
+        if pair is None and why:
+            dropped[why] += 1
+    counts.update({f"pairs_dropped_{k}": v for k, v in dropped.items()})
+    counts["pairs_dropped"] = sum(dropped.values())
+    return counts
+
+
+def _size_category(n: int) -> str:
+    return next((name for bound, name in _SIZES if n < bound), "other")
+
+
+def _by_role(d: dict[str, Any]) -> list[tuple[str, Any]]:
+    """`d`'s items, the loop's roles first (generator, critic, reviser), then the others (grader) by name."""
+    return sorted(d.items(), key=lambda kv: (ROLES.index(kv[0]) if kv[0] in ROLES else len(ROLES), kv[0]))
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def card(name: str, info: dict[str, Any], rewards: bool) -> str:
+    """The dataset card (README.md) for manifest `info` whose `exports` counts the rows written."""
+    ex, settings = info["exports"], info["settings"]
+    front = {"pretty_name": name,
+             "configs": [{"config_name": c, "data_files": [{"split": "train", "path": f"{c}/{DATA_FILE}"}]}
+                         for c in CONFIGS if ex[c]],
+             "task_categories": ["text-generation"], "tags": TAGS, "annotations_creators": ["machine-generated"],
+             "size_categories": [_size_category(max(ex["sft"], ex["pairs"]))]}
+    const, loop = info["constitution"], settings["loop"]
+    records = ", ".join(f"{k} {v}" for k, v in info["records"].items() if k != "total")
+    tokens = "; ".join(f"{role} {t['tokens_in']} in / {t['tokens_out']} out ({t['calls']} calls)"
+                       for role, t in _by_role(info["tokens"])) or "none"
+    cost = info["estimated_cost_usd"]
+    rows = [*((f"{role} model", spec) for role, spec in _by_role(info["models"])),
+            ("constitution", f"{const.get('name')} (sha256 {const.get('sha256')})"),
+            ("rounds", loop["rounds"]), ("stop when clean", "yes" if loop["stop_when_clean"] else "no"),
+            ("seed", info["seed"]), ("records", f"{info['records']['total']} ({records})"),
+            ("sft rows", ex["sft"]), ("pairs", ex["pairs"]),
+            ("pairs dropped", f"{ex['pairs_dropped']} (unchanged {ex['pairs_dropped_unchanged']}, empty "
+                              f"{ex['pairs_dropped_empty']}, reward margin {ex['pairs_dropped_margin']})"),
+            ("tokens", tokens), ("estimated cost (USD)", "unknown" if cost is None else cost),
+            ("cai version", info["cai_version"]), ("last run ended (UTC)", info["ended"])]
+    table = "\n".join(f"| {k} | {_cell(v)} |" for k, v in rows)
+    reward_cols = ", `reward_chosen`, `reward_rejected`" if rewards else ""
+    no_pairs = "" if ex["pairs"] else ", so not listed in `configs`: every pair was dropped"
+    stop_text = " (a verdict that found no violation ended the loop)" if loop["stop_when_clean"] else ""
+    reward_text = ""
+    if rewards:
+        margin, scoring = settings["export"]["min_reward_margin"], settings["scoring"] or {}
+        reward_text = ("\n\nThe run used rule-based rewards: a grader model scored the draft and each revision "
+                       "against the propositions of a constitution"
+                       + (", and the reviser was told what failed" if scoring.get("feedback") else "")
+                       + ". `reward_chosen` is the final revision's reward, `reward_rejected` the draft's"
+                       + (f"; pairs whose reward improved by less than {margin} were dropped." if margin is not None
+                          else "."))
+    return f"""---
+license: unknown  # fill in before publishing: the prompts' license and the model providers' terms decide it
+{yaml.safe_dump(front, sort_keys=False, allow_unicode=True)}---
+
+# {name}
+
+Constitutional-AI feedback data written by cai {info["cai_version"]}: two configurations, one `train` split
+each, in TRL's conversational format (lists of `{{"role", "content"}}` messages):
+
+- `sft` ({ex["sft"]} rows): `id`, `messages` (the prompt's turns, then the final revision as the assistant turn).
+- `pairs` ({ex["pairs"]} rows{no_pairs}): `id`, `prompt` (the prompt's turns, the last one the user's), `chosen`
+  and `rejected` (one assistant turn each), `metadata` (`principles`, `rounds`, `violations`){reward_cols}.
+
+```python
+from datasets import load_dataset
+
+pairs = load_dataset("path/to/this/folder", "pairs", split="train")  # or the Hub repository's name
+```
+
+## How the pairs were made
+
+The generator model drafted a response to each prompt. Then, in each round, one principle of the
+constitution was sampled (seeded by the run's seed and the prompt, without repeats while the constitution
+has enough), the critic judged the current response against it (whether it violates the principle, how
+severely, and why), and the reviser rewrote the response to answer the critique{stop_text}. The final
+revision is `chosen` and the draft is `rejected`; `metadata` lists each round's principle and verdict. A
+pair is kept only when the final revision is non-empty and differs from the draft.{reward_text}
+
+## Provenance
+
+| | |
+|---|---|
+{table}
+
+## License
+
+Not set (`license: unknown`). The dataset holds your prompts and text written by the models above: set
+`license` in the front matter to what their licenses and the providers' terms allow.
+"""
+
+
+def _sweep(folder: Path, name: str) -> None:
+    """Delete the temp files of `name` that a killed write left in `folder`."""
+    for tmp in folder.glob(f".{name}.*.tmp"):
+        with _writing(tmp):
+            tmp.unlink(missing_ok=True)
+
+
+def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None = None) -> dict[str, Any]:
+    """Write the run's sft and pairs as a Hugging Face dataset folder in `out_dir` (created if missing):
+    `sft/` and `pairs/` Parquet files and a README.md dataset card. A config without rows gets no file and no
+    `configs` entry (`datasets` cannot load an empty split); InputError if the run has no done record yet.
+    Returns {"out", "files", "rows", "pairs_dropped"}. OutputError naming the path if it cannot be written."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    store = Store.open_run(run_dir, readonly=True)
+    try:
+        rewards = run_settings(store).scoring is not None
+        paths = {name: out_dir / name / DATA_FILE for name in CONFIGS}
+        with _writing(out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
+        for path in paths.values():
+            with _writing(path.parent):
+                path.parent.mkdir(exist_ok=True)
+            _sweep(path.parent, path.name)
+        _sweep(out_dir, README)
+        sinks: dict[str, _Sink] = {}
+        readme = out_dir / README
+        card_tmp: Path | None = None
+        try:
+            for name, path in paths.items():
+                sinks[name] = _Sink(path, parquet.schema(name, rewards=rewards))
+            counts = _rows(store, developer_as_system, lambda name, row: sinks[name].add(row))
+            if not counts["sft"]:
+                raise InputError("no finished record yet: nothing to write", path=str(run_dir))
+            for sink in sinks.values():
+                sink.finish()
+            text = card(run_dir.resolve().name, manifest(store, counts), rewards)
+            with _writing(readme):
+                fd, card_tmp = _temp_file(readme)
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            for sink in sinks.values():
+                if sink.count:
+                    sink.commit()
+                else:  # an older file of this config would be stale
+                    sink.abort()
+                    with _writing(sink.path):
+                        sink.path.unlink(missing_ok=True)
+            with _writing(readme):
+                os.replace(card_tmp, readme)
+        except BaseException:
+            for sink in sinks.values():
+                sink.abort()
+            if card_tmp is not None:
+                with suppress(OSError):
+                    card_tmp.unlink(missing_ok=True)
+            raise
+    finally:
+        store.close()
+    files = {n: str(p) for n, p in paths.items() if counts[n]}
+    return {"out": str(out_dir), "files": {**files, "card": str(readme)}, "rows": {n: counts[n] for n in CONFIGS},
+            "pairs_dropped": counts["pairs_dropped"]}
+
+
+def dataset_dict(run_dir: Path, *, developer_as_system: bool | None = None) -> datasets.DatasetDict:
+    """The run's rows as a `datasets.DatasetDict` with `sft` (id, messages) and `pairs` (id, prompt, chosen,
+    rejected, metadata, and rewards with --rbr), the columns and types of the Parquet exports. Needs the
+    optional `datasets` package (the `hf` extra): InputError without it."""
+    try:
+        import datasets  # an optional extra, imported only here
+    except ImportError:
+        raise InputError("to_datasets() needs the 'hf' extra (the datasets package): pip install 'cai[hf]'") from None
+    store = Store.open_run(Path(run_dir), readonly=True)
+    try:
+        rewards = run_settings(store).scoring is not None
+        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
+        _rows(store, developer_as_system, lambda name, row: rows[name].append(row))
+    finally:
+        store.close()
+    schemas = {name: parquet.schema(name, rewards=rewards) for name in CONFIGS}
+    return datasets.DatasetDict({  # column lists: Dataset.from_list cannot take an empty split
+        name: datasets.Dataset.from_dict({col: [row.get(col) for row in rows[name]] for col in schema.names},
+                                         features=datasets.Features.from_arrow_schema(schema))
+        for name, schema in schemas.items()})
