@@ -59,7 +59,7 @@ def _cannot_write(path: Path, e: OSError) -> OutputError:
 
 
 @contextmanager
-def _writing(path: Path) -> Iterator[None]:
+def writing(path: Path) -> Iterator[None]:
     """Turn an OSError raised inside into OutputError naming `path`, chained to it."""
     try:
         yield
@@ -67,7 +67,7 @@ def _writing(path: Path) -> Iterator[None]:
         raise _cannot_write(path, e) from e
 
 
-def _temp_file(path: Path) -> tuple[int, Path]:
+def temp_file(path: Path) -> tuple[int, Path]:
     """A new empty `.NAME.XXXXXXXX.tmp` next to `path`, mode 0o666 less the umask; (fd, its path)."""
     while True:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -82,18 +82,18 @@ def _parquet() -> ModuleType:
     return importlib.import_module("cai.parquet")
 
 
-class _Sink:
+class Sink:
     """One export file: rows go to a temp file next to it; `finish` makes it durable, `commit` renames it."""
 
     def __init__(self, path: Path, schema: pa.Schema | None = None) -> None:
         self.path, self.count = path, 0
-        with _writing(path):
-            fd, self.tmp = _temp_file(path)
+        with writing(path):
+            fd, self.tmp = temp_file(path)
         self.fh = os.fdopen(fd, "wb") if schema is not None else os.fdopen(fd, "w", encoding="utf-8")
         self.rows: parquet.ParquetRows | None = None
         if schema is not None:
             try:
-                with _writing(path):
+                with writing(path):
                     self.rows = _parquet().ParquetRows(self.fh, schema)
             except BaseException:
                 self.abort()
@@ -111,7 +111,7 @@ class _Sink:
 
     def finish(self) -> None:
         """Write what is buffered, fsync and close the temp file."""
-        with _writing(self.path):
+        with writing(self.path):
             if self.rows is not None:
                 self.rows.close()
             self.fh.flush()
@@ -119,7 +119,7 @@ class _Sink:
             self.fh.close()
 
     def commit(self) -> None:
-        with _writing(self.path):
+        with writing(self.path):
             os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -135,8 +135,8 @@ class _Sink:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """`data` as indented JSON, through a temp file (mode 0o666 less the umask) renamed over `path`."""
-    with _writing(path):
-        fd, tmp = _temp_file(path)
+    with writing(path):
+        fd, tmp = temp_file(path)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(data, fh, indent=2, sort_keys=True)
@@ -152,7 +152,7 @@ def sweep(run_dir: Path) -> None:
     """Delete the temp files that an export killed mid-way left in `run_dir`."""
     for name in [f"{e}.{ext}" for e in EXPORTS for ext in FORMATS] + ["manifest.json"]:
         for tmp in run_dir.glob(f".{name}.*.tmp"):
-            with _writing(tmp):
+            with writing(tmp):
                 tmp.unlink(missing_ok=True)
 
 
@@ -163,7 +163,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
         developer_as_system = settings.export.system_role_for_developer
     ext = "parquet" if fmt == "parquet" else "jsonl"
     sweep(store.run_dir)
-    sinks: dict[str, _Sink] = {}
+    sinks: dict[str, Sink] = {}
     dropped = {"unchanged": 0, "empty": 0, "margin": 0}
     margin = settings.export.min_reward_margin
     rbr = {"graded": 0, "improved": 0}
@@ -171,7 +171,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
     try:
         for name in EXPORTS:
             schema = _parquet().schema(name, rewards=settings.scoring is not None) if ext == "parquet" else None
-            sinks[name] = _Sink(store.run_dir / f"{name}.{ext}", schema)
+            sinks[name] = Sink(store.run_dir / f"{name}.{ext}", schema)
         for rec in store.iter_records():
             if rec["status"] != "done":
                 continue
@@ -201,7 +201,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
         raise
     for name in EXPORTS:  # only now that the new files are in place
         for stale in (store.run_dir / f"{name}.{other}" for other in FORMATS if other != ext):
-            with _writing(stale):
+            with writing(stale):
                 stale.unlink(missing_ok=True)
     counts = {name: sink.count for name, sink in sinks.items()}
     counts.update({f"pairs_dropped_{k}": v for k, v in dropped.items()})

@@ -23,7 +23,7 @@ import yaml
 
 from cai import parquet
 from cai.errors import InputError
-from cai.export import _Sink, _temp_file, _writing, manifest, run_settings
+from cai.export import Sink, manifest, run_settings, temp_file, writing
 from cai.results import developer_as_system_turns, record_rows
 from cai.settings import ROLES
 from cai.store import Store
@@ -157,7 +157,7 @@ Not set (`license: unknown`). The dataset holds your prompts and text written by
 def _sweep(folder: Path, name: str) -> None:
     """Delete the temp files of `name` that a killed write left in `folder`."""
     for tmp in folder.glob(f".{name}.*.tmp"):
-        with _writing(tmp):
+        with writing(tmp):
             tmp.unlink(missing_ok=True)
 
 
@@ -171,27 +171,27 @@ def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None =
     try:
         rewards = run_settings(store).scoring is not None
         paths = {name: out_dir / name / DATA_FILE for name in CONFIGS}
-        with _writing(out_dir):
+        with writing(out_dir):
             out_dir.mkdir(parents=True, exist_ok=True)
         for path in paths.values():
-            with _writing(path.parent):
+            with writing(path.parent):
                 path.parent.mkdir(exist_ok=True)
             _sweep(path.parent, path.name)
         _sweep(out_dir, README)
-        sinks: dict[str, _Sink] = {}
+        sinks: dict[str, Sink] = {}
         readme = out_dir / README
         card_tmp: Path | None = None
         try:
             for name, path in paths.items():
-                sinks[name] = _Sink(path, parquet.schema(name, rewards=rewards))
+                sinks[name] = Sink(path, parquet.schema(name, rewards=rewards))
             counts = _rows(store, developer_as_system, lambda name, row: sinks[name].add(row))
             if not counts["sft"]:
                 raise InputError("no finished record yet: nothing to write", path=str(run_dir))
             for sink in sinks.values():
                 sink.finish()
             text = card(run_dir.resolve().name, manifest(store, counts), rewards)
-            with _writing(readme):
-                fd, card_tmp = _temp_file(readme)
+            with writing(readme):
+                fd, card_tmp = temp_file(readme)
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
                     fh.write(text)
                     fh.flush()
@@ -201,9 +201,9 @@ def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None =
                     sink.commit()
                 else:  # an older file of this config would be stale
                     sink.abort()
-                    with _writing(sink.path):
+                    with writing(sink.path):
                         sink.path.unlink(missing_ok=True)
-            with _writing(readme):
+            with writing(readme):
                 os.replace(card_tmp, readme)
         except BaseException:
             for sink in sinks.values():
