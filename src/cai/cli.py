@@ -162,6 +162,24 @@ def export_cmd(
     err.print(f"wrote {run_dir}/: {ex['sft']} sft, {ex['pairs']} pairs, {ex['critiques']} critiques", markup=False)
 
 
+@app.command("report")
+@fails_cleanly
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. runs/demo.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the HTML "
+                                                              "(default RUN_DIR/report.html).")] = None,
+) -> None:
+    """Write one self-contained HTML report of a run: overview, plots, and every record with its critiques
+    and word diffs (no network needed to view it). Reads the run read-only, also while it is being written.
+
+    Example: cai report runs/demo
+    """
+    from cai.report import write_report
+
+    path = write_report(run_dir, out)
+    err.print(f"wrote {path}", markup=False, highlight=False)
+
+
 @app.command()
 @fails_cleanly
 def status(

@@ -1,0 +1,161 @@
+"""The report page: one HTML file with its styles, script, plots and data inlined.
+
+Model text is untrusted. The overview is escaped here (`html.escape`); every record is in one JSON blob in a
+`<script type="application/json">` element, with `<`, `>` and `&` written as `\\u003c`, `\\u003e`, `\\u0026`
+(so `</script>` cannot appear in it), and the page's script puts text into the page with `textContent` only.
+A Content-Security-Policy allows no network at all and runs only the page's own script (by its sha256).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import math
+import re
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from cai import __version__
+from cai.report.data import ReportData
+from cai.report.plots import Plot
+
+_ASSETS = resources.files("cai.report").joinpath("assets")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SLOT = re.compile(r"\{\{(\w+)\}\}")
+
+
+def asset(name: str) -> str:
+    """A file of the page's template (`report.html`, `report.css`, `report.js`)."""
+    return _ASSETS.joinpath(name).read_text(encoding="utf-8")
+
+
+def script_json(data: Any) -> str:
+    """`data` as JSON safe to put between `<script type="application/json">` tags: no `<`, `>` or `&` (so no
+    `</script>` and no `<!--`), no lone surrogate (each becomes its JSON escape, which JSON.parse reads)."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """Numbers for people: thousands separators, `digits` decimals for floats, `–` for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1000):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def table(headers: list[str], rows: list[list[Any]], cls: str = "") -> str:
+    """An escaped HTML table; numbers right-aligned."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(
+        f"<td class=num>{esc(fmt(c))}</td>" if isinstance(c, (int, float)) and not isinstance(c, bool)
+        else f"<td>{esc(fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _usd(x: float | None) -> str:
+    return "unknown (a model has no price)" if x is None else f"${x:,.4f}"
+
+
+def overview_html(data: ReportData) -> str:
+    """The overview section: run facts, models with tokens and cost per role, call cache, tables per
+    principle and per round, and the manifest's numbers."""
+    o = data.overview
+    r = o["records"]
+    state = f"running (pid {o['running_pid']}): this report is a snapshot" if o["running_pid"] else "not running"
+    const = o["constitution"]
+    ex = o["exports"]
+    facts = [
+        ["state", state],
+        ["records", f"{r['input']:,} input: {r['done']:,} done, {r['failed']:,} failed, "
+                    f"{r['in_progress']:,} in progress, {r['not_started']:,} not started"],
+        ["constitution", f"{const.get('name', '?')} (sha256 {const.get('sha256', '?')})"],
+        ["wall time", f"{fmt(o['wall_seconds'], 1)} s over {fmt(o['invocations'])} invocation(s)"
+                      f" ({o['started'] or '?'} → {o['ended'] or '?'})"],
+        ["estimated cost", _usd(o["estimated_cost_usd"])],
+        ["exports", ", ".join(f"{k} {fmt(v)}" for k, v in ex.items()) or "none yet"],
+        ["unparsed verdicts", fmt(o["unparsed_verdicts"])],
+        ["open errors", fmt(o["errors_open"])],
+    ]
+    if o["call_cache"]:
+        cc = o["call_cache"]
+        tok = ", ".join(f"{role} {t['calls']:,} calls ({t['tokens_in']:,} in, {t['tokens_out']:,} out)"
+                        for role, t in (cc.get("tokens") or {}).items())
+        facts.append(["shared call cache", f"{cc['hits']:,} hits from {cc.get('path')}: {tok}"])
+    models = []
+    for role in sorted(set(o["models"]) | set(o["tokens"])):
+        t = o["tokens"].get(role) or {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": None}
+        cost = "–" if t["cost_usd"] is None else _usd(t["cost_usd"])
+        models.append([role, o["models"].get(role, "?"), o["base_urls"].get(role) or "", t["calls"],
+                       t["tokens_in"], t["tokens_out"], cost])
+    parts = [f'<dl class="facts">{"".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)}</dl>',
+             "<h3>Models, tokens and cost per role</h3>",
+             table(["role", "model", "base URL", "calls", "tokens in", "tokens out", "est. cost"], models)]
+    parts += _stats_tables(data)
+    return "\n".join(parts)
+
+
+def _stats_tables(data: ReportData) -> list[str]:
+    parts = []
+    ps = data.principle_stats
+    if ps is not None and len(ps):
+        cols = ["principle", "kind", "tags", "sampled", "violations", "violation_rate", "mean_severity", "unparsed",
+                "mean_length_change", "mean_reward_change"]
+        if ps["mean_reward_change"].isna().all():
+            cols.remove("mean_reward_change")
+        if ps["kind"].isna().all():
+            cols.remove("kind")
+        parts += ["<h3>Per principle</h3>", table([c.replace("_", " ") for c in cols],
+                                                  [[row[c] for c in cols] for row in ps.to_dict("records")])]
+    rd = data.rounds
+    if rd is not None and len(rd):
+        cols = ["round", "critiques", "violations", "violation_rate", "mean_severity", "unparsed"]
+        parts += ["<h3>Per round</h3>", table([c.replace("_", " ") for c in cols],
+                                              [[row[c] for c in cols] for row in rd.to_dict("records")])]
+    sm = data.summary
+    if sm is not None and len(sm):
+        parts.append("<details><summary>Every number in manifest.json</summary>"
+                     + table(["metric", "value"], [[m, v] for m, v in zip(sm["metric"], sm["value"])]) + "</details>")
+    return parts
+
+
+def plots_html(plots: list[Plot]) -> str:
+    """Drawn plots as figures; omitted ones as one-line notes."""
+    out = []
+    for p in plots:
+        if p.svg is not None:
+            out.append(f'<figure class="plot" data-plot="{esc(p.key)}"><figcaption><b>{esc(p.title)}</b> '
+                       f'{esc(p.caption)}</figcaption>{p.svg}</figure>')
+    notes = [f'<li class="omitted" data-plot="{esc(p.key)}">{esc(p.note)}</li>' for p in plots if p.svg is None]
+    if notes:
+        out.append(f'<ul class="notes">{"".join(notes)}</ul>')
+    return "\n".join(out)
+
+
+def render(data: ReportData, plots: list[Plot]) -> str:
+    """The whole page."""
+    script = asset("report.js")
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    csp = (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; "
+           "base-uri 'none'; form-action 'none'")
+    blob = {"principles": data.principles, "records": data.records}
+    slots = {
+        "csp": esc(csp), "title": esc(f"cai report: {data.name}"), "css": asset("report.css"),
+        "generated": esc(f"made {datetime.now(UTC).isoformat(timespec='seconds')} by cai {__version__}"),
+        "overview": overview_html(data), "plots": plots_html(plots), "data": script_json(blob), "script": script,
+    }
+    return _SLOT.sub(lambda m: slots[m.group(1)], asset("report.html"))  # one pass: no slot inside a slot's value
