@@ -142,19 +142,37 @@ def run(
 @app.command("export")
 @fails_cleanly
 def export_cmd(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. runs/demo.")],
     format: Format = "jsonl",
     system_role_for_developer: Annotated[Optional[bool], typer.Option(
         "--system-role-for-developer/--keep-developer-role",
         help="Write `developer` turns as `system` (default: what the run was started with).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    hf: Annotated[Optional[Path], typer.Option(
+        "--hf", help="Instead, write a Hugging Face dataset folder here: sft/ and pairs/ Parquet and a README.md "
+                     "dataset card. Only reads the run (no lock: fine while it runs); its own files are left alone.")
+                  ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest (with --hf: the summary) as JSON.")
+                       ] = False,
 ) -> None:
     """Rebuild the exports and manifest of a run from its store (files of the other format are removed).
 
-    Example: cai export runs/demo --format parquet
+    Example: cai export runs/demo --format parquet     (or --hf datasets/demo for a Hugging Face dataset)
     """
     from cai.api import open_run
 
+    if hf is not None:
+        from cai.errors import InputError
+        from cai.hf import write_hf
+
+        if getattr(ctx.get_parameter_source("format"), "name", None) == "COMMANDLINE":
+            raise InputError("--format is for the run's own exports; --hf always writes Parquet")
+        info = write_hf(run_dir, hf, developer_as_system=system_role_for_developer)
+        if as_json:
+            emit(info)
+        err.print(f"wrote {hf}/: {info['rows']['sft']} sft, {info['rows']['pairs']} pairs and a dataset card "
+                  "(README.md)", markup=False, highlight=False)
+        return
     manifest = open_run(run_dir).export(format, developer_as_system=system_role_for_developer)
     if as_json:
         emit(manifest)
