@@ -53,18 +53,18 @@ FORMATS = ("jsonl", "parquet")
 ManifestExtra = Callable[[Store, dict[str, int]], dict[str, Any]]
 
 
-def _cannot_write(path: Path, e: OSError) -> OutputError:
+def _cannot_write(path: Path, e: OSError, what: str = "export") -> OutputError:
     """One line for an OSError while writing `path` (pyarrow's own messages are long: use the errno's text)."""
-    return OutputError(f"cannot write export: {os.strerror(e.errno) if e.errno else e}", path=str(path))
+    return OutputError(f"cannot write {what}: {os.strerror(e.errno) if e.errno else e}", path=str(path))
 
 
 @contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Turn an OSError raised inside into OutputError naming `path`, chained to it."""
+def writing(path: Path, what: str = "export") -> Iterator[None]:
+    """Turn an OSError raised inside into OutputError naming `path` ("cannot write <what>: ..."), chained."""
     try:
         yield
     except OSError as e:
-        raise _cannot_write(path, e) from e
+        raise _cannot_write(path, e, what) from e
 
 
 def temp_file(path: Path) -> tuple[int, Path]:
@@ -133,19 +133,24 @@ class Sink:
             self.tmp.unlink(missing_ok=True)
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """`data` as indented JSON, through a temp file (mode 0o666 less the umask) renamed over `path`."""
-    with writing(path):
+def write_file(path: Path, data: bytes, what: str = "export") -> None:
+    """`data` through a temp file (mode 0o666 less the umask) renamed over `path`: a reader never sees half a
+    file, and a failure leaves no temp file. OSError → OutputError naming `path` and `what` it is."""
+    with writing(path, what):
         fd, tmp = temp_file(path)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2, sort_keys=True)
-                fh.write("\n")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
             os.replace(tmp, path)
         except BaseException:
             with suppress(OSError):
                 tmp.unlink(missing_ok=True)
             raise
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """`data` as indented JSON, written as `write_file` does."""
+    write_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def sweep(run_dir: Path) -> None:

@@ -10,12 +10,14 @@ Needs matplotlib (`pip install 'cai[report]'`), imported only when a report is m
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from pathlib import Path
 
-from cai.errors import InputError, OutputError
+from cai.errors import InputError
+from cai.export import write_file, writing
+from cai.report.data import gather
+from cai.report.page import render
+from cai.report.plots import make_plots
 from cai.runfolder import Run
 
 __all__ = ["write_report", "render_report", "REPORT_NAME"]
@@ -32,10 +34,6 @@ def _matplotlib() -> None:
 
 def render_report(run: Run | str | os.PathLike[str]) -> str:
     """The report page of `run` (a `Run` or a run folder) as HTML text. InputError if it is not a run."""
-    from cai.report.data import gather
-    from cai.report.page import render
-    from cai.report.plots import make_plots
-
     _matplotlib()
     run = run if isinstance(run, Run) else Run(run)
     data = gather(run)
@@ -50,26 +48,7 @@ def write_report(run_dir: Run | str | os.PathLike[str], out: str | os.PathLike[s
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     target = Path(out) if out is not None else run.path / REPORT_NAME
     page = render_report(run).encode("utf-8", errors="replace")
-    tmp = None
-    try:
+    with writing(target, "report"):
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _temp_file(target)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(page)
-        os.replace(tmp, target)
-    except OSError as e:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write report: {os.strerror(e.errno) if e.errno else e}", path=str(target)) from e
+    write_file(target, page, "report")
     return target
-
-
-def _temp_file(target: Path) -> tuple[int, Path]:
-    """A new empty `.NAME.XXXXXXXX.tmp` next to `target`, mode 0o666 less the umask; (fd, its path)."""
-    while True:
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
-        except FileExistsError:
-            continue

@@ -16,6 +16,7 @@ from cai.errors import CaiError
 from cai.export import run_settings
 from cai.prices import load_prices, price_of
 from cai.results import draft_and_final, prompt_text, record_rows
+from cai.settings import RunSettings
 from cai.store import Store
 
 if TYPE_CHECKING:
@@ -69,8 +70,6 @@ def _num(x: Any) -> float | None:
 def role_costs(manifest: dict[str, Any], tokens: dict[str, dict[str, int]]) -> dict[str, float | None]:
     """USD per role by the run's price table (None where the model has no price or the table is gone)."""
     try:
-        from cai.settings import RunSettings
-
         path = RunSettings.from_stored(manifest["settings"]).execution.prices if manifest.get("settings") else None
         prices = load_prices(path)
     except (CaiError, ValueError, KeyError, TypeError):
