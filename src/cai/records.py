@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,12 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def iter_records(path: str | Path, limit: int | None = None) -> Iterator[InputRecord]:
     """Stream validated records; duplicate ids are checked (only ids are kept in memory)."""
+    for _, rec in _numbered(path, limit):
+        yield rec
+
+
+def _numbered(path: str | Path, limit: int | None) -> Iterator[tuple[int, InputRecord]]:
+    """(line number, record) for the first `limit` records (for CSV, the line a row ends on)."""
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".json", ".txt", ".csv"):
         raise InputError("input must be .jsonl, .txt or .csv", path=str(path))
@@ -168,19 +175,72 @@ def iter_records(path: str | Path, limit: int | None = None) -> Iterator[InputRe
         seen[rid] = line
         messages = _messages(row, (str(path), line))
         extra = {k: v for k, v in row.items() if k not in ("id", "prompt", "messages")}
-        yield InputRecord(idx=idx, id=rid, messages=messages, extra=extra)
+        yield line, InputRecord(idx=idx, id=rid, messages=messages, extra=extra)
         idx += 1
 
 
-def validate_input(path: str | Path, limit: int | None = None) -> tuple[int, str]:
-    """One full streaming pass before any model call: (record count, sha256 of the file's bytes).
+@dataclass(frozen=True)
+class InputScan:
+    """What one pass over an input file found: its records (the first `--limit`), and its bytes' sha256,
+    size and line count (a last line without a newline counts)."""
 
-    A file with no prompts (empty, or only blank lines) is an InputError."""
+    records: int
+    sha256: str
+    bytes: int
+    lines: int
+
+
+def scan_input(path: str | Path, limit: int | None = None) -> InputScan:
+    """One full streaming pass before any model call; a file with no prompts (empty, or only blank lines)
+    is an InputError."""
     count = sum(1 for _ in iter_records(path, limit))
     if count == 0:
         raise InputError("no prompts", path=str(path))
-    h = hashlib.sha256()
+    h, size, newlines, last = hashlib.sha256(), 0, 0, b"\n"
     with Path(path).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return count, h.hexdigest()
+            size, newlines, last = size + len(chunk), newlines + chunk.count(b"\n"), chunk[-1:]
+    return InputScan(count, h.hexdigest(), size, newlines + (last != b"\n"))
+
+
+def validate_input(path: str | Path, limit: int | None = None) -> tuple[int, str]:
+    """`scan_input` as (record count, sha256 of the file's bytes)."""
+    scan = scan_input(path, limit)
+    return scan.records, scan.sha256
+
+
+# -- a growing input: rows may be appended between invocations of a run, never changed ------------------
+def line_hashes(path: str | Path, size: int | None = None, sha256: str | None = None) -> Iterator[bytes]:
+    """An 8-byte hash of each line of the file's first `size` bytes (all of them by default), in order, from its
+    bytes without the final newline (so a last line that later gets its newline, and rows after it, is
+    unchanged). With `sha256`: InputError at the end if those bytes do not hash to it (the file changed
+    since it was validated)."""
+    whole, left = hashlib.sha256(), -1 if size is None else size
+    with Path(path).open("rb") as fh:
+        while left and (raw := fh.readline(left)):
+            whole.update(raw)
+            left -= len(raw) if left > 0 else 0
+            yield hashlib.blake2b(raw[:-1] if raw.endswith(b"\n") else raw, digest_size=8).digest()
+    if sha256 is not None and (left > 0 or whole.hexdigest() != sha256):
+        raise InputError("the file changed while cai read it; run the command again", path=str(path))
+
+
+def extends(path: str | Path, size: int, sha256: str) -> bool:
+    """True if the file's first `size` bytes hash to `sha256` and end a line (they end with a newline, or
+    the next byte is one, or there is none): the file is that one with lines appended, or that one."""
+    h, left, last = hashlib.sha256(), size, b"\n"
+    with Path(path).open("rb") as fh:
+        while left:
+            chunk = fh.read(min(left, 1 << 16))
+            if not chunk:
+                return False  # shorter than it was
+            h.update(chunk)
+            left, last = left - len(chunk), chunk[-1:]
+        after = fh.read(1)
+    return h.hexdigest() == sha256 and (last == b"\n" or after in (b"", b"\n"))
+
+
+def records_after(path: str | Path, limit: int | None, line: int) -> int:
+    """How many of the first `limit` records are on a line after `line` (a CSV row: ends on one)."""
+    return sum(1 for n, _ in _numbered(path, limit) if n > line)

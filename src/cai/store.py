@@ -25,7 +25,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS errors(n INTEGER PRIMARY KEY AUTOINCREMENT, record_id
   error_class TEXT NOT NULL, message TEXT NOT NULL, created REAL NOT NULL, resolved INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS invocations(n INTEGER PRIMARY KEY AUTOINCREMENT, pid INTEGER NOT NULL,
   started REAL NOT NULL, ended REAL NOT NULL, command TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS input_lines(n INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 """
 TABLES = {"meta", "records", "steps", "calls", "errors"}
 
@@ -298,6 +299,18 @@ class Store:
     def set_meta(self, key: str, value: Any) -> None:
         blob = json.dumps(value, sort_keys=True)
         self.write_now(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES(?,?)", (key, blob)))
+
+    def input_lines(self, upto: int) -> Iterator[bytes]:
+        """The stored hashes of the input's lines 1..`upto` (`records.line_hashes`), in order."""
+        with contextlib.closing(self._read.execute("SELECT hash FROM input_lines WHERE n<=? ORDER BY n",
+                                                   (upto,))) as cur:
+            yield from (h for (h,) in cur)
+
+    def save_input(self, fingerprint: dict[str, Any], lines: Iterable[tuple[int, bytes]]) -> None:
+        """Store the fingerprint and the input's (line number, hash) `lines` in one transaction."""
+        blob = json.dumps(fingerprint, sort_keys=True)
+        self.write_now(lambda c: (c.execute("INSERT OR REPLACE INTO meta VALUES('fingerprint',?)", (blob,)),
+                                  c.executemany("INSERT OR REPLACE INTO input_lines VALUES(?,?)", lines)))
 
     # -- records and steps ---------------------------------------------------------------
     def statuses(self) -> dict[str, str]:
