@@ -490,9 +490,13 @@ class StubServer(_LoopbackServer):
     def __init__(self, latency: float = 0.0, reply_words: int = 12, *, port: int = 0,
                  reply_fn: Callable[[str, dict[str, Any]], str | None] | None = None,
                  logprobs_fn: Callable[[dict[str, Any]], list[list[tuple[str, float]]]] | None = None,
-                 hang_seconds: float = 30.0, model: str = "stub-model") -> None:
+                 hang_seconds: float = 30.0, model: str = "stub-model", cached_tokens: int = 0,
+                 cache_write_tokens: int = 0) -> None:
         super().__init__(port)
         self.latency = latency
+        # Prompt-cache usage every reply reports: OpenAI `prompt_tokens_details.cached_tokens` (at most the prompt),
+        # Anthropic `cache_read_input_tokens` / `cache_creation_input_tokens` (on top of `input_tokens`, as there).
+        self.cached_tokens, self.cache_write_tokens = cached_tokens, cache_write_tokens
         self.reply_words = reply_words
         self.reply_fn = reply_fn
         self.logprobs_fn = logprobs_fn
@@ -679,7 +683,9 @@ class StubServer(_LoopbackServer):
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                          "finish_reason": finish, "logprobs": logprobs}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+                      "total_tokens": prompt_tokens + completion_tokens,
+                      **({"prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt_tokens)}}
+                         if self.cached_tokens else {})},
             "system_fingerprint": "stub",
         }
 
@@ -716,7 +722,10 @@ class StubServer(_LoopbackServer):
             "stop_reason": stop,
             "stop_sequence": None,
             "usage": {"input_tokens": _count_words(normalize_messages("anthropic", body)),
-                      "output_tokens": max(1, out_words)},
+                      "output_tokens": max(1, out_words),
+                      **({"cache_read_input_tokens": self.cached_tokens,
+                          "cache_creation_input_tokens": self.cache_write_tokens}
+                         if self.cached_tokens or self.cache_write_tokens else {})},
         }
 
 

@@ -204,7 +204,8 @@ def test_a_store_from_before_the_cache_reads_and_upgrades(tmp_path):
     old = Store.open_run(tmp_path, readonly=True)
     try:
         assert [row[-1] for row in old.read_calls()] == [0]
-        assert old.token_totals() == {"generator": {"calls": 1, "tokens_in": 3, "tokens_out": 1}}
+        assert old.token_totals() == {"generator": {"calls": 1, "tokens_in": 3, "tokens_out": 1, "tokens_cached": 0,
+                                                    "tokens_cache_write": 0}}
         assert old.token_totals(shared=True) == {}
     finally:
         old.close()

@@ -13,10 +13,11 @@ from cai.prices import load_prices, price_of
 def test_shipped_table_loads_and_matches_first_pattern():
     prices = load_prices(None)
     assert prices and not any(k.startswith("_") for k in prices)
-    assert all(set(v) == {"input", "output"} for v in prices.values())
+    assert all({"input", "output"} <= set(v) <= {"input", "output", "batch_input", "batch_output", "cached_input",
+                                                 "cache_write"} for v in prices.values())
     assert price_of("local", prices) == {"input": 0.0, "output": 0.0}
-    assert price_of("openai:gpt-4o-mini-2024-07-18", prices) == {"input": 0.15, "output": 0.6}  # before gpt-4o*
-    assert price_of("openai:gpt-4o", prices) == {"input": 2.5, "output": 10.0}
+    assert price_of("openai:gpt-4o-mini-2024-07-18", prices)["input"] == 0.15  # before gpt-4o*
+    assert price_of("openai:gpt-4o", prices)["input"] == 2.5
     assert price_of("openai:some-other-model", prices) is None
 
 
@@ -52,7 +53,8 @@ def test_json_syntax_error_names_file_and_line(tmp_path):
     ({"openai:gpt-4o": {"input": True, "output": 10}}, '"openai:gpt-4o".input: must be a number'),
     ({"m": {"input": 1, "output": -0.5}}, '"m".output: must be >= 0'),
     ({"m": {"input": 1}}, '"m".output: missing'),
-    ({"m": {"input": 1, "output": 2, "cached": 0.5}}, '"m".cached: unknown field (expected input and output)'),
+    ({"m": {"input": 1, "output": 2, "cached": 0.5}},
+     '"m".cached: unknown field (expected input, output, batch_input, batch_output, cached_input, cache_write)'),
     ({"m": 3}, '"m": must be an object like {"input": 2.5, "output": 10.0}'),
     ({"ok": {"input": 1, "output": 1}, "m": None}, '"m": must be an object like {"input": 2.5, "output": 10.0}'),
 ])

@@ -115,7 +115,8 @@ def _input_file(prompts: Prompts, out: str | os.PathLike[str] | None) -> tuple[s
 async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, constitution: str = "default",
                model: str = "local", generator: str | None = None, critic: str | None = None,
                reviser: str | None = None, base_url: str | None = None, rounds: int = 2,
-               stop_when_clean: bool = False, max_tokens: int = 256, temperature: float = 0.7, seed: int = 0,
+               stop_when_clean: bool = False, fewshot: int | None = None, max_tokens: int = 256,
+               temperature: float = 0.7, seed: int = 0,
                concurrency: int = 8, limit: int | None = None, max_retries: int = 5, timeout: float = 120.0,
                rpm: int | None = None, tpm: int | None = None, format: Literal["jsonl", "parquet"] = "jsonl",
                system_role_for_developer: bool = False, restart: bool = False, retry_failed: bool = False,
@@ -129,7 +130,8 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, c
 
     `prompts`: a .jsonl/.txt/.csv path, a list of strings, of message lists or of dicts (`prompt` or
     `messages`, optional `id`, other fields kept), or a DataFrame with a `prompt` or `messages` column.
-    Every other option is the `cai run` option of the same name. `progress`: True prints the CLI's
+    Every other option is the `cai run` option of the same name (`fewshot`: worked examples in the critic's
+    and reviser's prompts, None for all of prompts/fewshot.yaml). `progress`: True prints the CLI's
     progress line on stderr, a function gets a dict of counts after each record. `command` is recorded
     for `cai status`'s resume command (the CLI passes its argv). Re-running the same call resumes.
     """
@@ -143,7 +145,7 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, c
         rbr=rbr, grader=grader, rbr_constitution=rbr_constitution, grader_mode=grader_mode if rbr else None,
         votes=votes if rbr else None, weights=weights, rbr_feedback=rbr_feedback if rbr else None,
         min_reward_margin=min_reward_margin, prices=prices, cache=cache,
-        system_role_for_developer=system_role_for_developer)
+        system_role_for_developer=system_role_for_developer, fewshot=fewshot)
     sink: ProgressSink | None
     if progress is True:
         sink = Progress(prices=price_table)

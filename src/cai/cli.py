@@ -65,6 +65,9 @@ def run(
     constitution: Annotated[str, typer.Option(help="Shipped name or path to a YAML file.")] = "default",
     rounds: Annotated[int, typer.Option(min=0, help="Critique → revise rounds.")] = 2,
     stop_when_clean: Annotated[bool, typer.Option(help="Stop when the critic finds no violation.")] = False,
+    fewshot: Annotated[Optional[int], typer.Option(min=0, help="Worked examples in the critic's and reviser's "
+                                                               "prompts (default: all in prompts/fewshot.yaml).")
+                       ] = None,
     max_tokens: Annotated[int, typer.Option(min=1, help="Max tokens per reply.")] = 256,
     temperature: Annotated[float, typer.Option(min=0.0, max=2.0)] = 0.7,
     seed: Annotated[int, typer.Option(help="Seeds principle sampling and model sampling.")] = 0,
@@ -111,8 +114,9 @@ def run(
     try:
         result = run_async(arun(
             input, out=out, model=model, generator=generator, critic=critic, reviser=reviser, base_url=base_url,
-            constitution=constitution, rounds=rounds, stop_when_clean=stop_when_clean, max_tokens=max_tokens,
-            temperature=temperature, seed=seed, concurrency=concurrency, limit=limit, max_retries=max_retries,
+            constitution=constitution, rounds=rounds, stop_when_clean=stop_when_clean, fewshot=fewshot,
+            max_tokens=max_tokens, temperature=temperature, seed=seed, concurrency=concurrency, limit=limit,
+            max_retries=max_retries,
             timeout=timeout, rpm=rpm, tpm=tpm, format=format, system_role_for_developer=system_role_for_developer,
             restart=restart, retry_failed=retry_failed, prices=prices, cache=cache, rbr=rbr, grader=grader,
             rbr_constitution=rbr_constitution, grader_mode=grader_mode, votes=votes, weights=weights,

@@ -103,6 +103,10 @@ class Request(BaseModel):
     config: GenConfig = GenConfig()
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     schema_name: str = "reply"
+    # How many leading messages (system turns included) are the same for every record, e.g. the critic's
+    # instructions and few-shot turns: a provider may ask its server to cache them (Anthropic prompt caching).
+    # A transport hint only: not part of the cache key, and never changes what a provider sends as text.
+    static_prefix: int = Field(0, ge=0)
 
     @property
     def schema(self) -> dict[str, Any] | None:
@@ -110,11 +114,18 @@ class Request(BaseModel):
 
 
 class Completion(BaseModel):
-    """What a provider returns. `top_logprobs[i]` lists (token, logprob) for generated token i."""
+    """What a provider returns. `top_logprobs[i]` lists (token, logprob) for generated token i.
+
+    `tokens_in` counts every prompt token; `tokens_cached` of them were read from the provider's prompt cache
+    and `tokens_cache_write` written to it (both parts of `tokens_in`). `batch`: the call went through a
+    provider's batch API (priced at the batch price)."""
 
     text: str
     tokens_in: int = 0
     tokens_out: int = 0
+    tokens_cached: int = 0
+    tokens_cache_write: int = 0
+    batch: bool = False
     finish_reason: str | None = None
     top_logprobs: list[list[tuple[str, float]]] | None = None
     structured: str | None = None  # how a schema was enforced: json_schema, json_object, tool, grammar, prompt

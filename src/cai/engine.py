@@ -21,6 +21,8 @@ class RoleStats:
     shared: int = 0  # answers taken from the shared call cache
     tokens_in: int = 0
     tokens_out: int = 0
+    tokens_cached: int = 0  # parts of tokens_in read from / written to the provider's prompt cache
+    tokens_cache_write: int = 0
     retries: int = 0
     rate_limited: int = 0  # 429 answers, retried or not
 
@@ -152,6 +154,8 @@ class Engine:
         stats.retries += attempts - 1
         stats.tokens_in += comp.tokens_in
         stats.tokens_out += comp.tokens_out
+        stats.tokens_cached += comp.tokens_cached
+        stats.tokens_cache_write += comp.tokens_cache_write
         self.store.add_call(key, role, model.spec, comp, record)  # durable with the step that uses it
         if self.cache is not None:
             await self.cache.aput(key, model.spec, comp)

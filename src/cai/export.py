@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from cai import __version__
 from cai.errors import InputError, OutputError
-from cai.prices import load_prices, price_of
+from cai.prices import call_price, cost, load_prices
 from cai.results import developer_as_system_turns, record_rows, rewards_of
 from cai.settings import IOSettings, RunSettings
 from cai.store import Store
@@ -228,17 +228,19 @@ def _iso(ts: float | None) -> str | None:
 
 
 def estimated_cost(store: Store, settings: RunSettings) -> float | None:
-    """USD for every call the run stored, by the price of each role's model; None if a price is unknown."""
+    """USD for every call the run paid for, by the price of each role's model (`cai.prices.call_rates`: cached
+    and cache-write prompt tokens at their prices, batch calls at the batch price); None if a price is unknown."""
     try:
         prices = load_prices(settings.execution.prices)
     except InputError:  # the table was checked when the run started; it may have moved since
         return None
     models, total = store.get_meta("models", {}), 0.0
-    for role, t in store.token_totals().items():
-        price = price_of(models.get(role, ""), prices)
-        if price is None:
-            return None
-        total += (t["tokens_in"] * price.get("input", 0) + t["tokens_out"] * price.get("output", 0)) / 1e6
+    for batch in (False, True):
+        for role, t in store.token_totals(batch=batch).items():
+            rates = call_price(models.get(role, ""), prices, batch)
+            if rates is None:
+                return None
+            total += cost(t, rates)
     return round(total, 6)
 
 

@@ -121,7 +121,8 @@ class Pipeline:
                 response = done[("revise", rnd)]["response"]
             else:
                 feedback = self.scorer.feedback(score) if self.scorer is not None and score is not None else ""
-                req = revise_request(rec.messages, response, crit["critique"], principle, cfg, feedback)
+                req = revise_request(rec.messages, response, crit["critique"], principle, cfg, feedback,
+                                     examples=loop.fewshot)
                 comp = await _staged("revise", self.engine.call("reviser", req, rec.id))
                 revised = clean_revision(comp.text, response)
                 data = {"principle": principle.id, "before": response, "response": revised or response,
@@ -146,7 +147,7 @@ class Pipeline:
         cfg = self.s.generation
         if cfg.max_tokens < CRITIC_MIN_TOKENS:
             cfg = cfg.model_copy(update={"max_tokens": CRITIC_MIN_TOKENS})
-        req = critique_request(rec.messages, response, principle, cfg)
+        req = critique_request(rec.messages, response, principle, cfg, examples=self.s.loop.fewshot)
         comp = await _staged("critique", self.engine.call("critic", req, rec.id))
         raw, verdict, repaired = comp.text, parse_verdict(comp.text), False
         if verdict is None:

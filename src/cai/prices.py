@@ -1,14 +1,21 @@
 """The per-model price table for the cost estimate: the shipped `data/prices.json` or a `--prices FILE`.
 
-A table is a JSON object mapping fnmatch patterns over model specs (`openai:gpt-4o*`) to
-`{"input": USD, "output": USD}` per million tokens; keys starting with `_` are comments. The first
-matching pattern wins. Every problem is an InputError naming the file and the line or field.
+A table is a JSON object mapping fnmatch patterns over model specs (`openai:gpt-4o*`) to prices in USD per
+million tokens: `{"input", "output"}` (required) and, optionally, `batch_input` / `batch_output` (calls made
+through the provider's batch API), `cached_input` (prompt tokens read from the provider's prompt cache) and
+`cache_write` (prompt tokens written to it: Anthropic charges more than `input` for them). Keys starting
+with `_` are comments. The first matching pattern wins. Every problem is an InputError naming the file and
+the line or field.
+
+`call_rates` gives the prices a call is actually charged at and `cost` prices token counts with them. A
+price the table lacks falls back to one it has (documented in `call_rates`), never to zero.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,10 @@ class Price(BaseModel):
 
     input: float = Field(ge=0, allow_inf_nan=False)
     output: float = Field(ge=0, allow_inf_nan=False)
+    batch_input: float | None = Field(None, ge=0, allow_inf_nan=False)
+    batch_output: float | None = Field(None, ge=0, allow_inf_nan=False)
+    cached_input: float | None = Field(None, ge=0, allow_inf_nan=False)
+    cache_write: float | None = Field(None, ge=0, allow_inf_nan=False)
 
 
 _TABLE = TypeAdapter(dict[str, Price])
@@ -35,7 +46,7 @@ _TABLE = TypeAdapter(dict[str, Price])
 # pydantic error type → what to tell the user
 _MESSAGES = {
     "missing": "missing",
-    "extra_forbidden": "unknown field (expected input and output)",
+    "extra_forbidden": f"unknown field (expected {', '.join(Price.model_fields)})",
     "float_type": "must be a number",
     "float_parsing": "must be a number",
     "finite_number": "must be a finite number",
@@ -87,7 +98,7 @@ def parse_prices(raw: bytes, path: str) -> Prices:
         err = e.errors()[0]
         where = _field(err["loc"])
         raise InputError(f"{where}: {_MESSAGES.get(err['type'], err['msg'])}", path=path) from None
-    return {pattern: price.model_dump() for pattern, price in table.items()}
+    return {pattern: price.model_dump(exclude_none=True) for pattern, price in table.items()}
 
 
 def load_prices(path: str | Path | None = None) -> Prices:
@@ -108,3 +119,33 @@ def price_of(spec: str, prices: Prices) -> dict[str, float] | None:
         if fnmatch.fnmatch(spec, pattern):
             return price
     return None
+
+
+def call_rates(price: Mapping[str, float], batch: bool = False) -> dict[str, float]:
+    """The USD-per-million prices a call is charged at: `input` (uncached prompt tokens), `output`,
+    `cached_input` and `cache_write`. A batch call (`batch`) takes `batch_input` / `batch_output`, or the
+    standard price where the table has none. Cached prompt tokens take `cached_input`, or the input price
+    when there is none, and never more than the input price; cache writes take `cache_write`, or the input
+    price. Neither is discounted further in a batch call (an upper bound: the table holds no batch cache price)."""
+    rate_in = price["input"]
+    rate_out = price["output"]
+    if batch:
+        rate_in = price.get("batch_input", rate_in)
+        rate_out = price.get("batch_output", rate_out)
+    return {"input": rate_in, "output": rate_out, "cached_input": min(price.get("cached_input", rate_in), rate_in),
+            "cache_write": price.get("cache_write", rate_in)}
+
+
+def call_price(spec: str, prices: Prices, batch: bool = False) -> dict[str, float] | None:
+    """`call_rates` of the model spec's price (`price_of`), or None if the table has none."""
+    price = price_of(spec, prices)
+    return None if price is None else call_rates(price, batch)
+
+
+def cost(tokens: Mapping[str, int], rates: Mapping[str, float]) -> float:
+    """USD for token counts (`tokens_in`, `tokens_out`, and the parts of tokens_in `tokens_cached` and
+    `tokens_cache_write`, 0 when absent) at `call_rates` prices."""
+    cached, written = tokens.get("tokens_cached", 0), tokens.get("tokens_cache_write", 0)
+    uncached = max(tokens["tokens_in"] - cached - written, 0)
+    return (uncached * rates["input"] + cached * rates["cached_input"] + written * rates["cache_write"]
+            + tokens["tokens_out"] * rates["output"]) / 1e6

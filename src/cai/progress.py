@@ -10,17 +10,19 @@ from rich.live import Live
 from rich.text import Text
 
 from cai.engine import Engine
-from cai.prices import price_of
+from cai.prices import call_price
+from cai.prices import cost as priced
 
 
 def cost(engine: Engine, prices: dict[str, dict[str, float]]) -> float | None:
-    """Estimated USD for this invocation's calls; None if a model has no known price."""
+    """Estimated USD for this invocation's calls (cached and cache-write prompt tokens at their prices); None
+    if a model has no known price."""
     total = 0.0
     for role, st in engine.stats.roles.items():
-        price = price_of(engine.models[role].spec, prices)
-        if price is None:
+        rates = call_price(engine.models[role].spec, prices)
+        if rates is None:
             return None
-        total += (st.tokens_in * price.get("input", 0) + st.tokens_out * price.get("output", 0)) / 1e6
+        total += priced(vars(st), rates)
     return total
 
 

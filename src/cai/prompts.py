@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import string
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -21,9 +22,14 @@ def render(name: str, **values: Any) -> str:
     return template(name).substitute(**values).strip()
 
 
+def fewshot_path() -> Path:
+    """The file of worked examples shown to the critic and the reviser."""
+    return data_dir("prompts") / "fewshot.yaml"
+
+
 @functools.cache
 def fewshot() -> tuple[dict[str, Any], ...]:
-    path = data_dir("prompts") / "fewshot.yaml"
+    path = fewshot_path()
     if not path.is_file():
         return ()
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

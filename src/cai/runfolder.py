@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def _reply_fields(reply: dict[str, Any]) -> dict[str, Any]:
+    """The columns `Run.calls` takes from a stored reply (a Completion's JSON; older ones lack the cache fields)."""
+    return {"tokens_cached": reply.get("tokens_cached", 0), "tokens_cache_write": reply.get("tokens_cache_write", 0),
+            "batch": bool(reply.get("batch")), "text": reply.get("text"), "structured": reply.get("structured")}
+
+
 class Run:
     """A cai run folder. Every table method returns a new DataFrame, in input order."""
 
@@ -127,17 +133,18 @@ class Run:
         return frame(rows, columns=["id", "stage", "error_class", "message", "resolved"])
 
     def calls(self) -> pd.DataFrame:
-        """Every stored model call: key, role, model, tokens_in, tokens_out, created, shared (taken from the
-        shared call cache, not paid by this run), text, structured."""
+        """Every stored model call: key, role, model, tokens_in, tokens_out, tokens_cached and tokens_cache_write
+        (parts of tokens_in read from / written to the provider's prompt cache), batch (made through a batch API),
+        created, shared (taken from the shared call cache, not paid by this run), text, structured."""
         store = self._store()
         try:
             rows = [{"key": k, "role": r, "model": m, "tokens_in": ti, "tokens_out": to, "created": c,
-                     "shared": bool(sh), **{f: json.loads(resp).get(f) for f in ("text", "structured")}}
+                     "shared": bool(sh), **_reply_fields(json.loads(resp))}
                     for k, r, m, resp, ti, to, c, sh in store.read_calls()]
         finally:
             store.close()
-        return frame(rows, columns=["key", "role", "model", "tokens_in", "tokens_out", "created", "shared",
-                                           "text", "structured"])
+        return frame(rows, columns=["key", "role", "model", "tokens_in", "tokens_out", "tokens_cached",
+                                    "tokens_cache_write", "batch", "created", "shared", "text", "structured"])
 
     def stored_records(self) -> Iterator[dict[str, Any]]:
         """The stored records in input order, each with its steps (`Store.iter_records` dicts), from one

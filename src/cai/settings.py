@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cai.config import OUTPUT, GenConfig
 from cai.errors import InputError
+from cai.prompts import fewshot, fewshot_path
 
 ROLES = ("generator", "critic", "reviser")
 
@@ -44,11 +45,13 @@ class ModelSettings(_Part):
 
 
 class LoopSettings(_Part):
-    """The critique loop: which constitution, how many critique → revise rounds."""
+    """The critique loop: which constitution, how many critique → revise rounds, how many worked examples
+    (prompts/fewshot.yaml, default all) the critic's and the reviser's prompts show."""
 
     constitution: str = "default"
     rounds: Annotated[int, OUTPUT] = Field(2, ge=0)
     stop_when_clean: Annotated[bool, OUTPUT] = False
+    fewshot: Annotated[int, OUTPUT] = Field(default_factory=lambda: len(fewshot()), ge=0)
 
 
 class ExecutionSettings(_Part):
@@ -116,10 +119,14 @@ class RunSettings(_Part):
         if not rbr and scoring:
             raise InputError(f"{', '.join(sorted(scoring))}: rule-based reward options need rbr=True (--rbr)")
         try:
-            return cls(**parts, scoring=ScoringSettings(**scoring) if rbr else None)  # type: ignore[arg-type]
+            settings = cls(**parts, scoring=ScoringSettings(**scoring) if rbr else None)  # type: ignore[arg-type]
         except ValidationError as e:
             first = e.errors()[0]
             raise InputError(f"run option {first['loc'][-1]}: {first['msg']}") from None
+        if settings.loop.fewshot > len(fewshot()):
+            raise InputError(f"run option fewshot is {settings.loop.fewshot}, but this file has only "
+                             f"{len(fewshot())} worked examples", path=str(fewshot_path()))
+        return settings
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> RunSettings:

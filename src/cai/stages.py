@@ -68,21 +68,31 @@ def _critique_turn(messages: list[dict[str, str]], response: str, critique_reque
                   **quote(response))
 
 
+def _examples(n: int | None) -> tuple[dict[str, Any], ...]:
+    """The first `n` worked examples of prompts/fewshot.yaml (all of them for None)."""
+    return fewshot() if n is None else fewshot()[:n]
+
+
 def critique_request(messages: list[dict[str, str]], response: str, principle: Principle,
-                     cfg: GenConfig) -> Request:
+                     cfg: GenConfig, examples: int | None = None) -> Request:
+    """The critic's request: instructions, `examples` worked examples (default all) as turns, then the task.
+    The instructions and examples are the same for every record (`static_prefix`)."""
     msgs: list[dict[str, str]] = [{"role": "system", "content": render("critic_system")}]
-    for ex in fewshot():
+    for ex in _examples(examples):
         msgs.append({"role": "user", "content": _critique_turn(
             [{"role": "user", "content": ex["prompt"]}], ex["response"], ex["critique_request"])})
         verdict = {"critique": ex["critique"], "violates": ex["violates"], "severity": ex["severity"]}
         msgs.append({"role": "assistant", "content": json.dumps(verdict)})
+    static = len(msgs)
     msgs.append({"role": "user", "content": _critique_turn(messages, response, principle.critique)})
-    return Request(messages=tuple(msgs), config=cfg, schema=VERDICT_SCHEMA, schema_name="verdict")
+    return Request(messages=tuple(msgs), config=cfg, schema=VERDICT_SCHEMA, schema_name="verdict",
+                   static_prefix=static)
 
 
 def repair_request(request: Request, bad_reply: str) -> Request:
     msgs = (*request.messages, {"role": "assistant", "content": bad_reply}, {"role": "user", "content": REPAIR})
-    return Request(messages=msgs, config=request.config, schema=request.schema, schema_name=request.schema_name)
+    return Request(messages=msgs, config=request.config, schema=request.schema, schema_name=request.schema_name,
+                   static_prefix=request.static_prefix)
 
 
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
@@ -104,16 +114,18 @@ def _revise_turn(messages: list[dict[str, str]], response: str, critique: str, r
 
 
 def revise_request(messages: list[dict[str, str]], response: str, critique: str, principle: Principle,
-                   cfg: GenConfig, feedback: str = "") -> Request:
+                   cfg: GenConfig, feedback: str = "", examples: int | None = None) -> Request:
+    """The reviser's request, built like the critic's (`examples` worked examples, default all)."""
     msgs: list[dict[str, str]] = [{"role": "system", "content": render("reviser_system")}]
-    for ex in fewshot():
+    for ex in _examples(examples):
         msgs.append({"role": "user", "content": _revise_turn(
             [{"role": "user", "content": ex["prompt"]}], ex["response"], ex["critique"],
             ex["revision_request"], "")})
         msgs.append({"role": "assistant", "content": ex["revision"]})
+    static = len(msgs)
     msgs.append({"role": "user", "content": _revise_turn(messages, response, critique, principle.revision,
                                                          feedback)})
-    return Request(messages=tuple(msgs), config=cfg)
+    return Request(messages=tuple(msgs), config=cfg, static_prefix=static)
 
 
 _ECHOED_MARKER = re.compile(r"<<<\s*(?:END\s+)?RESPONSE(?:\s+[0-9A-F]{1,10})?\s*>*")

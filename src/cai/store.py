@@ -381,11 +381,18 @@ class Store:
     def counts(self) -> dict[str, int]:
         return dict(self._read.execute("SELECT status, COUNT(*) FROM records GROUP BY status"))
 
-    def token_totals(self, shared: bool = False) -> dict[str, dict[str, int]]:
-        """Per role: calls and tokens this run paid for (`shared=True`: those taken from the shared cache)."""
-        rows = self._read.execute("SELECT role, COUNT(*), SUM(tokens_in), SUM(tokens_out) FROM calls "
-                                  f"WHERE {self._shared}=? GROUP BY role", (int(shared),))
-        return {r: {"calls": n, "tokens_in": ti or 0, "tokens_out": to or 0} for r, n, ti, to in rows}
+    def token_totals(self, shared: bool = False, batch: bool | None = None) -> dict[str, dict[str, int]]:
+        """Per role: calls and tokens this run paid for (`shared=True`: those taken from the shared cache), with
+        the prompt tokens read from / written to the provider's cache (from the response JSON; 0 in older stores).
+        `batch`: only the calls that did (True) or did not (False) go through a batch API."""
+        where, args = f"{self._shared}=?", [int(shared)]
+        if batch is not None:
+            where, args = where + " AND COALESCE(json_extract(response, '$.batch'), 0)=?", [*args, int(batch)]
+        rows = self._read.execute(
+            "SELECT role, COUNT(*), SUM(tokens_in), SUM(tokens_out), SUM(json_extract(response, '$.tokens_cached')), "
+            f"SUM(json_extract(response, '$.tokens_cache_write')) FROM calls WHERE {where} GROUP BY role", args)
+        return {r: {"calls": n, "tokens_in": ti or 0, "tokens_out": to or 0, "tokens_cached": tc or 0,
+                    "tokens_cache_write": tw or 0} for r, n, ti, to, tc, tw in rows}
 
     def errors(self, last: int = -1, open_only: bool = False) -> list[dict[str, Any]]:
         """Error rows, oldest first (only the `last` N when given); `resolved` once the record later succeeded."""

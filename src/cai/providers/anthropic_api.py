@@ -1,7 +1,14 @@
-"""`anthropic:<model>`: the anthropic SDK (Messages API); schemas are enforced with a forced tool."""
+"""`anthropic:<model>`: the anthropic SDK (Messages API); schemas are enforced with a forced tool.
+
+Prompt caching: the static prefix of a request (`Request.static_prefix` leading messages, e.g. the critic's
+instructions and few-shot turns) is marked with `cache_control: {"type": "ephemeral"}` (Anthropic's 5-minute
+cache) when it reaches the model's minimum cacheable length, so later records read it from the cache. The
+marker changes only how the same text is sent (a string becomes text blocks), never the text or the cache key.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import inspect
 import json
@@ -13,6 +20,54 @@ import anthropic
 from cai.config import Completion, Request
 from cai.errors import AuthError
 from cai.providers.base import Model, register, sdk_error
+
+# Anthropic's documented minimum cacheable prompt length in tokens per model family (fnmatch over the model
+# name, first match wins), from https://platform.claude.com/docs/en/docs/build-with-claude/prompt-caching as
+# quoted in anthropics/anthropic-sdk-python#1194, checked 2026-11-24. Where sources disagree (Sonnet 4.6:
+# 1024 documented, 2048 observed and listed by gateways) the larger is used, since a marker on a shorter
+# prefix is ignored by the server. A model not listed gets CACHE_MIN_DEFAULT, the largest known minimum.
+CACHE_MIN_TOKENS: tuple[tuple[str, int], ...] = (
+    ("claude-opus-4-5*", 4096), ("claude-opus-4-6*", 4096), ("claude-haiku-4-5*", 4096),
+    ("claude-sonnet-4-6*", 2048), ("claude-3-5-haiku*", 2048), ("claude-3-haiku*", 2048),
+    ("claude-sonnet-4*", 1024), ("claude-opus-4-0*", 1024), ("claude-opus-4-1*", 1024),
+    ("claude-opus-4-2025*", 1024), ("claude-3-7-sonnet*", 1024), ("claude-3-5-sonnet*", 1024),
+    ("claude-3-opus*", 1024))
+CACHE_MIN_DEFAULT = 4096
+# Tokens are estimated as characters / 4 (English prose runs nearer 3.5 characters per Claude token): the
+# estimate errs low, so a prefix is marked only once it is safely past the minimum.
+CHARS_PER_TOKEN = 4
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def min_cacheable_tokens(model: str) -> int:
+    return next((n for pattern, n in CACHE_MIN_TOKENS if fnmatch.fnmatchcase(model, pattern)), CACHE_MIN_DEFAULT)
+
+
+def mark_static_prefix(kwargs: dict[str, Any], messages: tuple[dict[str, str], ...], static: int, model: str) -> None:
+    """Put `cache_control` on the last block of the first `static` messages of the request in `kwargs` (system
+    text, or the last static turn) if they, with the tools, reach `model`'s minimum cacheable length. Nothing
+    is marked when nothing follows the prefix, or when system text follows it (it would change the system
+    prompt, which Anthropic caches before the messages)."""
+    head, tail = messages[:static], messages[static:]
+    if not head or not tail or any(m["role"] in ("system", "developer") for m in tail):
+        return
+    system, head_turns = split_system(head)
+    chars = len(system) + sum(len(t["content"]) for t in head_turns) + len(json.dumps(kwargs.get("tools", [])))
+    if chars // CHARS_PER_TOKEN < min_cacheable_tokens(model):
+        return
+    if not head_turns:
+        if system:
+            kwargs["system"] = [{"type": "text", "text": system, "cache_control": EPHEMERAL}]
+        return
+    turns, i, last = kwargs["messages"], len(head_turns) - 1, head_turns[-1]
+    if turns[i]["role"] != last["role"] or not turns[i]["content"].startswith(last["content"]):
+        return
+    rest = turns[i]["content"][len(last["content"]):]  # the first live turn, if it was merged into this one
+    cut = len(rest) - len(rest.lstrip("\n"))  # the merge's separator stays in the cached block
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": last["content"] + rest[:cut], "cache_control": EPHEMERAL}]
+    if rest[cut:]:
+        blocks.append({"type": "text", "text": rest[cut:]})
+    turns[i] = {"role": turns[i]["role"], "content": blocks}
 
 
 def split_system(messages: tuple[dict[str, str], ...]) -> tuple[str, list[dict[str, str]]]:
@@ -70,6 +125,8 @@ class AnthropicModel(Model):
             kwargs["tools"] = [{"name": request.schema_name, "description": "Record your answer.",
                                 "input_schema": request.schema}]
             kwargs["tool_choice"] = {"type": "tool", "name": request.schema_name}
+        if request.static_prefix:
+            mark_static_prefix(kwargs, request.messages, request.static_prefix, self.name)
         where = self.base_url or "api.anthropic.com"
         try:
             resp = await self._get_client().messages.create(**kwargs)
@@ -84,9 +141,12 @@ class AnthropicModel(Model):
                 break
             if block.type == "text":
                 text_parts.append(block.text)
-        return Completion(text="".join(text_parts), tokens_in=resp.usage.input_tokens,
-                          tokens_out=resp.usage.output_tokens, finish_reason=resp.stop_reason,
-                          structured=structured)
+        usage = resp.usage  # input_tokens excludes the prompt tokens read from or written to the cache
+        cached = getattr(usage, "cache_read_input_tokens", None) or 0
+        written = getattr(usage, "cache_creation_input_tokens", None) or 0
+        return Completion(text="".join(text_parts), tokens_in=usage.input_tokens + cached + written,
+                          tokens_out=usage.output_tokens, tokens_cached=cached, tokens_cache_write=written,
+                          finish_reason=resp.stop_reason, structured=structured)
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -94,10 +94,13 @@ class OpenAIModel(Model):
             top = [[(t.token, float(t.logprob)) for t in (tok.top_logprobs or [])]
                    for tok in choice.logprobs.content]
         usage = resp.usage
+        details = getattr(usage, "prompt_tokens_details", None)  # prompt-cache reads (and writes, newer models)
         return Completion(
             text=choice.message.content or "",
             tokens_in=(usage.prompt_tokens or 0) if usage else 0,
             tokens_out=(usage.completion_tokens or 0) if usage else 0,
+            tokens_cached=getattr(details, "cached_tokens", None) or 0,
+            tokens_cache_write=getattr(details, "cache_write_tokens", None) or 0,
             finish_reason=choice.finish_reason, top_logprobs=top, structured=mode)
 
     async def aclose(self) -> None:

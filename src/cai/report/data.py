@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from cai import explore
 from cai.errors import CaiError
 from cai.export import run_settings
-from cai.prices import load_prices, price_of
+from cai.prices import call_price, cost, load_prices
 from cai.results import draft_and_final, prompt_text, record_rows
 from cai.settings import RunSettings
 from cai.store import Store
@@ -68,7 +68,9 @@ def _num(x: Any) -> float | None:
 
 
 def role_costs(manifest: dict[str, Any], tokens: dict[str, dict[str, int]]) -> dict[str, float | None]:
-    """USD per role by the run's price table (None where the model has no price or the table is gone)."""
+    """USD per role by the run's price table (None where the model has no price or the table is gone), cached
+    and cache-write prompt tokens at their prices; the manifest's tokens do not say which calls were batched, so
+    every call is priced at the standard price here (`estimated_cost_usd` prices batch calls as such)."""
     try:
         path = RunSettings.from_stored(manifest["settings"]).execution.prices if manifest.get("settings") else None
         prices = load_prices(path)
@@ -76,9 +78,8 @@ def role_costs(manifest: dict[str, Any], tokens: dict[str, dict[str, int]]) -> d
         return {role: None for role in tokens}
     out: dict[str, float | None] = {}
     for role, t in tokens.items():
-        price = price_of((manifest.get("models") or {}).get(role, ""), prices)
-        out[role] = None if price is None else \
-            (t["tokens_in"] * price["input"] + t["tokens_out"] * price["output"]) / 1e6
+        rates = call_price((manifest.get("models") or {}).get(role, ""), prices)
+        out[role] = None if rates is None else cost(t, rates)
     return out
 
 
