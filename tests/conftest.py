@@ -45,6 +45,16 @@ def stub_server() -> Iterator[StubServer]:
         yield srv
 
 
+@pytest.fixture
+def batch_server():
+    """A started BatchServer (tests/batch_servers.py): a StubServer that also serves the OpenAI Files + Batches
+    and Anthropic Message Batches APIs; batches move only when the test calls `advance` / `finish_all` / `expire`."""
+    from batch_servers import BatchServer
+
+    with BatchServer() as srv:
+        yield srv
+
+
 def _has_module(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None

@@ -26,7 +26,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-FAULT_KINDS = ("429", "500", "503", "400", "401", "403", "404", "hang", "drop", "truncated", "invalid", "notjson")
+# "drop" closes the connection before the request is acted on; "lost" acts on it (a reply is made, a batch created)
+# and then closes the connection without a byte of response, so the client never learns the outcome.
+FAULT_KINDS = ("429", "500", "503", "400", "401", "403", "404", "hang", "drop", "lost", "truncated", "invalid",
+               "notjson")
 NOT_JSON_TEXT = "Looks fine to me."
 API_PATHS = ("/v1/chat/completions", "/v1/messages")
 
@@ -117,6 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _LoopbackServer:
     """Start/stop in a background thread on 127.0.0.1 (free port unless given); a context manager."""
 
+    handler_class: type[_Handler] = _Handler  # a subclass may answer more methods (DELETE)
+
     def __init__(self, port: int = 0) -> None:
         self._port = port
         self._httpd: _HTTPServer | None = None
@@ -135,7 +140,7 @@ class _LoopbackServer:
         if self._httpd is not None:
             return self
         self._stop.clear()
-        self._httpd = _HTTPServer(("127.0.0.1", self._port), _Handler)
+        self._httpd = _HTTPServer(("127.0.0.1", self._port), self.handler_class)
         self._httpd.app = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"{type(self).__name__}:{self.port}", daemon=True)
@@ -586,6 +591,12 @@ class StubServer(_LoopbackServer):
             return h.send_json(400, error_body(kind, 400, "request body is not a JSON object"))
 
         fault = self._take_fault(path, parsed)
+        make = self._openai_reply if kind == "openai" else self._anthropic_reply
+        return self._respond(h, kind, fault, lambda notjson: (200, make(parsed, notjson)))
+
+    def _respond(self, h: _Handler, kind: str, fault: Fault | None, make: Callable[[bool], tuple[int, Any]]) -> None:
+        """Apply `fault` (and the latency), then send what `make(notjson)` returns: (status, a JSON value or raw
+        bytes). `make` is not called when the fault answers first; "lost" calls it and then drops the connection."""
         if fault is not None and fault.kind == "hang":
             if self._stop.wait(self.hang_seconds):
                 h.close_connection = True
@@ -605,19 +616,24 @@ class StubServer(_LoopbackServer):
         if fault is not None and fault.kind == "invalid":
             return h.send_bytes(200, b"<html>this is not JSON {", "application/json")
 
-        notjson = fault is not None and fault.kind == "notjson"
-        reply = self._openai_reply(parsed, notjson) if kind == "openai" else self._anthropic_reply(parsed, notjson)
-        data = json.dumps(reply).encode()
+        status, value = make(fault is not None and fault.kind == "notjson")
+        if fault is not None and fault.kind == "lost":
+            h.close_connection = True  # acted on, then closed without a byte of response
+            return None
+        if isinstance(value, bytes):
+            data, ctype = value, "application/octet-stream"
+        else:
+            data, ctype = json.dumps(value).encode(), "application/json"
         if fault is not None and fault.kind == "truncated":
-            h.send_response(200)
-            h.send_header("Content-Type", "application/json")
+            h.send_response(status)
+            h.send_header("Content-Type", ctype)
             h.send_header("Content-Length", str(len(data)))
             h.end_headers()
             h.wfile.write(data[: len(data) // 2])
             h.wfile.flush()
             h.close_connection = True  # the server closes the socket after this handler returns
             return None
-        return h.send_bytes(200, data)
+        return h.send_bytes(status, data, ctype)
 
     # replies -----------------------------------------------------------------------------------
     def is_structured(self, kind: str, body: dict[str, Any]) -> bool:
