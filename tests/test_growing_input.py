@@ -21,7 +21,7 @@ from cai.settings import IOSettings, RunSettings
 from cai.store import Store
 from helpers import cai as cli
 from helpers import read_jsonl
-from reliability import KEY, one_line_error, stub_args
+from reliability import KEY, cai_proc, one_line_error, stub_args
 
 CALLS = 5  # per record: a draft, then a critique and a revision in each of 2 rounds
 
@@ -299,3 +299,25 @@ def test_a_large_file_is_checked_as_a_stream(tmp_path):
         assert e.value.line == 15_001
     finally:
         store.close()
+
+
+def test_rows_appended_while_a_run_runs_wait_for_the_next_invocation(tmp_path, stub_server):
+    """The run works on the records it validated; a row appended mid-run (unchecked, maybe half-written when
+    the run read it) is left for the next invocation, which checks it as a grown file."""
+    inp = tmp_path / "in.txt"
+    inp.write_text(rows("txt", OLD))
+    stub_server.hold_after(1)
+    # One record in flight, so the run still has input lines to read when the row is appended.
+    proc = cai_proc("run", inp, "--out", tmp_path / "r", *stub_args(stub_server), "--json", "--concurrency", "1")
+    stub_server.wait_for_requests(2, until=lambda: proc.poll() is not None)
+    with inp.open("a") as fh:
+        fh.write(rows("txt", NEW[:1]))
+    stub_server.resume()
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    first = json.loads(out)
+    assert first["records"]["done"] == len(OLD) and drafted(stub_server, 0, NEW) == set()
+    sent = len(stub_server.requests)
+    again = run(stub_server, inp, tmp_path / "r")
+    assert again.exit_code == 0, again.stderr
+    assert drafted(stub_server, sent, NEW + OLD) == {NEW[0]} and len(stub_server.requests) - sent == CALLS

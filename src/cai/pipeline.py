@@ -27,11 +27,14 @@ CRITIC_MIN_TOKENS = 128
 
 class Pipeline:
     """Runs records through the loop. `on_done(status)` is called as each record finishes; `scorer` (if any)
-    grades the draft and each revision."""
+    grades the draft and each revision. `records` (if given) caps the input at the records validated before
+    the run: rows appended to the file while it runs wait for the next invocation (which checks them)."""
 
     def __init__(self, settings: RunSettings, const: Constitution, store: Store, engine: Engine,
-                 on_done: Callable[[str], None] | None = None, scorer: Scorer | None = None) -> None:
+                 on_done: Callable[[str], None] | None = None, scorer: Scorer | None = None,
+                 records: int | None = None) -> None:
         self.s = settings
+        self.records = records
         self.scorer = scorer
         self.const = const
         self.store = store
@@ -43,7 +46,7 @@ class Pipeline:
     def _todo(self) -> Iterator[tuple[InputRecord, bool]]:
         """(record, known to the store) for each input record this invocation should work on."""
         statuses = self.store.statuses()
-        for rec in iter_records(self.s.io.input, self.s.io.limit):
+        for rec in itertools.islice(iter_records(self.s.io.input, self.s.io.limit), self.records):
             status = statuses.get(rec.id)
             wanted = status == "failed" if self.s.execution.retry_failed else status not in ("done", "failed")
             if wanted:

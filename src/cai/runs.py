@@ -232,7 +232,7 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
         store.begin_invocation([redact(a) for a in command or []], os.getcwd())
         if on_start:
             on_start(scan.records, engine)
-        pipeline = Pipeline(settings, const, store, engine, on_done, scorer)
+        pipeline = Pipeline(settings, const, store, engine, on_done, scorer, records=scan.records)
         try:
             counts = await pipeline.run()
         finally:
