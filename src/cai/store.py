@@ -32,6 +32,7 @@ from typing import Any
 from cai.config import Completion
 from cai.errors import DamagedStore, InputError, OutputError
 from cai.redact import redact
+from cai.sqlite_io import connect, rollback, store_wide
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,44 +57,6 @@ Op = Callable[[sqlite3.Connection], None]
 Item = tuple[Op, "asyncio.Future[None] | None", Any, "str | None"]
 
 
-def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    if readonly:  # a committed snapshot per query; never writes, never creates the file
-        uri = f"{path.resolve().as_uri()}?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-        try:
-            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.OperationalError:
-            if os.access(path.parent, os.W_OK):
-                raise
-            # A read-only filesystem: SQLite cannot create the WAL index, and nobody can write the file
-            # either, so reading it as immutable is safe.
-            conn.close()
-            conn = sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False, isolation_level=None)
-    else:
-        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=10000")
-    return conn
-
-
-def store_wide(error: BaseException) -> bool:
-    """True for failures of the store itself (disk, I/O, locking, corruption), not of one write's data."""
-    if isinstance(error, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError,
-                          sqlite3.InterfaceError)):
-        return False
-    return isinstance(error, (sqlite3.Error, OSError, MemoryError))
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    """Roll back if a transaction is open (a failed COMMIT has usually rolled back already)."""
-    if conn.in_transaction:
-        try:
-            conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-
-
 class Store:
     """One run's state. Use `open()`; call `close()` (or use `async with`)."""
 
@@ -113,12 +76,12 @@ class Store:
         tables = TABLES
         try:
             if existed:  # look before writing: a foreign, empty or damaged file is never turned into a store
-                with contextlib.closing(_connect(self.path, readonly=True)) as probe:
+                with contextlib.closing(connect(self.path, readonly=True)) as probe:
                     tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if existed and not TABLES <= tables:
                 raise DamagedStore("not a cai run, or a damaged store (its tables are missing)",
                                    path=str(self.path))
-            self._read = _connect(self.path, readonly)
+            self._read = connect(self.path, readonly)
             if not readonly:
                 self._read.executescript(SCHEMA)
                 if "resolved" not in self._columns("errors"):  # a store from before error rows could resolve
@@ -149,7 +112,7 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------
     def _writer_loop(self) -> None:
-        conn = _connect(self.path)
+        conn = connect(self.path)
         try:
             while True:
                 item = self._queue.get()
@@ -167,7 +130,7 @@ class Store:
                     try:
                         self._commit(conn, ops)
                     except BaseException as e:  # noqa: BLE001 - the store itself failed: handed to every waiter
-                        _rollback(conn)
+                        rollback(conn)
                         error = self._break(e)
                 for _, fut, loop, _ in ops:
                     if fut is not None:
@@ -247,12 +210,12 @@ class Store:
             op(self._read)
             self._read.execute("COMMIT")
         except sqlite3.Error as e:
-            _rollback(self._read)
+            rollback(self._read)
             if store_wide(e):
                 raise self._break(e) from e
             raise
         except BaseException:
-            _rollback(self._read)
+            rollback(self._read)
             raise
 
     # -- invocations ---------------------------------------------------------------------
