@@ -13,14 +13,8 @@ import openai
 import pytest
 
 from batch_servers import ROUTE_NAMES, BatchServer
+from test_servers import VERDICT_SCHEMA  # the same schema the synchronous stub tests use
 
-VERDICT_SCHEMA = {
-    "type": "object",
-    "properties": {"critique": {"type": "string"}, "violates": {"type": "boolean"},
-                   "severity": {"type": "integer", "minimum": 0, "maximum": 3}},
-    "required": ["critique", "violates", "severity"],
-    "additionalProperties": False,
-}
 RF = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT_SCHEMA, "strict": True}}
 
 
