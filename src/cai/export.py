@@ -28,6 +28,7 @@ import importlib
 import json
 import os
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from cai import __version__
 from cai.errors import InputError, OutputError
 from cai.prices import call_price, cost, load_prices
-from cai.results import developer_as_system_turns, record_rows, rewards_of
+from cai.results import RecordRows, developer_as_system_turns, record_rows, rewards_of
 from cai.settings import IOSettings, RunSettings
 from cai.store import Store
 
@@ -161,33 +162,49 @@ def sweep(run_dir: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
+DROP_REASONS = ("unchanged", "empty", "margin")  # why a done record has no pair (see record_rows)
+
+
+def done_rows(store: Store, settings: RunSettings, developer_as_system: bool | None = None
+              ) -> Iterator[tuple[dict[str, Any], RecordRows]]:
+    """(record, its `record_rows`) for every done record in input order, as the exports write them: developer
+    turns as system turns if asked (None: the run's setting), pairs under `--min-reward-margin` dropped."""
+    if developer_as_system is None:
+        developer_as_system = settings.export.system_role_for_developer
+    for rec in store.iter_records():
+        if rec["status"] != "done":
+            continue
+        if developer_as_system:
+            rec["messages"] = developer_as_system_turns(rec["messages"])
+        yield rec, record_rows(rec, settings.export.min_reward_margin)
+
+
+def drop_counts(dropped: Counter[str]) -> dict[str, int]:
+    """The manifest's `pairs_dropped_<reason>` counts and their sum `pairs_dropped`."""
+    counts = {f"pairs_dropped_{k}": dropped[k] for k in DROP_REASONS}
+    counts["pairs_dropped"] = sum(counts.values())
+    return counts
+
+
 def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None = None) -> dict[str, int]:
     """Rebuild every export from the store in one pass; returns the counts, also kept in the manifest."""
     settings = run_settings(store)
-    if developer_as_system is None:
-        developer_as_system = settings.export.system_role_for_developer
     ext = "parquet" if fmt == "parquet" else "jsonl"
     sweep(store.run_dir)
     sinks: dict[str, Sink] = {}
-    dropped = {"unchanged": 0, "empty": 0, "margin": 0}
-    margin = settings.export.min_reward_margin
+    dropped: Counter[str] = Counter()
     rbr = {"graded": 0, "improved": 0}
     expected = 0
     try:
         for name in EXPORTS:
             schema = _parquet().schema(name, rewards=settings.scoring is not None) if ext == "parquet" else None
             sinks[name] = Sink(store.run_dir / f"{name}.{ext}", schema)
-        for rec in store.iter_records():
-            if rec["status"] != "done":
-                continue
-            if developer_as_system:
-                rec["messages"] = developer_as_system_turns(rec["messages"])
+        for rec, (sft, pair, crits, why) in done_rows(store, settings, developer_as_system):
             expected += (rec["extra"] or {}).get("expected") in ("comply", "refuse")
             rewards = rewards_of(rec["steps"])
             if rewards:
                 rbr["graded"] += 1
                 rbr["improved"] += rewards["reward_chosen"] > rewards["reward_rejected"]
-            sft, pair, crits, why = record_rows(rec, margin)
             if sft:
                 sinks["sft"].add(sft)
             if pair:
@@ -209,8 +226,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
             with writing(stale):
                 stale.unlink(missing_ok=True)
     counts = {name: sink.count for name, sink in sinks.items()}
-    counts.update({f"pairs_dropped_{k}": v for k, v in dropped.items()})
-    counts["pairs_dropped"] = sum(dropped.values())
+    counts.update(drop_counts(dropped))
     if rbr["graded"]:
         counts["rbr_graded"], counts["rbr_improved"] = rbr["graded"], rbr["improved"]
     counts["with_expected"] = expected

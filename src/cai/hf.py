@@ -14,6 +14,7 @@ the temp files are deleted, and an OSError becomes one OutputError naming the pa
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -23,8 +24,7 @@ import yaml
 
 from cai import parquet
 from cai.errors import InputError
-from cai.export import Sink, manifest, run_settings, temp_file, writing
-from cai.results import developer_as_system_turns, record_rows
+from cai.export import Sink, done_rows, drop_counts, manifest, run_settings, temp_file, writing
 from cai.settings import ROLES
 from cai.store import Store
 
@@ -43,26 +43,16 @@ def _rows(store: Store, developer_as_system: bool | None, add: Callable[[str, di
           ) -> dict[str, int]:
     """Pass every sft and pair row of the run's done records to `add(config, row)`; returns the counts, keyed
     as the manifest's `exports`."""
-    settings = run_settings(store)
-    if developer_as_system is None:
-        developer_as_system = settings.export.system_role_for_developer
     counts = dict.fromkeys(CONFIGS, 0)
-    dropped = {"unchanged": 0, "empty": 0, "margin": 0}
-    for rec in store.iter_records():
-        if rec["status"] != "done":
-            continue
-        if developer_as_system:
-            rec["messages"] = developer_as_system_turns(rec["messages"])
-        sft, pair, _, why = record_rows(rec, settings.export.min_reward_margin)
+    dropped: Counter[str] = Counter()
+    for _, (sft, pair, _, why) in done_rows(store, run_settings(store), developer_as_system):
         for name, row in (("sft", sft), ("pairs", pair)):
             if row:
                 add(name, row)
                 counts[name] += 1
         if pair is None and why:
             dropped[why] += 1
-    counts.update({f"pairs_dropped_{k}": v for k, v in dropped.items()})
-    counts["pairs_dropped"] = sum(dropped.values())
-    return counts
+    return {**counts, **drop_counts(dropped)}
 
 
 def _size_category(n: int) -> str:

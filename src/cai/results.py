@@ -29,8 +29,11 @@ def rewards_of(steps: list[dict[str, Any]]) -> dict[str, float] | None:
     return {"reward_chosen": grades[max(grades)], "reward_rejected": grades[0]}
 
 
-def record_rows(rec: dict[str, Any], min_margin: float | None = None
-                ) -> tuple[dict | None, dict | None, list[dict], str | None]:
+#: (sft row, pair row, critique rows, why the pair was dropped), each row None when there is none
+RecordRows = tuple["dict[str, Any] | None", "dict[str, Any] | None", "list[dict[str, Any]]", "str | None"]
+
+
+def record_rows(rec: dict[str, Any], min_margin: float | None = None) -> RecordRows:
     """(sft row, pair row, critique rows, why the pair was dropped) for one finished record."""
     steps = rec["steps"]
     draft, final = draft_and_final(steps)
