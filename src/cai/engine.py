@@ -37,25 +37,29 @@ class Stats:
     def role(self, name: str) -> RoleStats:
         return self.roles.setdefault(name, RoleStats())
 
+    def total(self, counter: str) -> int:
+        """One `RoleStats` counter summed over the roles, e.g. total("shared")."""
+        return sum(getattr(r, counter) for r in self.roles.values())
+
     @property
     def calls(self) -> int:
-        return sum(r.calls for r in self.roles.values())
+        return self.total("calls")
 
     @property
     def tokens_in(self) -> int:
-        return sum(r.tokens_in for r in self.roles.values())
+        return self.total("tokens_in")
 
     @property
     def tokens_out(self) -> int:
-        return sum(r.tokens_out for r in self.roles.values())
+        return self.total("tokens_out")
 
     @property
     def retries(self) -> int:
-        return sum(r.retries for r in self.roles.values())
+        return self.total("retries")
 
     @property
     def rate_limited(self) -> int:
-        return sum(r.rate_limited for r in self.roles.values())
+        return self.total("rate_limited")
 
 
 @dataclass

@@ -239,8 +239,8 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
             store.end_invocation()
         result = await asyncio.to_thread(export_run, store, settings.export.format, extras=manifest_extras)
         result["this_invocation"] = {**counts, "calls": engine.stats.calls,
-                                     "cached": sum(r.cached for r in engine.stats.roles.values()),
-                                     "shared_cache_hits": sum(r.shared for r in engine.stats.roles.values()),
+                                     "cached": engine.stats.total("cached"),
+                                     "shared_cache_hits": engine.stats.total("shared"),
                                      "call_cache": engine.cache.report() if engine.cache is not None else None,
                                      "retries": engine.stats.retries, "rate_limited": engine.stats.rate_limited,
                                      "unparsed": engine.stats.unparsed,
