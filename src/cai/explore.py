@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cai.errors import InputError
-from cai.results import draft_and_final, frame, prompt_text
+from cai.results import draft_and_final, frame, prompt_text, rewards_by_round
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,11 +44,6 @@ _TOKENS = re.compile(r"\s+|[^\s]+")
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
-
-
-def _rewards(steps: list[dict[str, Any]]) -> dict[int, float]:
-    """Round → reward of the response after that round (0: the draft), from `grade` steps."""
-    return {s["round"]: float(s["score"]["reward"]) for s in steps if s["kind"] == "grade"}
 
 
 @dataclass
@@ -90,7 +85,7 @@ def _critique_steps(run: Run) -> Iterable[tuple[dict[str, Any], dict[str, Any] |
     for rec in run.stored_records():
         steps = rec["steps"]
         revisions = {s["round"]: s for s in steps if s["kind"] == "revise"}
-        rewards = _rewards(steps)
+        rewards = rewards_by_round(steps)
         for s in steps:
             if s["kind"] == "critique":
                 yield s, revisions.get(s["round"]), rewards
@@ -251,7 +246,7 @@ def _per_prompt(run: Run) -> dict[str, dict[str, Any]]:
             continue
         draft, final = draft_and_final(rec["steps"])
         verdicts = [s["verdict"] for s in rec["steps"] if s["kind"] == "critique" and s["verdict"] is not None]
-        rewards = _rewards(rec["steps"])
+        rewards = rewards_by_round(rec["steps"])
         out[rec["id"]] = {"prompt": prompt_text(rec["messages"]), "final": final or "",
                           "draft_length": len(draft or ""), "final_length": len(final or ""),
                           "violations": sum(bool(v["violates"]) for v in verdicts), "verdicts": len(verdicts),

@@ -21,9 +21,14 @@ def draft_and_final(steps: list[dict[str, Any]]) -> tuple[str | None, str | None
     return draft, final
 
 
+def rewards_by_round(steps: list[dict[str, Any]]) -> dict[int, float]:
+    """With --rbr: round → reward of the response after that round (0: the draft), from `grade` steps."""
+    return {s["round"]: s["score"]["reward"] for s in steps if s["kind"] == "grade"}
+
+
 def rewards_of(steps: list[dict[str, Any]]) -> dict[str, float] | None:
     """With --rbr: the final response's reward (chosen) and the draft's (rejected); else None."""
-    grades = {s["round"]: s["score"]["reward"] for s in steps if s["kind"] == "grade"}
+    grades = rewards_by_round(steps)
     if not grades:
         return None
     return {"reward_chosen": grades[max(grades)], "reward_rejected": grades[0]}
