@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cai.callcache import CallCache
 from cai.config import Completion, Request, cache_key
@@ -62,6 +63,19 @@ class Stats:
         return self.total("rate_limited")
 
 
+class Deferred(Exception):  # noqa: N818 - a signal, not a failure
+    """The call is not answered now: it waits for a later answer (a provider batch). The record waits with it."""
+
+
+class Deferral(Protocol):
+    """Takes the calls an engine does not send itself (a batch plugin's collector). `defer` returns once the call
+    is queued or already on its way (the engine then raises Deferred), or raises the ProviderError that ends it.
+    `step` is the pipeline's (stage, round) for the call, when it says."""
+
+    def defer(self, role: str, model: Model, key: str, request: Request, record: str | None,
+              step: tuple[str, int] | None) -> None: ...
+
+
 @dataclass
 class EndpointHealth:
     """Whether an endpoint has ever answered, and how many calls in a row could not connect to it."""
@@ -82,10 +96,11 @@ class Engine:
 
     def __init__(self, store: Store, models: dict[str, Model], *, max_retries: int = 5,
                  concurrency: int = 8, rpm: int | None = None, tpm: int | None = None,
-                 cache: CallCache | None = None) -> None:
+                 cache: CallCache | None = None, deferral: Deferral | None = None) -> None:
         self.store = store
         self.models = models
         self.cache = cache
+        self.deferral = deferral
         self.max_retries = max_retries
         self.stats = Stats()
         # One pacer and one AIMD cap per endpoint, shared by the roles that use it.
@@ -107,10 +122,12 @@ class Engine:
         return {ep: {"max": lim.maximum, "low": lim.low, "end": round(lim.limit, 2)}
                 for ep, lim in self._limiters.items()}
 
-    async def call(self, role: str, request: Request, record: str | None = None) -> Completion:
+    async def call(self, role: str, request: Request, record: str | None = None,
+                   step: tuple[str, int] | None = None) -> Completion:
         """The model's reply to `request` (from the run's store if it has it, else from the shared call cache
         if there is one); `record` names the record the call is for, so its stored reply fails only that
-        record if it cannot be written."""
+        record if it cannot be written. With a `deferral`, a call neither has answered is handed to it and
+        raises Deferred instead of being sent; `step` is the pipeline's (stage, round) it is for."""
         model = self.models[role]
         key = cache_key(model.identity(), request)
         stats = self.stats.role(role)
@@ -122,6 +139,10 @@ class Engine:
             stats.shared += 1
             self.store.add_call(key, role, model.spec, hit, record, shared=True)
             return hit
+        if self.deferral is not None:
+            self._may_send(record)
+            self.deferral.defer(role, model, key, request, record, step)
+            raise Deferred(key)
         ep = self._endpoint(model)
         pacer, limiter = self._pacers[ep], self._limiters[ep]
         estimate = 0

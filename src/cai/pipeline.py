@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from cai.constitution import Constitution, Principle, sample_principles
-from cai.engine import Engine
+from cai.engine import Deferred, Engine
 from cai.errors import ProviderError
 from cai.records import InputRecord, iter_records
 from cai.scoring import Scorer
@@ -28,25 +28,31 @@ CRITIC_MIN_TOKENS = 128
 class Pipeline:
     """Runs records through the loop. `on_done(status)` is called as each record finishes; `scorer` (if any)
     grades the draft and each revision. `records` (if given) caps the input at the records validated before
-    the run: rows appended to the file while it runs wait for the next invocation (which checks them)."""
+    the run: rows appended to the file while it runs wait for the next invocation (which checks them).
+    `source` (if given) replaces the input file (e.g. the records a run already stored).
+
+    With an engine that defers calls (a batch job), a record goes as far as the answers it has and then waits
+    (`Deferred`): neither done nor failed, counted as `waiting`, and the next pass continues it."""
 
     def __init__(self, settings: RunSettings, const: Constitution, store: Store, engine: Engine,
                  on_done: Callable[[str], None] | None = None, scorer: Scorer | None = None,
-                 records: int | None = None) -> None:
+                 records: int | None = None, source: Iterable[InputRecord] | None = None) -> None:
         self.s = settings
         self.records = records
+        self.source = source
         self.scorer = scorer
         self.const = const
         self.store = store
         self.engine = engine
         self.on_done = on_done or (lambda status: None)
         self.fatal: BaseException | None = None
-        self.counts = {"done": 0, "failed": 0, "skipped": 0}
+        self.counts = {"done": 0, "failed": 0, "skipped": 0, "waiting": 0}
 
     def _todo(self) -> Iterator[tuple[InputRecord, bool]]:
         """(record, known to the store) for each input record this invocation should work on."""
         statuses = self.store.statuses()
-        for rec in itertools.islice(iter_records(self.s.io.input, self.s.io.limit), self.records):
+        source = self.source if self.source is not None else iter_records(self.s.io.input, self.s.io.limit)
+        for rec in itertools.islice(source, self.records):
             status = statuses.get(rec.id)
             wanted = status == "failed" if self.s.execution.retry_failed else status not in ("done", "failed")
             if wanted:
@@ -86,6 +92,9 @@ class Pipeline:
             self.store.add_record(rec.idx, rec.id, rec.messages, rec.extra)
         try:
             await self._steps(rec)
+        except Deferred:
+            self.counts["waiting"] += 1
+            return
         except ProviderError as e:
             if e.fatal:
                 raise
@@ -111,7 +120,7 @@ class Pipeline:
             response = done[("draft", 0)]["response"]
         else:
             req = draft_request(rec.messages, cfg)
-            comp = await _staged("draft", self.engine.call("generator", req, rec.id))
+            comp = await _staged("draft", self.engine.call("generator", req, rec.id, ("draft", 0)))
             response = comp.text.strip()
             self.store.add_step(rec.id, next(seq), "draft", 0, {"response": response})
         score = await self._grade(rec, response, 0, done, seq)
@@ -126,7 +135,7 @@ class Pipeline:
                 feedback = self.scorer.feedback(score) if self.scorer is not None and score is not None else ""
                 req = revise_request(rec.messages, response, crit["critique"], principle, cfg, feedback,
                                      examples=loop.fewshot)
-                comp = await _staged("revise", self.engine.call("reviser", req, rec.id))
+                comp = await _staged("revise", self.engine.call("reviser", req, rec.id, ("revise", rnd)))
                 revised = clean_revision(comp.text, response)
                 data = {"principle": principle.id, "before": response, "response": revised or response,
                         "empty": not revised, "feedback": feedback}
@@ -151,10 +160,11 @@ class Pipeline:
         if cfg.max_tokens < CRITIC_MIN_TOKENS:
             cfg = cfg.model_copy(update={"max_tokens": CRITIC_MIN_TOKENS})
         req = critique_request(rec.messages, response, principle, cfg, examples=self.s.loop.fewshot)
-        comp = await _staged("critique", self.engine.call("critic", req, rec.id))
+        comp = await _staged("critique", self.engine.call("critic", req, rec.id, ("critique", rnd)))
         raw, verdict, repaired = comp.text, parse_verdict(comp.text), False
         if verdict is None:
-            comp = await _staged("critique", self.engine.call("critic", repair_request(req, raw), rec.id))
+            comp = await _staged("critique", self.engine.call("critic", repair_request(req, raw), rec.id,
+                                                               ("repair", rnd)))
             raw, verdict, repaired = comp.text, parse_verdict(comp.text), True
             self.engine.stats.unparsed += verdict is None
         data = {"principle": principle.id, "response": response, "raw": raw, "repaired": repaired,

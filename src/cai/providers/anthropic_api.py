@@ -112,11 +112,12 @@ class AnthropicModel(Model):
             self._client = anthropic.AsyncAnthropic(api_key=key, base_url=self.base_url, max_retries=0)
         return self._client
 
-    async def complete(self, request: Request) -> Completion:
+    def params(self, request: Request) -> dict[str, Any]:
+        """The Messages API parameters for `request` (without the timeout): what `complete` sends and what a
+        message batch request carries."""
         cfg = request.config
         system, turns = split_system(request.messages)
-        kwargs: dict[str, Any] = {"model": self.name, "max_tokens": cfg.max_tokens, "messages": turns,
-                                  "timeout": cfg.timeout}
+        kwargs: dict[str, Any] = {"model": self.name, "max_tokens": cfg.max_tokens, "messages": turns}
         if _takes_temperature():
             kwargs["temperature"] = min(cfg.temperature, 1.0)
         if system:
@@ -127,28 +128,37 @@ class AnthropicModel(Model):
             kwargs["tool_choice"] = {"type": "tool", "name": request.schema_name}
         if request.static_prefix:
             mark_static_prefix(kwargs, request.messages, request.static_prefix, self.name)
+        return kwargs
+
+    async def complete(self, request: Request) -> Completion:
         where = self.base_url or "api.anthropic.com"
         try:
-            resp = await self._get_client().messages.create(**kwargs)
+            resp = await self._get_client().messages.create(**self.params(request), timeout=request.config.timeout)
         except (anthropic.APIError, ValueError) as e:  # HTTP errors, timeouts, connections, bad bodies
             raise sdk_error(e, anthropic, where, provider=self.provider, model=self.name) from e
-        text_parts: list[str] = []
-        structured = None
-        for block in resp.content or []:
-            if block.type == "tool_use":
-                text_parts = [json.dumps(block.input, ensure_ascii=False)]
-                structured = "tool"
-                break
-            if block.type == "text":
-                text_parts.append(block.text)
-        usage = resp.usage  # input_tokens excludes the prompt tokens read from or written to the cache
-        cached = getattr(usage, "cache_read_input_tokens", None) or 0
-        written = getattr(usage, "cache_creation_input_tokens", None) or 0
-        return Completion(text="".join(text_parts), tokens_in=usage.input_tokens + cached + written,
-                          tokens_out=usage.output_tokens, tokens_cached=cached, tokens_cache_write=written,
-                          finish_reason=resp.stop_reason, structured=structured)
+        return completion(resp)
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def completion(resp: Any) -> Completion:
+    """A Messages API `Message` as a Completion: a forced tool's input as JSON text (`structured="tool"`), else
+    the text blocks; cache reads and writes counted into tokens_in, as their parts."""
+    text_parts: list[str] = []
+    structured = None
+    for block in resp.content or []:
+        if block.type == "tool_use":
+            text_parts = [json.dumps(block.input, ensure_ascii=False)]
+            structured = "tool"
+            break
+        if block.type == "text":
+            text_parts.append(block.text)
+    usage = resp.usage  # input_tokens excludes the prompt tokens read from or written to the cache
+    cached = getattr(usage, "cache_read_input_tokens", None) or 0
+    written = getattr(usage, "cache_creation_input_tokens", None) or 0
+    return Completion(text="".join(text_parts), tokens_in=usage.input_tokens + cached + written,
+                      tokens_out=usage.output_tokens, tokens_cached=cached, tokens_cache_write=written,
+                      finish_reason=resp.stop_reason, structured=structured)

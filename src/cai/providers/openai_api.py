@@ -47,50 +47,68 @@ class OpenAIModel(Model):
             self._client = openai.AsyncOpenAI(api_key=key, base_url=self.base_url, max_retries=0)
         return self._client
 
-    async def complete(self, request: Request) -> Completion:
+    @property
+    def structured_mode(self) -> str:
+        """The structured-output mode this model is asked with now (the first of STRUCTURED_MODES the endpoint
+        has not refused)."""
+        return STRUCTURED_MODES[self._mode]
+
+    def refused_mode(self, mode: str) -> None:
+        """The endpoint refused `mode`: ask with the next one from now on (a no-op if already past it)."""
+        if STRUCTURED_MODES[self._mode] == mode and self._mode + 1 < len(STRUCTURED_MODES):
+            self._mode += 1
+
+    def body(self, request: Request, mode: str | None = None) -> dict[str, Any]:
+        """The chat-completions parameters for `request` (without the timeout): what `complete` sends and what a
+        batch line carries. A request with a schema is asked in `mode` (default: `structured_mode`)."""
         cfg = request.config
-        kwargs: dict[str, Any] = {"model": self.name, "max_tokens": cfg.max_tokens,
-                                  "temperature": cfg.temperature, "timeout": cfg.timeout}
+        body: dict[str, Any] = {"model": self.name, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
         if cfg.seed is not None:
-            kwargs["seed"] = cfg.seed
+            body["seed"] = cfg.seed
         if cfg.top_logprobs:
-            kwargs["logprobs"] = True
-            kwargs["top_logprobs"] = cfg.top_logprobs
+            body["logprobs"] = True
+            body["top_logprobs"] = cfg.top_logprobs
         messages = [dict(m) for m in request.messages]
-        if request.schema is None:
-            return await self._send(messages, kwargs, None)
-        while True:
-            mode = STRUCTURED_MODES[self._mode]
-            extra = dict(kwargs)
-            msgs = messages
+        if request.schema is not None:
+            mode = mode or self.structured_mode
             if mode == "json_schema":
-                extra["response_format"] = {"type": "json_schema", "json_schema": {
+                body["response_format"] = {"type": "json_schema", "json_schema": {
                     "name": request.schema_name, "schema": request.schema}}
             elif mode == "json_object":
-                extra["response_format"] = {"type": "json_object", "schema": request.schema}
+                body["response_format"] = {"type": "json_object", "schema": request.schema}
             else:
-                msgs = [{"role": "system", "content": schema_instruction(request.schema)}, *messages]
-            try:
-                return await self._send(msgs, extra, mode)
-            except _Unsupported:
-                self._mode += 1
+                messages = [{"role": "system", "content": schema_instruction(request.schema)}, *messages]
+        body["messages"] = messages
+        return body
 
-    async def _send(self, messages: list[dict[str, str]], kwargs: dict[str, Any], mode: str | None) -> Completion:
+    async def complete(self, request: Request) -> Completion:
+        while True:
+            mode = self.structured_mode if request.schema is not None else None
+            try:
+                return await self._send(self.body(request, mode), request.config.timeout, mode)
+            except _Unsupported:
+                self.refused_mode(mode or "")
+
+    async def _send(self, body: dict[str, Any], timeout: float, mode: str | None) -> Completion:
         where = self.base_url or "api.openai.com"
         try:
-            resp = await self._get_client().chat.completions.create(messages=messages, **kwargs)
+            resp = await self._get_client().chat.completions.create(**body, timeout=timeout)
         except openai.APIStatusError as e:
-            body = _error_text(e)
-            if mode not in (None, "prompt") and e.status_code in (400, 422, 500) and _mentions_format(body):
-                raise _Unsupported(body, provider=self.provider, model=self.name, status=e.status_code) from e
-            raise sdk_error(e, openai, where, provider=self.provider, model=self.name, message=body) from e
+            text = _error_text(e)
+            if mode not in (None, "prompt") and e.status_code in (400, 422, 500) and mentions_format(text):
+                raise _Unsupported(text, provider=self.provider, model=self.name, status=e.status_code) from e
+            raise sdk_error(e, openai, where, provider=self.provider, model=self.name, message=text) from e
         except (openai.APIError, ValueError) as e:  # timeouts, connections, invalid or truncated bodies
             raise sdk_error(e, openai, where, provider=self.provider, model=self.name) from e
+        return self.completion(resp, mode, bool(body.get("logprobs")), where)
+
+    def completion(self, resp: Any, mode: str | None, logprobs: bool, where: str) -> Completion:
+        """A `ChatCompletion` as a Completion (`mode`: the structured mode it was asked in)."""
         if not getattr(resp, "choices", None):
             raise TransientError(f"response from {where} has no choices", provider=self.provider, model=self.name)
         choice = resp.choices[0]
         top = None
-        if kwargs.get("logprobs") and choice.logprobs is not None and choice.logprobs.content:
+        if logprobs and choice.logprobs is not None and choice.logprobs.content:
             top = [[(t.token, float(t.logprob)) for t in (tok.top_logprobs or [])]
                    for tok in choice.logprobs.content]
         usage = resp.usage
@@ -123,6 +141,7 @@ def _error_text(e: openai.APIStatusError) -> str:
     return str(e.message)
 
 
-def _mentions_format(text: str) -> bool:
+def mentions_format(text: str) -> bool:
+    """Whether an error text is about the structured-output parameters (the endpoint does not take them)."""
     low = text.lower()
     return any(w in low for w in ("response_format", "json_schema", "json_object", "'text'"))
