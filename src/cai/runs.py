@@ -22,7 +22,7 @@ from cai.pipeline import Pipeline
 from cai.providers import Model, get_model
 from cai.records import InputScan, extends, line_hashes, records_after, scan_input
 from cai.redact import redact
-from cai.scoring import make_scorer
+from cai.scoring import Scorer, make_scorer
 from cai.settings import ExecutionSettings, RunSettings
 from cai.store import Store
 
@@ -179,6 +179,17 @@ def build_models(specs: dict[str, str], base_url: str | None) -> dict[str, Model
     return {role: shared[spec] for role, spec in specs.items()}
 
 
+def run_models(settings: RunSettings, const: constitution_mod.Constitution,
+               base_url: str | None = None) -> tuple[dict[str, Model], Scorer | None]:
+    """The run's models by role (the scorer's too, e.g. the grader) and its scorer, if any; `base_url`
+    replaces the settings' one."""
+    specs = settings.models.specs()
+    scorer = make_scorer(settings.scoring.scorer, settings, const) if settings.scoring else None
+    if scorer is not None:
+        specs.update(scorer.models())
+    return build_models(specs, base_url or settings.models.base_url), scorer
+
+
 @contextlib.asynccontextmanager
 async def open_session(out: Path, models: dict[str, Model], execution: ExecutionSettings, *,
                        restart: bool = False) -> AsyncIterator[tuple[Store, Engine]]:
@@ -211,24 +222,10 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
     """
     const = constitution_mod.load(settings.loop.constitution)
     scan = await asyncio.to_thread(scan_input, settings.io.input, settings.io.limit)
-    specs = settings.models.specs()
-    scorer = make_scorer(settings.scoring.scorer, settings, const) if settings.scoring else None
-    if scorer is not None:
-        specs.update(scorer.models())
-    models = build_models(specs, settings.models.base_url)
+    models, scorer = run_models(settings, const)
     async with open_session(normalize_out(settings.io.out), models, settings.execution,
                             restart=restart) as (store, engine):
-        fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, scan.sha256,
-                         scorer.fingerprint() if scorer is not None else None, input_bytes=scan.bytes,
-                         input_lines=scan.lines)
-        before = await asyncio.to_thread(check_fingerprint, store, fp, settings, settings.io.input)
-        input_info = await asyncio.to_thread(input_meta, settings, scan, before)
-        store.set_meta("settings", _safe_settings(settings))
-        store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
-        store.set_meta("base_urls", {r: redact(m.base_url or m.default_base_url or "") or None
-                                     for r, m in models.items()})
-        store.set_meta("constitution", {"name": const.name, "sha256": const.sha256, "path": const.path})
-        store.set_meta("input", input_info)
+        await admit(store, settings, models, const, scan, scorer)
         store.begin_invocation([redact(a) for a in command or []], os.getcwd())
         if on_start:
             on_start(scan.records, engine)
@@ -246,6 +243,22 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
                                      "unparsed": engine.stats.unparsed,
                                      "concurrency": engine.concurrency_report()}
         return result
+
+
+async def admit(store: Store, settings: RunSettings, models: dict[str, Model], const: constitution_mod.Constitution,
+                scan: InputScan, scorer: Scorer | None) -> None:
+    """Check this invocation against the run's fingerprint (a new run stores it; the input may have grown)
+    and store what the run is: settings, models, base URLs, constitution and input."""
+    fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, scan.sha256,
+                     scorer.fingerprint() if scorer is not None else None, input_bytes=scan.bytes,
+                     input_lines=scan.lines)
+    before = await asyncio.to_thread(check_fingerprint, store, fp, settings, settings.io.input)
+    input_info = await asyncio.to_thread(input_meta, settings, scan, before)
+    store.set_meta("settings", _safe_settings(settings))
+    store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
+    store.set_meta("base_urls", {r: redact(m.base_url or m.default_base_url or "") or None for r, m in models.items()})
+    store.set_meta("constitution", {"name": const.name, "sha256": const.sha256, "path": const.path})
+    store.set_meta("input", input_info)
 
 
 def _safe_settings(settings: RunSettings) -> dict[str, Any]:

@@ -254,6 +254,10 @@ class Store:
         if why is not None:
             raise RecordWriteFailed(f"record {rid!r} could not be stored: {why}")
 
+    def read(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        """A query on the read connection (a plugin's own tables; committed data only)."""
+        return self._read.execute(sql, args)
+
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self._read.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
