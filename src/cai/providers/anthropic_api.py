@@ -104,6 +104,10 @@ class AnthropicModel(Model):
     def check(self) -> None:
         self._get_client()
 
+    def client(self) -> Any:
+        """The SDK's async client (made on first use), e.g. for the batch API."""
+        return self._get_client()
+
     def _get_client(self) -> anthropic.AsyncAnthropic:
         if self._client is None:
             key = os.environ.get("ANTHROPIC_API_KEY")

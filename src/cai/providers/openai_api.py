@@ -35,6 +35,10 @@ class OpenAIModel(Model):
     def check(self) -> None:
         self._get_client()
 
+    def client(self) -> Any:
+        """The SDK's async client (made on first use), e.g. for the batch API."""
+        return self._get_client()
+
     def _get_client(self) -> openai.AsyncOpenAI:
         if self._client is None:
             key = os.environ.get("OPENAI_API_KEY")

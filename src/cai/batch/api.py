@@ -1,0 +1,165 @@
+"""The batch job library: `submit`, `tick`, `status`, `cancel` (and their async forms). `cai batch …` is a thin
+layer over these. Nothing here prints or exits; failures are `cai.errors` exceptions.
+
+    from cai import batch
+    batch.submit("prompts.jsonl", out="runs/nightly", model="openai:gpt-4o-mini", rounds=1)
+    batch.tick("runs/nightly").exit_code      # from cron, until the job is complete
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from cai import constitution as constitution_mod
+from cai.api import MANIFEST_EXTRAS, Prompts, _input_file
+from cai.batch.apis import batch_api
+from cai.batch.job import PAUSED, BatchJob, TickReport
+from cai.batch.ledger import OPEN_STATES, Ledger
+from cai.errors import ConfigMismatch, InputError
+from cai.export import estimated_cost, export_run
+from cai.lock import running_pid
+from cai.records import InputRecord, scan_input
+from cai.redact import redact
+from cai.runs import admit, normalize_out, open_session, run_models
+from cai.settings import RunSettings
+from cai.store import Store
+
+
+def _check_models(models: dict[str, Any], retries: int) -> None:
+    for model in models.values():
+        batch_api(model, retries)  # InputError for a model without a batch API
+
+
+async def _finish(job: BatchJob, report: TickReport, settings: RunSettings) -> TickReport:
+    """Export like `cai run` once every record is done or failed (again only when something changed)."""
+    if report.complete and (report.progressed or not (job.store.run_dir / "manifest.json").exists()):
+        report.manifest = await asyncio.to_thread(export_run, job.store, settings.export.format,
+                                                  extras=MANIFEST_EXTRAS)
+    return report
+
+
+async def asubmit(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, restart: bool = False,
+                  command: list[str] | None = None, **options: Any) -> TickReport:
+    """Validate the input as `cai.arun` does, then submit the calls every record not yet done needs next
+    (its first stage, for a new record) as one provider batch per model, and return without waiting.
+
+    `options` are `cai.arun`'s (model, rounds, fewshot, max_tokens, rbr, …). The run folder is an ordinary
+    run: the same input and options resume it, a file that only grew adds its new rows, and a run stopped by
+    `cancel` goes on. Further passes: `tick`."""
+    path, folder = _input_file(prompts, out)
+    settings = RunSettings.from_options(input=path, out=normalize_out(folder), **options)
+    const = constitution_mod.load(settings.loop.constitution)
+    scan = await asyncio.to_thread(scan_input, settings.io.input, settings.io.limit)
+    models, scorer = run_models(settings, const)
+    _check_models(models, settings.execution.max_retries)
+    async with open_session(normalize_out(settings.io.out), models, settings.execution,
+                            restart=restart) as (store, engine):
+        await admit(store, settings, models, const, scan, scorer)
+        store.set_meta(PAUSED, False)
+        store.begin_invocation([redact(a) for a in command or []], os.getcwd())
+        try:
+            job = BatchJob(store, engine, settings, const, scorer)
+            return await _finish(job, await job.advance(records=scan.records), settings)
+        finally:
+            store.end_invocation()
+
+
+@contextlib.asynccontextmanager
+async def _open_job(out: str | os.PathLike[str], base_url: str | None) -> AsyncIterator[tuple[BatchJob, RunSettings]]:
+    """The batch job stored in `out`, under its run lock, with the models it was submitted with."""
+    run_dir = normalize_out(out)
+    store = Store.open_run(run_dir, readonly=True)
+    try:
+        if not Ledger(store).exists():
+            raise InputError("not a batch job (start one with `cai batch submit`)", path=str(run_dir))
+        settings = RunSettings.from_stored(store.get_meta("settings"))
+        fp = store.get_meta("fingerprint") or {}
+    finally:
+        store.close()
+    const = constitution_mod.load(settings.loop.constitution)
+    if const.sha256 != fp.get("constitution_sha256"):
+        raise ConfigMismatch(f"the constitution {settings.loop.constitution!r} changed since the job was submitted; "
+                             "restore it to go on", path=str(run_dir))
+    stored_url = next((m.get("base_url") for m in fp.get("models", {}).values()), None)
+    models, scorer = run_models(settings, const, base_url or stored_url)
+    if {r: m.identity() for r, m in models.items()} != fp.get("models"):
+        raise ConfigMismatch("the models differ from the ones the job was submitted with (is --base-url the "
+                             "same?)", path=str(run_dir))
+    _check_models(models, settings.execution.max_retries)
+    async with open_session(run_dir, models, settings.execution) as (store, engine):
+        yield BatchJob(store, engine, settings, const, scorer), settings
+
+
+async def atick(out: str | os.PathLike[str], *, base_url: str | None = None,
+                command: list[str] | None = None) -> TickReport:
+    """One pass of the job in `out` (for cron): store the results of ended batches, submit the next stage of
+    the records they made ready, export once every record is done. Takes the run lock (RunLocked if another
+    tick or `cai run` holds it). Works on the records submitted so far; new input rows wait for `submit`."""
+    async with _open_job(out, base_url) as (job, settings):
+        job.store.begin_invocation([redact(a) for a in command or []], os.getcwd())
+        try:
+            records = [InputRecord(idx=i, id=r, messages=m, extra=e) for i, r, m, e in job.ledger.pending_records()]
+            return await _finish(job, await job.advance(source=records), settings)
+        finally:
+            job.store.end_invocation()
+
+
+async def acancel(out: str | os.PathLike[str], *, base_url: str | None = None) -> dict[str, Any]:
+    """Cancel the job's open provider batches and stop submitting; finished answers are kept (the next tick
+    stores them) and `submit` with the same options resumes the job."""
+    async with _open_job(out, base_url) as (job, _):
+        return {"out": str(job.store.run_dir), "cancelled": await job.cancel(), "paused": True}
+
+
+def status(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Where a batch job stands, read-only (safe while a tick runs): records, the stages in flight, every batch
+    with its age and counts, requests by outcome, tokens and the estimated cost at the batch price."""
+    run_dir = normalize_out(out)
+    store = Store.open_run(run_dir, readonly=True)
+    try:
+        ledger = Ledger(store)
+        if not ledger.exists():
+            raise InputError("not a batch job (start one with `cai batch submit`)", path=str(run_dir))
+        now, counts = time.time(), store.counts()
+        settings = RunSettings.from_stored(store.get_meta("settings"))
+        jobs = ledger.jobs()
+        return {
+            "out": str(run_dir), "running_pid": running_pid(Path(run_dir)),
+            "paused": bool(store.get_meta(PAUSED, False)),
+            "records": {"input": (store.get_meta("input") or {}).get("records", sum(counts.values())),
+                        "done": counts.get("done", 0), "failed": counts.get("failed", 0),
+                        "waiting": counts.get("pending", 0)},
+            "stages": [{"stage": s, "round": r, "batch": st, "requests": n} for s, r, st, n in ledger.in_flight()],
+            "batches": [{"batch_id": j.batch_id, "provider": j.provider, "model": j.model, "state": j.state,
+                         "provider_status": j.status, "requests": j.requests, "counts": j.counts,
+                         "age_s": round(now - j.created, 1) if j.state in OPEN_STATES else None,
+                         "created": j.created, "ended": j.ended} for j in jobs],
+            "open_batches": sum(j.state in OPEN_STATES for j in jobs),
+            "requests": ledger.request_counts(),
+            "tokens": store.token_totals(batch=True),
+            "estimated_cost_usd": estimated_cost(store, settings),
+            "ticks": len(store.invocations()),
+        }
+    finally:
+        store.close()
+
+
+def submit(prompts: Prompts, **options: Any) -> TickReport:
+    """`asubmit`, synchronously (not inside a running event loop: use `await asubmit(...)` there)."""
+    return asyncio.run(asubmit(prompts, **options))
+
+
+def tick(out: str | os.PathLike[str], **options: Any) -> TickReport:
+    """`atick`, synchronously."""
+    return asyncio.run(atick(out, **options))
+
+
+def cancel(out: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+    """`acancel`, synchronously."""
+    return asyncio.run(acancel(out, **options))
