@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok, 1 the run had failed records, 2 bad usage, input, files or disk, 3 the run folder is
 in use by another cai process, 4 the model endpoint is unusable (unreachable, model not found),
-130 interrupted.
+130 interrupted. `cai batch` adds 75: still waiting on the provider (see cai.batch_cli).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cai import __version__
+from cai.batch_cli import add_submit, batch_app
 from cai.clikit import emit, err, fails_cleanly, run_async
 from cai.cmdline import quote, resume_command, retry_command, summary_line
 from cai.errors import Interrupted
@@ -30,6 +31,7 @@ constitution_app = typer.Typer(no_args_is_help=True, context_settings=HELP,
                                help="List and show constitutions.\n\nExample: cai constitution show model-spec")
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(rbr_app, name="rbr")
+app.add_typer(batch_app, name="batch")
 
 
 def _version(value: bool) -> None:
@@ -141,6 +143,9 @@ def run(
         err.print(f"{failed} record(s) failed; see `cai status {quote(str(out))}`. Retry them with:\n  "
                   f"{retry_command(argv)}", markup=False, highlight=False)
         raise typer.Exit(1)
+
+
+add_submit(run)
 
 
 @app.command("export")

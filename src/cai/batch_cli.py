@@ -1,0 +1,164 @@
+"""`cai batch …`: submit, tick, status, cancel. A thin layer over `cai.batch`; cai.cli mounts `batch_app` and
+adds `submit` with `add_submit(run)`, so `cai batch submit` takes the loop options of `cai run` as they are.
+The library is imported inside the commands (as in cai.cli), so that `cai --help` starts fast.
+
+Exit codes (for cron): 0 progress made or nothing more to do, 1 records failed in this pass, 2 bad input or
+configuration, 3 another cai process holds the run folder, 4 the provider's batch API is unusable right now
+(the next tick tries again), 75 still waiting on the provider, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from cai.clikit import emit, err, fails_cleanly, run_async
+
+if TYPE_CHECKING:
+    from cai.batch.job import TickReport
+
+EXIT_HELP = ("Exit codes: 0 progress made or nothing more to do, 1 records failed, 2 bad input or configuration, "
+             "3 the run folder is in use (another tick or cai run), 4 the batch API is unusable now, 75 still "
+             "waiting on the provider, 130 interrupted.")
+batch_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        context_settings={"help_option_names": ["-h", "--help"]},
+                        help="Scheduled batch jobs at the providers' batch price: submit once, tick from cron.\n\n"
+                             "\b\nExample:\n  cai batch submit prompts.jsonl --model openai:gpt-4o-mini --out "
+                             f"runs/nightly\n  cai batch tick runs/nightly\n\n{EXIT_HELP}")
+# `cai run` options that mean nothing for a batch job (pacing, concurrency, the progress display).
+NOT_FOR_BATCH = {"concurrency", "rpm", "tpm", "retry_failed", "quiet"}
+SCORING_DEFAULTED = ("grader_mode", "votes", "rbr_feedback")  # have defaults in the CLI; only meaningful with --rbr
+RunDir = Annotated[Path, typer.Argument(help="The job's run folder, e.g. runs/nightly.")]
+BaseUrl = Annotated[Optional[str], typer.Option(help="Base URL of the batch API (default: the one the job was "
+                                                     "submitted with).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
+
+
+def say(text: str) -> None:
+    err.print(text, markup=False, highlight=False)
+
+
+def _summary(r: TickReport) -> str:
+    parts = []
+    if r.recovered:
+        parts.append(f"recovered {r.recovered} batch(es) whose create reply was lost")
+    if r.stored or r.request_failures:
+        parts.append(f"stored {r.stored} answers" + (f", {r.request_failures} requests failed (sent again up to "
+                                                      "--max-retries)" if r.request_failures else ""))
+    for b in r.submitted:
+        stages = ", ".join(f"{n} {s}" for s, n in b["stages"].items())
+        bid = b["batch_id"] or "(create reply lost: found again by the next tick)"
+        parts.append(f"submitted {bid} to {b['model']}: {b['requests']} requests ({stages})")
+    if r.paused:
+        parts.append("cancelled: no new batches until `cai batch submit`")
+    head = "; ".join(parts) or (f"waiting on {r.open_batches} batch(es)" if r.open_batches else "nothing to do")
+    tail = (f"{r.done_now} done and {r.failed_now} failed in this pass, {r.waiting} waiting, "
+            f"{r.open_batches} batch(es) open")
+    if r.manifest is not None:
+        ex = r.manifest["exports"]
+        tail += f"; complete: wrote {ex['sft']} sft, {ex['pairs']} pairs, {ex['critiques']} critiques"
+    elif r.complete:
+        tail += "; complete"
+    return f"{r.out}: {head}. {tail} (exit {r.exit_code})"
+
+
+def _finish(report: TickReport, as_json: bool) -> None:
+    if as_json:
+        emit(report.to_dict())
+    say(_summary(report))
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def add_submit(run_command: Callable[..., Any]) -> None:
+    """Add `cai batch submit` with the parameters of `cai run` (less NOT_FOR_BATCH), so both take the same
+    loop options under the same names, defaults and help."""
+    params = [p for name, p in inspect.signature(run_command, eval_str=True).parameters.items()
+              if name not in NOT_FOR_BATCH]
+
+    @fails_cleanly
+    def submit(**options: Any) -> None:
+        from cai.batch.api import asubmit
+        from cai.runs import normalize_out
+
+        input_path: Path = options.pop("input")
+        as_json = options.pop("as_json")
+        out = normalize_out(options.pop("out") or Path("runs") / input_path.stem)
+        if not options.get("rbr"):
+            options.update(dict.fromkeys(SCORING_DEFAULTED))
+        report = run_async(asubmit(input_path, out=out, command=["cai", *sys.argv[1:]], **options))
+        _finish(report, as_json)
+
+    submit.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    submit.__doc__ = ("Validate the prompts as `cai run` does and submit the next stage of every record not yet "
+                      "done as one provider batch per model; returns at once. Takes every loop option of `cai run`; "
+                      "a prompts file that only grew adds its new rows.\n\n"
+                      "Example: cai batch submit prompts.jsonl --model openai:gpt-4o-mini --out runs/nightly "
+                      "--rounds 1")
+    batch_app.command("submit")(submit)
+
+
+@batch_app.command()
+@fails_cleanly
+def tick(run_dir: RunDir, base_url: BaseUrl = None, as_json: AsJson = False) -> None:
+    """One pass, for cron or a systemd timer: store finished batch results, submit the next stage of the records
+    they made ready, export once every record is done. Exits at once if another tick holds the folder (3).
+
+    Example: cai batch tick runs/nightly >> runs/nightly/batch.log 2>&1
+    """
+    from cai.batch.api import atick
+
+    _finish(run_async(atick(run_dir, base_url=base_url, command=["cai", *sys.argv[1:]])), as_json)
+
+
+@batch_app.command("status")
+@fails_cleanly
+def status_cmd(run_dir: RunDir, as_json: AsJson = False) -> None:
+    """Where a job stands: records, stages in flight, batches with their age and counts, cost so far. Read-only.
+
+    Example: cai batch status runs/nightly
+    """
+    from cai.batch.api import status
+
+    info = status(run_dir)
+    if as_json:
+        emit(info)
+        return
+    c = info["records"]
+    state = "cancelled" if info["paused"] else "complete" if not c["waiting"] and not info["open_batches"] else "open"
+    cost = info["estimated_cost_usd"]
+    say(f"{run_dir}: {state}; {c['done']} done, {c['failed']} failed, {c['waiting']} waiting (of {c['input']}); "
+        f"{info['ticks']} invocations; estimated cost so far "
+        + (f"${cost:.4f}" if cost is not None else "unknown (no price for a model)"))
+    for s in info["stages"]:
+        say(f"  in flight: {s['requests']} {s['stage']}" + (f" round {s['round']}" if s["round"] else ""))
+    for b in info["batches"]:
+        if b["state"] == "ended":
+            continue
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(b["counts"].items()))
+        say(f"  {b['batch_id'] or '(being identified)'} {b['model']}: {b['provider_status'] or b['state']}, "
+            f"{b['requests']} requests{f' ({counts})' if counts else ''}, age {b['age_s']:.0f} s")
+    done = sum(1 for b in info["batches"] if b["state"] == "ended")
+    say(f"  {done} batch(es) ended; requests: " + ", ".join(f"{k} {v}" for k, v in sorted(info["requests"].items())))
+
+
+@batch_app.command("cancel")
+@fails_cleanly
+def cancel_cmd(run_dir: RunDir, base_url: BaseUrl = None, as_json: AsJson = False) -> None:
+    """Cancel the job's open provider batches and submit no more; what already finished is kept (the next tick
+    stores it). `cai batch submit` with the same options resumes the job.
+
+    Example: cai batch cancel runs/nightly
+    """
+    from cai.batch.api import acancel
+
+    info = run_async(acancel(run_dir, base_url=base_url))
+    if as_json:
+        emit(info)
+    ids = ", ".join(info["cancelled"]) or "none open"
+    say(f"{run_dir}: cancelled ({ids}); the next tick stores what finished")
