@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 # "drop" closes the connection before the request is acted on; "lost" acts on it (a reply is made, a batch created)
-# and then closes the connection without a byte of response, so the client never learns the outcome.
-FAULT_KINDS = ("429", "500", "503", "400", "401", "403", "404", "hang", "drop", "lost", "truncated", "invalid",
-               "notjson")
+# and then closes the connection without a byte of response, so the client never learns the outcome; "stall" acts
+# on it and then holds the reply (for `hang_seconds`, or until the server stops), so a test can kill the client
+# after the server acted and before it heard back.
+FAULT_KINDS = ("429", "500", "503", "400", "401", "403", "404", "hang", "drop", "lost", "stall", "truncated",
+               "invalid", "notjson")
 NOT_JSON_TEXT = "Looks fine to me."
 API_PATHS = ("/v1/chat/completions", "/v1/messages")
 
@@ -617,7 +619,9 @@ class StubServer(_LoopbackServer):
             return h.send_bytes(200, b"<html>this is not JSON {", "application/json")
 
         status, value = make(fault is not None and fault.kind == "notjson")
-        if fault is not None and fault.kind == "lost":
+        if fault is not None and fault.kind == "stall":
+            self._stop.wait(self.hang_seconds)
+        if fault is not None and fault.kind in ("lost", "stall"):
             h.close_connection = True  # acted on, then closed without a byte of response
             return None
         if isinstance(value, bytes):
