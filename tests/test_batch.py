@@ -18,6 +18,7 @@ import pytest
 from batch_servers import BatchServer
 from cai import batch
 from cai.batch import EXIT_WAITING
+from cai.report.data import role_costs
 from helpers import read_jsonl, write_prompts
 from reliability import KEY, cai_proc, cai_run, one_line_error
 
@@ -116,6 +117,8 @@ def test_a_three_stage_job_equals_a_plain_run_at_half_the_price(batch_server, ke
     job, plain = (json.loads((d / "manifest.json").read_text()) for d in (out, tmp_path / "plain"))
     assert job["tokens"] == plain["tokens"]
     assert job["estimated_cost_usd"] == pytest.approx(plain["estimated_cost_usd"] / 2)
+    assert report["estimated_cost_usd"] == job["estimated_cost_usd"]
+    assert sum(role_costs(job, job["tokens"]).values()) == pytest.approx(job["estimated_cost_usd"])  # the report
     with contextlib.closing(db(out)) as c:
         assert c.execute("SELECT COUNT(*) FROM calls WHERE json_extract(response, '$.batch')").fetchone()[0] == 15
     status = batch.status(out)

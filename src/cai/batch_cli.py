@@ -57,8 +57,9 @@ def _summary(r: TickReport) -> str:
     if r.paused:
         parts.append("cancelled: no new batches until `cai batch submit`")
     head = "; ".join(parts) or (f"waiting on {r.open_batches} batch(es)" if r.open_batches else "nothing to do")
+    cost = "unknown" if r.estimated_cost_usd is None else f"${r.estimated_cost_usd:.4f}"
     tail = (f"{r.done_now} done and {r.failed_now} failed in this pass, {r.waiting} waiting, "
-            f"{r.open_batches} batch(es) open")
+            f"{r.open_batches} batch(es) open, estimated cost so far {cost}")
     if r.manifest is not None:
         ex = r.manifest["exports"]
         tail += f"; complete: wrote {ex['sft']} sft, {ex['pairs']} pairs, {ex['critiques']} critiques"

@@ -278,6 +278,7 @@ def manifest(store: Store, export_counts: dict[str, int]) -> dict[str, Any]:
         "records": {"total": sum(statuses.values()), **statuses},
         "exports": export_counts,
         "tokens": store.token_totals(),
+        "tokens_batch": store.token_totals(batch=True),  # the part of `tokens` sent through a provider batch API
         "call_cache": {"path": settings.execution.cache,
                        "hits": sum(t["calls"] for t in store.token_totals(shared=True).values()),
                        "tokens": store.token_totals(shared=True)},

@@ -37,7 +37,9 @@ def _check_models(models: dict[str, Any], retries: int) -> None:
 
 
 async def _finish(job: BatchJob, report: TickReport, settings: RunSettings) -> TickReport:
-    """Export like `cai run` once every record is done or failed (again only when something changed)."""
+    """Export like `cai run` once every record is done or failed (again only when something changed); the
+    cost so far."""
+    report.estimated_cost_usd = estimated_cost(job.store, settings)
     if report.complete and (report.progressed or not (job.store.run_dir / "manifest.json").exists()):
         report.manifest = await asyncio.to_thread(export_run, job.store, settings.export.format,
                                                   extras=MANIFEST_EXTRAS)

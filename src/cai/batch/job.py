@@ -95,6 +95,7 @@ class TickReport:
     open_batches: int = 0
     paused: bool = False
     complete: bool = False
+    estimated_cost_usd: float | None = None  # the run so far, batch calls at the batch price
     manifest: dict[str, Any] | None = None
 
     @property

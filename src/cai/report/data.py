@@ -69,8 +69,8 @@ def _num(x: Any) -> float | None:
 
 def role_costs(manifest: dict[str, Any], tokens: dict[str, dict[str, int]]) -> dict[str, float | None]:
     """USD per role by the run's price table (None where the model has no price or the table is gone), cached
-    and cache-write prompt tokens at their prices; the manifest's tokens do not say which calls were batched, so
-    every call is priced at the standard price here (`estimated_cost_usd` prices batch calls as such)."""
+    and cache-write prompt tokens at their prices, the calls sent through a batch API (the manifest's
+    `tokens_batch`) at the batch price: the same sums as the manifest's `estimated_cost_usd`."""
     try:
         path = RunSettings.from_stored(manifest["settings"]).execution.prices if manifest.get("settings") else None
         prices = load_prices(path)
@@ -78,8 +78,14 @@ def role_costs(manifest: dict[str, Any], tokens: dict[str, dict[str, int]]) -> d
         return {role: None for role in tokens}
     out: dict[str, float | None] = {}
     for role, t in tokens.items():
-        rates = call_price((manifest.get("models") or {}).get(role, ""), prices)
-        out[role] = None if rates is None else cost(t, rates)
+        spec = (manifest.get("models") or {}).get(role, "")
+        rates, batch_rates = call_price(spec, prices), call_price(spec, prices, batch=True)
+        if rates is None or batch_rates is None:
+            out[role] = None
+            continue
+        b = (manifest.get("tokens_batch") or {}).get(role) or {}
+        standard = {k: v - b.get(k, 0) for k, v in t.items() if isinstance(v, int)}
+        out[role] = cost(standard, rates) + (cost(b, batch_rates) if b else 0.0)
     return out
 
 
