@@ -325,3 +325,23 @@ def test_a_local_model_or_a_plain_run_folder_is_refused_in_one_line(keys, tmp_pa
     assert not (tmp_path / "job").exists()
     t = cai_run("batch", "tick", tmp_path / "nowhere", env=keys)
     assert t.returncode == 2 and "not a cai run" in one_line_error(t.stderr)
+
+
+def test_a_plain_run_waits_for_the_batches_then_uses_their_answers(batch_server, keys, tmp_path):
+    srv, out, p = batch_server, tmp_path / "job", prompts(tmp_path, 3)
+    batch.submit(p, out=out, model="openai:stub", base_url=srv.url, **LIB)
+    args = ("run", p, "--out", out, *model_args(srv, "openai"), *OPTS, "--quiet", "--json")
+    refused = cai_run(*args, env=keys)
+    assert refused.returncode == 2 and "3 calls of this run are with a provider batch" in one_line_error(
+        refused.stderr)
+    srv.finish_all()
+    batch.tick(out)  # drafts stored, critiques submitted
+    assert cai_run("batch", "cancel", out, env=keys).returncode == 0
+    srv.finish_all()
+    assert batch.tick(out).paused  # the cancelled critiques are collected: nothing is with the provider now
+    before = chat_calls(srv)
+    done = cai_run(*args, env=keys)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)
+    assert chat_calls(srv) - before == 6 and manifest["records"]["done"] == 3  # critiques and revisions only
+    assert manifest["tokens_batch"]["generator"]["calls"] == 3

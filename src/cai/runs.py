@@ -69,6 +69,9 @@ def locked_store(out: Path, restart: bool = False) -> Iterator[Store]:
 
 
 INPUT_KEYS = ("input_sha256", "input_bytes", "input_lines")
+# Meta a plugin that sends calls outside the engine keeps up to date (cai.batch): how many of the run's calls are
+# with a provider now. A plain run refuses to start while any are, since it would send (and pay for) them again.
+CALLS_IN_FLIGHT = "calls_in_flight"
 
 
 def fingerprint(settings: RunSettings, models: dict[str, Any], const_sha: str, input_sha: str,
@@ -225,6 +228,10 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
     models, scorer = run_models(settings, const)
     async with open_session(normalize_out(settings.io.out), models, settings.execution,
                             restart=restart) as (store, engine):
+        if n := store.get_meta(CALLS_IN_FLIGHT, 0):
+            raise InputError(f"{n} calls of this run are with a provider batch: `cai batch tick` stores their answers "
+                             "(or `cai batch cancel` stops them); running it now would pay for them twice",
+                             path=str(store.run_dir))
         await admit(store, settings, models, const, scan, scorer)
         store.begin_invocation([redact(a) for a in command or []], os.getcwd())
         if on_start:

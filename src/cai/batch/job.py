@@ -26,6 +26,7 @@ from cai.errors import EndpointDown, ProviderError
 from cai.pipeline import Pipeline
 from cai.providers import Model
 from cai.records import InputRecord
+from cai.runs import CALLS_IN_FLIGHT
 from cai.scoring import Scorer
 from cai.settings import RunSettings
 from cai.store import Store
@@ -155,6 +156,7 @@ class BatchJob:
                                model=e.model, status=e.status) from e
         finally:
             await self.store.flush()
+            self.store.set_meta(CALLS_IN_FLIGHT, self.ledger.calls_in_flight())
         report.open_batches = len(self.ledger.jobs("creating", "open"))
         report.complete = not report.paused and not report.waiting and not report.open_batches
         return report

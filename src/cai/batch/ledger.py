@@ -150,6 +150,10 @@ class Ledger:
             "WHERE r.state='sent' AND j.state IN ('creating','open') GROUP BY r.stage, r.round, j.state "
             "ORDER BY MIN(r.attempt), r.stage"))
 
+    def calls_in_flight(self) -> int:
+        """Requests in batches not yet ended (their answers may still come, and be paid for)."""
+        return sum(n for *_, n in self.in_flight())
+
     def request_counts(self) -> dict[str, int]:
         if not self.exists():
             return {}
