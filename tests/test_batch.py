@@ -18,6 +18,7 @@ import pytest
 from batch_servers import BatchServer
 from cai import batch
 from cai.batch import EXIT_WAITING
+from cai.batch.openai_batch import Batches as OpenAIBatches
 from cai.report.data import role_costs
 from helpers import read_jsonl, write_prompts
 from reliability import KEY, cai_proc, cai_run, one_line_error
@@ -107,8 +108,12 @@ def test_a_three_stage_job_equals_a_plain_run_at_half_the_price(batch_server, ke
         stages.append([b["stages"] for b in report["submitted"]])
     assert stages == [[{"critique 1": 5}], [{"revise 1": 5}], []]  # three stages, one batch each
     assert report["complete"] and report["manifest"]["records"]["done"] == 5
+    if provider == "openai":
+        assert srv.files == {}  # the input, output and error files are deleted once the answers are stored
+    invocations = batch.status(out)["invocations"]
     again = cai_run("batch", "tick", out, env=keys)
     assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert batch.status(out)["invocations"] == invocations  # a finished job is not written to again
 
     calls = plain_run(srv, provider, p, tmp_path / "plain", "--prices", str(table))
     assert submitted(srv) == calls == 15  # nothing paid twice: exactly the requests of a plain run
@@ -345,3 +350,12 @@ def test_a_plain_run_waits_for_the_batches_then_uses_their_answers(batch_server,
     manifest = json.loads(done.stdout)
     assert chat_calls(srv) - before == 6 and manifest["records"]["done"] == 3  # critiques and revisions only
     assert manifest["tokens_batch"]["generator"]["calls"] == 3
+
+
+def test_a_stage_larger_than_the_provider_limit_is_split_into_batches(batch_server, keys, tmp_path, monkeypatch):
+    srv, out = batch_server, tmp_path / "job"
+    monkeypatch.setattr(OpenAIBatches, "max_requests", 2)
+    report = batch.submit(prompts(tmp_path, 5), out=out, model="openai:stub", base_url=srv.url, **LIB)
+    assert [b["requests"] for b in report.submitted] == [2, 2, 1]
+    assert [len(b.requests) for b in srv.batches()] == [2, 2, 1]
+    assert ticks_until_complete(srv, out) == 3 and submitted(srv) == 15 and srv.batches_created == 9

@@ -134,7 +134,7 @@ def status_cmd(run_dir: RunDir, as_json: AsJson = False) -> None:
     state = "cancelled" if info["paused"] else "complete" if not c["waiting"] and not info["open_batches"] else "open"
     cost = info["estimated_cost_usd"]
     say(f"{run_dir}: {state}; {c['done']} done, {c['failed']} failed, {c['waiting']} waiting (of {c['input']}); "
-        f"{info['ticks']} invocations; estimated cost so far "
+        f"{info['invocations']} invocations (submits and ticks); estimated cost so far "
         + (f"${cost:.4f}" if cost is not None else "unknown (no price for a model)"))
     for s in info["stages"]:
         say(f"  in flight: {s['requests']} {s['stage']}" + (f" round {s['round']}" if s["round"] else ""))
@@ -162,4 +162,7 @@ def cancel_cmd(run_dir: RunDir, base_url: BaseUrl = None, as_json: AsJson = Fals
     if as_json:
         emit(info)
     ids = ", ".join(info["cancelled"]) or "none open"
-    say(f"{run_dir}: cancelled ({ids}); the next tick stores what finished")
+    more = f"; {len(info['ended'])} had ended already" if info["ended"] else ""
+    more += (f"; {info['unidentified']} batch(es) whose create reply was lost are not known yet (the next tick "
+             "finds them and stores what they answered)") if info["unidentified"] else ""
+    say(f"{run_dir}: cancelled {ids}{more}; the next tick stores what finished")

@@ -104,9 +104,11 @@ async def atick(out: str | os.PathLike[str], *, base_url: str | None = None,
     the records they made ready, export once every record is done. Takes the run lock (RunLocked if another
     tick or `cai run` holds it). Works on the records submitted so far; new input rows wait for `submit`."""
     async with _open_job(out, base_url) as (job, settings):
+        records = [InputRecord(idx=i, id=r, messages=m, extra=e) for i, r, m, e in job.ledger.pending_records()]
+        if not records and not job.ledger.jobs(*OPEN_STATES) and (job.store.run_dir / "manifest.json").exists():
+            return TickReport(str(job.store.run_dir), complete=True)  # a finished job: nothing to do, nothing written
         job.store.begin_invocation([redact(a) for a in command or []], os.getcwd())
         try:
-            records = [InputRecord(idx=i, id=r, messages=m, extra=e) for i, r, m, e in job.ledger.pending_records()]
             return await _finish(job, await job.advance(source=records), settings)
         finally:
             job.store.end_invocation()
@@ -116,7 +118,7 @@ async def acancel(out: str | os.PathLike[str], *, base_url: str | None = None) -
     """Cancel the job's open provider batches and stop submitting; finished answers are kept (the next tick
     stores them) and `submit` with the same options resumes the job."""
     async with _open_job(out, base_url) as (job, _):
-        return {"out": str(job.store.run_dir), "cancelled": await job.cancel(), "paused": True}
+        return {"out": str(job.store.run_dir), **await job.cancel(), "paused": True}
 
 
 def status(out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -146,7 +148,7 @@ def status(out: str | os.PathLike[str]) -> dict[str, Any]:
             "requests": ledger.request_counts(),
             "tokens": store.token_totals(batch=True),
             "estimated_cost_usd": estimated_cost(store, settings),
-            "ticks": len(store.invocations()),
+            "invocations": len(store.invocations()),  # the submits and ticks so far
         }
     finally:
         store.close()

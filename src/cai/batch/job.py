@@ -9,11 +9,13 @@ steps. A record whose call failed in a batch is sent again in a later batch, up 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import re
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,11 +52,11 @@ class Queued:
     round: int
     attempt: int
 
-    def custom_id(self, token: str) -> str:
-        """`<job token>-<record id>-<stage>-<round>-<attempt>-<key prefix>`; at most 64 characters of
-        [A-Za-z0-9_-] (Anthropic's rule), unique in the run."""
+    def custom_id(self, token: str, n: int) -> str:
+        """`<job token>-<n>-<record id>-<stage>-<round>-<attempt>` for the `n`th request of a batch: unique by
+        its first two parts; at most 64 characters of [A-Za-z0-9_-] (Anthropic's rule)."""
         rid = _UNSAFE.sub("_", self.record or "none")[:16]
-        return f"{token}-{rid}-{self.stage}-{self.round}-{self.attempt}-{self.key[:8]}"
+        return f"{token}-{n}-{rid}-{self.stage}-{self.round}-{self.attempt}"
 
 
 class Collector:
@@ -161,19 +163,21 @@ class BatchJob:
         report.complete = not report.paused and not report.waiting and not report.open_batches
         return report
 
-    async def cancel(self) -> list[str]:
+    async def cancel(self) -> dict[str, Any]:
         """Stop the job: no new batches (until `cai batch submit`), and the open ones cancelled at the provider;
-        their finished answers are stored by the next tick. Returns the batch ids asked to cancel."""
+        their finished answers are stored by the next tick. Returns the batch ids cancelled, those that had
+        ended already, and how many batches are still being identified after a lost create reply."""
         self.store.set_meta(PAUSED, True)
-        ids = []
+        out: dict[str, Any] = {"cancelled": [], "ended": [], "unidentified": len(self.ledger.jobs("creating"))}
         for job in self.ledger.jobs("open"):
             try:
                 await self.apis[job.model].cancel(job.batch_id or "")
+                out["cancelled"].append(job.batch_id)
             except ProviderError as e:
                 if e.status != 400:  # 400: it ended meanwhile; the next tick stores its results
                     raise
-            ids.append(job.batch_id or "")
-        return ids
+                out["ended"].append(job.batch_id)
+        return out
 
     async def _recover(self, report: TickReport) -> None:
         known = {j.batch_id for j in self.ledger.jobs() if j.batch_id}
@@ -182,6 +186,9 @@ class BatchJob:
             if found.batch_id is not None:
                 self.ledger.update_job(job.n, state="open", batch_id=found.batch_id, note="found by listing")
                 report.recovered += 1
+                if report.paused:  # cancelled before it was known: cancel it now
+                    with contextlib.suppress(ProviderError):
+                        await self.apis[job.model].cancel(found.batch_id)
             elif not found.waiting:
                 self.ledger.drop_job(job.n)  # never created: its calls are collected again
                 report.recovered += 1
@@ -207,6 +214,7 @@ class BatchJob:
                 report.request_failures += outcome.state == "failed"
             self.ledger.end_job(job.n, outcomes, poll.status, poll.counts)
             await self.store.flush()
+            await api.forget(job)
         modes = {spec: m for spec, api in self.apis.items() if (m := api.remembered()) is not None}
         if modes != self.store.get_meta(MODES, {}):
             self.store.set_meta(MODES, modes)
@@ -220,31 +228,50 @@ class BatchJob:
         self.ledger.update_job(job, file_id=file_id)
 
     async def _submit(self, queued: Iterable[Queued], report: TickReport) -> None:
+        """One batch per model (more where a batch would pass the provider's limits), each stored before it
+        is created and its id stored as soon as the provider returns it."""
         await self.store.flush()  # the steps that led to these calls are durable before the batch exists
         groups: dict[str, list[Queued]] = {}
         for q in queued:
             groups.setdefault(q.model.spec, []).append(q)
         for spec, group in groups.items():
-            api, token = self.apis[spec], secrets.token_hex(4)
-            rows, items = [], []
-            for q in group:
-                cid = q.custom_id(token)
-                item, mode = api.item(cid, q.request)
-                items.append(item)
-                rows.append({"custom_id": cid, "key": q.key, "role": q.role, "record": q.record, "stage": q.stage,
-                             "round": q.round, "attempt": q.attempt, "mode": mode})
-            n = self.ledger.add_job(token, api.provider, spec, rows)  # before anything is sent
-            stages = Counter(f"{q.stage} {q.round}" if q.round else q.stage for q in group)
-            entry = {"provider": api.provider, "model": spec, "requests": len(group), "stages": dict(stages)}
-            try:
-                on_file = functools.partial(self._file_uploaded, n)
-                batch_id: str | None = await api.create(token, items, on_file)
-            except ProviderError as e:
-                found = await api.find(self.ledger.job(n), {j.batch_id for j in self.ledger.jobs() if j.batch_id})
-                if found.batch_id is None and not found.waiting:
-                    self.ledger.drop_job(n)
-                    raise e.with_stage("submit") from e.__cause__
-                batch_id = found.batch_id  # created after all (the reply was lost); None: not yet told apart
-            if batch_id is not None:
-                self.ledger.update_job(n, state="open", batch_id=batch_id)
-            report.submitted.append({"batch_id": batch_id, **entry})
+            for token, part, items in _chunks(self.apis[spec], group):
+                await self._create(self.apis[spec], token, part, items, report)
+
+    async def _create(self, api: BatchAPI, token: str, part: list[Queued], items: list[dict[str, Any]],
+                      report: TickReport) -> None:
+        rows = [{"custom_id": item["custom_id"], "key": q.key, "role": q.role, "record": q.record, "stage": q.stage,
+                 "round": q.round, "attempt": q.attempt, "mode": mode} for q, (item, mode) in zip(part, items,
+                                                                                                strict=True)]
+        n = self.ledger.add_job(token, api.provider, api.model.spec, rows)  # before anything is sent
+        stages = Counter(f"{q.stage} {q.round}" if q.round else q.stage for q in part)
+        try:
+            batch_id = await api.create(token, [i for i, _ in items], functools.partial(self._file_uploaded, n))
+        except ProviderError as e:
+            found = await api.find(self.ledger.job(n), {j.batch_id for j in self.ledger.jobs() if j.batch_id})
+            if found.batch_id is None and not found.waiting:
+                self.ledger.drop_job(n)
+                raise e.with_stage("submit") from e.__cause__
+            batch_id = found.batch_id  # created after all (the reply was lost); None: not yet told apart
+        if batch_id is not None:
+            self.ledger.update_job(n, state="open", batch_id=batch_id)
+        report.submitted.append({"batch_id": batch_id, "provider": api.provider, "model": api.model.spec,
+                                 "requests": len(part), "stages": dict(stages)})
+
+
+def _chunks(api: BatchAPI, group: list[Queued]
+            ) -> Iterator[tuple[str, list[Queued], list[tuple[dict[str, Any], str | None]]]]:
+    """(job token, calls, their batch items with their structured mode) in batches within the API's limits."""
+    token, part, items, size = secrets.token_hex(4), [], [], 0
+    for q in group:
+        item, mode = api.item(q.custom_id(token, len(part)), q.request)
+        n = len(json.dumps(item, ensure_ascii=False).encode())
+        if part and (len(part) >= api.max_requests or size + n > api.max_bytes):
+            yield token, part, items
+            token, part, items, size = secrets.token_hex(4), [], [], 0
+            item, mode = api.item(q.custom_id(token, 0), q.request)
+        part.append(q)
+        items.append((item, mode))
+        size += n
+    if part:
+        yield token, part, items

@@ -1,0 +1,91 @@
+"""Anthropic's Message Batches API for batch jobs, through the anthropic SDK."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anthropic
+
+from cai.batch.apis import LIST_LIMIT, BatchBase, Found, Poll
+from cai.batch.ledger import Job, Outcome
+from cai.config import Completion, Request
+from cai.providers.anthropic_api import AnthropicModel, completion
+from cai.providers.base import Model
+
+# Anthropic error types inside batch results → the HTTP status the synchronous API answers with.
+ANTHROPIC_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+                    "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
+                    "overloaded_error": 529}
+
+
+class Batches(BatchBase):
+    provider = "anthropic"
+    sdk = anthropic
+    max_requests = 100_000  # Anthropic's limits for one message batch: requests, and its size (256 MB)
+    max_bytes = 240_000_000
+
+    def __init__(self, model: Model, max_retries: int) -> None:
+        assert isinstance(model, AnthropicModel)
+        super().__init__(model, max_retries)
+        self.m = model
+
+    def item(self, custom_id: str, request: Request) -> tuple[dict[str, Any], str | None]:
+        return {"custom_id": custom_id, "params": self.m.params(request)}, ("tool" if request.schema else None)
+
+    async def create(self, token: str, items: list[dict[str, Any]], on_file: Callable[[str], None]) -> str:
+        client = self.m.client()
+        b = await self._create_once("messages.batches.create",
+                                    lambda: client.messages.batches.create(requests=items))  # type: ignore[arg-type]
+        return b.id
+
+    async def find(self, job: Job, known: set[str]) -> Found:
+        client, seen, waiting = self.m.client(), 0, False
+        page = await self._call("messages.batches.list", lambda: client.messages.batches.list(limit=100))
+        while True:
+            for b in page.data:
+                seen += 1
+                rc = b.request_counts
+                total = rc.processing + rc.succeeded + rc.errored + rc.canceled + rc.expired
+                if b.id in known or total != job.requests:
+                    continue
+                if b.processing_status != "ended":
+                    waiting = True  # maybe ours: its results will tell once it ends
+                elif await self._holds(b.id, job.token):
+                    return Found(b.id)
+            if seen >= LIST_LIMIT or not page.has_next_page():
+                return Found(None, waiting)
+            page = await self._call("messages.batches.list", page.get_next_page)
+
+    async def _holds(self, batch_id: str, token: str) -> bool:
+        decoder = await self._call("messages.batches.results",
+                                   lambda: self.m.client().messages.batches.results(batch_id))
+        async for r in decoder:
+            return r.custom_id.startswith(f"{token}-")
+        return False
+
+    async def poll(self, batch_id: str) -> Poll:
+        b = await self._call("messages.batches.retrieve", lambda: self.m.client().messages.batches.retrieve(batch_id))
+        rc = b.request_counts
+        counts = {"processing": rc.processing, "succeeded": rc.succeeded, "errored": rc.errored,
+                  "canceled": rc.canceled, "expired": rc.expired}
+        return Poll(b.processing_status == "ended", b.processing_status, counts)
+
+    async def results(self, job: Job, requests: dict[str, dict[str, Any]]
+                      ) -> AsyncIterator[tuple[Outcome, Completion | None]]:
+        decoder = await self._call("messages.batches.results",
+                                   lambda: self.m.client().messages.batches.results(job.batch_id or ""))
+        async for r in decoder:
+            res = r.result
+            if res.type == "succeeded":
+                yield Outcome(r.custom_id, "done"), completion(res.message).model_copy(update={"batch": True})
+            elif res.type == "errored":
+                err = getattr(res.error, "error", None)
+                kind = getattr(err, "type", "api_error")
+                yield Outcome(r.custom_id, "failed", ANTHROPIC_STATUS.get(kind, 500),
+                              getattr(err, "message", None) or kind), None
+            else:  # canceled | expired
+                yield Outcome(r.custom_id, "canceled" if res.type == "canceled" else "expired"), None
+
+    async def cancel(self, batch_id: str) -> None:
+        await self._call("messages.batches.cancel", lambda: self.m.client().messages.batches.cancel(batch_id))
