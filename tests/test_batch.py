@@ -359,3 +359,15 @@ def test_a_stage_larger_than_the_provider_limit_is_split_into_batches(batch_serv
     assert [b["requests"] for b in report.submitted] == [2, 2, 1]
     assert [len(b.requests) for b in srv.batches()] == [2, 2, 1]
     assert ticks_until_complete(srv, out) == 3 and submitted(srv) == 15 and srv.batches_created == 9
+
+
+def test_a_job_with_rule_based_rewards_makes_the_calls_of_a_plain_run(batch_server, keys, tmp_path):
+    srv, out, p = batch_server, tmp_path / "job", prompts(tmp_path, 1)
+    r = cai_run("batch", "submit", p, "--out", out, *model_args(srv, "openai"), *OPTS, "--rbr", env=keys)
+    assert r.returncode == 0, r.stderr
+    ticks = ticks_until_complete(srv, out, limit=20)
+    assert ticks > 3  # grading adds stages: response type, propositions, then the votes
+    calls = plain_run(srv, "openai", p, tmp_path / "plain", "--rbr")
+    assert submitted(srv) == calls
+    for name in EXPORTS:
+        assert (out / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
