@@ -371,3 +371,19 @@ def test_a_job_with_rule_based_rewards_makes_the_calls_of_a_plain_run(batch_serv
     assert submitted(srv) == calls
     for name in EXPORTS:
         assert (out / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+
+
+def test_roles_on_two_providers_tick_with_the_urls_they_were_submitted_with(batch_server, keys, tmp_path,
+                                                                             monkeypatch):
+    srv, out = batch_server, tmp_path / "job"
+    monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.anthropic_url)
+    first = batch.submit(prompts(tmp_path, 2), out=out, model="openai:stub", critic="anthropic:stub", **LIB)
+    assert [(b["provider"], b["stages"]) for b in first.submitted] == [("openai", {"draft": 2})]
+    monkeypatch.delenv("OPENAI_BASE_URL")  # cron's environment: only the keys
+    monkeypatch.delenv("ANTHROPIC_BASE_URL")
+    srv.finish_all()
+    second = batch.tick(out)
+    assert [(b["provider"], b["stages"]) for b in second.submitted] == [("anthropic", {"critique 1": 2})]
+    assert ticks_until_complete(srv, out) == 2
+    assert [b.api for b in srv.batches()] == ["openai", "anthropic", "openai"]

@@ -13,7 +13,7 @@ import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -34,8 +34,6 @@ batch_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
 NOT_FOR_BATCH = {"concurrency", "rpm", "tpm", "retry_failed", "quiet"}
 SCORING_DEFAULTED = ("grader_mode", "votes", "rbr_feedback")  # have defaults in the CLI; only meaningful with --rbr
 RunDir = Annotated[Path, typer.Argument(help="The job's run folder, e.g. runs/nightly.")]
-BaseUrl = Annotated[Optional[str], typer.Option(help="Base URL of the batch API (default: the one the job was "
-                                                     "submitted with).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
 
 
@@ -106,7 +104,7 @@ def add_submit(run_command: Callable[..., Any]) -> None:
 
 @batch_app.command()
 @fails_cleanly
-def tick(run_dir: RunDir, base_url: BaseUrl = None, as_json: AsJson = False) -> None:
+def tick(run_dir: RunDir, as_json: AsJson = False) -> None:
     """One pass, for cron or a systemd timer: store finished batch results, submit the next stage of the records
     they made ready, export once every record is done. Exits at once if another tick holds the folder (3).
 
@@ -114,7 +112,7 @@ def tick(run_dir: RunDir, base_url: BaseUrl = None, as_json: AsJson = False) -> 
     """
     from cai.batch.api import atick
 
-    _finish(run_async(atick(run_dir, base_url=base_url, command=["cai", *sys.argv[1:]])), as_json)
+    _finish(run_async(atick(run_dir, command=["cai", *sys.argv[1:]])), as_json)
 
 
 @batch_app.command("status")
@@ -150,7 +148,7 @@ def status_cmd(run_dir: RunDir, as_json: AsJson = False) -> None:
 
 @batch_app.command("cancel")
 @fails_cleanly
-def cancel_cmd(run_dir: RunDir, base_url: BaseUrl = None, as_json: AsJson = False) -> None:
+def cancel_cmd(run_dir: RunDir, as_json: AsJson = False) -> None:
     """Cancel the job's open provider batches and submit no more; what already finished is kept (the next tick
     stores it). `cai batch submit` with the same options resumes the job.
 
@@ -158,7 +156,7 @@ def cancel_cmd(run_dir: RunDir, base_url: BaseUrl = None, as_json: AsJson = Fals
     """
     from cai.batch.api import acancel
 
-    info = run_async(acancel(run_dir, base_url=base_url))
+    info = run_async(acancel(run_dir))
     if as_json:
         emit(info)
     ids = ", ".join(info["cancelled"]) or "none open"

@@ -170,27 +170,32 @@ def input_meta(settings: RunSettings, scan: InputScan, before: int) -> dict[str,
             "records": scan.records, "records_added": added}
 
 
-def build_models(specs: dict[str, str], base_url: str | None) -> dict[str, Model]:
-    """role → model; roles with the same spec share one client (and connection pool). Each model is checked
-    (e.g. a missing API key) before anything is created."""
-    shared: dict[str, Model] = {}
-    for spec in specs.values():
-        if spec not in shared:
-            shared[spec] = get_model(spec, base_url)
+def build_models(specs: dict[str, str], base_url: str | None,
+                 base_urls: dict[str, str | None] | None = None) -> dict[str, Model]:
+    """role → model; roles with the same spec (and base URL) share one client (and connection pool). `base_urls`
+    gives some roles their own base URL. Each model is checked (e.g. a missing API key) before anything is
+    created."""
+    shared: dict[tuple[str, str | None], Model] = {}
+    models: dict[str, Model] = {}
+    for role, spec in specs.items():
+        url = (base_urls or {}).get(role, base_url)
+        if (spec, url) not in shared:
+            shared[(spec, url)] = get_model(spec, url)
+        models[role] = shared[(spec, url)]
     for model in shared.values():
         model.check()
-    return {role: shared[spec] for role, spec in specs.items()}
+    return models
 
 
 def run_models(settings: RunSettings, const: constitution_mod.Constitution,
-               base_url: str | None = None) -> tuple[dict[str, Model], Scorer | None]:
-    """The run's models by role (the scorer's too, e.g. the grader) and its scorer, if any; `base_url`
-    replaces the settings' one."""
+               base_urls: dict[str, str | None] | None = None) -> tuple[dict[str, Model], Scorer | None]:
+    """The run's models by role (the scorer's too, e.g. the grader) and its scorer, if any; `base_urls` gives
+    roles the base URLs they had (e.g. from the fingerprint) instead of the settings' one."""
     specs = settings.models.specs()
     scorer = make_scorer(settings.scoring.scorer, settings, const) if settings.scoring else None
     if scorer is not None:
         specs.update(scorer.models())
-    return build_models(specs, base_url or settings.models.base_url), scorer
+    return build_models(specs, settings.models.base_url, base_urls), scorer
 
 
 @contextlib.asynccontextmanager

@@ -73,8 +73,9 @@ async def asubmit(prompts: Prompts, *, out: str | os.PathLike[str] | None = None
 
 
 @contextlib.asynccontextmanager
-async def _open_job(out: str | os.PathLike[str], base_url: str | None) -> AsyncIterator[tuple[BatchJob, RunSettings]]:
-    """The batch job stored in `out`, under its run lock, with the models it was submitted with."""
+async def _open_job(out: str | os.PathLike[str]) -> AsyncIterator[tuple[BatchJob, RunSettings]]:
+    """The batch job stored in `out`, under its run lock, with the models (and base URLs) it was submitted with:
+    they are part of every call's cache key, so no other could continue it."""
     run_dir = normalize_out(out)
     store = Store.open_run(run_dir, readonly=True)
     try:
@@ -88,22 +89,21 @@ async def _open_job(out: str | os.PathLike[str], base_url: str | None) -> AsyncI
     if const.sha256 != fp.get("constitution_sha256"):
         raise ConfigMismatch(f"the constitution {settings.loop.constitution!r} changed since the job was submitted; "
                              "restore it to go on", path=str(run_dir))
-    stored_url = next((m.get("base_url") for m in fp.get("models", {}).values()), None)
-    models, scorer = run_models(settings, const, base_url or stored_url)
-    if {r: m.identity() for r, m in models.items()} != fp.get("models"):
-        raise ConfigMismatch("the models differ from the ones the job was submitted with (is --base-url the "
-                             "same?)", path=str(run_dir))
+    stored = fp.get("models") or {}
+    models, scorer = run_models(settings, const, {r: m.get("base_url") for r, m in stored.items()})
+    if {r: m.identity() for r, m in models.items()} != stored:
+        raise ConfigMismatch("the models differ from the ones the job was submitted with (the local model file "
+                             "changed?)", path=str(run_dir))
     _check_models(models, settings.execution.max_retries)
     async with open_session(run_dir, models, settings.execution) as (store, engine):
         yield BatchJob(store, engine, settings, const, scorer), settings
 
 
-async def atick(out: str | os.PathLike[str], *, base_url: str | None = None,
-                command: list[str] | None = None) -> TickReport:
+async def atick(out: str | os.PathLike[str], *, command: list[str] | None = None) -> TickReport:
     """One pass of the job in `out` (for cron): store the results of ended batches, submit the next stage of
     the records they made ready, export once every record is done. Takes the run lock (RunLocked if another
     tick or `cai run` holds it). Works on the records submitted so far; new input rows wait for `submit`."""
-    async with _open_job(out, base_url) as (job, settings):
+    async with _open_job(out) as (job, settings):
         records = [InputRecord(idx=i, id=r, messages=m, extra=e) for i, r, m, e in job.ledger.pending_records()]
         if not records and not job.ledger.jobs(*OPEN_STATES) and (job.store.run_dir / "manifest.json").exists():
             return TickReport(str(job.store.run_dir), complete=True)  # a finished job: nothing to do, nothing written
@@ -114,10 +114,10 @@ async def atick(out: str | os.PathLike[str], *, base_url: str | None = None,
             job.store.end_invocation()
 
 
-async def acancel(out: str | os.PathLike[str], *, base_url: str | None = None) -> dict[str, Any]:
+async def acancel(out: str | os.PathLike[str]) -> dict[str, Any]:
     """Cancel the job's open provider batches and stop submitting; finished answers are kept (the next tick
     stores them) and `submit` with the same options resumes the job."""
-    async with _open_job(out, base_url) as (job, _):
+    async with _open_job(out) as (job, _):
         return {"out": str(job.store.run_dir), **await job.cancel(), "paused": True}
 
 
@@ -164,6 +164,6 @@ def tick(out: str | os.PathLike[str], **options: Any) -> TickReport:
     return asyncio.run(atick(out, **options))
 
 
-def cancel(out: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+def cancel(out: str | os.PathLike[str]) -> dict[str, Any]:
     """`acancel`, synchronously."""
-    return asyncio.run(acancel(out, **options))
+    return asyncio.run(acancel(out))

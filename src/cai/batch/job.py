@@ -157,8 +157,9 @@ class BatchJob:
             raise EndpointDown(f"{e} (everything stored is kept; the next tick carries on)", provider=e.provider,
                                model=e.model, status=e.status) from e
         finally:
-            await self.store.flush()
-            self.store.set_meta(CALLS_IN_FLIGHT, self.ledger.calls_in_flight())
+            if self.store.broken is None:  # a broken store keeps its own error; nothing more can be written
+                await self.store.flush()
+                self.store.set_meta(CALLS_IN_FLIGHT, self.ledger.calls_in_flight())
         report.open_batches = len(self.ledger.jobs("creating", "open"))
         report.complete = not report.paused and not report.waiting and not report.open_batches
         return report
