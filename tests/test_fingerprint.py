@@ -64,8 +64,8 @@ def test_a_new_generation_field_is_in_the_fingerprint_by_itself():
 
 def test_the_fingerprint_stays_flat_so_older_runs_resume():
     fields = output_settings(RunSettings(io=IO))
-    assert set(fields) == {"rounds", "stop_when_clean", "fewshot", "max_tokens", "temperature", "seed",
-                           "top_logprobs"}
+    assert set(fields) == {"rounds", "stop_when_clean", "fewshot", "candidates", "candidates_from", "max_tokens",
+                           "temperature", "seed", "top_logprobs"}
 
 
 def test_two_output_fields_of_one_name_are_refused():

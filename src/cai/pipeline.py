@@ -16,7 +16,7 @@ from cai.constitution import Constitution, Principle, sample_principles
 from cai.engine import Deferred, Engine
 from cai.errors import ProviderError
 from cai.records import InputRecord, iter_records
-from cai.scoring import Scorer
+from cai.scoring import Labeler, Scorer
 from cai.settings import RunSettings
 from cai.stages import clean_revision, critique_request, draft_request, parse_verdict, repair_request, revise_request
 from cai.store import RecordWriteFailed, Store
@@ -27,8 +27,10 @@ CRITIC_MIN_TOKENS = 128
 
 class Pipeline:
     """Runs records through the loop. `on_done(status)` is called as each record finishes; `scorer` (if any)
-    grades the draft and each revision. `records` (if given) caps the input at the records validated before
-    the run: rows appended to the file while it runs wait for the next invocation (which checks them).
+    grades the draft and each revision; `labeler` (if any) labels the candidates (`loop.candidates` samples
+    and/or the draft with its revisions) once the loop is done. `records` (if given) caps the input at the
+    records validated before the run: rows appended to the file while it runs wait for the next invocation
+    (which checks them).
     `source` (if given) replaces the input file (e.g. the records a run already stored).
 
     With an engine that defers calls (a batch job), a record goes as far as the answers it has and then waits
@@ -36,10 +38,12 @@ class Pipeline:
 
     def __init__(self, settings: RunSettings, const: Constitution, store: Store, engine: Engine,
                  on_done: Callable[[str], None] | None = None, scorer: Scorer | None = None,
-                 records: int | None = None, source: Iterable[InputRecord] | None = None) -> None:
+                 records: int | None = None, source: Iterable[InputRecord] | None = None,
+                 labeler: Labeler | None = None) -> None:
         self.s = settings
         self.records = records
         self.source = source
+        self.labeler = labeler
         self.scorer = scorer
         self.const = const
         self.store = store
@@ -124,6 +128,7 @@ class Pipeline:
             response = comp.text.strip()
             self.store.add_step(rec.id, next(seq), "draft", 0, {"response": response})
         score = await self._grade(rec, response, 0, done, seq)
+        candidates = [{"source": "draft", "n": 0, "response": response, "score": score}]
         for rnd, principle in enumerate(principles, start=1):
             crit = done.get(("critique", rnd)) or await self._critique(rec, response, principle, rnd, next(seq))
             verdict = crit["verdict"]
@@ -142,6 +147,40 @@ class Pipeline:
                 self.store.add_step(rec.id, next(seq), "revise", rnd, data)
                 response = data["response"]
             score = await self._grade(rec, response, rnd, done, seq)
+            if "revisions" in loop.candidates_from:
+                candidates.append({"source": "revision", "n": rnd, "response": response, "score": score})
+        if self.labeler is not None and ("label", 0) not in done:
+            await self._label(rec, candidates, done, seq)
+
+    async def _label(self, rec: InputRecord, candidates: list[dict[str, Any]], done: dict[tuple[str, int], Any],
+                     seq: Iterator[int]) -> None:
+        """Sample the other candidates (seeds seed+1, …: each a `candidate` step, graded with a scorer), then
+        store the labeler's `label` step. A revision identical to an earlier candidate is not judged twice."""
+        loop, cfg = self.s.loop, self.s.generation
+        if "samples" in loop.candidates_from:
+            for n in range(1, loop.candidates):
+                if ("candidate", n) in done:
+                    step = done[("candidate", n)]
+                else:
+                    sample_cfg = cfg.model_copy(update={"seed": (cfg.seed or 0) + n})
+                    comp = await _staged("candidate", self.engine.call("generator", draft_request(
+                        rec.messages, sample_cfg), rec.id, ("candidate", n)))
+                    step = {"response": comp.text.strip()}
+                    if self.scorer is not None:
+                        step["score"] = await _staged("grade", self.scorer.score(
+                            self.engine, rec.messages, step["response"], rec.extra))
+                    self.store.add_step(rec.id, next(seq), "candidate", n, step)
+                candidates.insert(n, {"source": "sample", "n": n, "response": step["response"],
+                                      "score": step.get("score")})
+        unique: dict[str, dict[str, Any]] = {}
+        for c in candidates:
+            score = c.pop("score", None)
+            if isinstance(score, dict) and score.get("reward") is not None:
+                c["reward"] = score["reward"]
+            unique.setdefault(c["response"], c)
+        data = await _staged("label", self.labeler.label(self.engine, rec.messages, list(unique.values()),
+                                                                         cfg.seed))
+        self.store.add_step(rec.id, next(seq), "label", 0, data)
 
     async def _grade(self, rec: InputRecord, response: str, rnd: int, done: dict[tuple[str, int], Any],
                      seq: Iterator[int]) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from cai.pipeline import Pipeline
 from cai.providers import Model, get_model
 from cai.records import InputScan, extends, line_hashes, records_after, scan_input
 from cai.redact import redact
-from cai.scoring import Scorer, make_scorer
+from cai.scoring import Labeler, Scorer, make_labeler, make_scorer
 from cai.settings import ExecutionSettings, RunSettings
 from cai.store import Store
 
@@ -75,17 +76,16 @@ CALLS_IN_FLIGHT = "calls_in_flight"
 
 
 def fingerprint(settings: RunSettings, models: dict[str, Any], const_sha: str, input_sha: str,
-                rbr: dict[str, Any] | None = None, *, input_bytes: int | None = None,
+                plugins: dict[str, Any] | None = None, *, input_bytes: int | None = None,
                 input_lines: int | None = None) -> dict[str, Any]:
     """What must not change between invocations of one run: the models' identities, the constitution's
-    content hash and every output-affecting setting (derived from the OUTPUT marks); and the input's sha256,
-    size and line count, which may change only by rows appended to the file (`check_input`)."""
+    content hash, every output-affecting setting (derived from the OUTPUT marks) and the plugins' parts
+    (`RunPlugins.fingerprint`); and the input's sha256, size and line count, which may change only by rows
+    appended to the file (`check_input`)."""
     fp = {"models": models, "constitution_sha256": const_sha, "input_sha256": input_sha,
-          **output_settings(settings)}
+          **output_settings(settings), **(plugins or {})}
     if input_bytes is not None:
         fp["input_bytes"], fp["input_lines"] = input_bytes, input_lines
-    if rbr is not None:
-        fp["rbr"] = rbr
     return fp
 
 
@@ -187,15 +187,35 @@ def build_models(specs: dict[str, str], base_url: str | None,
     return models
 
 
+@dataclass
+class RunPlugins:
+    """The plugins a run's settings turn on: a scorer (`--rbr`) and a labeler (two or more candidates)."""
+
+    scorer: Scorer | None = None
+    labeler: Labeler | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Their parts of the resume fingerprint (`rbr`, `labels`), for those that are on."""
+        fp = {}
+        if self.scorer is not None:
+            fp["rbr"] = self.scorer.fingerprint()
+        if self.labeler is not None:
+            fp["labels"] = self.labeler.fingerprint()
+        return fp
+
+
 def run_models(settings: RunSettings, const: constitution_mod.Constitution,
-               base_urls: dict[str, str | None] | None = None) -> tuple[dict[str, Model], Scorer | None]:
-    """The run's models by role (the scorer's too, e.g. the grader) and its scorer, if any; `base_urls` gives
-    roles the base URLs they had (e.g. from the fingerprint) instead of the settings' one."""
+               base_urls: dict[str, str | None] | None = None) -> tuple[dict[str, Model], RunPlugins]:
+    """The run's models by role (the plugins' too, e.g. the grader and the judge) and its plugins; `base_urls`
+    gives roles the base URLs they had (e.g. from the fingerprint) instead of the settings' one."""
     specs = settings.models.specs()
-    scorer = make_scorer(settings.scoring.scorer, settings, const) if settings.scoring else None
-    if scorer is not None:
-        specs.update(scorer.models())
-    return build_models(specs, settings.models.base_url, base_urls), scorer
+    plugins = RunPlugins(
+        make_scorer(settings.scoring.scorer, settings, const) if settings.scoring else None,
+        make_labeler(settings.labels.labeler, settings, const) if settings.labels else None)
+    for plugin in (plugins.scorer, plugins.labeler):
+        if plugin is not None:
+            specs.update(plugin.models())
+    return build_models(specs, settings.models.base_url, base_urls), plugins
 
 
 @contextlib.asynccontextmanager
@@ -230,18 +250,19 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
     """
     const = constitution_mod.load(settings.loop.constitution)
     scan = await asyncio.to_thread(scan_input, settings.io.input, settings.io.limit)
-    models, scorer = run_models(settings, const)
+    models, plugins = run_models(settings, const)
     async with open_session(normalize_out(settings.io.out), models, settings.execution,
                             restart=restart) as (store, engine):
         if n := store.get_meta(CALLS_IN_FLIGHT, 0):
             raise InputError(f"{n} calls of this run are with a provider batch: `cai batch tick` stores their answers "
                              "(or `cai batch cancel` stops them); running it now would pay for them twice",
                              path=str(store.run_dir))
-        await admit(store, settings, models, const, scan, scorer)
+        await admit(store, settings, models, const, scan, plugins)
         store.begin_invocation([redact(a) for a in command or []], os.getcwd())
         if on_start:
             on_start(scan.records, engine)
-        pipeline = Pipeline(settings, const, store, engine, on_done, scorer, records=scan.records)
+        pipeline = Pipeline(settings, const, store, engine, on_done, plugins.scorer, records=scan.records,
+                            labeler=plugins.labeler)
         try:
             counts = await pipeline.run()
         finally:
@@ -258,12 +279,11 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
 
 
 async def admit(store: Store, settings: RunSettings, models: dict[str, Model], const: constitution_mod.Constitution,
-                scan: InputScan, scorer: Scorer | None) -> None:
+                scan: InputScan, plugins: RunPlugins) -> None:
     """Check this invocation against the run's fingerprint (a new run stores it; the input may have grown)
     and store what the run is: settings, models, base URLs, constitution and input."""
     fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, scan.sha256,
-                     scorer.fingerprint() if scorer is not None else None, input_bytes=scan.bytes,
-                     input_lines=scan.lines)
+                     plugins.fingerprint(), input_bytes=scan.bytes, input_lines=scan.lines)
     before = await asyncio.to_thread(check_fingerprint, store, fp, settings, settings.io.input)
     input_info = await asyncio.to_thread(input_meta, settings, scan, before)
     store.set_meta("settings", _safe_settings(settings))

@@ -1,10 +1,11 @@
-"""Scorers: plugins that grade each response of the loop, and the registry the core builds them from.
+"""Scorers and labelers: plugins that grade each response of the loop or label a prompt's candidates, and the
+registries the core builds them from.
 
 The pipeline calls `Scorer.score` after the draft and after each revision, stores the dict it returns as
 the round's `grade` step (`{"score": ...}`), and gives `Scorer.feedback(score)` to the reviser. The core
 never imports a scorer's package: a plugin registers a factory under a name (`register_scorer`), and the
 composition layer (`cai.api`, `cai.cli`) imports the plugin so that its name is there when a run asks
-for it (`cai.rbr` registers "rbr").
+for it (`cai.rbr` registers "rbr", `cai.labels` the labeler "ai").
 """
 
 from __future__ import annotations
@@ -59,4 +60,49 @@ def make_scorer(name: str, settings: RunSettings, const: Constitution) -> Scorer
     factory = _SCORERS.get(name)
     if factory is None:
         raise InputError(f"no scorer named {name!r} is registered (import its plugin first, e.g. cai.{name})")
+    return factory(settings, const)
+
+
+class Labeler(Protocol):
+    """Labels a prompt's candidate responses (AI preference labels). The pipeline calls `label` once per record
+    with two or more candidates and stores what it returns as the record's `label` step; the exports read it:
+
+        {"judge": spec, "candidates": [{"source": "draft"|"sample"|"revision", "n": int, "response": str}, ...],
+         "comparisons": [{"a": i, "b": j, "principle": id, "p_ab": P(a first-shown wins), "p_ba": P(b ...),
+                          "p": P(a ≻ b) averaged over both orders, "method": str}, ...],
+         "ranking": {"by": ..., "method": ..., "scores": [...]},
+         "pairs": [{"chosen": i, "rejected": j, "margin": P - 0.5, "score_chosen": x, "score_rejected": y}, ...],
+         "near_ties": int}
+    """
+
+    def models(self) -> dict[str, str]:
+        """Extra engine roles the labeler calls, role → model spec (e.g. {"judge": "openai:gpt-4o"})."""
+        ...
+
+    async def label(self, engine: Engine, messages: list[Message], candidates: list[dict[str, Any]],
+                    seed: int | None) -> dict[str, Any]:
+        """The label step of one prompt's candidates (`{"source", "n", "response", "reward"?}` each)."""
+        ...
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What about the labeler must not change between invocations of one run."""
+        ...
+
+
+#: Builds a labeler from the run's settings and its constitution.
+LabelerFactory = Callable[[RunSettings, "Constitution"], Labeler]
+
+_LABELERS: dict[str, LabelerFactory] = {}
+
+
+def register_labeler(name: str, factory: LabelerFactory) -> None:
+    """Make `make_labeler(name, ...)` call `factory`."""
+    _LABELERS[name] = factory
+
+
+def make_labeler(name: str, settings: RunSettings, const: Constitution) -> Labeler:
+    """The labeler registered as `name`, built for this run. InputError if no plugin registered it."""
+    factory = _LABELERS.get(name)
+    if factory is None:
+        raise InputError(f"no labeler named {name!r} is registered (import its plugin first, e.g. cai.labels)")
     return factory(settings, const)

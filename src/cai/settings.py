@@ -52,6 +52,15 @@ class LoopSettings(_Part):
     rounds: Annotated[int, OUTPUT] = Field(2, ge=0)
     stop_when_clean: Annotated[bool, OUTPUT] = False
     fewshot: Annotated[int, OUTPUT] = Field(default_factory=lambda: len(fewshot()), ge=0)
+    # Candidates for AI preference labels: `candidates` sampled responses (the draft and K-1 more, seeds
+    # seed+1..), and/or the draft with its revisions. Two or more turn labeling on (`RunSettings.labels`).
+    candidates: Annotated[int, OUTPUT] = Field(1, ge=1)
+    candidates_from: Annotated[Literal["samples", "revisions", "samples+revisions"], OUTPUT] = "samples"
+
+    def labeling(self) -> bool:
+        """Whether the loop makes two or more candidates per prompt."""
+        return (self.candidates >= 2 and "samples" in self.candidates_from) or (
+            "revisions" in self.candidates_from and self.rounds >= 1)
 
 
 class ExecutionSettings(_Part):
@@ -78,6 +87,18 @@ class ScoringSettings(_Part):
     feedback: bool = True
 
 
+class LabelSettings(_Part):
+    """AI preference labels: a judge compares every pair of a prompt's candidates in both orders under a
+    comparison principle of the constitution; candidates are ranked and pairs kept above `min_margin`."""
+
+    labeler: str = "ai"  # a name registered with cai.scoring.register_labeler
+    judge: str | None = None  # model spec; default: the critic's
+    cot: bool = False  # reason first, then answer (soft labels clamped to [0.4, 0.6])
+    votes: int = Field(3, ge=1)  # sampled answers per order when the judge has no logprobs
+    min_margin: float = Field(0.0, ge=0.0, le=0.5)  # P(chosen ≻ rejected) - 0.5 a pair must exceed
+    rank_by: Literal["judge", "rbr", "judge+rbr"] = "judge"
+
+
 class ExportSettings(_Part):
     """What the exports look like."""
 
@@ -95,13 +116,15 @@ class RunSettings(_Part):
     loop: LoopSettings = LoopSettings()
     execution: ExecutionSettings = ExecutionSettings()
     scoring: ScoringSettings | None = None
+    labels: LabelSettings | None = None
     export: ExportSettings = ExportSettings()
 
     @classmethod
     def from_options(cls, **options: Any) -> RunSettings:
         """Build from the flat options of `cai run` / `cai.arun` (`model` sets every role not given;
         `rbr=True` turns scoring on, with `grader`, `rbr_constitution`, `grader_mode`, `votes`, `weights`,
-        `rbr_feedback`). An unknown option is an InputError naming it."""
+        `rbr_feedback`; two or more candidates turn labeling on, with `judge`, `cot`, `votes`, `min_margin`,
+        `rank_by`). An unknown option is an InputError naming it."""
         opts = {k: v for k, v in options.items() if v is not None}
         model = opts.pop("model", "local")
         rbr = opts.pop("rbr", False)
@@ -110,22 +133,30 @@ class RunSettings(_Part):
         parts["models"] = {role: opts.pop(role, model) for role in ROLES}
         for name, value in opts.items():
             field = renamed.get(name, name)
-            target = "scoring" if name in _SCORING_OPTIONS else next(
-                (p for p, fields in _PART_FIELDS.items() if field in fields), None)
-            if target is None:
+            targets = [p for p, names in _SHARED_OPTIONS.items() if name in names] or [next(
+                (p for p, fields in _PART_FIELDS.items() if field in fields), "")]
+            if not targets[0]:
                 raise InputError(f"unknown run option {name!r}")
-            parts[target][field] = str(value) if name in _PATHS else value
-        scoring = parts.pop("scoring")
-        if not rbr and scoring:
-            raise InputError(f"{', '.join(sorted(scoring))}: rule-based reward options need rbr=True (--rbr)")
+            for target in targets:
+                parts[target][field] = str(value) if name in _PATHS else value
+        scoring, labels = parts.pop("scoring"), parts.pop("labels")
         try:
-            settings = cls(**parts, scoring=ScoringSettings(**scoring) if rbr else None)  # type: ignore[arg-type]
+            loop = LoopSettings(**parts["loop"])
+            if not rbr and (unused := set(scoring) - (set(labels) if loop.labeling() else set())):
+                raise InputError(f"{', '.join(sorted(unused))}: rule-based reward options need rbr=True (--rbr)")
+            if not loop.labeling() and (unused := set(labels) - (set(scoring) if rbr else set())):
+                raise InputError(f"{', '.join(sorted(unused))}: labeling options need two or more candidates "
+                                 "(--candidates K, or --candidates-from revisions)")
+            settings = cls(**parts, scoring=ScoringSettings(**scoring) if rbr else None,  # type: ignore[arg-type]
+                           labels=LabelSettings(**labels) if loop.labeling() else None)
         except ValidationError as e:
             first = e.errors()[0]
             raise InputError(f"run option {first['loc'][-1]}: {first['msg']}") from None
         if settings.loop.fewshot > len(fewshot()):
             raise InputError(f"run option fewshot is {settings.loop.fewshot}, but this file has only "
                              f"{len(fewshot())} worked examples", path=str(fewshot_path()))
+        if settings.labels is not None and "rbr" in settings.labels.rank_by and settings.scoring is None:
+            raise InputError(f"rank_by {settings.labels.rank_by} needs rule-based rewards (--rbr)")
         return settings
 
     @classmethod
@@ -144,4 +175,7 @@ _PART_FIELDS: dict[str, set[str]] = {
     "loop": set(LoopSettings.model_fields), "execution": set(ExecutionSettings.model_fields),
     "export": set(ExportSettings.model_fields)}
 _SCORING_OPTIONS = {"grader", "rbr_constitution", "grader_mode", "votes", "weights", "rbr_feedback"}
+_LABEL_OPTIONS = {"judge", "cot", "votes", "min_margin", "rank_by"}
+# options that belong to a part only when it is on (`votes` serves both the grader and the judge)
+_SHARED_OPTIONS = {"scoring": _SCORING_OPTIONS, "labels": _LABEL_OPTIONS}
 _PATHS = {"input", "out", "prices", "cache", "weights"}

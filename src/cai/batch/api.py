@@ -58,15 +58,15 @@ async def asubmit(prompts: Prompts, *, out: str | os.PathLike[str] | None = None
     settings = RunSettings.from_options(input=path, out=normalize_out(folder), **options)
     const = constitution_mod.load(settings.loop.constitution)
     scan = await asyncio.to_thread(scan_input, settings.io.input, settings.io.limit)
-    models, scorer = run_models(settings, const)
+    models, plugins = run_models(settings, const)
     _check_models(models, settings.execution.max_retries)
     async with open_session(normalize_out(settings.io.out), models, settings.execution,
                             restart=restart) as (store, engine):
-        await admit(store, settings, models, const, scan, scorer)
+        await admit(store, settings, models, const, scan, plugins)
         store.set_meta(PAUSED, False)
         store.begin_invocation([redact(a) for a in command or []], os.getcwd())
         try:
-            job = BatchJob(store, engine, settings, const, scorer)
+            job = BatchJob(store, engine, settings, const, plugins)
             return await _finish(job, await job.advance(records=scan.records), settings)
         finally:
             store.end_invocation()
@@ -90,13 +90,13 @@ async def _open_job(out: str | os.PathLike[str]) -> AsyncIterator[tuple[BatchJob
         raise ConfigMismatch(f"the constitution {settings.loop.constitution!r} changed since the job was submitted; "
                              "restore it to go on", path=str(run_dir))
     stored = fp.get("models") or {}
-    models, scorer = run_models(settings, const, {r: m.get("base_url") for r, m in stored.items()})
+    models, plugins = run_models(settings, const, {r: m.get("base_url") for r, m in stored.items()})
     if {r: m.identity() for r, m in models.items()} != stored:
         raise ConfigMismatch("the models differ from the ones the job was submitted with (the local model file "
                              "changed?)", path=str(run_dir))
     _check_models(models, settings.execution.max_retries)
     async with open_session(run_dir, models, settings.execution) as (store, engine):
-        yield BatchJob(store, engine, settings, const, scorer), settings
+        yield BatchJob(store, engine, settings, const, plugins), settings
 
 
 async def atick(out: str | os.PathLike[str], *, command: list[str] | None = None) -> TickReport:

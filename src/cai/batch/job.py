@@ -28,8 +28,7 @@ from cai.errors import EndpointDown, ProviderError
 from cai.pipeline import Pipeline
 from cai.providers import Model
 from cai.records import InputRecord
-from cai.runs import CALLS_IN_FLIGHT
-from cai.scoring import Scorer
+from cai.runs import CALLS_IN_FLIGHT, RunPlugins
 from cai.settings import RunSettings
 from cai.store import Store
 
@@ -123,8 +122,8 @@ class BatchJob:
     """A batch job over an open run session (the store and engine of `cai.runs.open_session`)."""
 
     def __init__(self, store: Store, engine: Engine, settings: RunSettings, const: Constitution,
-                 scorer: Scorer | None) -> None:
-        self.store, self.engine, self.settings, self.const, self.scorer = store, engine, settings, const, scorer
+                 plugins: RunPlugins) -> None:
+        self.store, self.engine, self.settings, self.const, self.plugins = store, engine, settings, const, plugins
         self.ledger = Ledger(store)
         retries = settings.execution.max_retries
         self.apis: dict[str, BatchAPI] = {}
@@ -146,8 +145,8 @@ class BatchJob:
             if not report.paused:
                 collector = Collector(self.ledger.history(), self.settings.execution.max_retries)
                 self.engine.deferral = collector
-                pipeline = Pipeline(self.settings, self.const, self.store, self.engine, on_done, self.scorer,
-                                    records=records, source=source)
+                pipeline = Pipeline(self.settings, self.const, self.store, self.engine, on_done, self.plugins.scorer,
+                                    records=records, source=source, labeler=self.plugins.labeler)
                 counts = await pipeline.run()
                 report.done_now, report.failed_now, report.waiting = counts["done"], counts["failed"], counts["waiting"]
                 await self._submit(collector.queued.values(), report)
