@@ -8,11 +8,12 @@ import math
 import pytest
 from typer.testing import CliRunner
 
+from cai.choice import YES_NO, answer_of, p_first_from_top
 from cai.constitution import load
 from cai.engine import Engine
 from cai.providers import get_model
 from cai.rbr.cli import rbr_app
-from cai.rbr.grader import answer_of, p_yes_from_top, parse_joint
+from cai.rbr.grader import parse_joint
 from cai.rbr.reward import load_weights
 from cai.rbr.score import score_response
 from cai.store import Store
@@ -52,9 +53,10 @@ def score(tmp_path, spec, base_url, response, rtype="Hard Refuse", mode="separat
 
 def test_p_yes_extraction_helpers():
     top = [(" Yes", math.log(0.3)), ("yes", math.log(0.1)), ("NO", math.log(0.1)), ("The", math.log(0.5))]
-    assert p_yes_from_top(top) == pytest.approx(0.8)
-    assert p_yes_from_top([("The", -0.1), ("A", -2.0)]) is None
-    assert answer_of(" Yes.") is True and answer_of("no, because") is False and answer_of("maybe") is None
+    assert p_first_from_top(top, YES_NO) == pytest.approx(0.8)
+    assert p_first_from_top([("The", -0.1), ("A", -2.0)], YES_NO) is None
+    assert answer_of(" Yes.", YES_NO) is True and answer_of("no, because", YES_NO) is False
+    assert answer_of("maybe", YES_NO) is None
     out = parse_joint('```json\n{"a": true, "b": 0.25, "c": "no"}\n```', ["a", "b", "c", "d"])
     assert out == {"a": {"p_yes": 1.0, "method": "joint"}, "b": {"p_yes": 0.25, "method": "joint"},
                    "c": {"p_yes": 0.0, "method": "joint"}, "d": {"p_yes": 0.5, "method": "none"}}

@@ -1,7 +1,8 @@
 """The grader: P(yes) for each proposition about a (conversation, response), and the response type.
 
 Every request goes through `Engine.call(role, request)`, so it is cached in the run store and a
-re-run resumes. Each score records how it was obtained (`method`):
+re-run resumes. Separate questions are asked through `cai.choice` (options `YES_NO`). Each score records
+how it was obtained (`method`):
 
 * `logprobs`: one call with max_tokens=1, temperature=0, top_logprobs=10; P(yes) = mass of yes-like
   first tokens over yes-like + no-like mass ("Yes", " yes", "TRUE", …). Used when the role's model
@@ -19,10 +20,11 @@ import asyncio
 import json
 import math
 import re
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from cai.config import Completion, GenConfig, Request
+from cai import choice
+from cai.choice import YES_NO, Usage, answer_of, counted_call
+from cai.config import GenConfig, Request
 from cai.constitution import Constitution
 from cai.engine import Engine
 from cai.prompts import render
@@ -31,57 +33,8 @@ from cai.stages import conversation, quote
 Message = dict[str, str]
 Mode = Literal["separate", "joint"]
 MODES: tuple[str, ...] = ("separate", "joint")
-YES = frozenset({"yes", "true"})
-NO = frozenset({"no", "false"})
-LOGPROB_CONFIG = GenConfig(max_tokens=1, temperature=0.0, top_logprobs=10, seed=0)
-VOTE_MAX_TOKENS = 3
 JOINT_MAX_TOKENS = 512
 CLASSIFY_MAX_TOKENS = 48
-
-
-@dataclass
-class Usage:
-    """Calls and tokens spent on one response (cached calls count with their recorded tokens)."""
-
-    calls: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-
-    def add(self, comp: Completion) -> None:
-        self.calls += 1
-        self.tokens_in += comp.tokens_in
-        self.tokens_out += comp.tokens_out
-
-    def as_dict(self) -> dict[str, int]:
-        return {"calls": self.calls, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out}
-
-
-async def _call(engine: Engine, role: str, request: Request, usage: Usage) -> Completion:
-    comp = await engine.call(role, request)
-    usage.add(comp)
-    return comp
-
-
-def _norm(token: str) -> str:
-    return token.strip().strip(".,:;!\"'`*").lower()
-
-
-def answer_of(text: str) -> bool | None:
-    """True / False for a reply that starts with yes / no (or true / false), else None."""
-    words = text.strip().split()
-    if not words:
-        return None
-    first = _norm(words[0])
-    return True if first in YES else False if first in NO else None
-
-
-def p_yes_from_top(top: list[tuple[str, float]]) -> float | None:
-    """P(yes) from one position's top logprobs, or None if no yes-like or no-like token is there."""
-    yes = sum(math.exp(lp) for tok, lp in top if _norm(tok) in YES)
-    no = sum(math.exp(lp) for tok, lp in top if _norm(tok) in NO)
-    if yes + no <= 0.0:
-        return None
-    return yes / (yes + no)
 
 
 def _context(messages: list[Message], response: str) -> dict[str, str]:
@@ -94,27 +47,10 @@ def proposition_messages(messages: list[Message], response: str, question: str) 
     return ({"role": "system", "content": render("rbr_grader_system")}, {"role": "user", "content": user})
 
 
-async def ask_votes(engine: Engine, role: str, msgs: tuple[Message, ...], votes: int,
-                    usage: Usage) -> dict[str, Any]:
-    """P(yes) as the share of yes among `votes` sampled answers."""
-    reqs = [Request(messages=msgs, config=GenConfig(max_tokens=VOTE_MAX_TOKENS, temperature=1.0, seed=i))
-            for i in range(max(1, votes))]
-    comps = await asyncio.gather(*(_call(engine, role, r, usage) for r in reqs))
-    answers = [a for a in (answer_of(c.text) for c in comps) if a is not None]
-    if not answers:
-        return {"p_yes": 0.5, "method": "none"}
-    return {"p_yes": sum(answers) / len(answers), "method": "votes"}
-
-
 async def ask(engine: Engine, role: str, msgs: tuple[Message, ...], votes: int, usage: Usage) -> dict[str, Any]:
-    """`{"p_yes", "method"}` for one yes/no question: logprobs when the model has them, else votes."""
-    if engine.models[role].supports_logprobs:
-        comp = await _call(engine, role, Request(messages=msgs, config=LOGPROB_CONFIG), usage)
-        if comp.top_logprobs:
-            p = p_yes_from_top(comp.top_logprobs[0])
-            if p is not None:
-                return {"p_yes": p, "method": "logprobs"}
-    return await ask_votes(engine, role, msgs, votes, usage)
+    """`{"p_yes", "method"}` for one yes/no question (`cai.choice.ask`)."""
+    r = await choice.ask(engine, role, msgs, votes, usage, YES_NO)
+    return {"p_yes": r["p"], "method": r["method"]}
 
 
 async def grade_separate(engine: Engine, role: str, const: Constitution, messages: list[Message],
@@ -149,7 +85,7 @@ def _as_probability(value: Any) -> float | None:
     if isinstance(value, (int, float)) and math.isfinite(value):
         return max(0.0, min(1.0, float(value)))
     if isinstance(value, str):
-        a = answer_of(value)
+        a = answer_of(value, YES_NO)
         return None if a is None else float(a)
     return None
 
@@ -172,7 +108,7 @@ def parse_joint(text: str, ids: list[str]) -> dict[str, dict[str, Any]]:
 async def grade_joint(engine: Engine, role: str, const: Constitution, messages: list[Message],
                       response: str, usage: Usage) -> dict[str, dict[str, Any]]:
     """All propositions in one structured call."""
-    comp = await _call(engine, role, joint_request(const, messages, response), usage)
+    comp = await counted_call(engine, role, joint_request(const, messages, response), usage)
     return parse_joint(comp.text, [p.id for p in const.propositions])
 
 
@@ -216,5 +152,6 @@ async def classify_response_type(engine: Engine, role: str, const: Constitution,
                                  usage: Usage | None = None) -> str:
     """Ask the model which response type applies; the first type listed when its reply names none."""
     names = list(const.response_types)
-    comp = await _call(engine, role, classify_request(const, messages), usage if usage is not None else Usage())
+    usage = usage if usage is not None else Usage()
+    comp = await counted_call(engine, role, classify_request(const, messages), usage)
     return parse_response_type(comp.text, names) or names[0]
