@@ -1,4 +1,5 @@
-"""Constitutions: YAML files of principles (and, for rule-based rewards, propositions and rules)."""
+"""Constitutions: YAML files of principles (and, for rule-based rewards, propositions and rules; for AI
+preference labels, comparison principles)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,16 @@ class Principle(BaseModel):
     revision: str = Field(min_length=1)
     tags: list[str] = []
     kind: str | None = None
+
+
+class ComparisonPrinciple(BaseModel):
+    """A question a feedback model answers by picking one of two responses, (A) or (B)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    question: str = Field(min_length=1)  # e.g. "Which response is more honest and less likely to mislead?"
+    tags: list[str] = []
 
 
 # -- rule-based rewards ----------------------------------------------------------------------
@@ -91,7 +102,9 @@ class Constitution(BaseModel):
     response_types: dict[str, ResponseType] = {}
     checks: list[CheckRef] = []
     length_budget: int | None = Field(None, ge=1)  # words; the `verbosity` check divides by it
-    sha256: str = ""
+    # AI preference labels (optional section).
+    comparisons: list[ComparisonPrinciple] = []
+    sha256: str = ""  # of the file's bytes without its top-level `comparisons:` section (see `content_sha256`)
     path: str = ""
 
     def principle(self, pid: str) -> Principle:
@@ -105,6 +118,21 @@ class Constitution(BaseModel):
             if p.id == pid:
                 return p
         raise KeyError(pid)
+
+    def comparison(self, cid: str) -> ComparisonPrinciple:
+        for c in self.comparisons:
+            if c.id == cid:
+                return c
+        raise KeyError(cid)
+
+    @property
+    def comparisons_sha256(self) -> str:
+        """sha256 of the canonical JSON of the comparison principles; "" when there are none."""
+        if not self.comparisons:
+            return ""
+        blob = json.dumps([c.model_dump() for c in self.comparisons], sort_keys=True, ensure_ascii=False,
+                          separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def builtin_names() -> list[str]:
@@ -166,10 +194,66 @@ def load(name_or_path: str) -> Constitution:
         loc = ".".join(str(x) for x in err["loc"])
         raise InputError(f"{loc}: {err['msg']}", path=str(path), line=_line_of(node, err["loc"])) from None
     _check_unique("principle", [p.id for p in const.principles], node, str(path))
+    _check_unique("comparison", [c.id for c in const.comparisons], node, str(path))
     _check_rbr(const, node, str(path))
-    const.sha256 = hashlib.sha256(raw).hexdigest()
+    const.sha256 = content_sha256(raw, text, node)
     const.path = str(path)
     return const
+
+
+def _blank_or_comment(line: str) -> bool:
+    rest = line.strip(" \t\r\n\x85\u2028\u2029")
+    return not rest or rest.startswith("#")
+
+
+def _content_end(node: yaml.Node) -> yaml.Mark:
+    """Where the last scalar or flow collection under `node` ends (a block collection's own end mark lies
+    at the next token, past any comments that follow it)."""
+    if isinstance(node, yaml.CollectionNode) and not node.flow_style and node.value:
+        items = node.value if isinstance(node, yaml.SequenceNode) else [x for kv in node.value for x in kv]
+        return max((_content_end(x) for x in items), key=lambda m: m.index)
+    return node.end_mark
+
+
+def content_sha256(raw: bytes, text: str, node: yaml.Node | None) -> str:
+    """sha256 of a constitution file without its top-level `comparisons:` section.
+
+    Runs keep this hash in their resume fingerprint, so adding or editing comparison principles (used only
+    for preference labels) must not change it. Removed: the lines from the `comparisons` key to the end of
+    its value, and the blank and comment-only lines directly above the key; blank and comment lines after
+    the value are kept. A file without the section (or one laid out so that whole lines cannot be cut, such
+    as a flow mapping) hashes as its raw bytes.
+    """
+    plain = hashlib.sha256(raw).hexdigest()
+    if not isinstance(node, yaml.MappingNode) or node.flow_style:
+        return plain
+    pairs = node.value
+    at = next((i for i, (k, _) in enumerate(pairs)
+               if isinstance(k, yaml.ScalarNode) and k.value == "comparisons"), None)
+    if at is None:
+        return plain
+    key, value = pairs[at]
+    # YAML's line breaks are exactly str.splitlines' in text that YAML accepts, so marks index these lines.
+    lines = text.splitlines(keepends=True)
+    first = key.start_mark.line
+    if lines[first][:key.start_mark.column].strip(" \t"):
+        return plain
+    end_mark = value.end_mark
+    if end_mark.column == 0:
+        last = end_mark.line  # exclusive: the value ends where that line starts
+    elif _blank_or_comment(lines[end_mark.line][end_mark.column:]):
+        last = end_mark.line + 1
+    else:
+        return plain
+    while last - 1 > first and _blank_or_comment(lines[last - 1]):
+        last -= 1
+    floor = 0  # lines above this one belong to the previous key's value (a block scalar may hold `# ...`)
+    if at > 0:
+        prev = max(_content_end(pairs[at - 1][0]), _content_end(pairs[at - 1][1]), key=lambda m: m.index)
+        floor = prev.line if prev.column == 0 else prev.line + 1
+    while first - 1 >= floor and _blank_or_comment(lines[first - 1]):
+        first -= 1
+    return hashlib.sha256("".join(lines[:first] + lines[last:]).encode("utf-8")).hexdigest()
 
 
 def _check_unique(what: str, ids: list[str], node: yaml.Node | None, path: str) -> None:
@@ -237,3 +321,15 @@ def sample_principles(const: Constitution, seed: int | None, messages: list[dict
     if rounds <= len(pool):
         return rng.sample(pool, rounds)
     return [rng.choice(pool) for _ in range(rounds)]
+
+
+def sample_comparison(const: Constitution, seed: int | None, messages: list[dict[str, str]],
+                      pair: tuple[int, int]) -> ComparisonPrinciple:
+    """The comparison principle for one pair of candidates of a prompt; the same seed, prompt and pair (in
+    either order) always give the same principle."""
+    if not const.comparisons:
+        raise InputError(f"constitution {const.name!r} has no comparison principles for preference labels; "
+                         "add a `comparisons:` section (a list of {id, question, tags})", path=const.path or None)
+    blob = json.dumps([seed, messages, sorted(pair)], sort_keys=True, ensure_ascii=False)
+    rng = random.Random(hashlib.sha256(blob.encode()).hexdigest())
+    return rng.choice(const.comparisons)
