@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 from cai import __version__
 from cai.errors import InputError, OutputError
 from cai.prices import call_price, cost, load_prices
-from cai.results import RecordRows, developer_as_system_turns, record_rows, rewards_of
-from cai.settings import IOSettings, RunSettings
+from cai.results import RecordRows, developer_as_system_turns, label_rows, record_rows, rewards_of
+from cai.settings import IOSettings, LabelSettings, RunSettings
 from cai.store import Store
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from cai import parquet
 
 EXPORTS = ("sft", "pairs", "critiques")
+LABELS = "labels"  # every comparison of a run with AI preference labels (`labels.jsonl`)
 FORMATS = ("jsonl", "parquet")
 #: A plugin's manifest section: (store, export counts) → keys to add to manifest.json ({} for none).
 ManifestExtra = Callable[[Store, dict[str, int]], dict[str, Any]]
@@ -156,7 +157,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def sweep(run_dir: Path) -> None:
     """Delete the temp files that an export killed mid-way left in `run_dir`."""
-    for name in [f"{e}.{ext}" for e in EXPORTS for ext in FORMATS] + ["manifest.json"]:
+    for name in [f"{e}.{ext}" for e in (*EXPORTS, LABELS) for ext in FORMATS] + ["manifest.json"]:
         for tmp in run_dir.glob(f".{name}.*.tmp"):
             with writing(tmp):
                 tmp.unlink(missing_ok=True)
@@ -194,10 +195,16 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
     sinks: dict[str, Sink] = {}
     dropped: Counter[str] = Counter()
     rbr = {"graded": 0, "improved": 0}
+    labeled = Counter({"pairs_ai_label": 0, "label_near_ties": 0})
     expected = 0
+    lab = settings.labels or LabelSettings()
+    has_labels = settings.labels is not None or store.read(
+        "SELECT 1 FROM steps WHERE kind='label' LIMIT 1").fetchone() is not None
+    names = (*EXPORTS, LABELS) if has_labels else EXPORTS
     try:
-        for name in EXPORTS:
-            schema = _parquet().schema(name, rewards=settings.scoring is not None) if ext == "parquet" else None
+        for name in names:
+            schema = _parquet().schema(name, rewards=settings.scoring is not None,
+                                       labels=has_labels) if ext == "parquet" else None
             sinks[name] = Sink(store.run_dir / f"{name}.{ext}", schema)
         for rec, (sft, pair, crits, why) in done_rows(store, settings, developer_as_system):
             expected += (rec["extra"] or {}).get("expected") in ("comply", "refuse")
@@ -208,11 +215,22 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
             if sft:
                 sinks["sft"].add(sft)
             if pair:
+                if has_labels:  # the columns every pair of a labeled run has
+                    pair.update(score_chosen=pair.get("reward_chosen"), score_rejected=pair.get("reward_rejected"),
+                                source="revision", label=None)
                 sinks["pairs"].add(pair)
             elif why:
                 dropped[why] += 1
             for c in crits:
                 sinks["critiques"].add(c)
+            if has_labels:
+                ai_pairs, comparisons, near = label_rows(rec, lab.min_margin, lab.rank_by)
+                for row in ai_pairs:
+                    sinks["pairs"].add(row)
+                for row in comparisons:
+                    sinks[LABELS].add(row)
+                labeled["pairs_ai_label"] += len(ai_pairs)
+                labeled["label_near_ties"] += near
         for sink in sinks.values():
             sink.finish()
         for sink in sinks.values():
@@ -221,7 +239,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
         for sink in sinks.values():
             sink.abort()
         raise
-    for name in EXPORTS:  # only now that the new files are in place
+    for name in (*EXPORTS, LABELS):  # only now that the new files are in place
         for stale in (store.run_dir / f"{name}.{other}" for other in FORMATS if other != ext):
             with writing(stale):
                 stale.unlink(missing_ok=True)
@@ -230,6 +248,8 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
     if rbr["graded"]:
         counts["rbr_graded"], counts["rbr_improved"] = rbr["graded"], rbr["improved"]
     counts["with_expected"] = expected
+    if has_labels:
+        counts.update(labeled)
     return counts
 
 

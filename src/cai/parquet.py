@@ -17,11 +17,15 @@ ROWS_PER_GROUP = 1000  # rows buffered before they are written out as one row gr
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 METADATA = pa.struct([("principles", pa.list_(pa.string())), ("rounds", pa.int64()),
                       ("violations", pa.list_(pa.bool_()))])
+LABEL = pa.struct([("principle", pa.string()), ("p_chosen_first", pa.float64()), ("p_chosen_second", pa.float64()),
+                   ("margin", pa.float64()), ("rank_by", pa.string()), ("method", pa.string()),
+                   ("judge", pa.string())])
 VERDICT = pa.struct([("critique", pa.string()), ("violates", pa.bool_()), ("severity", pa.int64())])
 
 
-def schema(export: str, rewards: bool = False) -> pa.Schema:
-    """The columns of `export` (sft, pairs or critiques); `rewards` adds the pairs' reward columns."""
+def schema(export: str, rewards: bool = False, labels: bool = False) -> pa.Schema:
+    """The columns of `export` (sft, pairs, critiques or labels); `rewards` adds the pairs' reward columns,
+    `labels` (a run with AI preference labels) their score, source and label columns."""
     if export == "sft":
         return pa.schema([("id", pa.string()), ("messages", MESSAGES)])
     if export == "pairs":
@@ -29,7 +33,15 @@ def schema(export: str, rewards: bool = False) -> pa.Schema:
                   ("metadata", METADATA)]
         if rewards:
             fields += [("reward_chosen", pa.float64()), ("reward_rejected", pa.float64())]
+        if labels:
+            fields += [("score_chosen", pa.float64()), ("score_rejected", pa.float64()), ("source", pa.string()),
+                       ("label", LABEL)]
         return pa.schema(fields)
+    if export == "labels":
+        return pa.schema([("id", pa.string()), ("a", pa.int64()), ("b", pa.int64()), ("source_a", pa.string()),
+                          ("source_b", pa.string()), ("response_a", pa.string()), ("response_b", pa.string()),
+                          ("principle", pa.string()), ("p_ab", pa.float64()), ("p_ba", pa.float64()),
+                          ("p", pa.float64()), ("method", pa.string()), ("judge", pa.string())])
     if export == "critiques":
         return pa.schema([("id", pa.string()), ("round", pa.int64()), ("principle", pa.string()),
                           ("critique", pa.string()), ("verdict", VERDICT), ("parsed", pa.bool_()),

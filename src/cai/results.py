@@ -74,6 +74,42 @@ def record_rows(rec: dict[str, Any], min_margin: float | None = None) -> RecordR
     return sft, pair, crits, dropped
 
 
+def label_rows(rec: dict[str, Any], min_margin: float = 0.0, rank_by: str = "judge"
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """(preference pairs, comparisons, near-ties) of a record's latest `label` step (see `cai.scoring.Labeler`):
+    a pair for every two candidates whose margin under the `rank_by` ranking exceeds `min_margin`; the others
+    are near-ties. No label step: nothing."""
+    step = next((s for s in reversed(rec["steps"]) if s["kind"] == "label"), None)
+    if step is None:
+        return [], [], 0
+    cands, judge = step["candidates"], step.get("judge")
+    comps = {(c["a"], c["b"]): c for c in step["comparisons"]}
+    ranking = (step.get("rankings") or {}).get(rank_by) or {}
+    pairs: list[dict[str, Any]] = []
+    near = 0
+    for p in ranking.get("pairs", []):
+        if p["margin"] <= min_margin:
+            near += 1
+            continue
+        i, j = p["chosen"], p["rejected"]
+        c = comps.get((i, j)) or comps.get((j, i)) or {}
+        flip = (i, j) not in comps  # the comparison showed the rejected one as (A)
+        # P(chosen wins) when it was shown as (A), and when it was shown as (B)
+        p_first, p_second = ((c["p_ba"], 1 - c["p_ab"]) if flip else (c["p_ab"], 1 - c["p_ba"])) if c else (None, None)
+        pairs.append({
+            "id": f"{rec['id']}:{cands[i]['source']}{cands[i]['n']}>{cands[j]['source']}{cands[j]['n']}",
+            "prompt": rec["messages"], "chosen": [{"role": "assistant", "content": cands[i]["response"]}],
+            "rejected": [{"role": "assistant", "content": cands[j]["response"]}],
+            "score_chosen": p["score_chosen"], "score_rejected": p["score_rejected"], "source": "ai_label",
+            "label": {"principle": c.get("principle"), "p_chosen_first": p_first, "p_chosen_second": p_second,
+                      "margin": p["margin"], "rank_by": rank_by, "method": c.get("method"), "judge": judge}})
+    rows = [{"id": rec["id"], "a": c["a"], "b": c["b"], "source_a": cands[c["a"]]["source"],
+             "source_b": cands[c["b"]]["source"], "response_a": cands[c["a"]]["response"],
+             "response_b": cands[c["b"]]["response"], "principle": c["principle"], "p_ab": c["p_ab"],
+             "p_ba": c["p_ba"], "p": c["p"], "method": c["method"], "judge": judge} for c in step["comparisons"]]
+    return pairs, rows, near
+
+
 def developer_as_system_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """`messages` with every `developer` turn given the `system` role (keys keep their order)."""
     return [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
