@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import cai.labels  # noqa: F401  (registers the "ai" labeler)
 import cai.rbr  # noqa: F401  (registers the "rbr" scorer)
 from cai import explore
 from cai.engine import Engine
@@ -123,7 +124,11 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, c
                prices: str | os.PathLike[str] | None = None, rbr: bool = False, grader: str | None = None,
                rbr_constitution: str | None = None, grader_mode: Literal["separate", "joint"] = "separate",
                votes: int = 3, weights: str | os.PathLike[str] | None = None, rbr_feedback: bool = True,
-               min_reward_margin: float | None = None, cache: str | os.PathLike[str] | None = None,
+               min_reward_margin: float | None = None, candidates: int = 1,
+               candidates_from: Literal["samples", "revisions", "samples+revisions"] = "samples",
+               judge: str | None = None, cot: bool = False, min_margin: float | None = None,
+               rank_by: Literal["judge", "rbr", "judge+rbr"] | None = None,
+               cache: str | os.PathLike[str] | None = None,
                progress: bool | Callable[[dict[str, int]], None] | ProgressSink = False,
                command: list[str] | None = None) -> Run:
     """Draft, critique and revise every prompt into the run folder `out`, export, and return the `Run`.
@@ -131,8 +136,10 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, c
     `prompts`: a .jsonl/.txt/.csv path, a list of strings, of message lists or of dicts (`prompt` or
     `messages`, optional `id`, other fields kept), or a DataFrame with a `prompt` or `messages` column.
     Every other option is the `cai run` option of the same name (`fewshot`: worked examples in the critic's
-    and reviser's prompts, None for all of prompts/fewshot.yaml). `progress`: True prints the CLI's
-    progress line on stderr, a function gets a dict of counts after each record. `command` is recorded
+    and reviser's prompts, None for all of prompts/fewshot.yaml; `candidates` ≥ 2 or `candidates_from`
+    with revisions turns AI preference labels on, with `judge`, `cot`, `votes`, `min_margin`, `rank_by`).
+    `progress`: True prints the CLI's progress line on stderr, a function gets a dict of counts after each
+    record. `command` is recorded
     for `cai status`'s resume command (the CLI passes its argv). Re-running the same call resumes.
     """
     path, folder = _input_file(prompts, out)
@@ -143,9 +150,10 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, c
         max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout, concurrency=concurrency,
         limit=limit, max_retries=max_retries, rpm=rpm, tpm=tpm, retry_failed=retry_failed, format=format,
         rbr=rbr, grader=grader, rbr_constitution=rbr_constitution, grader_mode=grader_mode if rbr else None,
-        votes=votes if rbr else None, weights=weights, rbr_feedback=rbr_feedback if rbr else None,
-        min_reward_margin=min_reward_margin, prices=prices, cache=cache,
-        system_role_for_developer=system_role_for_developer, fewshot=fewshot)
+        votes=votes if rbr or candidates > 1 or "revisions" in candidates_from else None, weights=weights,
+        rbr_feedback=rbr_feedback if rbr else None, min_reward_margin=min_reward_margin, prices=prices, cache=cache,
+        system_role_for_developer=system_role_for_developer, fewshot=fewshot, candidates=candidates,
+        candidates_from=candidates_from, judge=judge, cot=cot or None, min_margin=min_margin, rank_by=rank_by)
     sink: ProgressSink | None
     if progress is True:
         sink = Progress(prices=price_table)

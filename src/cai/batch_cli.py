@@ -88,8 +88,10 @@ def add_submit(run_command: Callable[..., Any]) -> None:
         input_path: Path = options.pop("input")
         as_json = options.pop("as_json")
         out = normalize_out(options.pop("out") or Path("runs") / input_path.stem)
+        labeling = options.get("candidates", 1) > 1 or "revisions" in options.get("candidates_from", "")
         if not options.get("rbr"):
-            options.update(dict.fromkeys(SCORING_DEFAULTED))
+            options.update(dict.fromkeys(s for s in SCORING_DEFAULTED if not (labeling and s == "votes")))
+        options["cot"] = options.get("cot") or None
         report = run_async(asubmit(input_path, out=out, command=["cai", *sys.argv[1:]], **options))
         _finish(report, as_json)
 

@@ -98,6 +98,20 @@ def run(
     rbr_feedback: Annotated[bool, typer.Option(help="Give the reviser the failed propositions/checks.")] = True,
     min_reward_margin: Annotated[Optional[float], typer.Option(
         help="Drop pairs whose reward improved by less.")] = None,
+    candidates: Annotated[int, typer.Option(min=1, help="AI preference labels: responses sampled per prompt "
+                                                        "(the draft and K-1 more); 2 or more are judged "
+                                                        "pairwise.")] = 1,
+    candidates_from: Annotated[Literal["samples", "revisions", "samples+revisions"], typer.Option(
+        help="Candidates to judge: the samples, the draft and its revisions, or both.")] = "samples",
+    judge: Annotated[Optional[str], typer.Option(help="Model that judges candidates (default: the critic).")
+                     ] = None,
+    cot: Annotated[bool, typer.Option(help="The judge reasons before answering (labels clamped to [0.4, 0.6]).")
+                   ] = False,
+    min_margin: Annotated[Optional[float], typer.Option(
+        min=0.0, max=0.5, help="Keep a labeled pair only if P(chosen ≻ rejected) - 0.5 exceeds this (default 0).")
+                          ] = None,
+    rank_by: Annotated[Optional[Literal["judge", "rbr", "judge+rbr"]], typer.Option(
+        help="Rank candidates by the judge (default), the RBR reward, or both (needs --rbr).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON to stdout.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
 ) -> None:
@@ -122,7 +136,9 @@ def run(
             timeout=timeout, rpm=rpm, tpm=tpm, format=format, system_role_for_developer=system_role_for_developer,
             restart=restart, retry_failed=retry_failed, prices=prices, cache=cache, rbr=rbr, grader=grader,
             rbr_constitution=rbr_constitution, grader_mode=grader_mode, votes=votes, weights=weights,
-            rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin, progress=progress, command=argv))
+            rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin, candidates=candidates,
+            candidates_from=candidates_from, judge=judge, cot=cot, min_margin=min_margin, rank_by=rank_by,
+            progress=progress, command=argv))
     except Interrupted:
         raise Interrupted("interrupted; every committed step is kept. Resume with:\n  "
                           + resume_command(argv)) from None
