@@ -19,6 +19,7 @@ from cai.batch_cli import add_submit, batch_app
 from cai.clikit import emit, err, fails_cleanly, run_async
 from cai.cmdline import quote, resume_command, retry_command, summary_line
 from cai.errors import Interrupted
+from cai.labels_cli import judge_eval, label
 from cai.rbr.cli import rbr_app
 
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -162,6 +163,8 @@ def run(
 
 
 add_submit(run)
+app.command("label")(label)
+app.command("judge-eval")(judge_eval)
 
 
 @app.command("export")

@@ -1,0 +1,194 @@
+"""AI preference labels: the judge's soft labels in both orders (scripted logprobs and votes on the loopback stub
+server), --cot clamping, K-wise pairs and near-ties, `cai label` on files and runs, `cai judge-eval`, and runs
+with --candidates on the stub and on the embedded model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import REPO, SHARED, cai, read_jsonl
+from reliability import KEY, cai_run, one_line_error
+from servers import StubServer
+
+ROWS = [{"id": "q1", "prompt": "Which river is longest?",
+         "responses": ["BAD one: I refuse.", "GOOD: the Nile, by most measures.", "BAD two: rivers are wet."]}]
+
+
+def a_part(body: dict[str, Any]) -> str:
+    """The text the judge was shown as (A)."""
+    user = body["messages"][-1]["content"]
+    return user.split("Response (B)")[0].split("Response (A)")[1]
+
+
+def scripted(p_good_first: float = 0.8, p_good_second: float = 0.7):
+    """Logprobs of a judge that prefers the response containing GOOD: P(A) = p_good_first when it is (A), and
+    P(B) = p_good_second when it is (B); 0.5 when neither is GOOD."""
+    def fn(body: dict[str, Any]) -> list[list[tuple[str, float]]]:
+        a = a_part(body)
+        p = p_good_first if "GOOD" in a else 1 - p_good_second if "GOOD" in body["messages"][-1]["content"] else 0.5
+        return [[("A", math.log(p)), (" B", math.log(1 - p)), ("C", math.log(1e-4))]]
+    return fn
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_soft_labels_average_both_orders_and_rank_k_candidates(env, tmp_path):
+    with StubServer(logprobs_fn=scripted()) as srv:
+        out = tmp_path / "lab"
+        r = cai("label", write_rows(tmp_path / "rows.jsonl", ROWS), "--judge", "openai:stub", "--base-url", srv.url,
+                "--out", out, "--json")
+        assert r.exit_code == 0, r.stderr
+        labels = {(c["a"], c["b"]): c for c in read_jsonl(out / "labels.jsonl")}
+        assert len(labels) == 3 and all(c["method"] == "logprobs" for c in labels.values())
+        bad_good = labels[(0, 1)]  # BAD shown first: P(A) = 1 - 0.7; GOOD shown first: P(A) = 0.8
+        assert bad_good["p_ab"] == pytest.approx(0.3) and bad_good["p_ba"] == pytest.approx(0.8)
+        assert bad_good["p"] == pytest.approx((0.3 + 1 - 0.8) / 2)
+        assert labels[(0, 2)]["p"] == pytest.approx(0.5)  # two BADs: a tie
+        pairs = read_jsonl(out / "pairs.jsonl")
+        assert {(p["chosen"][0]["content"][:4], p["rejected"][0]["content"][:7]) for p in pairs} == {
+            ("GOOD", "BAD one"), ("GOOD", "BAD two")}
+        first = next(p for p in pairs if "one" in p["rejected"][0]["content"])
+        assert first["source"] == "ai_label" and first["score_chosen"] > first["score_rejected"]
+        assert first["label"]["p_chosen_first"] == pytest.approx(0.8)
+        assert first["label"]["p_chosen_second"] == pytest.approx(0.7)
+        assert json.loads(r.stdout)["near_ties"] == 1  # the two BADs
+        again = cai("label", tmp_path / "rows.jsonl", "--judge", "openai:stub", "--base-url", srv.url, "--out", out,
+                    "--min-margin", "0.49", "--json")
+        info = json.loads(again.stdout)
+        assert info["calls_made"] == 0 and info["pairs"] == 0 and info["near_ties"] == 3  # cached; all near-ties
+
+
+def test_votes_and_chain_of_thought_are_clamped(env, tmp_path):
+    def reply(kind: str, body: dict[str, Any]) -> str:
+        good_first = "GOOD" in a_part(body)
+        if "Answer: A" in body["messages"][-1]["content"] or "think it through" in str(body):
+            return f"Response {'A' if good_first else 'B'} is more accurate.\nAnswer: {'A' if good_first else 'B'}"
+        return "A" if good_first else "B"
+
+    rows = write_rows(tmp_path / "rows.jsonl", [{**ROWS[0], "responses": ROWS[0]["responses"][:2]}])
+    with StubServer(reply_fn=reply) as srv:
+        for cot, expect in ((False, (0.0, 1.0, 0.0)), (True, (0.4, 0.6, 0.4))):
+            out = tmp_path / f"lab-{cot}"
+            args = ["label", rows, "--judge", "anthropic:stub", "--base-url", srv.anthropic_url, "--out", out,
+                    "--votes", "2", *(["--cot"] if cot else [])]
+            assert cai(*args).exit_code == 0
+            (c,) = read_jsonl(out / "labels.jsonl")
+            assert c["method"] == "votes" and (c["p_ab"], c["p_ba"], c["p"]) == pytest.approx(expect)
+
+
+def test_judge_eval_measures_agreement_and_position_bias(env, tmp_path):
+    rows = write_rows(tmp_path / "pairs.jsonl", [
+        {"id": f"r{i}", "prompt": f"Question {i}?", "chosen": [{"role": "assistant", "content": f"GOOD {i}"}],
+         "rejected": f"BAD {i}", "section": "s1" if i < 2 else "s2"} for i in range(4)])
+    with StubServer(logprobs_fn=scripted(0.9, 0.6)) as srv:
+        r = cai("judge-eval", rows, "--model", "openai:stub", "--base-url", srv.url, "--out", tmp_path / "je", "--json")
+    info = json.loads(r.stdout)
+    assert info["agreement"] == 1.0 and info["undecided"] == 0 and info["by_tag"]["s1"]["pairs"] == 2
+    # GOOD first: A wins (0.9); BAD first: B wins (P(A) = 0.4): the first-shown option won half the asks
+    assert info["position_bias"] == {"first_shown_wins": 0.5, "orders_disagree": 0.0}
+    assert info["mean_confidence"] == pytest.approx(((0.9 + 1 - 0.4) / 2) - 0.5)
+
+    with StubServer(reply_fn=lambda kind, body: "A") as srv:  # always the first-shown option
+        r = cai("judge-eval", rows, "--model", "anthropic:stub", "--base-url", srv.anthropic_url, "--votes", "1",
+                "--out", tmp_path / "je2", "--json")
+    info = json.loads(r.stdout)
+    assert info["undecided"] == 4 and info["agreement"] is None
+    assert info["position_bias"] == {"first_shown_wins": 1.0, "orders_disagree": 1.0}
+
+
+def test_a_run_with_candidates_labels_them_and_resumes_without_calls(env, tmp_path):
+    prompts = write_rows(tmp_path / "p.jsonl", [{"id": f"p{i}", "prompt": f"Tell me about tides {i}."}
+                                                for i in range(3)])
+    out = tmp_path / "run"
+
+    def by_seed(kind: str, body: dict[str, Any]) -> str | None:  # samples differ by their seed
+        return None if body.get("response_format") else f"Tides answer {body.get('seed')}: the moon pulls."
+
+    with StubServer(logprobs_fn=scripted(), reply_fn=by_seed) as srv:
+        args = ["run", prompts, "--out", out, "--model", "openai:stub", "--base-url", srv.url, "--rounds", "1",
+                "--max-tokens", "16", "--candidates", "3", "--quiet", "--json"]
+        r = cai_run(*args)
+        assert r.returncode == 0, r.stderr
+        manifest = json.loads(r.stdout)
+        again = json.loads(cai_run(*args).stdout)
+    assert again["this_invocation"]["calls"] == 0
+    ex = manifest["exports"]
+    assert ex["labels"] == 9 and ex["pairs_ai_label"] + ex["label_near_ties"] == 9  # 3 comparisons per record
+    labels = read_jsonl(out / "labels.jsonl")
+    assert {c["source_a"] for c in labels} == {"draft", "sample"} and {c["judge"] for c in labels} == {"openai:stub"}
+    assert all(c["response_a"] != c["response_b"] for c in labels)  # three different samples per record
+    pairs = read_jsonl(out / "pairs.jsonl")
+    assert {p["source"] for p in pairs} <= {"revision", "ai_label"} and all("score_chosen" in p for p in pairs)
+
+
+def test_cai_label_adds_labels_to_an_existing_run(env, tmp_path):
+    prompts = write_rows(tmp_path / "p.jsonl", [{"id": "p0", "prompt": "Tell me about tides."}])
+    out = tmp_path / "run"
+    with StubServer(logprobs_fn=scripted()) as srv:
+        assert cai_run("run", prompts, "--out", out, "--model", "openai:stub", "--base-url", srv.url, "--rounds", "2",
+                       "--max-tokens", "16", "--quiet").returncode == 0
+        assert not (out / "labels.jsonl").exists()
+        r = cai("label", out, "--judge", "openai:stub", "--base-url", srv.url, "--json")
+        assert r.exit_code == 0, r.stderr
+    labels = read_jsonl(out / "labels.jsonl")
+    sources = {c["source_a"] for c in labels} | {c["source_b"] for c in labels}
+    assert "draft" in sources and "revision" in sources  # the draft and its revisions, each text once
+    n = len({c["response_a"] for c in labels} | {c["response_b"] for c in labels})
+    assert len(labels) == n * (n - 1) // 2
+    assert json.loads((out / "manifest.json").read_text())["exports"]["labels"] == len(labels)
+
+
+def test_labeling_options_are_checked_in_one_line(env, tmp_path):
+    prompts = write_rows(tmp_path / "p.jsonl", [{"id": "p0", "prompt": "Hi."}])
+    r = cai_run("run", prompts, "--out", tmp_path / "a", "--judge", "openai:x")
+    assert r.returncode == 2 and "need two or more candidates" in one_line_error(r.stderr)
+    r = cai_run("run", prompts, "--out", tmp_path / "b", "--candidates", "2", "--rank-by", "rbr")
+    assert r.returncode == 2 and "needs rule-based rewards" in one_line_error(r.stderr)
+    bad = write_rows(tmp_path / "rows.jsonl", [{"prompt": "Q", "responses": ["only one"]}])
+    r = cai_run("label", bad, "--out", tmp_path / "c")
+    assert r.returncode == 2 and one_line_error(r.stderr).startswith(f"error: {bad}:1: `responses`")
+    nocomp = tmp_path / "c.yaml"
+    nocomp.write_text("name: plain\nprinciples:\n  - id: p\n    critique: c?\n    revision: r.\n")
+    r = cai_run("run", prompts, "--out", tmp_path / "d", "--candidates", "2", "--constitution", nocomp)
+    assert r.returncode == 2 and "no `comparisons:` section" in one_line_error(r.stderr)
+
+
+def test_candidates_on_the_embedded_model(tmp_path):
+    """End to end on SmolLM2-135M: two candidates per prompt, judged in both orders from its logprobs."""
+    out = tmp_path / "run"
+    r = cai_run("run", REPO / "examples" / "prompts.jsonl", "--out", out, "--limit", "1", "--rounds", "1",
+                "--max-tokens", "24", "--candidates", "2", "--quiet", "--json")
+    assert r.returncode == 0, r.stderr
+    (c,) = read_jsonl(out / "labels.jsonl")
+    assert c["method"] == "logprobs" and c["judge"] == "local" and 0.0 <= c["p"] <= 1.0
+    assert c["p"] == pytest.approx((c["p_ab"] + 1 - c["p_ba"]) / 2)
+    ex = json.loads(r.stdout)["exports"]
+    assert ex["labels"] == 1 and ex["pairs_ai_label"] + ex["label_near_ties"] == 1
+
+
+def test_judge_eval_on_the_dev_pairs_with_the_embedded_model(tmp_path):
+    """The dev pairs (GOOD vs BAD responses from the Model Spec), the first 6, judged by the embedded model: the
+    figures are whatever the 135M model gives; the arithmetic must hold."""
+    r = cai_run("judge-eval", SHARED / "modelspec_pairs_dev.jsonl", "--model", "local", "--limit", "6",
+                "--out", tmp_path / "je", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["pairs"] == 6 == info["decided"] + info["undecided"] and len(info["rows"]) == 6
+    decided = [x for x in info["rows"] if x["p"] != 0.5]
+    if decided:
+        assert info["agreement"] == round(sum(x["p"] > 0.5 for x in decided) / len(decided), 4)
+    assert 0.0 <= info["position_bias"]["first_shown_wins"] <= 1.0
