@@ -18,12 +18,18 @@ from cai.constitution import load as load_constitution
 from cai.errors import CaiError, InputError
 from cai.export import ManifestExtra, export_run, run_settings
 from cai.lock import RunLock
-from cai.results import developer_as_system_turns, draft_and_final, frame, prompt_text, record_rows
+from cai.results import developer_as_system_turns, draft_and_final, frame, label_rows, prompt_text, record_rows
+from cai.settings import LabelSettings
 from cai.status import run_status
 from cai.store import Store
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+#: The columns of `Run.labels()`: one row per comparison of two candidates (see `cai.results.label_rows`).
+LABEL_COLUMNS = ["id", "a", "b", "source_a", "source_b", "response_a", "response_b", "principle", "p_ab", "p_ba",
+                 "p", "method", "judge"]
 
 
 def _reply_fields(reply: dict[str, Any]) -> dict[str, Any]:
@@ -98,19 +104,54 @@ class Run:
         return frame(rows, columns=["id", "round", "principle", "critique", "violates", "severity", "parsed",
                                            "before", "after"])
 
+    def _labeled(self) -> tuple[bool, list[tuple[dict[str, Any], tuple[Any, ...], tuple[Any, ...]]]]:
+        """(whether the run has AI preference labels, [(record, its `record_rows`, its `label_rows`)] for the
+        done records): labels as the exports write them, with the run's `--min-margin` and `--rank-by`."""
+        store = self._store()
+        try:
+            settings = run_settings(store)
+            lab = settings.labels or LabelSettings()
+            has_labels = settings.labels is not None or store.read(
+                "SELECT 1 FROM steps WHERE kind='label' LIMIT 1").fetchone() is not None
+            margin = settings.export.min_reward_margin
+            return has_labels, [(rec, record_rows(rec, margin), label_rows(rec, lab.min_margin, lab.rank_by))
+                                for rec in store.iter_records() if rec["status"] == "done"]
+        finally:
+            store.close()
+
     def pairs(self) -> pd.DataFrame:
         """Preference pairs as exported (TRL message lists) plus flat text columns: prompt_text, chosen_text,
-        rejected_text, principles, rounds, violations (and rewards with --rbr)."""
+        rejected_text, principles, rounds, violations (and rewards with --rbr). A run with AI preference labels
+        also has its AI-labeled pairs, after each record's revision pair, and every pair has score_chosen,
+        score_rejected, source ("revision" or "ai_label") and label (a dict for AI-labeled pairs, else None),
+        as in pairs.jsonl."""
+        has_labels, records = self._labeled()
         rows = []
-        for _, (_, pair, _, _) in self._rows(done_only=True):
-            if pair is None:
-                continue
-            meta = pair.pop("metadata")
-            rows.append({**pair, "prompt_text": prompt_text(pair["prompt"]),
-                         "chosen_text": pair["chosen"][0]["content"], "rejected_text": pair["rejected"][0]["content"],
-                         **meta})
-        return frame(rows, columns=None if rows else ["id", "prompt", "chosen", "rejected", "prompt_text",
-                                                              "chosen_text", "rejected_text"])
+        for _, (_, pair, _, _), (ai_pairs, _, _) in records:
+            if pair is not None:
+                meta = pair.pop("metadata")
+                if has_labels:  # the columns every pair of a labeled run has (as cai.export writes them)
+                    pair.update(score_chosen=pair.get("reward_chosen"), score_rejected=pair.get("reward_rejected"),
+                                source="revision", label=None)
+                rows.append({**pair, "prompt_text": prompt_text(pair["prompt"]),
+                             "chosen_text": pair["chosen"][0]["content"],
+                             "rejected_text": pair["rejected"][0]["content"], **meta})
+            for ai in ai_pairs:
+                rows.append({**ai, "prompt_text": prompt_text(ai["prompt"]), "chosen_text": ai["chosen"][0]["content"],
+                             "rejected_text": ai["rejected"][0]["content"]})
+        columns = ["id", "prompt", "chosen", "rejected", "prompt_text", "chosen_text", "rejected_text"]
+        if has_labels:
+            columns += ["score_chosen", "score_rejected", "source", "label"]
+        return frame(rows, columns=None if rows else columns)
+
+    def labels(self) -> pd.DataFrame:
+        """AI preference labels: one row per comparison of two candidates of a done record, as in labels.jsonl:
+        id, a, b (candidate indices), source_a, source_b, response_a, response_b, principle, p_ab (P(A) with a
+        shown as (A)), p_ba (P(A) with b shown as (A)), p (P(a ≻ b) = (p_ab + 1 − p_ba) / 2), method, judge.
+        Empty (with these columns) for a run without labels."""
+        _, records = self._labeled()
+        rows = [row for _, _, (_, comparisons, _) in records for row in comparisons]
+        return frame(rows, columns=LABEL_COLUMNS)
 
     def sft(self, developer_as_system: bool = False) -> pd.DataFrame:
         """SFT rows as exported (`messages`) plus prompt_text and completion (the final response)."""

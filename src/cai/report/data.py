@@ -2,12 +2,14 @@
 
 The per-record rows come from one pass over a read-only snapshot of the store (the same `cai.results`
 helpers the exports and `Run` tables use), so a report can be made while `cai run` writes the folder.
-Statistics per principle and per round come from `cai.explore`.
+Statistics per principle and per round come from `cai.explore`; those of AI preference labels (`LabelStats`)
+from the same comparison rows as `Run.labels()` and labels.jsonl.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,8 +17,8 @@ from cai import explore
 from cai.errors import CaiError
 from cai.export import run_settings
 from cai.prices import call_price, cost, load_prices
-from cai.results import draft_and_final, prompt_text, record_rows
-from cai.settings import RunSettings
+from cai.results import draft_and_final, label_rows, prompt_text, record_rows
+from cai.settings import LabelSettings, RunSettings
 from cai.store import Store
 
 if TYPE_CHECKING:
@@ -31,6 +33,73 @@ class Grade:
 
     reward: float
     response_type: str | None
+
+
+@dataclass
+class LabelStats:
+    """AI preference labels of the done records, from their comparison rows (`cai.results.label_rows`)."""
+
+    comparisons: int
+    records: int  # done records with at least one comparison
+    judges: list[str]
+    #: |p − 0.5| per comparison: 0 = undecided, 0.5 = certain
+    confidences: list[float]
+    #: single-order asks (two per comparison) whose first-shown option won (P(A) > 0.5), lost (< 0.5), tied (= 0.5)
+    first_wins: int
+    second_wins: int
+    ties: int
+    #: comparisons whose two orders picked the same position (both the first-shown or both the second-shown)
+    disagreements: int
+    methods: dict[str, int]
+    #: principle → [comparisons, mean confidence, share of its asks won by the first-shown option], most used first
+    principles: dict[str, list[Any]]
+    pairs: int  # AI-labeled pairs kept under the run's --min-margin and --rank-by
+    near_ties: int
+    min_margin: float
+    rank_by: str
+
+    @property
+    def asks(self) -> int:
+        return 2 * self.comparisons
+
+    @property
+    def mean_confidence(self) -> float:
+        return sum(self.confidences) / len(self.confidences)
+
+    @property
+    def first_share(self) -> float:
+        """Share of single-order asks where the option shown first won (0.5 = no position bias)."""
+        return self.first_wins / self.asks
+
+    @property
+    def disagreement_share(self) -> float:
+        return self.disagreements / self.comparisons
+
+
+def label_stats(rows: list[dict[str, Any]], pairs: int = 0, near_ties: int = 0,
+                settings: LabelSettings | None = None) -> LabelStats | None:
+    """The statistics of comparison rows (`label_rows`' second item, `Run.labels()` rows); None for no rows."""
+    if not rows:
+        return None
+    settings = settings or LabelSettings()
+    first = sum((r["p_ab"] > 0.5) + (r["p_ba"] > 0.5) for r in rows)
+    second = sum((r["p_ab"] < 0.5) + (r["p_ba"] < 0.5) for r in rows)
+    by_principle: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_principle.setdefault(str(r["principle"]), []).append(r)
+    principles = {
+        name: [len(rs), sum(abs(r["p"] - 0.5) for r in rs) / len(rs),
+               sum((r["p_ab"] > 0.5) + (r["p_ba"] > 0.5) for r in rs) / (2 * len(rs))]
+        for name, rs in sorted(by_principle.items(), key=lambda kv: (-len(kv[1]), kv[0]))}
+    return LabelStats(
+        comparisons=len(rows), records=len({r["id"] for r in rows}),
+        judges=sorted({str(r["judge"]) for r in rows if r.get("judge") is not None}),
+        confidences=[abs(r["p"] - 0.5) for r in rows], first_wins=first, second_wins=second,
+        ties=2 * len(rows) - first - second,
+        disagreements=sum((r["p_ab"] > 0.5 and r["p_ba"] > 0.5) or (r["p_ab"] < 0.5 and r["p_ba"] < 0.5)
+                          for r in rows),
+        methods=dict(Counter(str(r["method"]) for r in rows).most_common()), principles=principles,
+        pairs=pairs, near_ties=near_ties, min_margin=settings.min_margin, rank_by=settings.rank_by)
 
 
 @dataclass
@@ -53,6 +122,8 @@ class ReportData:
     pair_reward_changes: list[float] = field(default_factory=list)
     #: (round, severity or None for an unparsed verdict) per critique
     severities: list[tuple[int, int | None]] = field(default_factory=list)
+    #: AI preference labels (runs with --candidates K); None when the run has no comparison
+    labels: LabelStats | None = None
     principle_stats: pd.DataFrame | None = None
     rounds: pd.DataFrame | None = None
     summary: pd.DataFrame | None = None
@@ -163,16 +234,26 @@ def gather(run: Run) -> ReportData:
                       overview=overview(manifest, status), records=[], principles=[])
     index: dict[str, int] = {}
     store = Store.open_run(run.path, readonly=True)
+    comparisons: list[dict[str, Any]] = []
+    ai_pairs = near_ties = 0
     try:
-        margin = run_settings(store).export.min_reward_margin
+        settings = run_settings(store)
+        margin = settings.export.min_reward_margin
+        lab = settings.labels or LabelSettings()
         errors: dict[str, str] = {}
         for e in store.errors(open_only=True):
             errors[e["id"]] = f"{e['stage']}: {e['error_class']}: {e['message']}"
         for rec in store.iter_records():
             data.records.append(record_row(rec, index, errors.get(rec["id"]) if rec["status"] != "done" else None))
             _series(data, rec, margin)
+            if rec["status"] == "done":  # as Run.labels() and the exports: done records only
+                pairs, rows, near = label_rows(rec, lab.min_margin, lab.rank_by)
+                comparisons += rows
+                ai_pairs += len(pairs)
+                near_ties += near
     finally:
         store.close()
+    data.labels = label_stats(comparisons, ai_pairs, near_ties, lab)
     data.principles = sorted(index, key=index.__getitem__)
     data.principle_stats = explore.principle_stats(run)
     data.rounds = explore.rounds(run)

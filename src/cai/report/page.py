@@ -133,6 +133,44 @@ def _stats_tables(data: ReportData) -> list[str]:
     return parts
 
 
+def _share(n: int, of: int) -> str:
+    return f"{n:,} of {of:,} ({n / of:.1%})" if of else f"{n:,} of 0"
+
+
+def labels_html(data: ReportData, plot: Plot | None) -> str:
+    """The "AI preference labels" section (only for a run with comparisons, else ""): how many, how confident,
+    position bias, methods, per comparison principle, and the confidence histogram."""
+    lab = data.labels
+    if lab is None:
+        return ""
+    facts = [
+        ["comparisons", f"{lab.comparisons:,} over {lab.records:,} records, each asked in both orders "
+                        f"({lab.asks:,} single-order asks)", "comparisons"],
+        ["judge", ", ".join(lab.judges) or "?", "judge"],
+        ["label confidence", f"mean |P − 0.5| = {lab.mean_confidence:.3f} (0 = undecided, 0.5 = certain)",
+         "mean-confidence"],
+        ["position bias", f"the first-shown response won {_share(lab.first_wins, lab.asks)} single-order asks, "
+                          f"the second-shown {lab.second_wins:,}, undecided {lab.ties:,} (no bias: 50%)",
+         "first-shown-wins"],
+        ["order disagreement", f"{_share(lab.disagreements, lab.comparisons)} comparisons, whose two orders disagree: "
+                               "both picked the first-shown response, or both the second-shown",
+         "order-disagreement"],
+        ["methods", ", ".join(f"{m} {n:,}" for m, n in lab.methods.items()), "methods"],
+        ["AI-labeled pairs", f"{lab.pairs:,} kept, {lab.near_ties:,} near-ties dropped (ranked by {lab.rank_by}, "
+                             f"margin > {lab.min_margin:g})", "pairs"],
+    ]
+    rows = [[name, n, f"{conf:.3f}", f"{first:.1%}"] for name, (n, conf, first) in lab.principles.items()]
+    parts = ['<section id="labels">\n<h2>AI preference labels</h2>',
+             '<dl class="facts">' + "".join(f'<dt>{esc(k)}</dt><dd data-stat="{esc(key)}">{esc(v)}</dd>'
+                                            for k, v, key in facts) + "</dl>",
+             "<h3>Per comparison principle</h3>",
+             table(["principle", "comparisons", "mean confidence", "first-shown win share"], rows, "label-principles")]
+    if plot is not None and plot.svg is not None:
+        parts.append(plots_html([plot]))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
 def plots_html(plots: list[Plot]) -> str:
     """Drawn plots as figures; omitted ones as one-line notes."""
     out = []
@@ -153,9 +191,14 @@ def render(data: ReportData, plots: list[Plot]) -> str:
     csp = (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; "
            "base-uri 'none'; form-action 'none'")
     blob = {"principles": data.principles, "records": data.records}
+    # the label plot, when drawn, sits in the labels section; its omission note stays with the other plots
+    label_plot = next((p for p in plots if p.key == "ai-preference-labels" and p.svg is not None), None)
+    labels = labels_html(data, label_plot)
     slots = {
         "csp": esc(csp), "title": esc(f"cai report: {data.name}"), "css": asset("report.css"),
         "generated": esc(f"made {datetime.now(UTC).isoformat(timespec='seconds')} by cai {__version__}"),
-        "overview": overview_html(data), "plots": plots_html(plots), "data": script_json(blob), "script": script,
+        "overview": overview_html(data), "plots": plots_html([p for p in plots if p is not label_plot]),
+        "labels": labels, "nav_labels": ' · <a href="#labels">AI preference labels</a>' if labels else "",
+        "data": script_json(blob), "script": script,
     }
     return _SLOT.sub(lambda m: slots[m.group(1)], asset("report.html"))  # one pass: no slot inside a slot's value

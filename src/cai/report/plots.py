@@ -209,10 +209,28 @@ def refusal(data: ReportData) -> Plot:
 
 
 def ai_preference_labels(data: ReportData) -> Plot:
-    """HOOK for AI preference labels (an AI judge choosing between draft and final). cai does not produce them
-    yet, so this always returns the omission note; when it does, draw their agreement with the revision here."""
-    return Plot("ai-preference-labels", "AI preference labels",
-                note="No AI preference-label plot: cai does not produce AI preference labels yet.")
+    """Label confidence: histogram of |P − 0.5| over the run's AI-label comparisons, with its mean. Drawn in
+    the page's "AI preference labels" section (the omission note stays with the other plots)."""
+    plot = Plot("ai-preference-labels", "AI label confidence")
+    lab = data.labels
+    if lab is None:
+        plot.note = "No AI preference-label plot: the run has no AI preference labels (run with --candidates K)."
+        return plot
+    fig = _figure(5.5, 3.2)
+    ax = fig.add_subplot()
+    bins = [i / 20 for i in range(11)]  # 0, 0.05, ..., 0.5
+    ax.hist(lab.confidences, bins=bins, color=COLORS["final"], edgecolor="white")
+    ax.axvline(lab.mean_confidence, color=COLORS["violates"], ls="--", lw=1,
+               label=f"mean {lab.mean_confidence:.3f}")
+    ax.set_xlim(0, 0.5)
+    ax.set_xlabel("|P(a ≻ b) − 0.5| (0 = undecided, 0.5 = certain)", fontsize=8)
+    ax.set_ylabel("comparisons", fontsize=8)
+    ax.legend(fontsize=7, frameon=False)
+    _style(ax)
+    plot.svg = to_svg(fig, plot.key)
+    plot.caption = (f"{lab.comparisons} comparisons, P averaged over both orders; mean confidence "
+                    f"{lab.mean_confidence:.3f}.")
+    return plot
 
 
 #: Every plot of the report, in page order.
