@@ -29,6 +29,8 @@ def scripted(p_good_first: float = 0.8, p_good_second: float = 0.7):
     """Logprobs of a judge that prefers the response containing GOOD: P(A) = p_good_first when it is (A), and
     P(B) = p_good_second when it is (B); 0.5 when neither is GOOD."""
     def fn(body: dict[str, Any]) -> list[list[tuple[str, float]]]:
+        if "Response (A)" not in body["messages"][-1]["content"]:  # a grader's yes/no question (--rbr)
+            return [[("Yes", math.log(0.6)), ("No", math.log(0.4))]]
         a = a_part(body)
         p = p_good_first if "GOOD" in a else 1 - p_good_second if "GOOD" in body["messages"][-1]["content"] else 0.5
         return [[("A", math.log(p)), (" B", math.log(1 - p)), ("C", math.log(1e-4))]]
@@ -192,3 +194,39 @@ def test_judge_eval_on_the_dev_pairs_with_the_embedded_model(tmp_path):
     if decided:
         assert info["agreement"] == round(sum(x["p"] > 0.5 for x in decided) / len(decided), 4)
     assert 0.0 <= info["position_bias"]["first_shown_wins"] <= 1.0
+
+
+def test_revisions_as_candidates_and_ranking_by_judge_plus_rbr(env, tmp_path):
+    prompts = write_rows(tmp_path / "p.jsonl", [{"id": "p0", "prompt": "Tell me about tides."}])
+    with StubServer(logprobs_fn=scripted()) as srv:
+        out = tmp_path / "rev"
+        r = cai_run("run", prompts, "--out", out, "--model", "openai:stub", "--base-url", srv.url, "--rounds", "2",
+                    "--max-tokens", "16", "--candidates-from", "revisions", "--quiet")
+        assert r.returncode == 0, r.stderr
+        labels = read_jsonl(out / "labels.jsonl")
+        assert {c["source_a"] for c in labels} | {c["source_b"] for c in labels} == {"draft", "revision"}
+
+    def good_sample(kind: str, body: dict[str, Any]) -> str | None:  # the second sample is the GOOD one
+        if body.get("response_format"):
+            return None
+        return "GOOD: the moon pulls the sea." if body.get("seed") == 1 else f"Tides answer {body.get('seed')}."
+
+    with StubServer(logprobs_fn=scripted(), reply_fn=good_sample) as srv:
+        out = tmp_path / "rbr"
+        r = cai_run("run", prompts, "--out", out, "--model", "openai:stub", "--base-url", srv.url, "--rounds", "1",
+                    "--max-tokens", "16", "--candidates-from", "samples+revisions", "--candidates", "2", "--rbr",
+                    "--rank-by", "judge+rbr", "--quiet")
+        assert r.returncode == 0, r.stderr
+    pairs = [p for p in read_jsonl(out / "pairs.jsonl") if p["source"] == "ai_label"]
+    assert pairs and {p["label"]["rank_by"] for p in pairs} == {"judge+rbr"}
+    assert all(p["chosen"][0]["content"].startswith("GOOD") for p in pairs)
+    from cai.store import Store
+
+    store = Store.open_run(out, readonly=True)
+    (step,) = [s for s in store.steps("p0") if s["kind"] == "label"]
+    store.close()
+    assert set(step["rankings"]) == {"judge", "rbr", "judge+rbr"}
+    assert all("reward" in c for c in step["candidates"])
+    judge, rbr, both = (step["rankings"][k]["scores"] for k in ("judge", "rbr", "judge+rbr"))
+    assert rbr == [c["reward"] for c in step["candidates"]]
+    assert len(both) == len(judge) == len(step["candidates"])

@@ -65,14 +65,19 @@ def make_scorer(name: str, settings: RunSettings, const: Constitution) -> Scorer
 
 class Labeler(Protocol):
     """Labels a prompt's candidate responses (AI preference labels). The pipeline calls `label` once per record
-    with two or more candidates and stores what it returns as the record's `label` step; the exports read it:
+    with two or more candidates and stores what it returns as the record's `label` step; the exports read it
+    (`cai.results.label_rows`):
 
-        {"judge": spec, "candidates": [{"source": "draft"|"sample"|"revision", "n": int, "response": str}, ...],
-         "comparisons": [{"a": i, "b": j, "principle": id, "p_ab": P(a first-shown wins), "p_ba": P(b ...),
-                          "p": P(a ≻ b) averaged over both orders, "method": str}, ...],
-         "ranking": {"by": ..., "method": ..., "scores": [...]},
-         "pairs": [{"chosen": i, "rejected": j, "margin": P - 0.5, "score_chosen": x, "score_rejected": y}, ...],
-         "near_ties": int}
+        {"judge": spec, "cot": bool,
+         "candidates": [{"source": "draft"|"sample"|"revision"|..., "n": int, "response": str, "reward"?}, ...],
+         "comparisons": [{"a": i, "b": j, "principle": id, "p_ab": P(A) with a shown as (A),
+                          "p_ba": P(A) with b shown as (A), "p": P(a ≻ b) over both orders, "method": str}, ...],
+         "rankings": {by: {"by", "method", "scores": [...],
+                           "pairs": [{"chosen", "rejected", "margin": P - 0.5, "score_chosen", "score_rejected"},
+                                     ...every two candidates, winner first]}, ...}}
+
+    `by` is "judge", and with rewards on every candidate also "rbr" and "judge+rbr"; the exports keep the pairs
+    of the run's `rank_by` whose margin exceeds its `min_margin` and count the others as near-ties.
     """
 
     def models(self) -> dict[str, str]:

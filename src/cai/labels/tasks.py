@@ -39,12 +39,18 @@ async def _bounded(items: Iterable[T], limit: int, fn: Callable[[T], Awaitable[A
 
 
 def run_candidates(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A stored record's candidates: its draft, its sampled candidates and its revisions, each text once."""
+    """A stored record's candidates: its draft, its sampled candidates and its revisions, each text once, with
+    their rule-based reward when the run has one (`grade` steps, a candidate's own `score`)."""
     out: dict[str, dict[str, Any]] = {}
     named = {"draft": "draft", "candidate": "sample", "revise": "revision"}
+    rewards = {s["round"]: (s.get("score") or {}).get("reward") for s in steps if s["kind"] == "grade"}
     for s in sorted(steps, key=lambda s: (list(named).index(s["kind"]) if s["kind"] in named else 9, s["round"])):
         if s["kind"] in named and s.get("response"):
-            out.setdefault(s["response"], {"source": named[s["kind"]], "n": s["round"], "response": s["response"]})
+            cand = {"source": named[s["kind"]], "n": s["round"], "response": s["response"]}
+            reward = (s.get("score") or {}).get("reward") if s["kind"] == "candidate" else rewards.get(s["round"])
+            if reward is not None:
+                cand["reward"] = reward
+            out.setdefault(s["response"], cand)
     return list(out.values())
 
 
