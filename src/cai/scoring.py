@@ -11,7 +11,7 @@ for it (`cai.rbr` registers "rbr", `cai.labels` the labeler "ai").
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from cai.errors import InputError
 from cai.settings import RunSettings
@@ -44,23 +44,35 @@ class Scorer(Protocol):
         ...
 
 
-#: Builds a scorer from the run's settings and its constitution.
-ScorerFactory = Callable[[RunSettings, "Constitution"], Scorer]
-
-_SCORERS: dict[str, ScorerFactory] = {}
+P = TypeVar("P")
 
 
-def register_scorer(name: str, factory: ScorerFactory) -> None:
-    """Make `make_scorer(name, ...)` call `factory` (a later registration replaces an earlier one)."""
-    _SCORERS[name] = factory
+class _Registry(Generic[P]):
+    """Plugin factories by name: `(settings, constitution) -> plugin`; a later registration replaces one."""
+
+    def __init__(self, kind: str, example: str) -> None:
+        self.kind, self.example = kind, example
+        self.factories: dict[str, Callable[[RunSettings, Constitution], P]] = {}
+
+    def make(self, name: str, settings: RunSettings, const: Constitution) -> P:
+        factory = self.factories.get(name)
+        if factory is None:
+            raise InputError(f"no {self.kind} named {name!r} is registered (import its plugin first, e.g. "
+                             f"{self.example})")
+        return factory(settings, const)
+
+
+_SCORERS: _Registry[Scorer] = _Registry("scorer", "cai.rbr")
+
+
+def register_scorer(name: str, factory: Callable[[RunSettings, Constitution], Scorer]) -> None:
+    """Make `make_scorer(name, ...)` call `factory`."""
+    _SCORERS.factories[name] = factory
 
 
 def make_scorer(name: str, settings: RunSettings, const: Constitution) -> Scorer:
     """The scorer registered as `name`, built for this run. InputError if no plugin registered it."""
-    factory = _SCORERS.get(name)
-    if factory is None:
-        raise InputError(f"no scorer named {name!r} is registered (import its plugin first, e.g. cai.{name})")
-    return factory(settings, const)
+    return _SCORERS.make(name, settings, const)
 
 
 class Labeler(Protocol):
@@ -94,20 +106,14 @@ class Labeler(Protocol):
         ...
 
 
-#: Builds a labeler from the run's settings and its constitution.
-LabelerFactory = Callable[[RunSettings, "Constitution"], Labeler]
-
-_LABELERS: dict[str, LabelerFactory] = {}
+_LABELERS: _Registry[Labeler] = _Registry("labeler", "cai.labels")
 
 
-def register_labeler(name: str, factory: LabelerFactory) -> None:
+def register_labeler(name: str, factory: Callable[[RunSettings, Constitution], Labeler]) -> None:
     """Make `make_labeler(name, ...)` call `factory`."""
-    _LABELERS[name] = factory
+    _LABELERS.factories[name] = factory
 
 
 def make_labeler(name: str, settings: RunSettings, const: Constitution) -> Labeler:
     """The labeler registered as `name`, built for this run. InputError if no plugin registered it."""
-    factory = _LABELERS.get(name)
-    if factory is None:
-        raise InputError(f"no labeler named {name!r} is registered (import its plugin first, e.g. cai.labels)")
-    return factory(settings, const)
+    return _LABELERS.make(name, settings, const)
