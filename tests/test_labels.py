@@ -118,7 +118,9 @@ def test_a_run_with_candidates_labels_them_and_resumes_without_calls(env, tmp_pa
     out = tmp_path / "run"
 
     def by_seed(kind: str, body: dict[str, Any]) -> str | None:  # samples differ by their seed
-        return None if body.get("response_format") else f"Tides answer {body.get('seed')}: the moon pulls."
+        if body.get("response_format"):
+            return None
+        return f"{'GOOD ' if body.get('seed') == 1 else ''}Tides answer {body.get('seed')}: the moon pulls."
 
     with StubServer(logprobs_fn=scripted(), reply_fn=by_seed) as srv:
         args = ["run", prompts, "--out", out, "--model", "openai:stub", "--base-url", srv.url, "--rounds", "1",
@@ -135,6 +137,13 @@ def test_a_run_with_candidates_labels_them_and_resumes_without_calls(env, tmp_pa
     assert all(c["response_a"] != c["response_b"] for c in labels)  # three different samples per record
     pairs = read_jsonl(out / "pairs.jsonl")
     assert {p["source"] for p in pairs} <= {"revision", "ai_label"} and all("score_chosen" in p for p in pairs)
+    assert ex["pairs_ai_label"] == 6  # the GOOD sample over the two others, in each record
+    hf = tmp_path / "hf"  # the Hugging Face dataset has the same pairs, AI-labeled ones included
+    assert cai("export", out, "--hf", hf).exit_code == 0
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(next((hf / "pairs").glob("*.parquet")))
+    assert table.num_rows == len(pairs) and table.column("source").to_pylist() == [p["source"] for p in pairs]
 
 
 def test_cai_label_adds_labels_to_an_existing_run(env, tmp_path):

@@ -180,6 +180,27 @@ def done_rows(store: Store, settings: RunSettings, developer_as_system: bool | N
         yield rec, record_rows(rec, settings.export.min_reward_margin)
 
 
+def labeled_run(store: Store, settings: RunSettings) -> bool:
+    """Whether the run has AI preference labels (its settings ask for them, or a `label` step is stored)."""
+    return settings.labels is not None or store.read(
+        "SELECT 1 FROM steps WHERE kind='label' LIMIT 1").fetchone() is not None
+
+
+def pair_rows(rec: dict[str, Any], pair: dict[str, Any] | None, labels: LabelSettings | None
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """A done record's pair rows (its revision pair, if any, then its AI-labeled pairs above `labels.min_margin`
+    by `labels.rank_by`), its comparisons and its near-ties. With `labels` (a labeled run) every pair row gets
+    the columns score_chosen, score_rejected, source and label; without, the revision pair alone, as it is."""
+    if labels is None:
+        return ([pair] if pair else []), [], 0
+    rows = []
+    if pair:
+        rows.append({**pair, "score_chosen": pair.get("reward_chosen"), "score_rejected": pair.get("reward_rejected"),
+                     "source": "revision", "label": None})
+    ai_pairs, comparisons, near = label_rows(rec, labels.min_margin, labels.rank_by)
+    return rows + ai_pairs, comparisons, near
+
+
 def drop_counts(dropped: Counter[str]) -> dict[str, int]:
     """The manifest's `pairs_dropped_<reason>` counts and their sum `pairs_dropped`."""
     counts = {f"pairs_dropped_{k}": dropped[k] for k in DROP_REASONS}
@@ -198,8 +219,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
     labeled = Counter({"pairs_ai_label": 0, "label_near_ties": 0})
     expected = 0
     lab = settings.labels or LabelSettings()
-    has_labels = settings.labels is not None or store.read(
-        "SELECT 1 FROM steps WHERE kind='label' LIMIT 1").fetchone() is not None
+    has_labels = labeled_run(store, settings)
     names = (*EXPORTS, LABELS) if has_labels else EXPORTS
     try:
         for name in names:
@@ -214,23 +234,17 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
                 rbr["improved"] += rewards["reward_chosen"] > rewards["reward_rejected"]
             if sft:
                 sinks["sft"].add(sft)
-            if pair:
-                if has_labels:  # the columns every pair of a labeled run has
-                    pair.update(score_chosen=pair.get("reward_chosen"), score_rejected=pair.get("reward_rejected"),
-                                source="revision", label=None)
-                sinks["pairs"].add(pair)
-            elif why:
+            if pair is None and why:
                 dropped[why] += 1
             for c in crits:
                 sinks["critiques"].add(c)
-            if has_labels:
-                ai_pairs, comparisons, near = label_rows(rec, lab.min_margin, lab.rank_by)
-                for row in ai_pairs:
-                    sinks["pairs"].add(row)
-                for row in comparisons:
-                    sinks[LABELS].add(row)
-                labeled["pairs_ai_label"] += len(ai_pairs)
-                labeled["label_near_ties"] += near
+            pairs, comparisons, near = pair_rows(rec, pair, lab if has_labels else None)
+            for row in pairs:
+                sinks["pairs"].add(row)
+            for row in comparisons:
+                sinks[LABELS].add(row)
+            labeled["pairs_ai_label"] += sum(row.get("source") == "ai_label" for row in pairs)
+            labeled["label_near_ties"] += near
         for sink in sinks.values():
             sink.finish()
         for sink in sinks.values():

@@ -24,8 +24,18 @@ import yaml
 
 from cai import parquet
 from cai.errors import InputError
-from cai.export import Sink, done_rows, drop_counts, manifest, run_settings, temp_file, writing
-from cai.settings import ROLES
+from cai.export import (
+    Sink,
+    done_rows,
+    drop_counts,
+    labeled_run,
+    manifest,
+    pair_rows,
+    run_settings,
+    temp_file,
+    writing,
+)
+from cai.settings import ROLES, LabelSettings
 from cai.store import Store
 
 if TYPE_CHECKING:
@@ -45,8 +55,11 @@ def _rows(store: Store, developer_as_system: bool | None, add: Callable[[str, di
     as the manifest's `exports`."""
     counts = dict.fromkeys(CONFIGS, 0)
     dropped: Counter[str] = Counter()
-    for _, (sft, pair, _, why) in done_rows(store, run_settings(store), developer_as_system):
-        for name, row in (("sft", sft), ("pairs", pair)):
+    settings = run_settings(store)
+    labels = (settings.labels or LabelSettings()) if labeled_run(store, settings) else None
+    for rec, (sft, pair, _, why) in done_rows(store, settings, developer_as_system):
+        rows = [("sft", sft)] + [("pairs", p) for p in pair_rows(rec, pair, labels)[0]]
+        for name, row in rows:
             if row:
                 add(name, row)
                 counts[name] += 1
@@ -159,7 +172,8 @@ def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None =
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     store = Store.open_run(run_dir, readonly=True)
     try:
-        rewards = run_settings(store).scoring is not None
+        settings = run_settings(store)
+        rewards, labeled = settings.scoring is not None, labeled_run(store, settings)
         paths = {name: out_dir / name / DATA_FILE for name in CONFIGS}
         with writing(out_dir):
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +187,7 @@ def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None =
         card_tmp: Path | None = None
         try:
             for name, path in paths.items():
-                sinks[name] = Sink(path, parquet.schema(name, rewards=rewards))
+                sinks[name] = Sink(path, parquet.schema(name, rewards=rewards, labels=labeled))
             counts = _rows(store, developer_as_system, lambda name, row: sinks[name].add(row))
             if not counts["sft"]:
                 raise InputError("no finished record yet: nothing to write", path=str(run_dir))
@@ -219,12 +233,13 @@ def dataset_dict(run_dir: Path, *, developer_as_system: bool | None = None) -> d
         raise InputError("to_datasets() needs the 'hf' extra (the datasets package): pip install 'cai[hf]'") from None
     store = Store.open_run(Path(run_dir), readonly=True)
     try:
-        rewards = run_settings(store).scoring is not None
+        settings = run_settings(store)
+        rewards, labeled = settings.scoring is not None, labeled_run(store, settings)
         rows: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
         _rows(store, developer_as_system, lambda name, row: rows[name].append(row))
     finally:
         store.close()
-    schemas = {name: parquet.schema(name, rewards=rewards) for name in CONFIGS}
+    schemas = {name: parquet.schema(name, rewards=rewards, labels=labeled) for name in CONFIGS}
     return datasets.DatasetDict({  # column lists: Dataset.from_list cannot take an empty split
         name: datasets.Dataset.from_dict({col: [row.get(col) for row in rows[name]] for col in schema.names},
                                          features=datasets.Features.from_arrow_schema(schema))
