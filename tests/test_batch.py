@@ -387,3 +387,25 @@ def test_roles_on_two_providers_tick_with_the_urls_they_were_submitted_with(batc
     assert [(b["provider"], b["stages"]) for b in second.submitted] == [("anthropic", {"critique 1": 2})]
     assert ticks_until_complete(srv, out) == 2
     assert [b.api for b in srv.batches()] == ["openai", "anthropic", "openai"]
+
+
+def test_a_job_with_ai_preference_labels_makes_the_calls_of_a_plain_run(batch_server, keys, tmp_path):
+    srv, out, p = batch_server, tmp_path / "job", prompts(tmp_path, 2)
+
+    def reply(kind: str, body: dict[str, Any]) -> str | None:  # samples differ by seed; the judge picks (A)
+        if body.get("response_format"):
+            return None
+        if "Response (A)" in body["messages"][-1]["content"]:
+            return "A"
+        return f"Tides answer {body.get('seed')}."
+
+    srv.reply_fn = reply
+    r = cai_run("batch", "submit", p, "--out", out, *model_args(srv, "openai"), *OPTS, "--candidates", "2",
+                "--votes", "1", env=keys)
+    assert r.returncode == 0, r.stderr
+    ticks_until_complete(srv, out, limit=20)
+    calls = plain_run(srv, "openai", p, tmp_path / "plain", "--candidates", "2", "--votes", "1")
+    assert submitted(srv) == calls
+    for name in (*EXPORTS, "labels.jsonl"):
+        assert (out / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+    assert len(read_jsonl(out / "labels.jsonl")) == 2  # one comparison per record, judged through batches
