@@ -301,5 +301,50 @@ def constitution_show(
         print(f"\n{p.id}{kind} ({', '.join(p.tags)})\n  critique: {p.critique}\n  revision: {p.revision}")
 
 
+@constitution_app.command("schema")
+@fails_cleanly
+def constitution_schema(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write it to this file (default: "
+                                                                          "stdout).")] = None,
+) -> None:
+    """Print the JSON Schema of the constitution file format (for editors and CI checks).
+
+    Example: cai constitution schema -o constitution.schema.json
+    """
+    from cai.constitution_tools import json_schema
+    from cai.export import write_json
+
+    schema = json_schema()
+    if output is None:
+        print(json.dumps(schema, indent=2))
+        return
+    write_json(output, schema)
+    err.print(f"wrote {output}", markup=False, highlight=False)
+
+
+@constitution_app.command("diff")
+@fails_cleanly
+def constitution_diff(
+    a: Annotated[str, typer.Argument(help="Shipped name or path to a YAML file.")],
+    b: Annotated[str, typer.Argument(help="Shipped name or path to a YAML file.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show what changes from A to B, by id: principles, comparisons and propositions added (+), removed (-) and
+    changed (~, with the fields), and the other sections that differ. Exits 1 if they differ.
+
+    Example: cai constitution diff default model-spec
+    """
+    from cai.constitution import load
+    from cai.constitution_tools import diff, diff_lines
+
+    d = diff(load(a), load(b))
+    if as_json:
+        print(json.dumps(d, indent=2))
+    else:
+        print("\n".join(diff_lines(d)))
+    if len(d) > 2:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app(prog_name="cai")
