@@ -25,6 +25,7 @@ class Principle(BaseModel):
     revision: str = Field(min_length=1)
     tags: list[str] = []
     kind: str | None = None
+    metadata: dict[str, Any] = {}
 
 
 class ComparisonPrinciple(BaseModel):
