@@ -298,3 +298,12 @@ def test_command_errors_are_clean(tmp_path):
     assert not (tmp_path / "x.yaml").exists()
     r = CliRunner().invoke(cli_app(), ["constitution", "import-votes", str(POLIS)])
     assert r.exit_code == 2  # --output is required
+
+
+def test_the_cai_command_has_import_votes(tmp_path):
+    from helpers import cai
+
+    out = tmp_path / "public.yaml"
+    r = cai("constitution", "import-votes", POLIS, "-o", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert [p["id"] for p in yaml.safe_load(out.read_text())["principles"]] == ["public-0", "public-1", "public-11"]

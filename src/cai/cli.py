@@ -21,6 +21,7 @@ from cai.cmdline import quote, resume_command, retry_command, summary_line
 from cai.errors import Interrupted
 from cai.labels_cli import judge_eval, label
 from cai.rbr.cli import rbr_app
+from cai.votes_cli import import_votes
 
 HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, context_settings=HELP,
@@ -31,6 +32,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 constitution_app = typer.Typer(no_args_is_help=True, context_settings=HELP,
                                help="List and show constitutions.\n\nExample: cai constitution show model-spec")
 app.add_typer(constitution_app, name="constitution")
+constitution_app.command("import-votes")(import_votes)
 app.add_typer(rbr_app, name="rbr")
 app.add_typer(batch_app, name="batch")
 
