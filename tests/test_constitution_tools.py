@@ -46,3 +46,35 @@ def test_diff_names_what_was_added_removed_and_changed_by_id(tmp_path):
     assert d["principles"]["changed"][first["id"]]["critique"]["to"].endswith("Also check tone.")
     same = cai("constitution", "diff", "default", "default")
     assert same.exit_code == 0 and "(no differences)" in same.stdout
+
+
+def test_validate_reports_every_problem_with_its_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: bad\n"                                     # 1
+        "principles:\n"                                   # 2
+        "  - id: a\n"                                     # 3
+        "    critique: Is it kind?\n"                     # 4
+        "    revision: Be kind.\n"                        # 5
+        "  - id: a\n"                                     # 6  duplicate id
+        "    critique: Is it short?\n"                    # 7
+        "    revision: Be short.\n"                       # 8
+        "comparisons:\n"                                  # 9
+        "  - id: c\n"                                     # 10
+        "    question: Which is kinder?\n"                # 11
+        "  - id: c\n"                                     # 12 duplicate id
+        "    question: Which is shorter?\n")              # 13
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: typo\nprinciples:\n  - id: a\n    critique: x\n    revison: y\n"
+                    "description: one\ndescription: two\n")
+    r = cai("constitution", "validate", "default", bad, typo, tmp_path / "missing.yaml")
+    assert r.exit_code == 2
+    lines = r.stderr.splitlines()
+    assert f"{bad}:6: duplicate principle id 'a' (first on line 3)" in lines
+    assert f"{bad}:12: duplicate comparison id 'c' (first on line 10)" in lines
+    assert any(x.startswith(f"{typo}:7: duplicate key 'description'") for x in lines)  # all of them, not the first
+    assert any(x.startswith(f"{typo}:5: principles.0.revison") for x in lines)
+    assert any(x.startswith(f"{typo}:") and "principles.0.revision" in x for x in lines)
+    assert any("missing.yaml" in x for x in lines) and any(": ok (" in x for x in lines)  # default is fine
+    assert lines[-1] == "6 problem(s) in 4 file(s)"
+    assert cai("constitution", "validate", "default", "model-spec").exit_code == 0

@@ -303,6 +303,36 @@ def constitution_show(
         print(f"\n{p.id}{kind} ({', '.join(p.tags)})\n  critique: {p.critique}\n  revision: {p.revision}")
 
 
+@constitution_app.command("validate")
+@fails_cleanly
+def constitution_validate(
+    files: Annotated[list[str], typer.Argument(help="Constitution files (or shipped names).")],
+) -> None:
+    """Check constitution files and print every problem, one line each as FILE:LINE: what (not just the
+    first); exits 2 if there is any.
+
+    Example: cai constitution validate team.yaml user.yaml
+    """
+    from cai.constitution import check
+    from cai.errors import InputError
+
+    total = 0
+    for name in files:
+        try:
+            const, problems = check(name)
+        except InputError as e:  # not found, unknown name
+            const, problems = None, [e]
+        for p in problems:
+            err.print(str(p), markup=False, highlight=False)
+        total += len(problems)
+        if const is not None and not problems:
+            err.print(f"{const.path}: ok ({len(const.principles)} principles, {len(const.comparisons)} comparisons, "
+                      f"{len(const.propositions)} propositions)", markup=False, highlight=False)
+    if total:
+        err.print(f"{total} problem(s) in {len(files)} file(s)", markup=False, highlight=False)
+        raise typer.Exit(2)
+
+
 @constitution_app.command("schema")
 @fails_cleanly
 def constitution_schema(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,34 +172,46 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def load(name_or_path: str) -> Constitution:
+def check(name_or_path: str) -> tuple[Constitution | None, list[InputError]]:
+    """The constitution in a file and every problem found in it, each an InputError naming the file and line
+    (the constitution is None when it cannot be built at all). `load` raises the first problem."""
     path = resolve(name_or_path)
     raw = path.read_bytes()
+    where = str(path)
     try:
         text = raw.decode("utf-8")
         data = yaml.safe_load(text)
         node = yaml.compose(text)
     except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 ({e.reason})", path=str(path)) from None
+        return None, [InputError(f"not UTF-8 ({e.reason})", path=where)]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise InputError(f"invalid YAML: {getattr(e, 'problem', None) or e}", path=str(path), line=line) from None
+        return None, [InputError(f"invalid YAML: {getattr(e, 'problem', None) or e}", path=where, line=line)]
     if not isinstance(data, dict):
-        raise InputError("a constitution must be a YAML mapping", path=str(path), line=1)
-    _check_keys(node, str(path))
+        return None, [InputError("a constitution must be a YAML mapping", path=where, line=1)]
+    problems = list(_duplicate_keys(node, where))
     data.setdefault("name", path.stem)
     try:
         const = Constitution.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise InputError(f"{loc}: {err['msg']}", path=str(path), line=_line_of(node, err["loc"])) from None
-    _check_unique("principle", [p.id for p in const.principles], node, str(path))
-    _check_unique("comparison", [c.id for c in const.comparisons], node, str(path))
-    _check_rbr(const, node, str(path))
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            problems.append(InputError(f"{loc}: {err['msg']}", path=where, line=_line_of(node, err["loc"])))
+        return None, problems
+    problems += _duplicate_ids("principle", [p.id for p in const.principles], node, where)
+    problems += _duplicate_ids("comparison", [c.id for c in const.comparisons], node, where)
+    problems += _rbr_problems(const, node, where)
     const.sha256 = content_sha256(raw, text, node)
-    const.path = str(path)
+    const.path = where
+    return const, problems
+
+
+def load(name_or_path: str) -> Constitution:
+    """The constitution named or at a path; InputError naming the file and line of its first problem."""
+    const, problems = check(name_or_path)
+    if problems or const is None:
+        raise problems[0]
     return const
 
 
@@ -257,19 +270,22 @@ def content_sha256(raw: bytes, text: str, node: yaml.Node | None) -> str:
     return hashlib.sha256("".join(lines[:first] + lines[last:]).encode("utf-8")).hexdigest()
 
 
-def _check_unique(what: str, ids: list[str], node: yaml.Node | None, path: str) -> None:
-    """InputError on the second use of an id in the `{what}s` list, naming its line and the first one's."""
+def _duplicate_ids(what: str, ids: list[str], node: yaml.Node | None, path: str) -> list[InputError]:
+    """An error for every repeated id in the `{what}s` list, naming its line and the first one's."""
     first: dict[str, int] = {}
+    out = []
     for i, pid in enumerate(ids):
         if pid in first:
             was = _line_of(node, (f"{what}s", first[pid], "id"))
-            raise InputError(f"duplicate {what} id {pid!r} (first on line {was})", path=path,
-                             line=_line_of(node, (f"{what}s", i, "id")))
-        first[pid] = i
+            out.append(InputError(f"duplicate {what} id {pid!r} (first on line {was})", path=path,
+                                  line=_line_of(node, (f"{what}s", i, "id"))))
+        else:
+            first[pid] = i
+    return out
 
 
-def _check_keys(node: yaml.Node | None, path: str, seen_nodes: set[int] | None = None) -> None:
-    """InputError naming the line of a mapping key given twice (YAML loaders silently keep the last value)."""
+def _duplicate_keys(node: yaml.Node | None, path: str, seen_nodes: set[int] | None = None) -> Iterator[InputError]:
+    """An error naming the line of every mapping key given twice (YAML loaders silently keep the last value)."""
     seen_nodes = set() if seen_nodes is None else seen_nodes
     if node is None or id(node) in seen_nodes:  # an alias can point back at a node already checked
         return
@@ -279,38 +295,35 @@ def _check_keys(node: yaml.Node | None, path: str, seen_nodes: set[int] | None =
         for k, v in node.value:
             if isinstance(k, yaml.ScalarNode):
                 if (k.tag, k.value) in keys:
-                    raise InputError(f"duplicate key {k.value!r} (first on line {keys[k.tag, k.value]})", path=path,
+                    yield InputError(f"duplicate key {k.value!r} (first on line {keys[k.tag, k.value]})", path=path,
                                      line=k.start_mark.line + 1)
-                keys[k.tag, k.value] = k.start_mark.line + 1
-            _check_keys(v, path, seen_nodes)
+                else:
+                    keys[k.tag, k.value] = k.start_mark.line + 1
+            yield from _duplicate_keys(v, path, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _check_keys(item, path, seen_nodes)
+            yield from _duplicate_keys(item, path, seen_nodes)
 
 
-def _check_rbr(const: Constitution, node: yaml.Node | None, path: str) -> None:
+def _rbr_problems(const: Constitution, node: yaml.Node | None, path: str) -> list[InputError]:
     """Cross-references of the RBR sections: unique proposition ids, known ids in rules, known checks."""
     ids = [p.id for p in const.propositions]
-    _check_unique("proposition", ids, node, path)
+    out = _duplicate_ids("proposition", ids, node, path)
     known = set(ids)
     for tname, rtype in const.response_types.items():
         for j, rule in enumerate(rtype.rules):
-            for pid in rule.when:
-                if pid not in known:
-                    raise InputError(f"response_types.{tname}.rules.{j}: unknown proposition {pid!r}",
-                                     path=path, line=_line_of(node, ("response_types", tname, "rules", j, "when", pid)))
-    if not (const.checks or any(t.checks for t in const.response_types.values())):
-        return
-    for k, ref in enumerate(const.checks):
-        if ref.name not in CHECKS:
-            raise InputError(f"checks.{k}: unknown check {ref.name!r} (known: {', '.join(sorted(CHECKS))})",
-                             path=path, line=_line_of(node, ("checks", k, "name")))
+            out += [InputError(f"response_types.{tname}.rules.{j}: unknown proposition {pid!r}", path=path,
+                               line=_line_of(node, ("response_types", tname, "rules", j, "when", pid)))
+                    for pid in rule.when if pid not in known]
+    out += [InputError(f"checks.{k}: unknown check {ref.name!r} (known: {', '.join(sorted(CHECKS))})", path=path,
+                       line=_line_of(node, ("checks", k, "name")))
+            for k, ref in enumerate(const.checks) if ref.name not in CHECKS]
     listed = {c.name for c in const.checks}
     for tname, rtype in const.response_types.items():
-        for cname in rtype.checks:
-            if cname not in listed:
-                raise InputError(f"response_types.{tname}.checks: check {cname!r} is not in `checks`",
-                                 path=path, line=_line_of(node, ("response_types", tname, "checks", cname)))
+        out += [InputError(f"response_types.{tname}.checks: check {cname!r} is not in `checks`", path=path,
+                           line=_line_of(node, ("response_types", tname, "checks", cname)))
+                for cname in rtype.checks if cname not in listed]
+    return out
 
 
 def sample_principles(const: Constitution, seed: int | None, messages: list[dict[str, str]],
