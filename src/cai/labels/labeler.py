@@ -17,8 +17,6 @@ import asyncio
 import math
 from typing import Any
 
-import numpy as np
-
 from cai.constitution import Constitution, sample_comparison
 from cai.engine import Engine
 from cai.errors import InputError
@@ -27,12 +25,6 @@ from cai.labels.rank import Ranking, bradley_terry, rank
 from cai.settings import LabelSettings, RunSettings
 
 ROLE = "judge"
-
-
-def ranking_of(k: int, scores: list[float], method: str) -> Ranking:
-    """A ranking whose P(i ≻ j) is sigmoid(score_i − score_j)."""
-    s = np.asarray(scores, dtype=float)
-    return Ranking([float(x) for x in s], method, 1.0 / (1.0 + np.exp(-(s[:, None] - s[None, :]))))
 
 
 def oriented(ranking: Ranking, by: str) -> dict[str, Any]:
@@ -88,9 +80,9 @@ class AILabeler:
         rankings = {"judge": oriented(rank(k, soft), "judge")}
         rewards = [c.get("reward") for c in candidates]
         if k and all(isinstance(r, (int, float)) and math.isfinite(r) for r in rewards):
-            rankings["rbr"] = oriented(ranking_of(k, rewards, "reward"), "rbr")
+            rankings["rbr"] = oriented(Ranking.logistic(rewards, "reward"), "rbr")
             bt = bradley_terry(k, soft)
-            rankings["judge+rbr"] = oriented(ranking_of(k, [float(s) + r for s, r in zip(bt, rewards, strict=True)],
-                                                        "bt+reward"), "judge+rbr")
+            rankings["judge+rbr"] = oriented(Ranking.logistic(
+                [float(s) + r for s, r in zip(bt, rewards, strict=True)], "bt+reward"), "judge+rbr")
         return {"judge": engine.models[ROLE].spec, "cot": self.s.cot, "candidates": candidates,
                 "comparisons": comparisons, "rankings": rankings}

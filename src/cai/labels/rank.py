@@ -84,6 +84,12 @@ class Ranking:
         """The model's P(candidate i ≻ candidate j) (0.5 for i == j)."""
         return float(self.probs[i, j])
 
+    @classmethod
+    def logistic(cls, scores: Sequence[float], method: str) -> Ranking:
+        """A ranking by scores on a log-odds scale: P(i ≻ j) = sigmoid(s_i − s_j)."""
+        s = np.asarray(scores, dtype=float)
+        return cls([float(x) for x in s], method, _sigmoid(s[:, None] - s[None, :]))
+
 
 def rank(k: int, comparisons: Sequence[Comparison],
          method: Literal["auto", "bt", "win_rate"] = "auto") -> Ranking:
@@ -97,9 +103,7 @@ def rank(k: int, comparisons: Sequence[Comparison],
     if method == "auto":
         method = "win_rate" if k == 2 else "bt"
     if method == "bt":
-        s = bradley_terry(k, comparisons)
-        probs = _sigmoid(s[:, None] - s[None, :])
-        return Ranking([float(x) for x in s], "bt", probs)
+        return Ranking.logistic(bradley_terry(k, comparisons), "bt")
     if method == "win_rate":
         wins = _soft_wins(k, comparisons)
         games = wins + wins.T
