@@ -135,6 +135,22 @@ class Sink:
             self.tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def all_or_none(sinks: dict[str, Sink]) -> Iterator[dict[str, Sink]]:
+    """Fill `sinks` (it may gain sinks inside the block); on leaving, every file is made durable, then every one
+    is renamed into place. On an error every temp file is deleted and no file of the set is replaced."""
+    try:
+        yield sinks
+        for sink in sinks.values():
+            sink.finish()
+        for sink in sinks.values():
+            sink.commit()
+    except BaseException:
+        for sink in sinks.values():
+            sink.abort()
+        raise
+
+
 def write_file(path: Path, data: bytes, what: str = "export") -> None:
     """`data` through a temp file (mode 0o666 less the umask) renamed over `path`: a reader never sees half a
     file, and a failure leaves no temp file. OSError → OutputError naming `path` and `what` it is."""
@@ -221,7 +237,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
     lab = settings.labels or LabelSettings()
     has_labels = labeled_run(store, settings)
     names = (*EXPORTS, LABELS) if has_labels else EXPORTS
-    try:
+    with all_or_none(sinks):
         for name in names:
             schema = _parquet().schema(name, rewards=settings.scoring is not None,
                                        labels=has_labels) if ext == "parquet" else None
@@ -245,14 +261,6 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
                 sinks[LABELS].add(row)
             labeled["pairs_ai_label"] += sum(row.get("source") == "ai_label" for row in pairs)
             labeled["label_near_ties"] += near
-        for sink in sinks.values():
-            sink.finish()
-        for sink in sinks.values():
-            sink.commit()
-    except BaseException:
-        for sink in sinks.values():
-            sink.abort()
-        raise
     for name in (*EXPORTS, LABELS):  # only now that the new files are in place
         for stale in (store.run_dir / f"{name}.{other}" for other in FORMATS if other != ext):
             with writing(stale):

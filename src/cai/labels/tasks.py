@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cai import constitution as constitution_mod
-from cai.export import ManifestExtra, Sink, export_run, run_settings
+from cai.export import ManifestExtra, Sink, all_or_none, export_run, run_settings
 from cai.labels.files import read_candidates, read_pairs
 from cai.labels.labeler import ROLE, AILabeler
 from cai.results import label_rows
@@ -98,9 +98,10 @@ async def label_file(path: Path, out: Path, labels: LabelSettings, judge: str, *
 
         recs = await _bounded(rows, concurrency, one)
         stats = engine.stats.role(ROLE)
-    sinks = {name: Sink(out / f"{name}.jsonl") for name in ("pairs", "labels")}
     near = 0
-    try:
+    with all_or_none({}) as sinks:
+        for name in ("pairs", "labels"):
+            sinks[name] = Sink(out / f"{name}.jsonl")
         for rec in recs:
             pairs, comparisons, ties = label_rows(rec, labels.min_margin, labels.rank_by)
             near += ties
@@ -108,13 +109,6 @@ async def label_file(path: Path, out: Path, labels: LabelSettings, judge: str, *
                 sinks["pairs"].add(row)
             for row in comparisons:
                 sinks["labels"].add(row)
-        for sink in sinks.values():
-            sink.finish()
-            sink.commit()
-    except BaseException:
-        for sink in sinks.values():
-            sink.abort()
-        raise
     return {"rows": len(rows), "comparisons": sinks["labels"].count, "pairs": sinks["pairs"].count,
             "near_ties": near, "judge": judge, "out": str(out), "calls_made": stats.calls,
             "calls_cached": stats.cached}
