@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from cai.errors import InputError
 
-ROLES = {"system", "developer", "user", "assistant"}
+ROLES = ("system", "developer", "user", "assistant")
 
 
 class InputRecord(BaseModel):
@@ -55,6 +55,24 @@ def _messages(row: dict[str, Any], where: tuple[str, int]) -> list[dict[str, str
     if not prompt.strip():
         raise InputError("empty prompt", path=path, line=line)
     return [{"role": "user", "content": prompt}]
+
+
+def message_list(value: Any, path: str, line: int, field: str) -> list[dict[str, str]]:
+    """`field` of a row as chat messages: a non-empty string (one user turn) or a non-empty list of
+    {role, content} messages, any roles in any order; InputError naming the file and line otherwise."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise InputError(f"`{field}` is empty", path=path, line=line)
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise InputError(f"`{field}` must be a string or a non-empty list of messages", path=path, line=line)
+    out = []
+    for m in value:
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise InputError(f"`{field}` messages need a role ({'/'.join(ROLES)}) and string content",
+                             path=path, line=line)
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:

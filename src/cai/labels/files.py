@@ -13,30 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import InputError
-from cai.records import ROLES, iter_jsonl
+from cai.records import iter_jsonl, message_list
 
 
 def response_text(value: Any, field: str, path: str, line: int) -> str:
     """A response: a non-empty string, or the last assistant turn of a list of messages."""
     if isinstance(value, list):
-        turns = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "assistant"]
+        turns = [m["content"] for m in message_list(value, path, line, field) if m["role"] == "assistant"]
         value = turns[-1] if turns else None
     if not isinstance(value, str) or not value.strip():
         raise InputError(f"`{field}` must be a non-empty string or messages with an assistant turn", path=path,
                          line=line)
     return value
-
-
-def prompt_messages(value: Any, path: str, line: int) -> list[dict[str, str]]:
-    """A prompt: a non-empty string (one user turn), or a non-empty list of messages (any roles: a prompt made
-    elsewhere may end with a developer turn)."""
-    if isinstance(value, str) and value.strip():
-        return [{"role": "user", "content": value}]
-    if isinstance(value, list) and value and all(
-            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in value):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise InputError("`prompt` must be a non-empty string or a list of {role, content} messages", path=path,
-                     line=line)
 
 
 def _read(path: Path, parse: Any) -> list[dict[str, Any]]:
@@ -47,7 +35,8 @@ def _read(path: Path, parse: Any) -> list[dict[str, Any]]:
         if not isinstance(obj, dict):
             raise InputError("each line must be a JSON object", path=str(path), line=n)
         row = parse(obj, str(path), n)
-        row.update(id=str(obj.get("id", f"row{n}")), prompt=prompt_messages(obj.get("prompt"), str(path), n), line=n)
+        prompt = message_list(obj.get("prompt"), str(path), n, "prompt")
+        row.update(id=str(obj.get("id", f"row{n}")), prompt=prompt, line=n)
         rows.append(row)
     if not rows:
         raise InputError("no rows", path=str(path))

@@ -18,27 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import InputError
-from cai.records import iter_jsonl
+from cai.records import iter_jsonl, message_list
 from cai.results import draft_and_final
 from cai.store import Store
-
-ROLES = ("system", "developer", "user", "assistant")
-
-
-def _messages(value: Any, path: str, line: int, field: str) -> list[dict[str, str]]:
-    if isinstance(value, str):
-        if not value.strip():
-            raise InputError(f"`{field}` is empty", path=path, line=line)
-        return [{"role": "user", "content": value}]
-    if not isinstance(value, list) or not value:
-        raise InputError(f"`{field}` must be a string or a non-empty list of messages", path=path, line=line)
-    out = []
-    for m in value:
-        if (not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str)):
-            raise InputError(f"`{field}` messages need a role ({'/'.join(ROLES)}) and string content",
-                             path=path, line=line)
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
 
 
 def _response(row: dict[str, Any], path: str, line: int) -> str:
@@ -46,7 +28,7 @@ def _response(row: dict[str, Any], path: str, line: int) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list) and value:
-        msgs = _messages(value, path, line, "completion")
+        msgs = message_list(value, path, line, "completion")
         turns = [m["content"] for m in msgs if m["role"] == "assistant"]
         if turns:
             return turns[-1]
@@ -60,7 +42,7 @@ def parse_row(row: Any, path: str, line: int) -> dict[str, Any]:
         raise InputError("each line must be a JSON object", path=path, line=line)
     if "prompt" not in row and "messages" not in row:
         raise InputError("each row needs `prompt` (string or messages)", path=path, line=line)
-    prompt = _messages(row.get("prompt", row.get("messages")), path, line, "prompt")
+    prompt = message_list(row.get("prompt", row.get("messages")), path, line, "prompt")
     rtype = row.get("response_type")
     if rtype is not None and not isinstance(rtype, str):
         raise InputError("`response_type` must be a string", path=path, line=line)
