@@ -10,12 +10,13 @@ import json
 import sqlite3
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import cai
 from cai.errors import ConfigMismatch, InputError
-from cai.records import scan_input
+from cai.records import InputScan, scan_input
 from cai.runs import check_fingerprint, fingerprint
 from cai.settings import IOSettings, RunSettings
 from cai.store import Store
@@ -214,11 +215,16 @@ def test_an_older_run_with_a_changed_file_is_refused_as_before(tmp_path, stub_se
 IO = IOSettings(input="x", out="y")
 
 
+def input_fp(path: Path, const: str = "c" * 64, models: dict[str, Any] | None = None,
+             scan: InputScan | None = None) -> dict[str, Any]:
+    """The fingerprint of a run over `path` (as scanned now, or by `scan`) with constitution hash `const`."""
+    scan = scan or scan_input(path)
+    return fingerprint(RunSettings(io=IO), {"generator": {}} if models is None else models, const, scan.sha256,
+                       input_bytes=scan.bytes, input_lines=scan.lines)
+
+
 def check(store: Store, path: Path) -> int:
-    scan = scan_input(path)
-    fp = fingerprint(RunSettings(io=IO), {"generator": {}}, "c" * 64, scan.sha256, input_bytes=scan.bytes,
-                     input_lines=scan.lines)
-    return check_fingerprint(store, fp, RunSettings(io=IO), path)
+    return check_fingerprint(store, input_fp(path), RunSettings(io=IO), path)
 
 
 def test_a_file_that_lost_its_last_newline_is_unchanged(tmp_path):
@@ -247,11 +253,8 @@ def test_other_settings_are_still_compared_first(tmp_path):
     try:
         check(store, inp)
         inp.write_bytes(b"changed?\n")
-        scan = scan_input(inp)
-        fp = fingerprint(RunSettings(io=IO), {"generator": {}}, "d" * 64, scan.sha256, input_bytes=scan.bytes,
-                         input_lines=scan.lines)
         with pytest.raises(ConfigMismatch, match="different constitution_sha256"):
-            check_fingerprint(store, fp, RunSettings(io=IO), inp)
+            check_fingerprint(store, input_fp(inp, "d" * 64), RunSettings(io=IO), inp)
     finally:
         store.close()
 
@@ -263,8 +266,7 @@ def test_a_file_changed_while_it_is_read_stores_nothing(tmp_path):
     try:
         scan = scan_input(inp)
         inp.write_bytes(b"b?\n")  # rewritten between validation and the check
-        fp = fingerprint(RunSettings(io=IO), {}, "c" * 64, scan.sha256, input_bytes=scan.bytes,
-                         input_lines=scan.lines)
+        fp = input_fp(inp, models={}, scan=scan)
         with pytest.raises(InputError, match="changed while cai read it"):
             check_fingerprint(store, fp, RunSettings(io=IO), inp)
         assert store.get_meta("fingerprint") is None
@@ -282,9 +284,7 @@ def test_a_large_file_is_checked_as_a_stream(tmp_path):
         check(store, inp)
         with inp.open("a") as fh:
             fh.write(rows("jsonl", ["one more?"], start=20_000))
-        scan = scan_input(inp)  # validation keeps the ids (duplicates are refused); the check keeps nothing
-        fp = fingerprint(RunSettings(io=IO), {"generator": {}}, "c" * 64, scan.sha256, input_bytes=scan.bytes,
-                         input_lines=scan.lines)
+        fp = input_fp(inp)  # validation keeps the ids (duplicates are refused); the check keeps nothing
         tracemalloc.start()
         try:
             assert check_fingerprint(store, fp, RunSettings(io=IO), inp) == 20_000
