@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cai import refusal as refusal_classifier
+
 Message = dict[str, str]
 CheckFn = Callable[..., list[float]]
 CHECKS: dict[str, CheckFn] = {}
@@ -109,6 +111,16 @@ def refusal_phrasing(prompts: list[list[Message]], completions: list[str], **_: 
         m = _REFUSAL.search(_plain(c))
         out.append(0.0 if m is None else (1.0 if m.start() < OPENING_CHARS else 0.4))
     return out
+
+
+def _last_user(messages: list[Message]) -> str:
+    return next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
+
+
+@check("refusal")
+def refusal(prompts: list[list[Message]], completions: list[str], **_: Any) -> list[float]:
+    """Three-way refusal classifier (`cai.refusal`): full refusal 1, partial refusal 0.5, compliance 0."""
+    return [refusal_classifier.score(c, _last_user(p) if p else "") for p, c in zip(prompts, completions)]
 
 
 @check("verbosity")
