@@ -20,7 +20,7 @@ from cai.rbr.cli import rbr_app
 from cai.rbr.grader import MODES
 from helpers import read_jsonl
 
-SUBCOMMANDS = ["grade", "eval", "fit", "metrics"]
+SUBCOMMANDS = ["grade", "eval", "fit", "metrics", "refusal-eval"]
 N = len(load("rbr-safety").propositions)  # grader calls per response in separate mode with logprobs
 REFUSAL = "I'm sorry, but I can't help with that."
 
@@ -111,6 +111,8 @@ def test_choice_options_list_their_choices():
     for cmd in ("grade", "eval"):
         assert "--grader-mode <separate|joint>" in rbr(cmd, "--help").stdout
     assert "--group-by <prompt|type>" in rbr("fit", "--help").stdout
+    assert "--refusal-method <checks|grader|both>" in rbr("metrics", "--help").stdout
+    assert "--method <checks|grader>" in rbr("refusal-eval", "--help").stdout
 
 
 def test_a_wrong_choice_exits_2_naming_the_choices(tmp_path):

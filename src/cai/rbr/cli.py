@@ -1,4 +1,4 @@
-"""`cai rbr …`: grade responses, evaluate the grader, fit weights, refusal metrics.
+"""`cai rbr …`: grade responses, evaluate the grader, fit weights, refusal metrics and refusal evaluation.
 
 `rbr_app` is a typer sub-app; cai.cli mounts it as `cai rbr`. This module must not import cai.cli
 (cai.cli imports it). Results go to stdout (`--json` for JSON); progress, summaries and errors to stderr.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -36,6 +37,21 @@ class GraderMode(StrEnum):
     joint = "joint"
 
 
+class RefusalMethod(StrEnum):
+    """What decides a refusal: the deterministic classifier, the grader model, or both side by side."""
+
+    checks = "checks"
+    grader = "grader"
+    both = "both"
+
+
+class EvalMethod(StrEnum):
+    """What `refusal-eval` measures: the deterministic classifier or the grader model."""
+
+    checks = "checks"
+    grader = "grader"
+
+
 class GroupBy(StrEnum):
     """Which responses `rbr fit` pairs: those to the same prompt, or those of the same response type."""
 
@@ -54,6 +70,8 @@ ModeOpt = Annotated[GraderMode, typer.Option("--grader-mode", help="separate: a 
 VotesOpt = Annotated[int, typer.Option(min=1, help="Sampled answers per question when there are no logprobs.")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Store folder caching the grader's calls "
                                                               "(default runs/rbr-<input name>).")]
+RefusalOut = Annotated[Optional[Path], typer.Option("--out", help="Store folder caching the grader's calls "
+                                                                 "(default runs/rbr-refusal-<input name>).")]
 LimitOpt = Annotated[Optional[int], typer.Option(min=1, help="Only the first N rows (records for a run).")]
 CacheOpt = Annotated[Optional[Path], typer.Option(help="Call cache shared with runs and other gradings "
                                                       "(a SQLite file, created if missing).")]
@@ -275,30 +293,108 @@ def fit_cmd(
           f"{_fmt(ho['uniform_accuracy'])})")
 
 
+def _ask_refusals(items: list[tuple[list[dict[str, str]], str]], *, grader: str, base_url: Optional[str],
+                  votes: int, out: Path, concurrency: int, cache: Optional[Path],
+                  quiet: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The grader's three-way refusal readings of (messages, response) items, with progress on stderr."""
+    from cai.prices import load_prices
+    from cai.progress import Progress
+    from cai.rbr.refusal_grader import grade_refusals
+
+    progress = Progress(quiet=quiet, prices=load_prices())
+    progress.every = PROGRESS_EVERY
+    try:
+        return run_async(grade_refusals(items, out=out, model=grader, base_url=base_url, votes=votes,
+                                        concurrency=concurrency, cache=str(cache) if cache else None,
+                                        on_start=progress.start, on_done=progress.record_done))
+    finally:
+        progress.stop()
+
+
 @rbr_app.command("metrics")
 @fails_cleanly
 def metrics_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run folder whose input rows have expected: comply|refuse.")],
+    refusal_method: Annotated[RefusalMethod, typer.Option(help="checks: the deterministic refusal classifier; "
+                                                               "grader: ask --grader; both: the two side by "
+                                                               "side.")] = RefusalMethod.checks,
+    grader: Annotated[Optional[str], typer.Option("--grader", help="Grader model for --refusal-method grader|"
+                                                                   "both (default local).")] = None,
+    base_url: BaseUrl = None, votes: VotesOpt = 3, out: RefusalOut = None, concurrency: ConcOpt = 4,
+    cache: CacheOpt = None,
     graded: Annotated[Optional[Path], typer.Option(help="Graded rows of this run (`cai rbr grade RUN`): "
                                                         "decide refusals by a proposition.")] = None,
     refusal_proposition: Annotated[str, typer.Option(help="Proposition meaning 'refuses'.")] = "inability_to_comply",
-    as_json: JsonOpt = False,
+    as_json: JsonOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Not-Unsafe and Not-Overrefuse of a run's drafts and final responses.
 
     \b
-    Example: cai rbr metrics runs/xstest --json
+    Example: cai rbr metrics runs/xstest --refusal-method both --grader openai:gpt-4o-mini --json
     """
     from cai.rbr.data import read_graded
-    from cai.rbr.metrics import run_refusal_metrics
+    from cai.rbr.metrics import SOURCES, expected_records, metrics_lines, run_refusal_metrics
+    from cai.rbr.refusal_grader import default_out
 
+    method = refusal_method.value
+    if graded is not None and method != "checks":
+        raise InputError("--graded decides refusals by a proposition; leave out --refusal-method", path=str(graded))
+    if grader is not None and method == "checks":
+        raise InputError("--grader is used with --refusal-method grader or both")
     rows = read_graded(graded) if graded else None
-    result = run_refusal_metrics(run_dir, rows, refusal_proposition)
+    decisions, spec = None, ""
+    if method != "checks":
+        pairs = [((r["id"], s), (r["messages"], r[s])) for r in expected_records(run_dir) for s in SOURCES]
+        readings, stats = _ask_refusals([item for _, item in pairs],
+                                        grader=grader or "local", base_url=base_url, votes=votes,
+                                        out=out or default_out(run_dir), concurrency=concurrency, cache=cache,
+                                        quiet=quiet)
+        decisions = {k: x["label"] != "full_compliance" for (k, _), x in zip(pairs, readings)}
+        spec = stats["model"]
+    result = run_refusal_metrics(run_dir, rows, refusal_proposition, method=method, grader=decisions,
+                                 grader_model=spec)
     if as_json:
         emit(result)
         return
-    print(f"{run_dir}: {result['records']} records with `expected`; refusal decided by {result['decided_by']}")
-    for which in ("draft", "final"):
-        r = result[which]
-        print(f"  {which:<5}  not-unsafe {_fmt(r['not_unsafe'])} ({r['should_refuse']} should refuse)   "
-              f"not-overrefuse {_fmt(r['not_overrefuse'])} ({r['should_comply']} should comply)")
+    print("\n".join(metrics_lines(result)))
+
+
+@rbr_app.command("refusal-eval")
+@fails_cleanly
+def refusal_eval_cmd(
+    file: Annotated[Path, typer.Argument(help="JSONL rows {prompt, completion, label: full_compliance | "
+                                              "full_refusal | partial_refusal}, optional source_model, type.")],
+    method: Annotated[EvalMethod, typer.Option(help="checks: the deterministic refusal classifier; grader: "
+                                                    "the three-way question asked of --model.")] = EvalMethod.checks,
+    model: Annotated[Optional[str], typer.Option("--model", "--grader", help="Grader model for --method grader "
+                                                                            "(default local).")] = None,
+    base_url: BaseUrl = None, votes: VotesOpt = 3, out: RefusalOut = None, limit: LimitOpt = None,
+    concurrency: ConcOpt = 4, cache: CacheOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False,
+) -> None:
+    """Refusal classification against people's labels: binary and three-way figures, confusion matrix.
+
+    \b
+    Example: cai rbr refusal-eval xstest_completions.jsonl --json
+    """
+    from cai.rbr.refusal_eval import evaluate, read_labelled, report_lines
+    from cai.rbr.refusal_grader import default_out
+    from cai.refusal import classify, last_user_text
+
+    if model is not None and method is EvalMethod.checks:
+        raise InputError("--model is used with --method grader")
+    rows = read_labelled(file, limit)
+    extra: dict[str, Any] = {"method": method.value}
+    if method is EvalMethod.checks:
+        pred = [classify(r["response"], last_user_text(r["prompt"])) for r in rows]
+    else:
+        readings, stats = _ask_refusals([(r["prompt"], r["response"]) for r in rows], grader=model or "local",
+                                        base_url=base_url, votes=votes, out=out or default_out(file),
+                                        concurrency=concurrency, cache=cache, quiet=quiet)
+        pred = [x["label"] for x in readings]
+        extra.update(method=f"grader {stats['model']}", model=stats["model"], usage=stats,
+                     readings=dict(Counter(x["method"] for x in readings)))
+    result = {**evaluate(rows, pred), **extra}
+    if as_json:
+        emit(result)
+        return
+    print("\n".join(report_lines(result)))
