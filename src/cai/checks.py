@@ -113,14 +113,10 @@ def refusal_phrasing(prompts: list[list[Message]], completions: list[str], **_: 
     return out
 
 
-def _last_user(messages: list[Message]) -> str:
-    return next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
-
-
 @check("refusal")
 def refusal(prompts: list[list[Message]], completions: list[str], **_: Any) -> list[float]:
     """Three-way refusal classifier (`cai.refusal`): full refusal 1, partial refusal 0.5, compliance 0."""
-    return [refusal_classifier.score(c, _last_user(p) if p else "") for p, c in zip(prompts, completions)]
+    return [refusal_classifier.score(c, refusal_classifier.last_user_text(p)) for p, c in zip(prompts, completions)]
 
 
 @check("verbosity")
