@@ -4,7 +4,9 @@ Pieces: `checks` (deterministic checks, re-exported from `cai.checks`), `rules` 
 `grader` (P(yes) from logprobs, votes or one joint call), `reward` (weights, reward), `score`
 (`score_response` and `feedback_text`), `scorer` (`RbrScorer`, the `cai.scoring.Scorer` the pipeline
 calls), `fit` (hinge-ranking weight fitting), `evaluate` (grader vs human labels), `metrics`
-(Not-Unsafe / Not-Overrefuse of a run, and `refusal_metrics_extra`, the manifest hook), `cli` (`cai rbr`).
+(Not-Unsafe / Not-Overrefuse of a run, and `refusal_metrics_extra`, the manifest hook), `refusal_grader` (the
+three-way refusal question asked of a grader), `refusal_eval` (refusal classification vs people's labels),
+`cli` (`cai rbr`).
 Importing this package registers the "rbr" scorer with `cai.scoring`. See docs/rbr.md.
 """
 
