@@ -113,7 +113,8 @@ def _input_file(prompts: Prompts, out: str | os.PathLike[str] | None) -> tuple[s
     return str(path), str(out or Path("runs") / f"run-{digest}")
 
 
-async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, constitution: str = "default",
+async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
+               constitution: str | Sequence[str] = "default",
                model: str = "local", generator: str | None = None, critic: str | None = None,
                reviser: str | None = None, base_url: str | None = None, rounds: int = 2,
                stop_when_clean: bool = False, fewshot: int | None = None, max_tokens: int = 256,
@@ -135,6 +136,7 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, c
 
     `prompts`: a .jsonl/.txt/.csv path, a list of strings, of message lists or of dicts (`prompt` or
     `messages`, optional `id`, other fields kept), or a DataFrame with a `prompt` or `messages` column.
+    `constitution`: a shipped name or a YAML path, or several as layers, platform first.
     Every other option is the `cai run` option of the same name (`fewshot`: worked examples in the critic's
     and reviser's prompts, None for all of prompts/fewshot.yaml; `candidates` ≥ 2 or `candidates_from`
     with revisions turns AI preference labels on, with `judge`, `cot`, `votes`, `min_margin`, `rank_by`).
@@ -146,7 +148,8 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None, c
     price_table = load_prices(str(prices) if prices else None)  # a bad table fails before any call
     settings = RunSettings.from_options(
         input=path, out=normalize_out(folder), model=model, generator=generator, critic=critic, reviser=reviser,
-        base_url=base_url, constitution=constitution, rounds=rounds, stop_when_clean=stop_when_clean,
+        base_url=base_url, constitution=[constitution] if isinstance(constitution, str) else list(constitution),
+        rounds=rounds, stop_when_clean=stop_when_clean,
         max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout, concurrency=concurrency,
         limit=limit, max_retries=max_retries, rpm=rpm, tpm=tpm, retry_failed=retry_failed, format=format,
         rbr=rbr, grader=grader, rbr_constitution=rbr_constitution, grader_mode=grader_mode if rbr else None,

@@ -7,7 +7,6 @@ in use by another cai process, 4 the model endpoint is unusable (unreachable, mo
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -18,6 +17,7 @@ from cai import __version__
 from cai.batch_cli import add_submit, batch_app
 from cai.clikit import emit, err, fails_cleanly, run_async
 from cai.cmdline import quote, resume_command, retry_command, summary_line
+from cai.constitution_cli import constitution_app
 from cai.errors import Interrupted
 from cai.labels_cli import judge_eval, label
 from cai.rbr.cli import rbr_app
@@ -29,8 +29,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                        "Example: cai run examples/prompts.jsonl --out runs/demo --limit 6 --max-tokens 64\n\n"
                        "Exit codes: 0 ok, 1 some records failed, 2 bad usage, input, files or disk, 3 the run "
                        "folder is in use by another cai process, 4 the model endpoint is unusable, 130 interrupted.")
-constitution_app = typer.Typer(no_args_is_help=True, context_settings=HELP,
-                               help="List and show constitutions.\n\nExample: cai constitution show model-spec")
 app.add_typer(constitution_app, name="constitution")
 constitution_app.command("import-votes")(import_votes)
 app.add_typer(rbr_app, name="rbr")
@@ -67,7 +65,9 @@ def run(
     critic: Annotated[Optional[str], typer.Option(help="Model that critiques (overrides --model).")] = None,
     reviser: Annotated[Optional[str], typer.Option(help="Model that revises (overrides --model).")] = None,
     base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible or Anthropic base URL.")] = None,
-    constitution: Annotated[str, typer.Option(help="Shipped name or path to a YAML file.")] = "default",
+    constitution: Annotated[Optional[list[str]], typer.Option(
+        help="Shipped name or path to a YAML file (default: default); repeat it to stack layers, platform first "
+             "(see docs/constitution.md).")] = None,
     rounds: Annotated[int, typer.Option(min=0, help="Critique → revise rounds.")] = 2,
     stop_when_clean: Annotated[bool, typer.Option(help="Stop when the critic finds no violation.")] = False,
     fewshot: Annotated[Optional[int], typer.Option(min=0, help="Worked examples in the critic's and reviser's "
@@ -133,7 +133,7 @@ def run(
     try:
         result = run_async(arun(
             input, out=out, model=model, generator=generator, critic=critic, reviser=reviser, base_url=base_url,
-            constitution=constitution, rounds=rounds, stop_when_clean=stop_when_clean, fewshot=fewshot,
+            constitution=constitution or "default", rounds=rounds, stop_when_clean=stop_when_clean, fewshot=fewshot,
             max_tokens=max_tokens, temperature=temperature, seed=seed, concurrency=concurrency, limit=limit,
             max_retries=max_retries,
             timeout=timeout, rpm=rpm, tpm=tpm, format=format, system_role_for_developer=system_role_for_developer,
@@ -260,121 +260,6 @@ def status(
         if c["failed"] and info["retry_failed"]:
             err.print(f"retry failed records: {info['retry_failed']}", markup=False, highlight=False)
     if info["records"]["failed"]:
-        raise typer.Exit(1)
-
-
-@constitution_app.command("list")
-@fails_cleanly
-def constitution_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the shipped constitutions.
-
-    Example: cai constitution list
-    """
-    from cai.constitution import builtin_names, load
-
-    rows = [{"name": n, "principles": len(c.principles), "description": c.description}
-            for n in builtin_names() for c in [load(n)]]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        print(f"{r['name']:<14} {r['principles']:>3} principles  {r['description']}")
-
-
-@constitution_app.command("show")
-@fails_cleanly
-def constitution_show(
-    name: Annotated[str, typer.Argument(help="Shipped name or path to a YAML file.")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Show a constitution's principles.
-
-    Example: cai constitution show model-spec
-    """
-    from cai.constitution import load
-
-    c = load(name)
-    if as_json:
-        print(c.model_dump_json(indent=2))
-        return
-    print(f"{c.name}: {c.description}  (sha256 {c.sha256[:12]}, {len(c.principles)} principles)")
-    for p in c.principles:
-        kind = f" [{p.kind}]" if p.kind else ""
-        print(f"\n{p.id}{kind} ({', '.join(p.tags)})\n  critique: {p.critique}\n  revision: {p.revision}")
-
-
-@constitution_app.command("validate")
-@fails_cleanly
-def constitution_validate(
-    files: Annotated[list[str], typer.Argument(help="Constitution files (or shipped names).")],
-) -> None:
-    """Check constitution files and print every problem, one line each as FILE:LINE: what (not just the
-    first); exits 2 if there is any.
-
-    Example: cai constitution validate team.yaml user.yaml
-    """
-    from cai.constitution import check
-    from cai.errors import InputError
-
-    total = 0
-    for name in files:
-        try:
-            const, problems = check(name)
-        except InputError as e:  # not found, unknown name
-            const, problems = None, [e]
-        for p in problems:
-            err.print(str(p), markup=False, highlight=False)
-        total += len(problems)
-        if const is not None and not problems:
-            err.print(f"{const.path}: ok ({len(const.principles)} principles, {len(const.comparisons)} comparisons, "
-                      f"{len(const.propositions)} propositions)", markup=False, highlight=False)
-    if total:
-        err.print(f"{total} problem(s) in {len(files)} file(s)", markup=False, highlight=False)
-        raise typer.Exit(2)
-
-
-@constitution_app.command("schema")
-@fails_cleanly
-def constitution_schema(
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write it to this file (default: "
-                                                                          "stdout).")] = None,
-) -> None:
-    """Print the JSON Schema of the constitution file format (for editors and CI checks).
-
-    Example: cai constitution schema -o constitution.schema.json
-    """
-    from cai.constitution_tools import json_schema
-    from cai.export import write_json
-
-    schema = json_schema()
-    if output is None:
-        print(json.dumps(schema, indent=2))
-        return
-    write_json(output, schema)
-    err.print(f"wrote {output}", markup=False, highlight=False)
-
-
-@constitution_app.command("diff")
-@fails_cleanly
-def constitution_diff(
-    a: Annotated[str, typer.Argument(help="Shipped name or path to a YAML file.")],
-    b: Annotated[str, typer.Argument(help="Shipped name or path to a YAML file.")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Show what changes from A to B, by id: principles, comparisons and propositions added (+), removed (-) and
-    changed (~, with the fields), and the other sections that differ. Exits 1 if they differ.
-
-    Example: cai constitution diff default model-spec
-    """
-    from cai.constitution import load
-    from cai.constitution_tools import diff, diff_lines
-
-    d = diff(load(a), load(b))
-    if as_json:
-        print(json.dumps(d, indent=2))
-    else:
-        print("\n".join(diff_lines(d)))
-    if len(d) > 2:
         raise typer.Exit(1)
 
 

@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cai.constitution import Constitution
+from cai.constitution import Constitution, LayerFile
 
-# The sections whose items carry an `id` (compared item by item); the others are compared as a whole.
+# The sections whose items carry an `id` (compared item by item; `principles` holds objectives, rules and defaults
+# too, each with its `kind`); the others are compared as a whole.
 ID_SECTIONS = ("principles", "comparisons", "propositions")
 WHOLE_SECTIONS = ("description", "response_types", "checks", "length_budget")
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of a constitution file (what `cai.constitution.load` accepts)."""
-    schema = Constitution.model_json_schema(by_alias=True)
-    props = schema.get("properties", {})
-    for internal in ("sha256", "path"):  # set by the loader, never written in a file
-        props.pop(internal, None)
+    """The JSON Schema of a constitution file, one layer (what `cai.constitution.load` reads)."""
+    schema = LayerFile.model_json_schema(by_alias=True)
     schema["title"] = "cai constitution"
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema

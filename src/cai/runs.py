@@ -77,13 +77,14 @@ CALLS_IN_FLIGHT = "calls_in_flight"
 
 def fingerprint(settings: RunSettings, models: dict[str, Any], const_sha: str, input_sha: str,
                 plugins: dict[str, Any] | None = None, *, input_bytes: int | None = None,
-                input_lines: int | None = None) -> dict[str, Any]:
+                input_lines: int | None = None, layers: dict[str, str] | None = None) -> dict[str, Any]:
     """What must not change between invocations of one run: the models' identities, the constitution's
-    content hash, every output-affecting setting (derived from the OUTPUT marks) and the plugins' parts
+    content hash (of a stack of layers, a hash of their hashes, and `layers`, each layer's hash by name),
+    every output-affecting setting (derived from the OUTPUT marks) and the plugins' parts
     (`RunPlugins.fingerprint`); and the input's sha256, size and line count, which may change only by rows
     appended to the file (`check_input`)."""
-    fp = {"models": models, "constitution_sha256": const_sha, "input_sha256": input_sha,
-          **output_settings(settings), **(plugins or {})}
+    fp = {"models": models, **({"constitution_layers": layers} if layers else {}), "constitution_sha256": const_sha,
+          "input_sha256": input_sha, **output_settings(settings), **(plugins or {})}
     if input_bytes is not None:
         fp["input_bytes"], fp["input_lines"] = input_bytes, input_lines
     return fp
@@ -155,6 +156,13 @@ def _save_input(store: Store, fp: dict[str, Any], path: str | Path | None, after
 
 
 def _mismatch(store: Store, field: str, old: dict[str, Any], fp: dict[str, Any]) -> ConfigMismatch:
+    if field == "constitution_layers" and isinstance(old.get(field), dict) and isinstance(fp.get(field), dict):
+        was, now = old[field], fp[field]
+        if list(was) == list(now):
+            changed = ", ".join(f"{k!r} (sha256 {was[k][:12]}… → {now[k][:12]}…)" for k in was if was[k] != now[k])
+            return ConfigMismatch(f"this run was started with other contents of constitution layer(s) {changed}; "
+                                  "use the same files to resume, or --restart to start afresh (the old run is "
+                                  "moved aside)", path=str(store.run_dir))
     return ConfigMismatch(f"this run was started with a different {field} "
                           f"({old.get(field)!r} → {fp.get(field)!r}); use the same settings to resume, "
                           "or --restart to start afresh (the old run is moved aside)", path=str(store.run_dir))
@@ -282,15 +290,23 @@ async def admit(store: Store, settings: RunSettings, models: dict[str, Model], c
                 scan: InputScan, plugins: RunPlugins) -> None:
     """Check this invocation against the run's fingerprint (a new run stores it; the input may have grown)
     and store what the run is: settings, models, base URLs, constitution and input."""
+    layers = {x.name: x.sha256 for x in const.layers} if len(const.layers) > 1 else None
     fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, scan.sha256,
-                     plugins.fingerprint(), input_bytes=scan.bytes, input_lines=scan.lines)
+                     plugins.fingerprint(), input_bytes=scan.bytes, input_lines=scan.lines, layers=layers)
     before = await asyncio.to_thread(check_fingerprint, store, fp, settings, settings.io.input)
     input_info = await asyncio.to_thread(input_meta, settings, scan, before)
     store.set_meta("settings", _safe_settings(settings))
     store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
     store.set_meta("base_urls", {r: redact(m.base_url or m.default_base_url or "") or None for r, m in models.items()})
-    store.set_meta("constitution", {"name": const.name, "sha256": const.sha256, "path": const.path})
+    store.set_meta("constitution", constitution_meta(settings, const))
     store.set_meta("input", input_info)
+
+
+def constitution_meta(settings: RunSettings, const: constitution_mod.Constitution) -> dict[str, Any]:
+    """The manifest's `constitution`: the merged name, hash and top file, the layers as given (`specs`), and
+    each layer's name, file and hash, bottom first."""
+    return {"name": const.name, "sha256": const.sha256, "path": const.path, "specs": settings.loop.layers(),
+            "layers": [x.model_dump() for x in const.layers]}
 
 
 def _safe_settings(settings: RunSettings) -> dict[str, Any]:

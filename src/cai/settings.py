@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cai.config import OUTPUT, GenConfig
 from cai.errors import InputError
@@ -48,7 +48,8 @@ class LoopSettings(_Part):
     """The critique loop: which constitution, how many critique → revise rounds, how many worked examples
     (prompts/fewshot.yaml, default all) the critic's and the reviser's prompts show."""
 
-    constitution: str = "default"
+    # A shipped name or a YAML path; several are layers, bottom (platform) first. One is kept as a plain string.
+    constitution: str | tuple[str, ...] = "default"
     rounds: Annotated[int, OUTPUT] = Field(2, ge=0)
     stop_when_clean: Annotated[bool, OUTPUT] = False
     fewshot: Annotated[int, OUTPUT] = Field(default_factory=lambda: len(fewshot()), ge=0)
@@ -56,6 +57,19 @@ class LoopSettings(_Part):
     # seed+1..), and/or the draft with its revisions. Two or more turn labeling on (`RunSettings.labels`).
     candidates: Annotated[int, OUTPUT] = Field(1, ge=1)
     candidates_from: Annotated[Literal["samples", "revisions", "samples+revisions"], OUTPUT] = "samples"
+
+    @field_validator("constitution", mode="before")
+    @classmethod
+    def _one_or_layers(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            if not v:
+                raise ValueError("give at least one constitution")
+            return v[0] if len(v) == 1 else tuple(v)
+        return v
+
+    def layers(self) -> list[str]:
+        """The constitution's layers as given, bottom first."""
+        return [self.constitution] if isinstance(self.constitution, str) else list(self.constitution)
 
     def labeling(self) -> bool:
         """Whether the loop makes two or more candidates per prompt."""

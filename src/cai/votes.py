@@ -47,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from cai.constitution import LayerFile
 from cai.errors import InputError, OutputError
 
 MIN_VOTES = 10
@@ -370,13 +371,11 @@ def layer(result: VoteImport, name: str) -> dict[str, Any]:
 
 def write_layer(result: VoteImport, output: Path, name: str | None = None) -> dict[str, Any]:
     """Write the layer to `output` (YAML); InputError when no statement was kept. Returns what was written."""
-    from cai.constitution import Constitution
-
     output = Path(output)
     if not result.kept:
         raise InputError(f"no statement was kept; {output} not written", path=result.votes.source)
     data = layer(result, name or output.stem)
-    Constitution.model_validate(data)
+    LayerFile.model_validate(data)
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
     tmp = output.with_name(f".{output.name}.tmp")
     try:
