@@ -80,8 +80,9 @@ def test_in_memory_prompts_of_every_shape(tmp_path, stub_server):
 def test_run_tables_have_flat_columns(tmp_path, stub_server):
     r = cai.run(PROMPTS, out=tmp_path / "r", **options(stub_server))
     crit = r.critiques()
-    assert list(crit.columns) == ["id", "round", "principle", "critique", "violates", "severity", "parsed",
-                                  "before", "after"]
+    assert list(crit.columns) == ["id", "round", "principle", "layer", "kind", "critique", "violates", "severity",
+                                  "rule_override", "parsed", "before", "after"]
+    assert set(crit["layer"]) == {"default"} and crit["rule_override"].isna().all()
     assert len(crit) == 6 and crit["violates"].map(type).eq(bool).all() and crit["severity"].between(0, 3).all()
     pairs = r.pairs()
     assert {"prompt", "chosen", "rejected", "prompt_text", "chosen_text", "rejected_text", "principles"} <= set(pairs)

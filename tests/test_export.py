@@ -100,11 +100,13 @@ def test_jsonl_bytes_are_unchanged(tmp_path):
         ', "content": "draft 1: cv pv"}], "metadata": {"principles": ["be-specific"], "rounds": 1'
         ', "violations": [null]}, "reward_chosen": 0.75, "reward_rejected": 0.25}\n')
     assert (run / "critiques.jsonl").read_text(encoding="utf-8") == (
-        '{"id": "r0", "round": 1, "principle": "be-specific", "critique": "too vague 0"'
-        ', "verdict": {"critique": "too vague 0", "violates": true, "severity": 2}, "parsed": true'
-        ', "before": "draft 0: tkgnkuhm nhtqg", "after": "final 0: isxr ojiqfolnb"}\n'
-        '{"id": "r1", "round": 1, "principle": "be-specific", "critique": "too vague 1", "verdict": null'
-        ', "parsed": false, "before": "draft 1: cv pv", "after": "final 1: giweogz czwzmhhdi"}\n')
+        '{"id": "r0", "round": 1, "principle": "be-specific", "layer": null, "kind": null'
+        ', "critique": "too vague 0", "verdict": {"critique": "too vague 0", "violates": true, "severity": 2}'
+        ', "parsed": true, "rule_override": null, "before": "draft 0: tkgnkuhm nhtqg"'
+        ', "after": "final 0: isxr ojiqfolnb"}\n'
+        '{"id": "r1", "round": 1, "principle": "be-specific", "layer": null, "kind": null'
+        ', "critique": "too vague 1", "verdict": null, "parsed": false, "rule_override": null'
+        ', "before": "draft 1: cv pv", "after": "final 1: giweogz czwzmhhdi"}\n')
 
 
 @pytest.mark.parametrize("rbr", [False, True])

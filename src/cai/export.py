@@ -4,7 +4,10 @@ Shapes (TRL conversational):
   sft:       {"id", "messages": [*prompt, {"role": "assistant", "content": final}]}
   pairs:     {"id", "prompt": [*prompt], "chosen": [{"role": "assistant", "content": final}],
               "rejected": [{"role": "assistant", "content": draft}], "metadata": {...}}
-  critiques: {"id", "round", "principle", "critique", "verdict", "parsed", "before", "after"}
+  critiques: {"id", "round", "principle", "layer", "kind", "critique", "verdict", "parsed", "rule_override",
+              "before", "after"}  (layer: the constitution layer of the principle; kind: objective | rule |
+              default | None; rule_override: under a constitution with rules or defaults, whether the critic found
+              an attempt to override a rule, else None)
 A pair is written only if the final response is non-empty and differs from the draft. With --rbr, pairs
 also carry "reward_chosen" and "reward_rejected" (rewards of the final response and of the draft), and
 --min-reward-margin x drops pairs whose reward did not improve by x. Parquet files hold the same rows in

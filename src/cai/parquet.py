@@ -44,7 +44,8 @@ def schema(export: str, rewards: bool = False, labels: bool = False) -> pa.Schem
                           ("p", pa.float64()), ("method", pa.string()), ("judge", pa.string())])
     if export == "critiques":
         return pa.schema([("id", pa.string()), ("round", pa.int64()), ("principle", pa.string()),
-                          ("critique", pa.string()), ("verdict", VERDICT), ("parsed", pa.bool_()),
+                          ("layer", pa.string()), ("kind", pa.string()), ("critique", pa.string()),
+                          ("verdict", VERDICT), ("parsed", pa.bool_()), ("rule_override", pa.bool_()),
                           ("before", pa.string()), ("after", pa.string())])
     raise ValueError(f"unknown export {export!r}")
 

@@ -18,7 +18,15 @@ from cai.errors import ProviderError
 from cai.records import InputRecord, iter_records
 from cai.scoring import Labeler, Scorer
 from cai.settings import RunSettings
-from cai.stages import clean_revision, critique_request, draft_request, parse_verdict, repair_request, revise_request
+from cai.stages import (
+    Authority,
+    clean_revision,
+    critique_request,
+    draft_request,
+    parse_verdict,
+    repair_request,
+    revise_request,
+)
 from cai.store import RecordWriteFailed, Store
 
 # A verdict is JSON: cut off mid-object it cannot be parsed, so the critic always gets at least this many tokens.
@@ -46,6 +54,7 @@ class Pipeline:
         self.labeler = labeler
         self.scorer = scorer
         self.const = const
+        self.authority = Authority.of(const)  # the chain of command, for a constitution with rules or defaults
         self.store = store
         self.engine = engine
         self.on_done = on_done or (lambda status: None)
@@ -138,8 +147,9 @@ class Pipeline:
                 response = done[("revise", rnd)]["response"]
             else:
                 feedback = self.scorer.feedback(score) if self.scorer is not None and score is not None else ""
+                override = bool((verdict or {}).get("rule_override"))
                 req = revise_request(rec.messages, response, crit["critique"], principle, cfg, feedback,
-                                     examples=loop.fewshot)
+                                     examples=loop.fewshot, authority=self.authority, override=override)
                 comp = await _staged("revise", self.engine.call("reviser", req, rec.id, ("revise", rnd)))
                 revised = clean_revision(comp.text, response)
                 data = {"principle": principle.id, "before": response, "response": revised or response,
@@ -198,7 +208,8 @@ class Pipeline:
         cfg = self.s.generation
         if cfg.max_tokens < CRITIC_MIN_TOKENS:
             cfg = cfg.model_copy(update={"max_tokens": CRITIC_MIN_TOKENS})
-        req = critique_request(rec.messages, response, principle, cfg, examples=self.s.loop.fewshot)
+        req = critique_request(rec.messages, response, principle, cfg, examples=self.s.loop.fewshot,
+                               authority=self.authority)
         comp = await _staged("critique", self.engine.call("critic", req, rec.id, ("critique", rnd)))
         raw, verdict, repaired = comp.text, parse_verdict(comp.text), False
         if verdict is None:
@@ -206,9 +217,9 @@ class Pipeline:
                                                                ("repair", rnd)))
             raw, verdict, repaired = comp.text, parse_verdict(comp.text), True
             self.engine.stats.unparsed += verdict is None
-        data = {"principle": principle.id, "response": response, "raw": raw, "repaired": repaired,
-                "parsed": verdict is not None,
-                "verdict": verdict.model_dump() if verdict else None,
+        data = {"principle": principle.id, "layer": principle.layer, "principle_kind": principle.kind,
+                "response": response, "raw": raw, "repaired": repaired, "parsed": verdict is not None,
+                "verdict": verdict.model_dump(exclude_none=True) if verdict else None,
                 # Unparsed after one repair: the critic's raw text still guides the revision.
                 "critique": verdict.critique if verdict else raw}
         self.store.add_step(rec.id, seq, "critique", rnd, data)

@@ -48,8 +48,11 @@ def record_rows(rec: dict[str, Any], min_margin: float | None = None) -> RecordR
     pending: dict[int, dict[str, Any]] = {}
     for s in steps:
         if s["kind"] == "critique":
-            row = {"id": rec["id"], "round": s["round"], "principle": s["principle"], "critique": s["critique"],
-                   "verdict": s["verdict"], "parsed": s["parsed"], "before": s["response"], "after": s["response"]}
+            verdict = s["verdict"]
+            row = {"id": rec["id"], "round": s["round"], "principle": s["principle"], "layer": s.get("layer"),
+                   "kind": s.get("principle_kind"), "critique": s["critique"], "verdict": verdict,
+                   "parsed": s["parsed"], "rule_override": verdict.get("rule_override") if verdict else None,
+                   "before": s["response"], "after": s["response"]}
             pending[s["round"]] = row
             crits.append(row)
         elif s["kind"] == "revise" and s["round"] in pending:

@@ -93,16 +93,18 @@ class Run:
                                                               "final", "rounds", "violations", "pair_dropped"])
 
     def critiques(self) -> pd.DataFrame:
-        """One row per critique: id, round, principle, critique, violates, severity, parsed, before, after."""
+        """One row per critique: id, round, principle, its layer and kind, critique, violates, severity,
+        rule_override (None unless the constitution has rules or defaults), parsed, before, after."""
         rows = []
         for _, (_, _, crits, _) in self._rows():
             for c in crits:
                 v = c["verdict"] or {}
-                rows.append({"id": c["id"], "round": c["round"], "principle": c["principle"],
-                             "critique": c["critique"], "violates": v.get("violates"), "severity": v.get("severity"),
+                rows.append({"id": c["id"], "round": c["round"], "principle": c["principle"], "layer": c["layer"],
+                             "kind": c["kind"], "critique": c["critique"], "violates": v.get("violates"),
+                             "severity": v.get("severity"), "rule_override": c["rule_override"],
                              "parsed": c["parsed"], "before": c["before"], "after": c["after"]})
-        return frame(rows, columns=["id", "round", "principle", "critique", "violates", "severity", "parsed",
-                                           "before", "after"])
+        return frame(rows, columns=["id", "round", "principle", "layer", "kind", "critique", "violates", "severity",
+                                    "rule_override", "parsed", "before", "after"])
 
     def _labeled(self) -> tuple[bool, list[tuple[dict[str, Any], tuple[Any, ...], tuple[Any, ...]]]]:
         """(whether the run has AI preference labels, [(record, its `record_rows`, its `label_rows`)] for the
@@ -203,7 +205,7 @@ class Run:
             meta = store.get_meta("constitution", {}) or {}
         finally:
             store.close()
-        for source in (meta.get("path"), meta.get("name")):
+        for source in (meta.get("specs"), meta.get("path"), meta.get("name")):
             if source:
                 try:
                     return load_constitution(source)

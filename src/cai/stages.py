@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cai.config import GenConfig, Request
-from cai.constitution import Principle
+from cai.constitution import Constitution, Principle
 from cai.prompts import fewshot, render
 
 
@@ -22,6 +23,7 @@ class Verdict(BaseModel):
     critique: str
     violates: bool
     severity: int = Field(ge=0, le=3)
+    rule_override: bool | None = None  # asked for under a layered constitution: did someone try to override a rule?
 
 
 # Bounded so that a verdict fits in the critic's token budget (a cut-off JSON object cannot be read).
@@ -36,6 +38,13 @@ VERDICT_SCHEMA: dict[str, Any] = {
     },
     "required": ["critique", "violates", "severity"],
     "additionalProperties": False,
+}
+
+# Under a layered constitution the critic also says whether anyone tried to override a rule.
+OVERRIDE_SCHEMA: dict[str, Any] = {
+    **VERDICT_SCHEMA,
+    "properties": {**VERDICT_SCHEMA["properties"], "rule_override": {"type": "boolean"}},
+    "required": [*VERDICT_SCHEMA["required"], "rule_override"],
 }
 
 REPAIR = ("Your last reply was not a valid JSON object of the form "
@@ -59,6 +68,34 @@ def conversation(messages: list[dict[str, str]]) -> str:
     return "\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)
 
 
+@dataclass(frozen=True)
+class Authority:
+    """The chain of command of a constitution with rules or defaults: its rules and active defaults as (id,
+    statement), shown to the critic and the reviser in the order of authority (prompts/authority.txt)."""
+
+    rules: tuple[tuple[str, str], ...]
+    defaults: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, const: Constitution) -> Authority | None:
+        """None for a constitution without rules or defaults: its prompts stay as they always were."""
+        if not const.layered:
+            return None
+        return cls(tuple((p.id, p.stated()) for p in const.section("rules")),
+                   tuple((p.id, p.stated()) for p in const.section("defaults")))
+
+    def block(self) -> str:
+        def lines(items: tuple[tuple[str, str], ...]) -> str:
+            return "\n".join(f"   - {pid}: {text}" for pid, text in items) or "   (none)"
+        return render("authority", rules=lines(self.rules), defaults=lines(self.defaults))
+
+    def principle(self, p: Principle) -> str:
+        """The critic's question, with what its kind means under the chain of command."""
+        if p.kind in ("rule", "default"):
+            return f"{p.critique}\n{render(f'principle_{p.kind}', layer=p.layer)}"
+        return p.critique
+
+
 def draft_request(messages: list[dict[str, str]], cfg: GenConfig) -> Request:
     return Request(messages=tuple(messages), config=cfg)
 
@@ -74,19 +111,26 @@ def _examples(n: int | None) -> tuple[dict[str, Any], ...]:
 
 
 def critique_request(messages: list[dict[str, str]], response: str, principle: Principle,
-                     cfg: GenConfig, examples: int | None = None) -> Request:
-    """The critic's request: instructions, `examples` worked examples (default all) as turns, then the task.
-    The instructions and examples are the same for every record (`static_prefix`)."""
-    msgs: list[dict[str, str]] = [{"role": "system", "content": render("critic_system")}]
+                     cfg: GenConfig, examples: int | None = None, authority: Authority | None = None) -> Request:
+    """The critic's request: instructions (with the order of authority, given one), `examples` worked examples
+    (default all) as turns, then the task. The instructions and examples are the same for every record
+    (`static_prefix`)."""
+    system = render("critic_system")
+    if authority is not None:
+        system = f"{system}\n\n{authority.block()}\n{render('critic_override')}"
+    msgs: list[dict[str, str]] = [{"role": "system", "content": system}]
     for ex in _examples(examples):
         msgs.append({"role": "user", "content": _critique_turn(
             [{"role": "user", "content": ex["prompt"]}], ex["response"], ex["critique_request"])})
         verdict = {"critique": ex["critique"], "violates": ex["violates"], "severity": ex["severity"]}
+        if authority is not None:
+            verdict["rule_override"] = False
         msgs.append({"role": "assistant", "content": json.dumps(verdict)})
     static = len(msgs)
-    msgs.append({"role": "user", "content": _critique_turn(messages, response, principle.critique)})
-    return Request(messages=tuple(msgs), config=cfg, schema=VERDICT_SCHEMA, schema_name="verdict",
-                   static_prefix=static)
+    asked = authority.principle(principle) if authority is not None else principle.critique
+    msgs.append({"role": "user", "content": _critique_turn(messages, response, asked)})
+    return Request(messages=tuple(msgs), config=cfg, schema=OVERRIDE_SCHEMA if authority else VERDICT_SCHEMA,
+                   schema_name="verdict", static_prefix=static)
 
 
 def repair_request(request: Request, bad_reply: str) -> Request:
@@ -114,9 +158,17 @@ def _revise_turn(messages: list[dict[str, str]], response: str, critique: str, r
 
 
 def revise_request(messages: list[dict[str, str]], response: str, critique: str, principle: Principle,
-                   cfg: GenConfig, feedback: str = "", examples: int | None = None) -> Request:
-    """The reviser's request, built like the critic's (`examples` worked examples, default all)."""
-    msgs: list[dict[str, str]] = [{"role": "system", "content": render("reviser_system")}]
+                   cfg: GenConfig, feedback: str = "", examples: int | None = None,
+                   authority: Authority | None = None, override: bool = False) -> Request:
+    """The reviser's request, built like the critic's (`examples` worked examples, default all). Given the
+    order of authority, the reviser is shown it and told to keep the developer's customizations and the rules
+    (`override`: the critic found an attempt to override a rule)."""
+    system = render("reviser_system")
+    if authority is not None:
+        system = f"{system}\n\n{authority.block()}"
+        notes = [render("reviser_authority"), render("override_found") if override else "", feedback]
+        feedback = "\n".join(x for x in notes if x)
+    msgs: list[dict[str, str]] = [{"role": "system", "content": system}]
     for ex in _examples(examples):
         msgs.append({"role": "user", "content": _revise_turn(
             [{"role": "user", "content": ex["prompt"]}], ex["response"], ex["critique"],
