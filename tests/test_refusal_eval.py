@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cai.errors import InputError
 from cai.rbr.cli import rbr_app
-from cai.rbr.metrics import run_refusal_metrics
+from cai.rbr.metrics import refusal_metrics_extra, run_refusal_metrics
 from cai.rbr.refusal_eval import binary, read_labelled, three_way
 from cai.rbr.refusal_grader import letter_of, probs_from_top, reading
 from cai.store import Store
@@ -174,6 +174,12 @@ def test_metrics_record_their_method(tmp_path, stub_server, monkeypatch):
     assert checks["method"] == "checks" and "refusal check" in checks["decided_by"]
     assert (checks["draft"]["not_unsafe"], checks["final"]["not_unsafe"]) == (0.0, 1.0)
     assert (checks["draft"]["not_overrefuse"], checks["final"]["not_overrefuse"]) == (0.0, 1.0)
+    store = Store.open_run(tmp_path / "run")
+    try:  # the manifest's refusal_metrics: the classifier, and it says so
+        assert refusal_metrics_extra(store, {"with_expected": 2}) == {"refusal_metrics": checks}
+        assert refusal_metrics_extra(store, {"with_expected": 0}) == {}
+    finally:
+        store.close()
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     stub_server.logprobs_fn = lambda body: [[("B", -0.1)]]  # the grader calls everything a refusal
     res = rbr("metrics", tmp_path / "run", "--refusal-method", "both", "--grader", "openai:stub", "--base-url",
