@@ -151,8 +151,10 @@ def test_shipped_layers_show_and_diff(tmp_path):
     assert [x["name"] for x in shown["layers"]] == ["model-spec", "team"]
     assert all(p["layer"] in ("model-spec", "team") for p in shown["principles"])
     d = diff(load("model-spec"), load(str(TEAM)))
-    assert d["principles"]["added"] == ["no-account-secrets", "plain-words"] and not d["principles"]["removed"]
-    assert {"statement", "critique", "revision", "layer"} <= set(d["principles"]["changed"]["thorough-but-efficient"])
+    assert d["rules"]["added"] == ["no-account-secrets"] and d["principles"]["added"] == ["plain-words"]
+    assert not any(d[s]["removed"] for s in ("rules", "defaults", "principles"))
+    assert {"statement", "critique", "revision", "layer"} <= set(d["defaults"]["changed"]["thorough-but-efficient"])
+    assert list(d["rules"]["changed"]) == ["protect-privacy"]
     listed = cai("constitution", "list").stdout
     assert "model-spec   3 objectives, 6 rules, 10 defaults" in listed
 

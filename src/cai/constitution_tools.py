@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cai.constitution import Constitution, LayerFile
+from cai.constitution import SECTIONS, Constitution, LayerFile
 
-# The sections whose items carry an `id` (compared item by item; `principles` holds objectives, rules and defaults
-# too, each with its `kind`); the others are compared as a whole.
-ID_SECTIONS = ("principles", "comparisons", "propositions")
+# The sections whose items carry an `id` (compared item by item); the others are compared as a whole. A critique
+# principle is in the section of its kind (objectives, rules, defaults, principles), so one that moves between
+# sections shows as removed from one and added to the other.
+ID_SECTIONS = (*SECTIONS, "comparisons", "propositions")
 WHOLE_SECTIONS = ("description", "response_types", "checks", "length_budget")
 
 
@@ -22,7 +23,8 @@ def json_schema() -> dict[str, Any]:
 
 
 def _items(const: Constitution, section: str) -> dict[str, dict[str, Any]]:
-    return {item.id: item.model_dump(by_alias=True, exclude_defaults=True) for item in getattr(const, section)}
+    items = const.section(section, enabled_only=False) if section in SECTIONS else getattr(const, section)
+    return {item.id: item.model_dump(by_alias=True, exclude_defaults=True) for item in items}
 
 
 def diff(a: Constitution, b: Constitution) -> dict[str, Any]:
