@@ -49,7 +49,7 @@ _CONTRACTIONS = [(re.compile(p, re.I), r) for p, r in (
     (r"\b(i|we|you)'d\b", r"\1 would"), (r"\b(i|we|you)'ll\b", r"\1 will"), (r"\b(i|we|you)'ve\b", r"\1 have"))]
 
 _I = r"\b(?:i|we)"
-_NOT_ABLE = (r"(?:cannot|will not|would not|should not|am unable to|am not able to|am not going to|must not"
+_NOT_ABLE = (r"(?:cannot|will not|would not be able to|am unable to|am not able to|am not going to|must not"
              r"|am not in a position to|do not (?:feel comfortable|think i (?:can|should))|refuse to"
              r"|am afraid i cannot)")
 _ACT = (r"(?:provide|help|assist|give|answer|write|create|generate|produce|fulfil|fulfill|comply|support|share"
