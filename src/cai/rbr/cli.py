@@ -293,9 +293,8 @@ def fit_cmd(
           f"{_fmt(ho['uniform_accuracy'])})")
 
 
-def _ask_refusals(items: list[tuple[list[dict[str, str]], str]], *, grader: str, base_url: Optional[str],
-                  votes: int, out: Path, concurrency: int, cache: Optional[Path],
-                  quiet: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _ask_refusals(items: list[tuple[list[dict[str, str]], str]], *, grader: str, base_url: Optional[str], votes: int,
+                  out: Path, concurrency: int, cache: Optional[Path], quiet: bool) -> tuple[list[Any], dict[str, Any]]:
     """The grader's three-way refusal readings of (messages, response) items, with progress on stderr."""
     from cai.prices import load_prices
     from cai.progress import Progress
