@@ -95,7 +95,9 @@ def card(name: str, info: dict[str, Any], rewards: bool) -> str:
                        for role, t in _by_role(info["tokens"])) or "none"
     cost = info["estimated_cost_usd"]
     rows = [*((f"{role} model", spec) for role, spec in _by_role(info["models"])),
-            ("constitution", f"{const.get('name')} (sha256 {const.get('sha256')})"),
+            ("constitution", f"{const.get('name')} (sha256 {const.get('sha256')})"
+                             + ("; layers " + " → ".join(x["name"] for x in const["layers"])
+                                if len(const.get("layers") or []) > 1 else "")),
             ("rounds", loop["rounds"]), ("stop when clean", "yes" if loop["stop_when_clean"] else "no"),
             ("seed", info["seed"]), ("records", f"{info['records']['total']} ({records})"),
             ("sft rows", ex["sft"]), ("pairs", ex["pairs"]),

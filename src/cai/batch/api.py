@@ -87,8 +87,8 @@ async def _open_job(out: str | os.PathLike[str]) -> AsyncIterator[tuple[BatchJob
         store.close()
     const = constitution_mod.load(settings.loop.constitution)
     if const.sha256 != fp.get("constitution_sha256"):
-        raise ConfigMismatch(f"the constitution {settings.loop.constitution!r} changed since the job was submitted; "
-                             "restore it to go on", path=str(run_dir))
+        raise ConfigMismatch(f"the constitution {' + '.join(settings.loop.layers())} changed since the job was "
+                             "submitted; restore it to go on", path=str(run_dir))
     stored = fp.get("models") or {}
     models, plugins = run_models(settings, const, {r: m.get("base_url") for r, m in stored.items()})
     if {r: m.identity() for r, m in models.items()} != stored:

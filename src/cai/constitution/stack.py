@@ -146,6 +146,8 @@ class _Merge:
             self.items[spec.id] = Principle(**spec.model_dump(exclude={"kind"}), kind=kind, layer=name)
             return
         update: dict[str, Any] = {f: getattr(spec, f) for f in given}
+        if target == prev.section == "principles" and "kind" not in spec.model_fields_set:
+            kind = prev.kind  # a plain principle keeps its free label
         self.items[spec.id] = prev.model_copy(update={**update, "kind": kind, "layer": name,
                                                       "defined_in": prev.defined_in or prev.layer})
 

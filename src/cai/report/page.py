@@ -83,7 +83,10 @@ def overview_html(data: ReportData) -> str:
         ["state", state],
         ["records", f"{r['input']:,} input: {r['done']:,} done, {r['failed']:,} failed, "
                     f"{r['in_progress']:,} in progress, {r['not_started']:,} not started"],
-        ["constitution", f"{const.get('name', '?')} (sha256 {const.get('sha256', '?')})"],
+        ["constitution", f"{const.get('name', '?')} (sha256 {const.get('sha256', '?')})"
+                         + ("; layers, platform first: " + ", ".join(f"{x['name']} ({x['sha256'][:12]})"
+                                                                     for x in const["layers"])
+                            if len(const.get("layers") or []) > 1 else "")],
         ["wall time", f"{fmt(o['wall_seconds'], 1)} s over {fmt(o['invocations'])} invocation(s)"
                       f" ({o['started'] or '?'} → {o['ended'] or '?'})"],
         ["estimated cost", _usd(o["estimated_cost_usd"])],
