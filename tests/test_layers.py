@@ -150,3 +150,14 @@ def test_the_core_never_imports_the_rbr_plugin() -> None:
     offenders = {m: sorted({t for t in _imported_names(m, mods[m]) if t == PLUGIN or t.startswith(PLUGIN + ".")})
                  for m in core}
     assert {m: ts for m, ts in offenders.items() if ts} == {}
+
+
+def test_the_core_never_imports_the_ray_plugin_or_ray() -> None:
+    """`cai.cluster` (the `ray` extra) is wired in by the composition layer only; nothing else imports it or Ray."""
+    mods = _modules()
+    outside = [m for m in mods if m not in COMPOSITION and not m.startswith("cai.cluster")]
+    offenders = {m: sorted({t for t in _imported_names(m, mods[m])
+                            if t.split(".")[0] == "ray" or t == "cai.cluster" or t.startswith("cai.cluster.")})
+                 for m in outside}
+    assert {m: ts for m, ts in offenders.items() if ts} == {}
+    assert any(t.startswith("cai.cluster") for t in _imported_names("cai.api", mods["cai.api"]))

@@ -37,7 +37,7 @@ from cai.prices import load_prices
 from cai.progress import Progress
 from cai.rbr.metrics import refusal_metrics_extra
 from cai.runfolder import Run
-from cai.runs import execute, normalize_out
+from cai.runs import Runner, execute, normalize_out
 from cai.settings import RunSettings
 
 if TYPE_CHECKING:
@@ -129,7 +129,8 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
                candidates_from: Literal["samples", "revisions", "samples+revisions"] = "samples",
                judge: str | None = None, cot: bool = False, min_margin: float | None = None,
                rank_by: Literal["judge", "rbr", "judge+rbr"] | None = None,
-               cache: str | os.PathLike[str] | None = None,
+               cache: str | os.PathLike[str] | None = None, engine: Literal["local", "ray"] = "local",
+               ray_address: str | None = None, workers: int | None = None,
                progress: bool | Callable[[dict[str, int]], None] | ProgressSink = False,
                command: list[str] | None = None) -> Run:
     """Draft, critique and revise every prompt into the run folder `out`, export, and return the `Run`.
@@ -140,6 +141,8 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
     Every other option is the `cai run` option of the same name (`fewshot`: worked examples in the critic's
     and reviser's prompts, None for all of prompts/fewshot.yaml; `candidates` ≥ 2 or `candidates_from`
     with revisions turns AI preference labels on, with `judge`, `cot`, `votes`, `min_margin`, `rank_by`).
+    `engine="ray"` shards the records to Ray worker actors (the `ray` extra; `ray_address` "auto" or HOST:PORT
+    joins a cluster, else a local instance is started; `workers` actors, default the cluster's CPUs up to 8).
     `progress`: True prints the CLI's progress line on stderr, a function gets a dict of counts after each
     record. `command` is recorded
     for `cai status`'s resume command (the CLI passes its argv). Re-running the same call resumes.
@@ -156,7 +159,9 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
         votes=votes if rbr or candidates > 1 or "revisions" in candidates_from else None, weights=weights,
         rbr_feedback=rbr_feedback if rbr else None, min_reward_margin=min_reward_margin, prices=prices, cache=cache,
         system_role_for_developer=system_role_for_developer, fewshot=fewshot, candidates=candidates,
-        candidates_from=candidates_from, judge=judge, cot=cot or None, min_margin=min_margin, rank_by=rank_by)
+        candidates_from=candidates_from, judge=judge, cot=cot or None, min_margin=min_margin, rank_by=rank_by,
+        engine=engine, ray_address=ray_address, workers=workers)
+    runner = _runner(settings)
     sink: ProgressSink | None
     if progress is True:
         sink = Progress(prices=price_table)
@@ -167,11 +172,26 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
     try:
         manifest = await execute(settings, restart=restart, command=command,
                                  on_start=sink.start if sink else None, on_done=sink.record_done if sink else None,
-                                 manifest_extras=MANIFEST_EXTRAS)
+                                 manifest_extras=MANIFEST_EXTRAS, runner=runner)
     finally:
         if isinstance(sink, Progress):
             sink.stop()
     return Run(settings.io.out, invocation=manifest["this_invocation"], manifest_extras=MANIFEST_EXTRAS)
+
+
+def _runner(settings: RunSettings) -> Runner | None:
+    """The Ray runner for `engine="ray"` (None: this process). The plugin is imported only then: Ray is an
+    optional extra and a heavy import."""
+    ex = settings.execution
+    if ex.engine != "ray":
+        if ex.ray_address or ex.workers:
+            raise InputError("ray_address and workers need engine='ray' (--engine ray)")
+        return None
+    try:
+        from cai.cluster import RayRunner
+    except ImportError as e:
+        raise InputError(f"--engine ray needs Ray: pip install 'cai[ray]' ({e})") from None
+    return RayRunner(ex.ray_address, ex.workers)
 
 
 def run(prompts: Prompts, **options: Any) -> Run:

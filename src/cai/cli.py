@@ -89,6 +89,13 @@ def run(
     prices: Annotated[Optional[Path], typer.Option(help="Price table JSON for the cost estimate.")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Call cache shared by runs (a SQLite file, created if "
                                                        "missing): identical calls are answered from it.")] = None,
+    engine: Annotated[Literal["local", "ray"], typer.Option(
+        help="local: this process; ray: shard the records to Ray worker actors (pip install 'cai[ray]'; see "
+             "docs/ray.md).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="With --engine ray: 'auto' or HOST:PORT of a running "
+                                                            "cluster (default: start a local one).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="With --engine ray: worker actors (default: the "
+                                                               "cluster's CPUs, at most 8).")] = None,
     rbr: Annotated[bool, typer.Option(help="Rule-based rewards: grade the draft and each revision, tell the "
                                            "reviser what failed, put rewards on the pairs.")] = False,
     grader: Annotated[Optional[str], typer.Option(help="Model that grades propositions (default: the critic).")] = None,
@@ -137,7 +144,8 @@ def run(
             max_tokens=max_tokens, temperature=temperature, seed=seed, concurrency=concurrency, limit=limit,
             max_retries=max_retries,
             timeout=timeout, rpm=rpm, tpm=tpm, format=format, system_role_for_developer=system_role_for_developer,
-            restart=restart, retry_failed=retry_failed, prices=prices, cache=cache, rbr=rbr, grader=grader,
+            restart=restart, retry_failed=retry_failed, prices=prices, cache=cache, engine=engine,
+            ray_address=ray_address, workers=workers, rbr=rbr, grader=grader,
             rbr_constitution=rbr_constitution, grader_mode=grader_mode, votes=votes, weights=weights,
             rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin, candidates=candidates,
             candidates_from=candidates_from, judge=judge, cot=cot, min_margin=min_margin, rank_by=rank_by,

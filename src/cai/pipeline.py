@@ -61,8 +61,9 @@ class Pipeline:
         self.fatal: BaseException | None = None
         self.counts = {"done": 0, "failed": 0, "skipped": 0, "waiting": 0}
 
-    def _todo(self) -> Iterator[tuple[InputRecord, bool]]:
-        """(record, known to the store) for each input record this invocation should work on."""
+    def todo(self) -> Iterator[tuple[InputRecord, bool]]:
+        """(record, known to the store) for each input record this invocation should work on (the others are
+        counted as skipped)."""
         statuses = self.store.statuses()
         source = self.source if self.source is not None else iter_records(self.s.io.input, self.s.io.limit)
         for rec in itertools.islice(source, self.records):
@@ -76,7 +77,7 @@ class Pipeline:
     async def run(self) -> dict[str, int]:
         """`concurrency` workers take the next record as soon as they finish one (as a bare loop
         would), so no event-loop round trip sits between one record's last call and the next's first."""
-        todo = self._todo()
+        todo = self.todo()
 
         async def worker() -> None:
             for rec, known in todo:  # one shared iterator; next() never awaits, so no two workers race

@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cai import constitution as constitution_mod
 from cai.callcache import CallCache
@@ -246,11 +246,21 @@ async def open_session(out: Path, models: dict[str, Model], execution: Execution
             cache.close()
 
 
+class Runner(Protocol):
+    """Runs a pipeline's records somewhere other than this event loop (a plugin: `cai.cluster` on Ray). It works
+    on `pipeline.todo()`, writes every stored row through `pipeline.store` (the run's one writer), calls
+    `pipeline.on_done` as each record ends, keeps `engine.stats` to the counters of every call made for the run
+    and returns the counts (done, failed, skipped, waiting)."""
+
+    async def run(self, pipeline: Pipeline, engine: Engine) -> dict[str, int]: ...
+
+
 async def execute(settings: RunSettings, *, restart: bool = False, command: list[str] | None = None,
                   on_start: Callable[[int, Engine], None] | None = None,
                   on_done: Callable[[str], None] | None = None,
-                  manifest_extras: Sequence[ManifestExtra] = ()) -> dict[str, Any]:
-    """Validate everything, run the loop, export; returns the manifest plus `this_invocation`.
+                  manifest_extras: Sequence[ManifestExtra] = (), runner: Runner | None = None) -> dict[str, Any]:
+    """Validate everything, run the loop (here, or with `runner`), export; returns the manifest plus
+    `this_invocation`.
 
     Everything a user can get wrong is checked before the run folder is created. `command` is the
     invocation as typed (stored, so `cai status` can print a runnable resume command). No signal handler
@@ -272,7 +282,7 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
         pipeline = Pipeline(settings, const, store, engine, on_done, plugins.scorer, records=scan.records,
                             labeler=plugins.labeler)
         try:
-            counts = await pipeline.run()
+            counts = await (runner.run(pipeline, engine) if runner is not None else pipeline.run())
         finally:
             store.end_invocation()
         result = await asyncio.to_thread(export_run, store, settings.export.format, extras=manifest_extras)

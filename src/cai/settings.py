@@ -87,6 +87,10 @@ class ExecutionSettings(_Part):
     retry_failed: bool = False
     prices: str | None = None  # price table for the cost estimate (default: shipped)
     cache: str | None = None  # a call cache shared by runs (cai.callcache); off by default
+    # Where the pipeline runs: in this process, or sharded to Ray actors (the `cai.cluster` plugin, `ray` extra).
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # None: start (or join) a local Ray instance; "auto" or HOST:PORT: a cluster
+    workers: int | None = Field(None, ge=1)  # Ray worker actors (default: the cluster's CPUs, at most 8)
 
 
 class ScoringSettings(_Part):

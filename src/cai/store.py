@@ -154,7 +154,7 @@ class Store:
                     raise
                 conn.execute("ROLLBACK TO w")
                 self.failed_records[rid] = f"{type(e).__name__}: {e}"
-                _record_error(conn, rid, "store", e)
+                _record_error(conn, rid, "store", type(e).__name__, str(e))
             conn.execute("RELEASE w")
         if self._invocation is not None:  # a heartbeat: a killed invocation's wall time ends at its last commit
             conn.execute("UPDATE invocations SET ended=? WHERE n=?", (time.time(), self._invocation))
@@ -316,7 +316,11 @@ class Store:
         self.enqueue(op, rid)
 
     def add_error(self, rid: str, stage: str, error: BaseException) -> None:
-        self.enqueue(lambda c: _record_error(c, rid, stage, error), rid)
+        self.add_error_row(rid, stage, type(error).__name__, str(error))
+
+    def add_error_row(self, rid: str, stage: str, error_class: str, message: str) -> None:
+        """An error row for `rid` (which is marked failed), from the error's class name and message."""
+        self.enqueue(lambda c: _record_error(c, rid, stage, error_class, message), rid)
 
     # -- calls ---------------------------------------------------------------------------
     def get_call(self, key: str) -> Completion | None:
@@ -384,12 +388,12 @@ class RecordWriteFailed(Exception):
     """A write of this record failed in the store (its error row is written); the record stops."""
 
 
-def _record_error(c: sqlite3.Connection, rid: str, stage: str, error: BaseException) -> None:
+def _record_error(c: sqlite3.Connection, rid: str, stage: str, error_class: str, message: str) -> None:
     """Insert an error row for `rid` and mark it failed (the message made storable whatever it holds)."""
-    msg = redact(str(error))[:2000].encode("utf-8", "replace").decode("utf-8")
+    msg = redact(message)[:2000].encode("utf-8", "replace").decode("utf-8")
     now = time.time()
     c.execute("INSERT INTO errors(record_id,stage,error_class,message,created) VALUES(?,?,?,?,?)",
-              (rid, stage, type(error).__name__, msg, now))
+              (rid, stage, error_class, msg, now))
     c.execute("UPDATE records SET status='failed', updated=? WHERE id=?", (now, rid))
 
 
