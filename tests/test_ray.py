@@ -116,3 +116,14 @@ def write_prompts(tmp_path: Path) -> Path:
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS[:6])))
     return inp
+
+
+def test_the_shared_call_cache_serves_ray_workers(tmp_path, cluster):
+    with StubServer() as srv:
+        opts = {**options(srv), "cache": str(tmp_path / "calls.sqlite")}
+        first = cai.run(PROMPTS[:8], out=tmp_path / "a", engine="ray", workers=2, **opts)
+        sent = srv.count()
+        second = cai.run(PROMPTS[:8], out=tmp_path / "b", engine="ray", workers=2, **opts)
+        assert srv.count() == sent == first.invocation["calls"]  # the second run paid for nothing
+        assert second.invocation["calls"] == 0 and second.invocation["shared_cache_hits"] == sent
+    assert exports(second.path) == exports(first.path)
