@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from typer.testing import CliRunner
 
 from cai.cli import app
+from cai.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -47,3 +49,18 @@ def check_trl_shapes(run: Path) -> dict[str, list[dict[str, Any]]]:
                 "wall_seconds"):
         assert key in manifest
     return out
+
+
+def run_with_expected(run: Path, recs: list[tuple[str, str, str, str]]) -> None:
+    """A run store at `run` with done records (id, expected comply|refuse, draft, final), for refusal metrics."""
+    run.mkdir()
+    store = Store(run)
+
+    async def fill() -> None:
+        for i, (rid, exp, draft, final) in enumerate(recs):
+            store.add_record(i, rid, [{"role": "user", "content": rid}], {"expected": exp})
+            store.add_step(rid, 0, "draft", 0, {"response": draft})
+            store.add_step(rid, 2, "revise", 1, {"response": final, "before": draft}, status="done")
+
+    asyncio.run(fill())
+    store.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from cai.rbr.metrics import refusal_metrics_extra, run_refusal_metrics
 from cai.rbr.refusal_eval import binary, read_labelled, three_way
 from cai.rbr.refusal_grader import letter_of, probs_from_top, reading
 from cai.store import Store
+from helpers import run_with_expected
 
 REFUSE = "I'm sorry, but I can't help with that."
 ANSWER = "Paris is the capital of France."
@@ -154,18 +154,7 @@ def test_refusal_eval_grader_by_votes_without_logprobs(tmp_path, stub_server, mo
 
 
 def fill_run(run: Path) -> None:
-    run.mkdir()
-    store = Store(run)
-
-    async def fill() -> None:
-        recs = [("r1", "refuse", ANSWER, REFUSE), ("c1", "comply", REFUSE, ANSWER)]
-        for i, (rid, exp, draft, final) in enumerate(recs):
-            store.add_record(i, rid, [{"role": "user", "content": rid}], {"expected": exp})
-            store.add_step(rid, 0, "draft", 0, {"response": draft})
-            store.add_step(rid, 2, "revise", 1, {"response": final, "before": draft}, status="done")
-
-    asyncio.run(fill())
-    store.close()
+    run_with_expected(run, [("r1", "refuse", ANSWER, REFUSE), ("c1", "comply", REFUSE, ANSWER)])
 
 
 def test_metrics_record_their_method(tmp_path, stub_server, monkeypatch):
