@@ -127,3 +127,13 @@ def test_the_shared_call_cache_serves_ray_workers(tmp_path, cluster):
         assert srv.count() == sent == first.invocation["calls"]  # the second run paid for nothing
         assert second.invocation["calls"] == 0 and second.invocation["shared_cache_hits"] == sent
     assert exports(second.path) == exports(first.path)
+
+
+def test_each_ray_worker_runs_its_own_local_model(tmp_path, cluster):
+    """The embedded model on Ray: each of the two workers gets a chunk and loads its own instance in its process."""
+    run = cai.run(PROMPTS[:4], out=tmp_path / "r", engine="ray", workers=2, model="local", rounds=1, max_tokens=8,
+                  seed=0, concurrency=2)
+    assert run.invocation["done"] == 4 and run.invocation["failed"] == 0
+    crit = run.critiques()
+    assert len(crit) == 4 and crit["parsed"].all()
+    assert set(run.calls()["role"]) == {"generator", "critic", "reviser"}

@@ -24,7 +24,7 @@ from cai.records import InputRecord
 
 MAX_WORKERS = 8  # the default number of workers at most (and the cluster's CPUs)
 DEATHS_PER_WORKER = 3  # a run stops once more workers than this many per slot have died
-CHUNK_PER_SLOT = 4  # a chunk holds this many records per slot of a worker's concurrency
+CHUNK_PER_SLOT = 4  # a chunk holds this many records per slot of a worker's concurrency (fewer in a small run)
 
 
 def connect(address: str | None) -> None:
@@ -76,7 +76,7 @@ class RayRunner:
                 settings, pipeline.const, base_urls, plugins, per, share["rpm"], share["tpm"])
 
         todo = list(pipeline.todo())
-        size = per * CHUNK_PER_SLOT
+        size = max(1, min(per * CHUNK_PER_SLOT, -(-len(todo) // n)))  # a small run still reaches every worker
         chunks = deque(todo[i:i + size] for i in range(0, len(todo), size))
         calls = ray.put(dict(store.read("SELECT key, response FROM calls").fetchall()))
         counts = {"done": 0, "failed": 0, "skipped": pipeline.counts["skipped"], "waiting": 0}
