@@ -91,9 +91,10 @@ def test_a_killed_worker_loses_nothing_and_pays_nothing_twice(tmp_path, cluster)
     assert exports(run.path) == exports(local.path)  # every record exactly once, as the local engine made it
     ids = [json.loads(x)["id"] for x in (run.path / "sft.jsonl").read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 40
-    # Only calls the dead worker had in flight (its share of --concurrency) were sent twice; none it had sent back.
+    # Only calls of the dead worker's last moments were sent twice: per slot of its share of --concurrency (4), the
+    # call in flight and at most one answered whose step was still on its way to the driver. None it had sent back.
     repaid = sum(n - 1 for n in bodies.values())
-    assert max(bodies.values()) <= 2 and repaid <= 4
+    assert max(bodies.values()) <= 2 and repaid <= 2 * 4
     assert sum(bodies.values()) == stored_keys(run.path) + repaid
 
 
