@@ -8,6 +8,7 @@ again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections import deque
 from dataclasses import fields
@@ -132,7 +133,8 @@ class RayRunner:
                 except RayTaskError as e:  # a fatal error in the pipeline (bad key, endpoint down)
                     cause = getattr(e, "cause", None)
                     fatal.append(cause if isinstance(cause, BaseException) else e.as_instanceof_cause())
-            await worker.close.remote()
+            with contextlib.suppress(RayActorError):  # a worker killed after its last chunk has nothing to close
+                await worker.close.remote()
             ray.kill(worker)
 
         await asyncio.gather(*(drive(i) for i in range(n)))
