@@ -196,9 +196,11 @@ def test_a_prompt_over_the_window_is_rejected_in_both_paths(slots, n):
 
 def test_slot_count_setting(slots, monkeypatch):
     monkeypatch.delenv("CAI_LOCAL_SLOTS", raising=False)
-    assert local_slots() == default_slots() >= 1
+    assert local_slots() == 1  # the single-sequence path unless asked
     monkeypatch.setenv("CAI_LOCAL_SLOTS", "3")
     assert local_slots() == 3
+    monkeypatch.setenv("CAI_LOCAL_SLOTS", "auto")
+    assert local_slots() == default_slots() >= 1
     slots(1)
     assert local_slots() == 1
     with pytest.raises(ValueError):

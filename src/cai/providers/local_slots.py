@@ -4,6 +4,10 @@ Kept apart from `cai.providers.local` so that the CLI and the library can set it
 llama-cpp-python. 1 is the single-sequence path (one `Llama.create_chat_completion` at a time); more is the
 batched engine (`cai.providers.local_engine`): continuous batching with role prefixes kept warm.
 `CAI_LOCAL_SLOTS` in the environment sets it for processes that are not told (e.g. Ray workers).
+
+The default stays 1: batched sequences get logits that differ from the single path's in the last digits (up to
+about 0.1 nats with this llama.cpp build), so switching every caller over is a decision of its own;
+`default_slots()` is the size suggested for this machine (`CAI_LOCAL_SLOTS=auto` takes it).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ def default_slots() -> int:
 
 
 def set_local_slots(n: int | None) -> None:
-    """Set the slot count for this process (None: `CAI_LOCAL_SLOTS`, else `default_slots()`)."""
+    """Set the slot count for this process (None: `CAI_LOCAL_SLOTS`, else 1)."""
     if n is not None and not 1 <= n <= MAX_SLOTS:
         raise ValueError(f"local slots must be between 1 and {MAX_SLOTS}, not {n}")
     global _slots
@@ -31,7 +35,9 @@ def local_slots() -> int:
     """The slot count in force."""
     if _slots is not None:
         return _slots
-    env = os.environ.get("CAI_LOCAL_SLOTS", "").strip()
+    env = os.environ.get("CAI_LOCAL_SLOTS", "").strip().lower()
+    if env == "auto":
+        return default_slots()
     if env.isdigit() and 1 <= int(env) <= MAX_SLOTS:
         return int(env)
-    return default_slots()
+    return 1
