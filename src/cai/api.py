@@ -35,6 +35,7 @@ from cai.errors import InputError
 from cai.export import ManifestExtra
 from cai.prices import load_prices
 from cai.progress import Progress
+from cai.providers.local_slots import set_local_slots
 from cai.rbr.metrics import refusal_metrics_extra
 from cai.runfolder import Run
 from cai.runs import Runner, execute, normalize_out
@@ -130,7 +131,7 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
                judge: str | None = None, cot: bool = False, min_margin: float | None = None,
                rank_by: Literal["judge", "rbr", "judge+rbr"] | None = None,
                cache: str | os.PathLike[str] | None = None, engine: Literal["local", "ray"] = "local",
-               ray_address: str | None = None, workers: int | None = None,
+               ray_address: str | None = None, workers: int | None = None, local_slots: int | None = None,
                progress: bool | Callable[[dict[str, int]], None] | ProgressSink = False,
                command: list[str] | None = None) -> Run:
     """Draft, critique and revise every prompt into the run folder `out`, export, and return the `Run`.
@@ -143,6 +144,8 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
     with revisions turns AI preference labels on, with `judge`, `cot`, `votes`, `min_margin`, `rank_by`).
     `engine="ray"` shards the records to Ray worker actors (the `ray` extra; `ray_address` "auto" or HOST:PORT
     joins a cluster, else a local instance is started; `workers` actors, default the cluster's CPUs up to 8).
+    `local_slots`: sequences the embedded model decodes together in this process (1: one at a time; default
+    CAI_LOCAL_SLOTS, else 1).
     `progress`: True prints the CLI's progress line on stderr, a function gets a dict of counts after each
     record. `command` is recorded
     for `cai status`'s resume command (the CLI passes its argv). Re-running the same call resumes.
@@ -160,7 +163,9 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
         rbr_feedback=rbr_feedback if rbr else None, min_reward_margin=min_reward_margin, prices=prices, cache=cache,
         system_role_for_developer=system_role_for_developer, fewshot=fewshot, candidates=candidates,
         candidates_from=candidates_from, judge=judge, cot=cot or None, min_margin=min_margin, rank_by=rank_by,
-        engine=engine, ray_address=ray_address, workers=workers)
+        engine=engine, ray_address=ray_address, workers=workers, local_slots=local_slots)
+    if settings.execution.local_slots is not None:
+        set_local_slots(settings.execution.local_slots)
     runner = _runner(settings)
     sink: ProgressSink | None
     if progress is True:

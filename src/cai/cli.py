@@ -96,6 +96,9 @@ def run(
                                                             "cluster (default: start a local one).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="With --engine ray: worker actors (default: the "
                                                                "cluster's CPUs, at most 8).")] = None,
+    local_slots: Annotated[Optional[int], typer.Option(
+        min=1, max=64, help="Sequences the embedded model decodes together, each role's prompt prefix kept "
+                            "warm (default 1: one at a time, as before; or CAI_LOCAL_SLOTS).")] = None,
     rbr: Annotated[bool, typer.Option(help="Rule-based rewards: grade the draft and each revision, tell the "
                                            "reviser what failed, put rewards on the pairs.")] = False,
     grader: Annotated[Optional[str], typer.Option(help="Model that grades propositions (default: the critic).")] = None,
@@ -145,7 +148,7 @@ def run(
             max_retries=max_retries,
             timeout=timeout, rpm=rpm, tpm=tpm, format=format, system_role_for_developer=system_role_for_developer,
             restart=restart, retry_failed=retry_failed, prices=prices, cache=cache, engine=engine,
-            ray_address=ray_address, workers=workers, rbr=rbr, grader=grader,
+            ray_address=ray_address, workers=workers, local_slots=local_slots, rbr=rbr, grader=grader,
             rbr_constitution=rbr_constitution, grader_mode=grader_mode, votes=votes, weights=weights,
             rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin, candidates=candidates,
             candidates_from=candidates_from, judge=judge, cot=cot, min_margin=min_margin, rank_by=rank_by,

@@ -91,6 +91,9 @@ class ExecutionSettings(_Part):
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None  # None: start (or join) a local Ray instance; "auto" or HOST:PORT: a cluster
     workers: int | None = Field(None, ge=1)  # Ray worker actors (default: the cluster's CPUs, at most 8)
+    # Sequences the embedded (`local`) model decodes together: 1 is the single-sequence path; None leaves the
+    # process's setting (CAI_LOCAL_SLOTS, else 1; cai.providers.local_slots). Ray workers read CAI_LOCAL_SLOTS.
+    local_slots: int | None = Field(None, ge=1, le=64)
 
 
 class ScoringSettings(_Part):
