@@ -98,7 +98,7 @@ class BatchEngine:
         self._prefix_tokens: dict[str, list[int]] = {}  # key -> the static prefix's tokens, once computed
         self._queue: deque[_Job] = deque()
         self._cv = threading.Condition()
-        self._closed = self._cancel = False
+        self._closed = self._cancel = self._freed = False
         self._clock = 0
         self.stats = {"calls": 0, "steps": 0, "prompt_tokens": 0, "prompt_evaluated": 0, "prefix_evaluated": 0,
                       "reused_prefix": 0, "reused_slot": 0, "max_active": 0}
@@ -123,12 +123,14 @@ class BatchEngine:
         """Stop the worker and free the context: after the calls already queued, or (`cancel`, at interpreter
         exit) after the current step, leaving unfinished calls unanswered, so no decode outlives the context."""
         with self._cv:
+            freed, self._freed = self._freed, True
             self._closed, self._cancel = True, self._cancel or cancel
             self._cv.notify()
         self._thread.join()
-        llama_cpp.llama_batch_free(self._batch)
-        with closing(self._ctx):
-            pass
+        if not freed:  # a second close (e.g. at exit after a test's) frees nothing twice
+            llama_cpp.llama_batch_free(self._batch)
+            with closing(self._ctx):
+                pass
 
     def prefix_sizes(self) -> dict[str, int]:
         """{role prefix key: its tokens} for every static prefix seen so far (kept in the cache or not)."""
