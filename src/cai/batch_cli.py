@@ -31,7 +31,8 @@ batch_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                              "\b\nExample:\n  cai batch submit prompts.jsonl --model openai:gpt-4o-mini --out "
                              f"runs/nightly\n  cai batch tick runs/nightly\n\n{EXIT_HELP}")
 # `cai run` options that mean nothing for a batch job (pacing, concurrency, the progress display).
-NOT_FOR_BATCH = {"concurrency", "rpm", "tpm", "retry_failed", "quiet", "engine", "ray_address", "workers"}
+NOT_FOR_BATCH = {"concurrency", "rpm", "tpm", "retry_failed", "quiet", "engine", "ray_address", "workers",
+                 "local_slots"}
 SCORING_DEFAULTED = ("grader_mode", "votes", "rbr_feedback")  # have defaults in the CLI; only meaningful with --rbr
 RunDir = Annotated[Path, typer.Argument(help="The job's run folder, e.g. runs/nightly.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
