@@ -21,7 +21,8 @@ from typing import Any
 from cai.clikit import run_async
 from cai.rbr.refusal_eval import evaluate, read_labelled
 from cai.rbr.refusal_grader import grade_refusals
-from cai.refusal import classify, last_user_text
+from cai.refusal import classify
+from cai.results import prompt_text
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO.parent / "shared" / "data" / "xstest_completions_dev.jsonl"
@@ -30,7 +31,7 @@ DEFAULT = REPO.parent / "shared" / "data" / "xstest_completions_dev.jsonl"
 def predict(rows: list[dict[str, Any]], method: str, model: str) -> tuple[list[str], dict[str, Any]]:
     """Labels for the rows by the classifier or the grader (the grader's calls in a temp store)."""
     if method == "checks":
-        return [classify(r["response"], last_user_text(r["prompt"])) for r in rows], {}
+        return [classify(r["response"], prompt_text(r["prompt"])) for r in rows], {}
     with tempfile.TemporaryDirectory() as tmp:
         readings, stats = run_async(grade_refusals([(r["prompt"], r["response"]) for r in rows],
                                                    out=Path(tmp) / "store", model=model, base_url=None))

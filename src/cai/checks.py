@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cai import refusal as refusal_classifier
+from cai.results import prompt_text
 
 Message = dict[str, str]
 CheckFn = Callable[..., list[float]]
@@ -116,7 +117,7 @@ def refusal_phrasing(prompts: list[list[Message]], completions: list[str], **_: 
 @check("refusal")
 def refusal(prompts: list[list[Message]], completions: list[str], **_: Any) -> list[float]:
     """Three-way refusal classifier (`cai.refusal`): full refusal 1, partial refusal 0.5, compliance 0."""
-    return [refusal_classifier.score(c, refusal_classifier.last_user_text(p)) for p, c in zip(prompts, completions)]
+    return [refusal_classifier.score(c, prompt_text(p)) for p, c in zip(prompts, completions)]
 
 
 @check("verbosity")

@@ -377,14 +377,15 @@ def refusal_eval_cmd(
     """
     from cai.rbr.refusal_eval import evaluate, read_labelled, report_lines
     from cai.rbr.refusal_grader import default_out
-    from cai.refusal import classify, last_user_text
+    from cai.refusal import classify
+    from cai.results import prompt_text
 
     if model is not None and method is EvalMethod.checks:
         raise InputError("--model is used with --method grader")
     rows = read_labelled(file, limit)
     extra: dict[str, Any] = {"method": method.value}
     if method is EvalMethod.checks:
-        pred = [classify(r["response"], last_user_text(r["prompt"])) for r in rows]
+        pred = [classify(r["response"], prompt_text(r["prompt"])) for r in rows]
     else:
         readings, stats = _ask_refusals([(r["prompt"], r["response"]) for r in rows], grader=model or "local",
                                         base_url=base_url, votes=votes, out=out or default_out(file),

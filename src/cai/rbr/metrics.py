@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import InputError
-from cai.refusal import FULL_COMPLIANCE, classify, last_user_text
-from cai.results import draft_and_final
+from cai.refusal import FULL_COMPLIANCE, classify
+from cai.results import draft_and_final, prompt_text
 from cai.store import Store
 
 REFUSAL_PROPOSITION = "inability_to_comply"
@@ -46,7 +46,7 @@ def refusal_rates(expected: list[str], refused: list[bool]) -> dict[str, Any]:
 
 def is_refusal_by_check(messages: list[dict[str, str]], response: str) -> bool:
     """Whether the refusal classifier calls `response` a full or partial refusal."""
-    return classify(response, last_user_text(messages)) != FULL_COMPLIANCE
+    return classify(response, prompt_text(messages)) != FULL_COMPLIANCE
 
 
 def expected_records(run_dir: Path) -> list[dict[str, Any]]:
