@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 from collections import deque
 from dataclasses import fields
@@ -69,7 +70,7 @@ class RayRunner:
         plugins = sorted({type(p).__module__ for p in (pipeline.scorer, pipeline.labeler) if p is not None})
         base_urls = {r: m.base_url for r, m in engine.models.items()}
         actor = ray.remote(Worker)
-        spawned = iter(range(10**9))
+        spawned = itertools.count()
 
         def spawn() -> Any:
             return actor.options(name=f"cai-worker-{self.token}-{next(spawned)}", num_cpus=1,
@@ -81,13 +82,19 @@ class RayRunner:
         chunks = deque(todo[i:i + size] for i in range(0, len(todo), size))
         calls = ray.put(dict(store.read("SELECT key, response FROM calls").fetchall()))
         counts = {"done": 0, "failed": 0, "skipped": pipeline.counts["skipped"], "waiting": 0}
-        latest: dict[int, Stats] = {}
-        finished: list[Stats] = []
+        known = store.statuses()  # as todo() saw them; read again only after a worker died
+        latest: dict[int, Stats] = {}  # each worker's counters for the chunk it is on
+        ended_chunks = Stats()  # the counters of every chunk that has ended, summed
         fatal: list[BaseException] = []
 
         def account(slot: int, stats: Stats) -> None:
             latest[slot] = stats
-            engine.stats = _sum([*finished, *latest.values()])
+            engine.stats = _sum([ended_chunks, *latest.values()])
+
+        def retire(slot: int) -> None:
+            nonlocal ended_chunks
+            if slot in latest:
+                ended_chunks = _sum([ended_chunks, latest.pop(slot)])
 
         async def apply(ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]], ended: set[str]) -> None:
             for name, args, kwargs in ops:
@@ -102,10 +109,10 @@ class RayRunner:
             await store.keep_up()
 
         async def drive(slot: int) -> None:
+            nonlocal known
             worker = spawn()
             while chunks and not fatal:
                 chunk = chunks.popleft()
-                known = store.statuses()
                 recs: list[InputRecord] = [rec for rec, _ in chunk]
                 ended: set[str] = set()
                 payload = ({r.id: known[r.id] for r in recs if r.id in known},
@@ -118,15 +125,15 @@ class RayRunner:
                             await apply(body, ended)
                         else:
                             counts["waiting"] += body["waiting"]
-                    finished.append(latest.pop(slot))
+                    retire(slot)
                 except RayActorError as e:  # the worker died: what it sent is stored; the rest goes back in the queue
                     self.died += 1
                     if self.died > DEATHS_PER_WORKER * n:
                         fatal.append(CaiError(f"{self.died} Ray workers died; the last one: {e}"))
-                    if slot in latest:
-                        finished.append(latest.pop(slot))
+                    retire(slot)
                     await store.flush()
-                    left = [(rec, rec.id in store.statuses()) for rec in recs if rec.id not in ended]
+                    known = store.statuses()  # what the dead worker's writes added
+                    left = [(rec, rec.id in known) for rec in recs if rec.id not in ended]
                     if left:
                         chunks.appendleft(left)
                     worker = spawn()
