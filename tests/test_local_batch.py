@@ -12,7 +12,7 @@ from cai.constitution import load
 from cai.errors import RequestRejected
 from cai.providers import get_model
 from cai.providers.local import N_CTX, TopLogprobs, chat_arguments, default_model_path, to_completion
-from cai.providers.local_engine import BatchEngine
+from cai.providers.local_engine import BatchEngine, WindowExceeded
 from cai.providers.local_slots import default_slots, local_slots, set_local_slots
 from cai.stages import critique_request, revise_request
 
@@ -170,18 +170,54 @@ def test_waiting_calls_are_decoded_together_in_one_step():
 
 
 @pytest.mark.slow
-def test_a_tight_cell_budget_makes_calls_wait_not_fail():
-    engine = BatchEngine(_helper(), 4, n_ctx_seq=512, cells=640, n_batch=128)  # room for 512 cells a step
+def test_calls_sharing_a_prompt_evaluate_it_once(slots):
+    """A grader's questions about one response arrive together: the response is evaluated once, in one slot,
+    and copied into the others, which then evaluate only their own question; the answers stay close to the
+    single path's (the questions share a llama_decode, see above)."""
+    text = "Rain forms when water vapour in the air cools and condenses into droplets around tiny particles. " * 6
+    questions = ["Is the response about weather?", "Does the response mention droplets?",
+                 "Is the response rude?", "Does the response give a recipe?", "Is the response in English?"]
+    reqs = [Request(messages=({"role": "system", "content": "Answer Yes or No about the response."},
+                              {"role": "user", "content": f"Response: {text}\nQuestion: {q}"}),
+                    config=LOGPROB_CONFIG) for q in questions]
+    single = _single(reqs)
+    engine = BatchEngine(_helper(), 4, n_ctx_seq=N_CTX)
     try:
-        futs = [engine.submit([{"role": "user", "content": f"Count to {i}."}], {"max_tokens": 200,
-                                                                              "temperature": 0.0, "seed": 0})
-                for i in range(4)]
-        outs = [f.result() for f in futs]
+        batched = _on_engine(engine, reqs)
         stats = engine.stats
     finally:
         engine.close()
-    assert all(o["choices"][0]["finish_reason"] in ("stop", "length") for o in outs)
-    assert stats["calls"] == 4 and stats["max_active"] <= 2  # three × (prompt + 200) cells do not fit
+    shared = len(llama_cpp.Llama.tokenize(engine.llm, text.encode()))
+    assert stats["waited"] >= 1 and stats["copied"] > shared  # the later questions started from the first one's cells
+    assert stats["copied"] + stats["reused_slot"] >= (len(reqs) - 1) * shared
+    assert stats["prompt_evaluated"] < stats["prompt_tokens"] - (len(reqs) - 1) * shared
+    for a, b in zip(single, batched):
+        assert a.tokens_in == b.tokens_in and a.top_logprobs and b.top_logprobs
+        (tok_a, lp_a), (_, lp_a2) = a.top_logprobs[0][:2]
+        (tok_b, lp_b) = b.top_logprobs[0][0]
+        assert lp_b == pytest.approx(lp_a, abs=0.5)
+        if lp_a - lp_a2 > 1.0:
+            assert tok_b == tok_a
+
+
+@pytest.mark.slow
+def test_a_call_too_long_for_a_slot_runs_on_the_single_path(slots):
+    """Each slot has a window of its own; a call whose prompt and max_tokens do not fit is refused by the
+    engine and answered by the single-sequence path, so its reply is the single path's."""
+    engine = BatchEngine(_helper(), 2, n_ctx_seq=N_CTX, window=256)
+    try:
+        fut = engine.submit([{"role": "user", "content": "Say hi."}], {"max_tokens": 300, "temperature": 0.0})
+        with pytest.raises(WindowExceeded, match="window of 256"):
+            fut.result()
+        ok = engine.submit([{"role": "user", "content": "Say hi."}], {"max_tokens": 30, "temperature": 0.0})
+        assert ok.result()["choices"][0]["finish_reason"] in ("stop", "length")
+    finally:
+        engine.close()
+    req = Request(messages=({"role": "user", "content": "Say hi."},),
+                  config=GenConfig(max_tokens=N_CTX - 100, temperature=0.0, seed=0))
+    (want,) = _single([req])
+    (got,) = asyncio.run(_all([req], 2))
+    assert got == want
 
 
 @pytest.mark.slow

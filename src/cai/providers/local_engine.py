@@ -4,19 +4,19 @@ One engine per GGUF path and process. Calls are queued; a worker thread gives ea
 id) as one frees, and every step makes one `llama_decode` over all active slots: the next token of each
 generating sequence plus a chunk of each new prompt. Finished sequences leave their slot at once.
 
-The KV cache is unified (one pool of cells shared by all sequences), so copying a sequence with
-`llama_memory_seq_cp` only tags the same cells with another sequence id. Two kinds of reuse follow:
+Every sequence has a KV stream of its own (`kv_unified` off) of `window` cells, so a token attends only to
+its own sequence's cells: in one shared pool every token of a step would attend to every sequence's cells,
+which on a CPU costs more than the batching gains once prompts are a few hundred tokens long. A call whose
+prompt and `max_tokens` do not fit in a window is refused with `WindowExceeded` (the provider then runs it
+on the single-sequence path). Reuse copies cells between streams (`llama_memory_seq_cp`):
 
 * role prefixes: the static part of a request's prompt (`Request.static_prefix` leading messages: a role's
-  instructions and worked examples) is evaluated once into a sequence of its own, kept while the process
-  lives (least recently used evicted past `prefixes` entries or when cells run short), and tagged onto the
-  slot of every later call that starts with it, whatever calls of other roles came between;
-* a finished slot keeps its tokens until it is needed, and a new call starts from the idle slot sharing the
-  longest prefix with its prompt (a grader's questions about one response), as `Llama` does for its one
-  sequence.
-
-Cells are budgeted: a call is admitted only when its prompt and `max_tokens` fit beside what is held, so
-`llama_decode` never runs out of room mid-generation; idle slots and then prefixes are released to make room.
+  instructions and worked examples) is evaluated once into a stream of its own, kept while the process
+  lives (least recently used given up past `prefixes` of them), and copied into the slot of every later call
+  that starts with it, whatever calls of other roles came between;
+* shared prompts: a call starts from whichever slot (idle or still generating) already holds the longest
+  prefix of its prompt, as `Llama` does for its one sequence; a call whose prompt another slot is still
+  evaluating waits for it (a grader's questions about one response then evaluate the response once).
 """
 
 from __future__ import annotations
@@ -34,7 +34,18 @@ import llama_cpp._internals as internals
 
 from cai.providers.local_gen import Generation, make_sampler, plan
 
-MIN_PREFIX = 16  # tokens: a shorter static prefix is not worth a sequence of its own
+MIN_PREFIX = 16  # tokens: a shorter shared prefix is not worth a copy or a wait
+CELL_BUDGET = 12800  # KV cells of all streams together (23 KB each for the shipped model: about 295 MB)
+MIN_WINDOW = 1024
+
+
+class WindowExceeded(ValueError):
+    """The call's prompt plus `max_tokens` is longer than one slot's window."""
+
+
+def default_window(slots: int, prefixes: int) -> int:
+    """Cells per stream: the cell budget shared out, at least MIN_WINDOW, a multiple of 256 (llama.cpp pads it so)."""
+    return max(MIN_WINDOW, CELL_BUDGET // (slots + prefixes) // 256 * 256)
 
 
 @dataclass
@@ -47,8 +58,6 @@ class _Prefix:
 class _Slot:
     seq: int
     tokens: list[int] = field(default_factory=list)  # what this sequence's cells hold, position by position
-    shared: str | None = None  # the prefix key whose cells [0, shared_len) this slot shares
-    shared_len: int = 0
     gen: Generation | None = None  # the call being generated; None when idle
     sampler: Any = None
     future: Future[dict[str, Any]] | None = None
@@ -76,20 +85,20 @@ def _lcp(a: list[int], b: list[int]) -> int:
 
 class BatchEngine:
     """Continuous batching over `slots` sequences of one context on the model of `llm` (a `llama_cpp.Llama`,
-    used for its weights, chat template, tokenizer and defaults; its own context is not used)."""
+    used for its weights, chat template, tokenizer and defaults; its own context is not used). `n_ctx_seq` is
+    the window whose rules a call follows (`max_tokens` cut to it, longer prompts refused), as in the single
+    path; `window` the cells each stream holds."""
 
-    def __init__(self, llm: Any, slots: int, *, n_ctx_seq: int, cells: int | None = None, prefixes: int = 4,
-                 n_batch: int = 512, flash_attn: bool = False) -> None:
+    def __init__(self, llm: Any, slots: int, *, n_ctx_seq: int, window: int | None = None, prefixes: int = 2,
+                 n_batch: int = 512) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.llm, self.slots_n, self.n_ctx_seq, self.n_batch = llm, slots, n_ctx_seq, n_batch
-        self.max_prefixes = prefixes
-        self.cells = cells or min(16384, max(n_ctx_seq + 1024, 768 * slots + 2048))
+        self.window = min(window or default_window(slots, prefixes), n_ctx_seq)
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
-        params.n_ctx, params.n_batch, params.n_ubatch = self.cells, n_batch, n_batch
-        params.n_seq_max, params.kv_unified = slots + prefixes, True
-        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
-                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.n_seq_max, params.kv_unified = slots + prefixes, False
+        params.n_ctx, params.n_batch, params.n_ubatch = self.window * (slots + prefixes), n_batch, n_batch
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as in the single path
         self._ctx = internals.LlamaContext(model=llm._model, params=params, verbose=False)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._slots = [_Slot(seq=i) for i in range(slots)]
@@ -101,7 +110,8 @@ class BatchEngine:
         self._closed = self._cancel = self._freed = False
         self._clock = 0
         self.stats = {"calls": 0, "steps": 0, "prompt_tokens": 0, "prompt_evaluated": 0, "prefix_evaluated": 0,
-                      "reused_prefix": 0, "reused_slot": 0, "max_active": 0}
+                      "reused_prefix": 0, "reused_slot": 0, "copied": 0, "waited": 0, "max_active": 0,
+                      "too_long": 0}
         self._thread = threading.Thread(target=self._run, name="cai-llama-batch", daemon=True)
         self._thread.start()
 
@@ -110,7 +120,8 @@ class BatchEngine:
     def submit(self, messages: list[dict[str, str]], kwargs: dict[str, Any],
                static_prefix: int = 0) -> Future[dict[str, Any]]:
         """Queue one chat completion (`create_chat_completion` keyword arguments); the future gets its reply
-        dict, or the ValueError `create_chat_completion` would raise (e.g. a prompt over the window)."""
+        dict, or the ValueError `create_chat_completion` would raise (e.g. a prompt over the window), or
+        WindowExceeded."""
         fut: Future[dict[str, Any]] = Future()
         with self._cv:
             if self._closed:
@@ -161,43 +172,39 @@ class BatchEngine:
     def _mem(self) -> Any:
         return self._ctx.memory
 
-    def _held(self) -> int:
-        """Cells held now or promised to active calls (cells shared with a live prefix counted once)."""
-        n = sum(len(p.tokens) for p in self._prefixes.values())
-        for s in self._slots:
-            shared = s.shared_len if s.shared in self._prefixes else 0
-            n += len(s.tokens) - shared + len(s.pending)
-            if s.gen is not None:
-                n += s.gen.max_tokens - len(s.gen.completion)
-        return n
-
     def _admit(self) -> None:
-        while True:
-            with self._cv:
-                if not self._queue or all(s.gen is not None for s in self._slots):
-                    return
-                job = self._queue[0]
+        """Place queued jobs, in order, on free slots; a job whose prompt a slot is still evaluating waits."""
+        with self._cv:
+            jobs = list(self._queue)
+        placed: list[_Job] = []
+        for job in jobs:
+            if all(s.gen is not None for s in self._slots):
+                break
             if job.gen is None and not self._prepare(job):
-                with self._cv:
-                    self._queue.popleft()
+                placed.append(job)
                 continue
             try:
-                placed = self._place(job)
+                if not self._place(job):
+                    continue
             except Exception as e:  # noqa: BLE001 - e.g. a prefix that could not be decoded
-                placed = True
                 job.future.set_exception(e)
-            if not placed:
-                return  # waits for cells to free up
+            placed.append(job)
+        if placed:
             with self._cv:
-                self._queue.popleft()
+                for job in placed:
+                    self._queue.remove(job)
 
     def _prepare(self, job: _Job) -> bool:
-        """Plan the call; False (its future failed) if it cannot run."""
+        """Plan the call; False (its future failed) if it cannot run here."""
         if not job.future.set_running_or_notify_cancel():
             return False
         try:
             job.args = plan(self.llm, job.messages, **job.kwargs)
             job.gen = Generation.from_plan(self.llm, job.args, self.n_ctx_seq)
+            if len(job.gen.prompt) + job.gen.max_tokens > self.window:
+                self.stats["too_long"] += 1
+                raise WindowExceeded(f"{len(job.gen.prompt)} prompt tokens + max_tokens {job.gen.max_tokens} "
+                                     f"exceed a slot's window of {self.window}")
         except Exception as e:  # noqa: BLE001 - handed to the caller as create_chat_completion would raise it
             job.future.set_exception(e)
             return False
@@ -219,69 +226,60 @@ class BatchEngine:
         return key, tokens
 
     def _place(self, job: _Job) -> bool:
-        """Give the job a free slot, reusing a role prefix or an idle slot's tokens; False if cells are short."""
+        """Give the job a free slot, starting from the cells that hold the longest prefix of its prompt;
+        False if it should wait for a slot that is still evaluating a longer one."""
         gen = job.gen
-        assert gen is not None
-        key, ptokens = self._prefix_key(job)
-        idle = [s for s in self._slots if s.gen is None]
-        best = max(idle, key=lambda s: (min(_lcp(s.tokens, gen.prompt), len(gen.prompt) - 1), -s.last_used))
-        keep = min(_lcp(best.tokens, gen.prompt), len(gen.prompt) - 1)
-        use_prefix = key is not None and len(ptokens) > keep
-        if not use_prefix:
-            key, ptokens = None, []
-        need = len(gen.prompt) + gen.max_tokens - (len(ptokens) or keep)
-        if key is not None and key not in self._prefixes:
-            need += len(ptokens)
-        if not self._make_room(need, best, key):
+        assert gen is not None and job.args is not None
+        prompt, cap = gen.prompt, len(gen.prompt) - 1  # the last prompt token is always fed, for its logits
+
+        def have(s: _Slot) -> int:
+            return min(_lcp(s.tokens, prompt), cap)
+
+        if any(min(_lcp(s.tokens + s.pending, prompt), cap) >= max(map(have, self._slots)) + MIN_PREFIX
+               for s in self._active() if s.pending):
+            self.stats["waited"] += 1
             return False
-        if key is not None and key not in self._prefixes and not self._new_prefix(key, ptokens):
-            key, ptokens = None, []
+        idle = [s for s in self._slots if s.gen is None]
+        slot = max(idle, key=lambda s: (have(s), -s.last_used))
+        source, keep = max(((s, have(s)) for s in self._slots), key=lambda x: (x[1], x[0] is slot))
+        key, ptokens = self._prefix_key(job)
         mem = self._mem()
-        if key is not None:
-            llama_cpp.llama_memory_seq_rm(mem, best.seq, -1, -1)
-            llama_cpp.llama_memory_seq_cp(mem, self._prefixes[key].seq, best.seq, -1, -1)
+        if key is not None and len(ptokens) > keep:
+            if key not in self._prefixes:
+                self._new_prefix(key, ptokens)
             self._prefixes.move_to_end(key)
-            best.tokens, best.shared, best.shared_len = list(ptokens), key, len(ptokens)
+            self._copy(self._prefixes[key].seq, slot, len(ptokens), ptokens)
             self.stats["reused_prefix"] += len(ptokens)
-        else:
-            llama_cpp.llama_memory_seq_rm(mem, best.seq, keep, -1)
-            best.tokens = best.tokens[:keep]
-            best.shared_len = min(best.shared_len, keep)
+        elif source is slot or keep < MIN_PREFIX:
+            keep = keep if source is slot else 0
+            llama_cpp.llama_memory_seq_rm(mem, slot.seq, keep, -1)
+            slot.tokens = slot.tokens[:keep]
             self.stats["reused_slot"] += keep
-        assert job.args is not None
-        best.gen, best.future = gen, job.future
-        best.sampler = make_sampler(self.llm, job.args)
-        best.pending = gen.prompt[len(best.tokens):]
+        else:
+            self._copy(source.seq, slot, keep, source.tokens[:keep])
+            self.stats["copied"] += keep
+        slot.gen, slot.future = gen, job.future
+        slot.sampler = make_sampler(self.llm, job.args)
+        slot.pending = prompt[len(slot.tokens):]
         self.stats["calls"] += 1
-        self.stats["prompt_tokens"] += len(gen.prompt)
+        self.stats["prompt_tokens"] += len(prompt)
         self.stats["max_active"] = max(self.stats["max_active"], len(self._active()))
         return True
 
-    def _make_room(self, need: int, slot: _Slot, key: str | None) -> bool:
-        """Release idle slots' tokens, then role prefixes, until `need` more cells fit; False if they cannot."""
-        budget = self.cells - self.n_batch
-        for s in sorted((s for s in self._slots if s.gen is None and s is not slot), key=lambda s: s.last_used):
-            if self._held() + need <= budget:
-                return True
-            llama_cpp.llama_memory_seq_rm(self._mem(), s.seq, -1, -1)
-            s.tokens, s.shared, s.shared_len = [], None, 0
-        for k in [k for k in self._prefixes if k != key]:
-            if self._held() + need <= budget:
-                return True
-            self._drop_prefix(k)
-        return self._held() + need <= budget or not self._active()
+    def _copy(self, src: int, slot: _Slot, keep: int, tokens: list[int]) -> None:
+        """Make `slot`'s stream hold positions [0, keep) of stream `src` (llama.cpp copies whole streams)."""
+        mem = self._mem()
+        llama_cpp.llama_memory_seq_rm(mem, slot.seq, -1, -1)
+        llama_cpp.llama_memory_seq_cp(mem, src, slot.seq, -1, -1)
+        llama_cpp.llama_memory_seq_rm(mem, slot.seq, keep, -1)
+        slot.tokens = list(tokens[:keep])
 
-    def _drop_prefix(self, key: str) -> None:
-        p = self._prefixes.pop(key)
-        llama_cpp.llama_memory_seq_rm(self._mem(), p.seq, -1, -1)
-        self._free_prefix_seqs.append(p.seq)
-
-    def _new_prefix(self, key: str, tokens: list[int]) -> bool:
-        """Evaluate a role prefix into a sequence of its own (the least recently used one is given up)."""
+    def _new_prefix(self, key: str, tokens: list[int]) -> None:
+        """Evaluate a role prefix into a stream of its own (the least recently used one is given up)."""
         if not self._free_prefix_seqs:
-            if not self._prefixes:
-                return False
-            self._drop_prefix(next(iter(self._prefixes)))
+            old = self._prefixes.pop(next(iter(self._prefixes)))
+            llama_cpp.llama_memory_seq_rm(self._mem(), old.seq, -1, -1)
+            self._free_prefix_seqs.append(old.seq)
         seq = self._free_prefix_seqs.pop()
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start:start + self.n_batch]
@@ -289,7 +287,6 @@ class BatchEngine:
             self._decode()
         self._prefixes[key] = _Prefix(seq, list(tokens))
         self.stats["prefix_evaluated"] += len(tokens)
-        return True
 
     def _fill(self, rows: list[tuple[int, int, int, bool]]) -> None:
         b = self._batch
@@ -335,7 +332,7 @@ class BatchEngine:
         for s, i in outs:
             assert s.gen is not None
             token = llama_cpp.llama_sampler_sample(s.sampler.sampler, self._ctx.ctx, i)
-            if s.gen.push(token, s.tokens):  # max_tokens is cut to the window, so the window never fills first
+            if s.gen.push(token, s.tokens):  # prompt + max_tokens fit the window, so it never fills first
                 self._end(s)
 
     def _end(self, s: _Slot, error: BaseException | None = None) -> None:
@@ -343,7 +340,7 @@ class BatchEngine:
         gen, fut = s.gen, s.future
         if error is not None or s.pending:
             llama_cpp.llama_memory_seq_rm(self._mem(), s.seq, -1, -1)
-            s.tokens, s.shared, s.shared_len = [], None, 0
+            s.tokens = []
         s.gen, s.future, s.pending = None, None, []
         if s.sampler is not None:
             s.sampler.close()
@@ -356,4 +353,3 @@ class BatchEngine:
             fut.set_exception(error)
         else:
             fut.set_result(gen.result())
-
