@@ -15,6 +15,7 @@ from cai import constitution as constitution_mod
 from cai.export import ManifestExtra, Sink, all_or_none, export_run, run_settings
 from cai.labels.files import read_candidates, read_pairs
 from cai.labels.labeler import ROLE, AILabeler
+from cai.providers.local_slots import calls_in_flight
 from cai.results import label_rows
 from cai.runs import build_models, open_session
 from cai.settings import ExecutionSettings, LabelSettings
@@ -24,8 +25,7 @@ T = TypeVar("T")
 
 
 def _execution(model: Any, concurrency: int, max_retries: int) -> ExecutionSettings:
-    # the local model answers one call at a time: more in flight only queue
-    return ExecutionSettings(concurrency=1 if model.provider == "local" else concurrency, max_retries=max_retries)
+    return ExecutionSettings(concurrency=calls_in_flight(model.provider, concurrency), max_retries=max_retries)
 
 
 async def _bounded(items: Iterable[T], limit: int, fn: Callable[[T], Awaitable[Any]]) -> list[Any]:

@@ -41,3 +41,9 @@ def local_slots() -> int:
     if env.isdigit() and 1 <= int(env) <= MAX_SLOTS:
         return int(env)
     return 1
+
+
+def calls_in_flight(provider: str, wanted: int) -> int:
+    """Calls worth keeping in flight to a model of `provider`: `wanted`, except for the embedded model, which
+    takes as many as it has slots (with one, calls run one at a time in order, so more would only queue)."""
+    return local_slots() if provider == "local" else max(wanted, 1)

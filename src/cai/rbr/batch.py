@@ -16,6 +16,7 @@ from typing import Any
 from cai.constitution import Constitution
 from cai.engine import Engine
 from cai.errors import InputError
+from cai.providers.local_slots import calls_in_flight
 from cai.rbr.reward import Weights
 from cai.rbr.rules import classify
 from cai.rbr.score import score_response
@@ -73,10 +74,12 @@ async def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base
                              f"{', '.join(const.response_types)})")
     models = build_models({ROLE: model}, base_url)
     grader = models[ROLE]
+    calls = calls_in_flight(grader.provider, concurrency)
     if grader.provider == "local":
-        # One response at a time, so its questions run back to back and share the cached prompt prefix.
+        # One response at a time: its questions share the response's prompt prefix (kept in the KV cache on
+        # the single-sequence path, evaluated once and copied between slots in the batched engine).
         concurrency = 1
-    execution = ExecutionSettings(concurrency=max(concurrency, 1), max_retries=max_retries, cache=cache)
+    execution = ExecutionSettings(concurrency=calls, max_retries=max_retries, cache=cache)
     started = time.monotonic()
     async with open_session(out, models, execution) as (store, engine):
         store.set_meta("rbr", {"model": grader.spec, "constitution": const.name, "sha256": const.sha256,

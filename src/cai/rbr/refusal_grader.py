@@ -22,6 +22,7 @@ from cai.choice import LOGPROB_CONFIG, VOTE_MAX_TOKENS, Top, Usage, counted_call
 from cai.config import GenConfig, Request
 from cai.engine import Engine
 from cai.prompts import render
+from cai.providers.local_slots import calls_in_flight
 from cai.rbr.batch import ROLE
 from cai.refusal import FULL_COMPLIANCE, FULL_REFUSAL, LABELS, PARTIAL_REFUSAL, SCORES
 from cai.runs import build_models, open_session
@@ -98,11 +99,10 @@ async def grade_refusals(items: list[tuple[list[Message], str]], *, out: Path, m
     """Ask `model` the three-way question for each (messages, response), its calls kept in the store at
     `out` (set up as `cai rbr grade` sets up its store). Returns (readings in input order, usage stats)."""
     models = build_models({ROLE: model}, base_url)
-    if models[ROLE].provider == "local":
-        concurrency = 1
-    sem = asyncio.Semaphore(max(concurrency, 1))
+    concurrency = calls_in_flight(models[ROLE].provider, concurrency)
+    sem = asyncio.Semaphore(concurrency)
     usage = Usage()
-    execution = ExecutionSettings(concurrency=max(concurrency, 1), cache=cache)
+    execution = ExecutionSettings(concurrency=concurrency, cache=cache)
 
     async def one(engine: Engine, messages: list[Message], response: str) -> dict[str, Any]:
         async with sem:
