@@ -7,6 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cai.constitution import RBR_CLASSES, load
+from cai.providers.local import _engines, default_model_path
+from cai.providers.local_slots import set_local_slots
 from cai.rbr.cli import rbr_app
 
 GOLD = Path(__file__).resolve().parents[2] / "shared" / "data" / "rbr_gold_dev.jsonl"
@@ -39,3 +41,22 @@ def test_eval_on_gold_slice_with_embedded_model(tmp_path):
     again = CliRunner().invoke(rbr_app, args, catch_exceptions=False)
     second = json.loads(again.stdout)
     assert second["usage"]["calls_made"] == 0 and second["overall"] == overall
+
+
+@pytest.mark.slow
+def test_eval_sends_a_responses_questions_to_the_batched_engine_together(tmp_path):
+    """With slots, rbr eval keeps one response's questions in flight together: the engine decodes several at
+    once and evaluates the response once, copying it into the other questions' slots."""
+    if not GOLD.is_file():
+        pytest.skip(f"no gold set at {GOLD}")
+    set_local_slots(5)  # a slot count no other test uses, so the engine's stats are this test's
+    try:
+        args = ["eval", str(GOLD), "--grader", "local", "--limit", "1", "--out", str(tmp_path / "store"), "--json",
+                "--quiet"]
+        res = CliRunner().invoke(rbr_app, args, catch_exceptions=False)
+    finally:
+        set_local_slots(None)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["overall"]["methods"].get("logprobs", 0) > 0
+    stats = _engines[(str(default_model_path()), 5)].stats
+    assert stats["max_active"] == 5 and stats["copied"] > 0 and stats["waited"] > 0
