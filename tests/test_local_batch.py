@@ -4,6 +4,8 @@ import asyncio
 import json
 
 import llama_cpp
+import llama_cpp._internals
+import numpy as np
 import pytest
 
 from cai.choice import LOGPROB_CONFIG
@@ -241,3 +243,37 @@ def test_slot_count_setting(slots, monkeypatch):
     assert local_slots() == 1
     with pytest.raises(ValueError):
         set_local_slots(0)
+
+
+@pytest.mark.slow
+def test_a_copy_between_streams_reads_the_source_before_it_is_overwritten():
+    """llama.cpp copies a stream's cells at the next decode; the engine relies on that copy being made before
+    the same decode writes new cells into the source (a role prefix evicted and its stream reused)."""
+    llm = _helper()
+    params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+    params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max, params.kv_unified = 768, 256, 256, 3, False
+    ctx = llama_cpp._internals.LlamaContext(model=llm._model, params=params, verbose=False)
+    mem, batch = llama_cpp.llama_get_memory(ctx.ctx), llama_cpp.llama_batch_init(256, 0, 1)
+
+    def decode(tokens: list[int], seq: int, start: int = 0) -> np.ndarray:
+        for i, t in enumerate(tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, start + i, 1
+            batch.seq_id[i][0], batch.logits[i] = seq, i == len(tokens) - 1
+        batch.n_tokens = len(tokens)
+        assert llama_cpp.llama_decode(ctx.ctx, batch) == 0
+        out = llama_cpp.llama_get_logits_ith(ctx.ctx, len(tokens) - 1)
+        return np.ctypeslib.as_array(out, shape=(llm.n_vocab(),)).copy()
+
+    try:
+        a = llm.tokenize(b"The critic's instructions and worked examples, evaluated once.")
+        b = llm.tokenize(b"Another role's prefix, written into the same stream afterwards.")
+        decode(a, 1)
+        want = decode([7], 1, len(a))
+        decode(a, 2)
+        llama_cpp.llama_memory_seq_cp(mem, 2, 0, -1, -1)  # copied at the next decode ...
+        llama_cpp.llama_memory_seq_rm(mem, 2, -1, -1)
+        decode(b, 2)  # ... which also overwrites the source stream
+        assert (decode([7], 0, len(a)) == want).all()
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        ctx.close()
