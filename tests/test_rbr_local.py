@@ -46,7 +46,7 @@ def test_eval_on_gold_slice_with_embedded_model(tmp_path):
 @pytest.mark.slow
 def test_eval_sends_a_responses_questions_to_the_batched_engine_together(tmp_path):
     """With slots, rbr eval keeps one response's questions in flight together: the engine decodes several at
-    once and evaluates the response once, copying it into the other questions' slots."""
+    once and copies the evaluated response into the other questions' slots."""
     if not GOLD.is_file():
         pytest.skip(f"no gold set at {GOLD}")
     set_local_slots(5)  # a slot count no other test uses, so the engine's stats are this test's
@@ -59,4 +59,6 @@ def test_eval_sends_a_responses_questions_to_the_batched_engine_together(tmp_pat
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["overall"]["methods"].get("logprobs", 0) > 0
     stats = _engines[(str(default_model_path()), 5)].stats
-    assert stats["max_active"] == 5 and stats["copied"] > 0 and stats["waited"] > 0
+    # The first question's slot holds the response once evaluated; the others start from a copy of it (waiting
+    # for it if they are placed while it is still being evaluated, which depends on timing, so not asserted).
+    assert stats["max_active"] == 5 and stats["copied"] > 0
