@@ -190,7 +190,9 @@ def test_calls_sharing_a_prompt_evaluate_it_once(slots):
     finally:
         engine.close()
     shared = len(llama_cpp.Llama.tokenize(engine.llm, text.encode()))
-    assert stats["waited"] >= 1 and stats["copied"] > shared  # the later questions started from the first one's cells
+    # The later questions start from the first one's cells (waiting for them if placed while they are still being
+    # evaluated, which depends on timing, so not asserted).
+    assert stats["copied"] > shared
     assert stats["copied"] + stats["reused_slot"] >= (len(reqs) - 1) * shared
     assert stats["prompt_evaluated"] < stats["prompt_tokens"] - (len(reqs) - 1) * shared
     for a, b in zip(single, batched):
