@@ -279,3 +279,24 @@ def test_a_copy_between_streams_reads_the_source_before_it_is_overwritten():
     finally:
         llama_cpp.llama_batch_free(batch)
         ctx.close()
+
+
+@pytest.mark.slow
+def test_a_call_waits_for_a_slot_still_evaluating_its_prompt():
+    """Two calls sharing a long prompt, queued together (the engine's lock held while both are submitted, so
+    its worker sees both at once): the second waits while the first evaluates the shared part over several
+    steps, then copies it instead of evaluating it a second time in a free slot."""
+    text = "Each slot keeps the tokens it evaluated, and a later call can start from them. " * 8
+    msgs = [[{"role": "user", "content": f"{text}\nQuestion {q}: answer yes or no."}] for q in ("one", "two")]
+    engine = BatchEngine(_helper(), 2, n_ctx_seq=N_CTX, n_batch=64)
+    try:
+        with engine._cv:  # a reentrant lock: submit takes it too
+            futs = [engine.submit(m, {"max_tokens": 2, "temperature": 0.0, "seed": 0}) for m in msgs]
+        outs = [f.result() for f in futs]
+        stats = engine.stats
+    finally:
+        engine.close()
+    prompt = outs[0]["usage"]["prompt_tokens"]
+    assert prompt > 2 * 64  # the first call's prompt takes several steps
+    assert stats["waited"] >= 1 and stats["copied"] > 64
+    assert stats["prompt_evaluated"] < stats["prompt_tokens"] - 64
