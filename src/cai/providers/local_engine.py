@@ -232,16 +232,14 @@ class BatchEngine:
         assert gen is not None and job.args is not None
         prompt, cap = gen.prompt, len(gen.prompt) - 1  # the last prompt token is always fed, for its logits
 
-        def have(s: _Slot) -> int:
-            return min(_lcp(s.tokens, prompt), cap)
-
-        if any(min(_lcp(s.tokens + s.pending, prompt), cap) >= max(map(have, self._slots)) + MIN_PREFIX
-               for s in self._active() if s.pending):
+        have = {s.seq: min(_lcp(s.tokens, prompt), cap) for s in self._slots}  # evaluated cells it could reuse
+        best = max(have.values())
+        if any(min(_lcp(s.tokens + s.pending, prompt), cap) >= best + MIN_PREFIX for s in self._active() if s.pending):
             self.stats["waited"] += 1
             return False
-        idle = [s for s in self._slots if s.gen is None]
-        slot = max(idle, key=lambda s: (have(s), -s.last_used))
-        source, keep = max(((s, have(s)) for s in self._slots), key=lambda x: (x[1], x[0] is slot))
+        slot = max((s for s in self._slots if s.gen is None), key=lambda s: (have[s.seq], -s.last_used))
+        source = max(self._slots, key=lambda s: (have[s.seq], s is slot))
+        keep = have[source.seq]
         key, ptokens = self._prefix_key(job)
         mem = self._mem()
         if key is not None and len(ptokens) > keep:
