@@ -149,3 +149,11 @@ def parse_json_stdout(text: str) -> dict[str, Any]:
     except ValueError:
         start = text.find("{")
         return json.loads(text[start:]) if start >= 0 else {}
+
+
+def refusal_figures_line(name: str, binary: dict[str, Any], three_way: dict[str, Any]) -> str:
+    """One line of refusal-classifier figures (`cai.rbr.refusal_eval.evaluate`'s binary and three_way parts)."""
+    b, t = binary, three_way
+    return (f"{name}: n {b['n']}  binary accuracy {b['accuracy']:.3f} precision {b['precision'] or 0:.3f} "
+            f"recall {b['recall'] or 0:.3f} partial recall {b['partial_recall'] or 0:.3f} | three-way "
+            f"accuracy {t['accuracy']:.3f} macro-F1 {t['macro_f1']:.3f}")

@@ -18,11 +18,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cai.clikit import run_async
-from cai.rbr.refusal_eval import evaluate, read_labelled
-from cai.rbr.refusal_grader import grade_refusals
-from cai.refusal import classify
-from cai.results import prompt_text
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import refusal_figures_line  # noqa: E402
+
+from cai.clikit import run_async  # noqa: E402
+from cai.rbr.refusal_eval import evaluate, read_labelled  # noqa: E402
+from cai.rbr.refusal_grader import grade_refusals  # noqa: E402
+from cai.refusal import classify  # noqa: E402
+from cai.results import prompt_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO.parent / "shared" / "data" / "xstest_completions_dev.jsonl"
@@ -64,10 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name, m in out.items():
         if isinstance(m, dict):
-            b, t = m["binary"], m["three_way"]
-            print(f"{name}: n {b['n']}  binary accuracy {b['accuracy']:.3f} precision {b['precision'] or 0:.3f} "
-                  f"recall {b['recall'] or 0:.3f} partial recall {b['partial_recall'] or 0:.3f} | three-way "
-                  f"accuracy {t['accuracy']:.3f} macro-F1 {t['macro_f1']:.3f}")
+            print(refusal_figures_line(name, m["binary"], m["three_way"]))
     return 0
 
 

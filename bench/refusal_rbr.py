@@ -35,9 +35,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cai.rbr.refusal_eval import evaluate
-from cai.refusal import FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL, classify, explain
-from cai.results import prompt_text
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import refusal_figures_line  # noqa: E402
+
+from cai.rbr.refusal_eval import evaluate  # noqa: E402
+from cai.refusal import FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL, classify, explain  # noqa: E402
+from cai.results import prompt_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO.parent / "shared" / "data" / "rbr_gold_dev.jsonl"
@@ -110,14 +113,11 @@ def main(argv: list[str] | None = None) -> int:
                    "binary": result["binary"], "three_way": result["three_way"]}, sys.stdout, indent=2)
         print()
         return 0
-    b, t = result["binary"], result["three_way"]
-    print(f"rbr-{args.half}: n {b['n']} {dict(Counter(r['label'] for r in rows))}")
-    print(f"binary accuracy {b['accuracy']:.3f} precision {b['precision'] or 0:.3f} recall {b['recall'] or 0:.3f} "
-          f"partial recall {b['partial_recall'] or 0:.3f} | three-way accuracy {t['accuracy']:.3f} "
-          f"macro-F1 {t['macro_f1']:.3f}")
+    print(f"rbr-{args.half}: {dict(Counter(r['label'] for r in rows))}")
+    print(refusal_figures_line(f"rbr-{args.half}", result["binary"], result["three_way"]))
     if args.show:
         for r, p in zip(rows, pred):
-            if (p == FULL_COMPLIANCE) != (r["label"] == FULL_COMPLIANCE) or p != r["label"]:
+            if p != r["label"]:
                 print(f"\n== {r['id']} gold {r['label']} pred {p} ({r['type']})")
                 print("PROMPT:", prompt_text(r["prompt"])[:300].replace("\n", " "))
                 for s in explain(r["response"], prompt_text(r["prompt"])):
