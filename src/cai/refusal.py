@@ -192,6 +192,7 @@ _FOLLOW = re.compile(r"^(?:they|professionals|experts|these (?:\w+ )?(?:experts|
 _CLAUSE = re.compile(r",\s+but\s+|[,;]\s+(?:but\s+)?however,?\s+", re.I)
 CLAUSE_WORDS = 8
 """Words after ", but" that make the rest of a refusal sentence a sentence of its own."""
+_QUOTED = re.compile(r'"[^"\n]{1,400}"|\u201c[^\u201d\n]{1,400}\u201d')
 _SPLIT = re.compile(r"(?<=[.!?:])\s+|\n+")
 _WORD = re.compile(r"[A-Za-z0-9']+")
 TAGGERS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -236,29 +237,38 @@ def tag(sentence: str, *, opening: bool = False, normative: bool = False) -> str
     return found
 
 
-def _refusal_clause(sentence: str) -> tuple[str, str]:
-    """A refusal sentence split at its first ", but" / ", however" when the refusal is all before it and at
-    least `CLAUSE_WORDS` words follow; else the sentence and ""."""
+def _refusal_clause(sentence: str) -> tuple[int, int] | None:
+    """The span of a refusal sentence's first ", but" / ", however" when the refusal is all before it and at
+    least `CLAUSE_WORDS` words follow (the sentence then splits there); else None."""
     m = _CLAUSE.search(sentence)
     if m is None or _words(sentence[m.end():]) < CLAUSE_WORDS or not _REFUSE.search(plain(sentence[:m.start()])):
-        return sentence, ""
-    return sentence[:m.start()], sentence[m.end():]
+        return None
+    return m.span()
+
+
+def _mask_quotes(text: str) -> str:
+    """`text` with the letters of double-quoted spans turned to x, lengths and punctuation kept: a character's
+    "I can't do that" in a story is not the reply refusing."""
+    return _QUOTED.sub(lambda m: re.sub(r"[^\W\d_]", "x", m.group()), text)
 
 
 def explain(response: str, prompt: str = "") -> list[Sentence]:
-    """The response's sentences, each tagged (`prompt`, the user's request, may be empty)."""
+    """The response's sentences, each tagged (`prompt`, the user's request, may be empty). Quoted speech is
+    not tagged as the reply's own refusal or lecture."""
     normative = bool(_NORMATIVE.search(plain(prompt)))
     out: list[Sentence] = []
     body = 0
-    parts = [p.strip() for p in _SPLIT.split(response.strip()) if p and p.strip()]
-    while parts:
-        part = parts.pop(0)
-        t = tag(part, opening=body < OPENING_SENTENCES, normative=normative)
-        if t == "refuse":  # "I can't give exact steps, but in general …": the rest is a sentence of its own
-            head, rest = _refusal_clause(part)
-            if rest:
-                part, parts = head, [rest, *parts]
-        if t == "content" and out and out[-1].tag == "redirect" and _FOLLOW.search(plain(part.strip())):
+    text = response.strip()
+    pairs = [(p.strip(), q.strip()) for p, q in zip(_SPLIT.split(text), _SPLIT.split(_mask_quotes(text)))
+             if p and p.strip()]
+    while pairs:
+        part, masked = pairs.pop(0)
+        t = tag(masked, opening=body < OPENING_SENTENCES, normative=normative)
+        clause = _refusal_clause(masked) if t == "refuse" else None
+        if clause:  # "I can't give exact steps, but in general …": the rest is a sentence of its own
+            pairs.insert(0, (part[clause[1]:], masked[clause[1]:]))
+            part = part[:clause[0]]
+        if t == "content" and out and out[-1].tag == "redirect" and _FOLLOW.search(plain(part)):
             t = "redirect"  # "… consult a counsellor. They can help you …" says more about the referral
         body += t not in ASIDE
         out.append(Sentence(part, t))
