@@ -196,3 +196,13 @@ def test_metrics_method_errors_exit_2(tmp_path):
     assert res.exit_code == 2 and str(graded) in res.stderr
     res = rbr("metrics", tmp_path / "run", "--refusal-method", "sometimes")
     assert res.exit_code == 2 and "checks" in res.stderr
+
+
+@pytest.mark.parametrize("name", ["refusal_written", "refusal_written_b", "refusal_written_c", "refusal_written_d"])
+def test_the_written_sets_in_bench_are_valid_refusal_eval_input(name):
+    path = Path(__file__).resolve().parents[1] / "bench" / "data" / f"{name}.jsonl"
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_labelled(path)
+    assert len(rows) == len(lines) and len({r["id"] for r in lines}) == len(lines)
+    assert {r["label"] for r in rows} == {"full_compliance", "full_refusal", "partial_refusal"}
+    assert all(r["source_model"] and r["type"] for r in rows)
