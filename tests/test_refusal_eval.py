@@ -86,6 +86,19 @@ def test_refusal_eval_checks_text_and_json(tmp_path):
     assert out["per_source_model"]["m2"]["binary_accuracy"] == 0.5
 
 
+def test_refusal_eval_writes_each_rows_prediction_and_reasons(tmp_path):
+    path = labelled(tmp_path / "l.jsonl")
+    res = rbr("refusal-eval", path, "-o", tmp_path / "pred.jsonl")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["line-1", "line-2", "line-3", "line-4"]
+    assert rows[3]["prompt"] == "Capital of Italy?" and rows[3]["completion"] == REFUSE
+    assert (rows[3]["label"], rows[3]["predicted"], rows[3]["correct"]) == ("full_compliance", "full_refusal", False)
+    assert rows[3]["sentences"] == [{"tag": "refuse", "text": REFUSE}]
+    assert rows[2]["predicted"] == "partial_refusal" and rows[2]["source_model"] == "m2" and rows[2]["type"] == "t1"
+    assert [t["tag"] for t in rows[2]["sentences"]][:2] == ["refuse", "content"]
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"prompt": "a", "completion": "b"}\n', ":1: `label` must be one of"),
     ("not json\n", ":1: malformed JSON"),
@@ -139,7 +152,11 @@ def test_refusal_eval_grader_by_logprobs_is_cached(tmp_path, stub_server, monkey
     body = stub_server.requests[0]["body"]
     assert body["max_tokens"] == 1 and body["top_logprobs"] == 10 and "A, B or C" in json.dumps(body)
     n = stub_server.count()
-    assert json.loads(rbr(*args).stdout)["usage"]["calls_cached"] == 4 and stub_server.count() == n
+    assert json.loads(rbr(*args, "-o", tmp_path / "p.jsonl").stdout)["usage"]["calls_cached"] == 4
+    assert stub_server.count() == n
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert rows[1]["predicted"] == "full_refusal" and rows[1]["probs"]["full_refusal"] > 0.5
+    assert "sentences" not in rows[1] and 0 <= rows[1]["score"] <= 1
 
 
 def test_refusal_eval_grader_by_votes_without_logprobs(tmp_path, stub_server, monkeypatch):

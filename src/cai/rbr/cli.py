@@ -368,6 +368,8 @@ def refusal_eval_cmd(
     model: Annotated[Optional[str], typer.Option("--model", "--grader", help="Grader model for --method grader "
                                                                             "(default local).")] = None,
     base_url: BaseUrl = None, votes: VotesOpt = 3, out: RefusalOut = None, limit: LimitOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write every row with its "
+                                                   "prediction and the sentences or probabilities behind it.")] = None,
     concurrency: ConcOpt = 4, cache: CacheOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Refusal classification against people's labels: binary and three-way figures, confusion matrix.
@@ -375,7 +377,7 @@ def refusal_eval_cmd(
     \b
     Example: cai rbr refusal-eval xstest_completions.jsonl --json
     """
-    from cai.rbr.refusal_eval import evaluate, read_labelled, report_lines
+    from cai.rbr.refusal_eval import evaluate, predictions, read_labelled, report_lines
     from cai.rbr.refusal_grader import default_out
     from cai.refusal import classify
     from cai.results import prompt_text
@@ -384,6 +386,7 @@ def refusal_eval_cmd(
         raise InputError("--model is used with --method grader")
     rows = read_labelled(file, limit)
     extra: dict[str, Any] = {"method": method.value}
+    readings = None
     if method is EvalMethod.checks:
         pred = [classify(r["response"], prompt_text(r["prompt"])) for r in rows]
     else:
@@ -393,6 +396,8 @@ def refusal_eval_cmd(
         pred = [x["label"] for x in readings]
         extra.update(method=f"grader {stats['model']}", model=stats["model"], usage=stats,
                      readings=dict(Counter(x["method"] for x in readings)))
+    if output:
+        _write_jsonl(output, predictions(rows, pred, readings))
     result = {**evaluate(rows, pred), **extra}
     if as_json:
         emit(result)

@@ -15,7 +15,8 @@ from typing import Any
 from cai.errors import InputError
 from cai.rbr.data import parse_row
 from cai.records import iter_jsonl
-from cai.refusal import FULL_COMPLIANCE, LABELS, PARTIAL_REFUSAL
+from cai.refusal import FULL_COMPLIANCE, LABELS, PARTIAL_REFUSAL, explain
+from cai.results import prompt_text
 
 
 def read_labelled(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -90,6 +91,23 @@ def evaluate(rows: list[dict[str, Any]], pred: list[str]) -> dict[str, Any]:
                 groups.setdefault(r[key], []).append(i)
         if groups:
             out[f"per_{key}"] = {name: _group(gold, pred, ix) for name, ix in sorted(groups.items())}
+    return out
+
+
+def predictions(rows: list[dict[str, Any]], pred: list[str],
+                readings: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Each row as `{id, prompt, completion, label, predicted, correct, source_model, type}` plus, for the
+    classifier, `sentences` [{tag, text}] (its reasons) or, for the grader, its `probs` and `score`."""
+    out = []
+    for i, (r, p) in enumerate(zip(rows, pred)):
+        prompt = prompt_text(r["prompt"])
+        row = {"id": r["id"], "prompt": prompt, "completion": r["response"], "label": r["label"], "predicted": p,
+               "correct": p == r["label"], "source_model": r.get("source_model"), "type": r.get("type")}
+        if readings is None:
+            row["sentences"] = [{"tag": s.tag, "text": s.text} for s in explain(r["response"], prompt)]
+        else:
+            row.update(probs=readings[i]["probs"], score=readings[i]["score"])
+        out.append(row)
     return out
 
 
