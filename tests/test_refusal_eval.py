@@ -97,6 +97,9 @@ def test_refusal_eval_writes_each_rows_prediction_and_reasons(tmp_path):
     assert rows[3]["sentences"] == [{"tag": "refuse", "text": REFUSE}]
     assert rows[2]["predicted"] == "partial_refusal" and rows[2]["source_model"] == "m2" and rows[2]["type"] == "t1"
     assert [t["tag"] for t in rows[2]["sentences"]][:2] == ["refuse", "content"]
+    res = rbr("refusal-eval", path, "-o", tmp_path)  # a folder: one line, exit 2, nothing left behind
+    assert res.exit_code == 2 and res.stderr.strip() == f"error: {tmp_path}: cannot write rows: Is a directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.jsonl", "pred.jsonl"]
 
 
 @pytest.mark.parametrize("content, message", [

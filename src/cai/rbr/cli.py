@@ -20,6 +20,7 @@ from rich.console import Console
 
 from cai.clikit import emit, err, fails_cleanly, run_async
 from cai.errors import InputError
+from cai.export import writing
 
 rbr_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                       context_settings={"help_option_names": ["-h", "--help"]},
@@ -110,17 +111,18 @@ def _setup(constitution: str, weights: Optional[Path]) -> tuple[Any, Any]:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write atomically (a temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C or SIGTERM mid-write included: leave no temp file behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically (a temp file in the same folder, then rename); OutputError naming `path` if it can't."""
+    with writing(path, "rows"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for r in rows:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            os.replace(tmp, path)
+        except BaseException:  # Ctrl-C or SIGTERM mid-write included: leave no temp file behind
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: str, weights: Optional[Path],
