@@ -8,8 +8,6 @@ Heavy modules are imported inside the commands so that `cai --help` starts fast.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from enum import StrEnum
 from pathlib import Path
@@ -20,7 +18,7 @@ from rich.console import Console
 
 from cai.clikit import emit, err, fails_cleanly, run_async
 from cai.errors import InputError
-from cai.export import writing
+from cai.rbr.data import write_rows
 
 rbr_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                       context_settings={"help_option_names": ["-h", "--help"]},
@@ -110,21 +108,6 @@ def _setup(constitution: str, weights: Optional[Path]) -> tuple[Any, Any]:
     return const, load_weights(weights, const)
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write atomically (a temp file in the same folder, then rename); OutputError naming `path` if it can't."""
-    with writing(path, "rows"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for r in rows:
-                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            os.replace(tmp, path)
-        except BaseException:  # Ctrl-C or SIGTERM mid-write included: leave no temp file behind
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
 def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: str, weights: Optional[Path],
            mode: GraderMode, votes: int, out: Optional[Path], limit: Optional[int], concurrency: int,
            quiet: bool, cache: Optional[Path] = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -183,7 +166,7 @@ def grade_cmd(
                            constitution=constitution, weights=weights, mode=grader_mode, votes=votes, out=out,
                            limit=limit, concurrency=concurrency, quiet=quiet, cache=cache)
     path = output or (out or default_out(target)) / "graded.jsonl"
-    _write_jsonl(path, graded)
+    write_rows(path, graded)
     stats["output"] = str(path)
     classes: dict[str, int] = {}
     for g in graded:
@@ -245,7 +228,7 @@ def eval_cmd(
     if not any(g.get("labels") for g in graded):
         raise InputError("no row has human labels (`propositions`: {name: true/false})", path=str(gold))
     if output:
-        _write_jsonl(output, graded)
+        write_rows(output, graded)
     result = evaluate(graded)
     result["usage"] = stats
     if as_json:
@@ -399,7 +382,7 @@ def refusal_eval_cmd(
         extra.update(method=f"grader {stats['model']}", model=stats["model"], usage=stats,
                      readings=dict(Counter(x["method"] for x in readings)))
     if output:
-        _write_jsonl(output, predictions(rows, pred, readings))
+        write_rows(output, predictions(rows, pred, readings))
     result = {**evaluate(rows, pred), **extra}
     if as_json:
         emit(result)

@@ -1,4 +1,4 @@
-"""Rows to grade, read from a JSONL file or from a cai run's store, and graded rows read back.
+"""Rows to grade, read from a JSONL file or from a cai run's store; graded rows read back and written out.
 
 A row to grade (dict shape used across `cai.rbr`):
 
@@ -14,10 +14,14 @@ and its final response (the last revision).
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from cai.errors import InputError
+from cai.export import writing
 from cai.records import iter_jsonl, message_list
 from cai.results import draft_and_final
 from cai.store import Store
@@ -115,3 +119,18 @@ def read_graded(path: Path) -> list[dict[str, Any]]:
     if not out:
         raise InputError("no graded rows", path=str(path))
     return out
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write atomically (a temp file in the same folder, then rename); OutputError naming `path` if it can't."""
+    with writing(path, "rows"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for r in rows:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            os.replace(tmp, path)
+        except BaseException:  # Ctrl-C or SIGTERM mid-write included: leave no temp file behind
+            Path(tmp).unlink(missing_ok=True)
+            raise
