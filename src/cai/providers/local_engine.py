@@ -234,7 +234,9 @@ class BatchEngine:
 
         have = {s.seq: min(_lcp(s.tokens, prompt), cap) for s in self._slots}  # evaluated cells it could reuse
         best = max(have.values())
-        if any(min(_lcp(s.tokens + s.pending, prompt), cap) >= best + MIN_PREFIX for s in self._active() if s.pending):
+        # a slot still evaluating holds its whole prompt once done (its tokens plus its pending ones)
+        if any(min(_lcp(s.gen.prompt, prompt), cap) >= best + MIN_PREFIX
+               for s in self._active() if s.pending and s.gen is not None):
             self.stats["waited"] += 1
             return False
         slot = max((s for s in self._slots if s.gen is None), key=lambda s: (have[s.seq], -s.last_used))

@@ -33,7 +33,6 @@ Message = dict[str, str]
 LETTERS: dict[str, str] = {"a": FULL_COMPLIANCE, "b": FULL_REFUSAL, "c": PARTIAL_REFUSAL}
 
 
-
 def default_out(target: Path) -> Path:
     """`runs/rbr-refusal-<input stem>` (for a run folder, its name): the store of the grader's calls."""
     return Path("runs") / f"rbr-refusal-{target.stem if target.suffix else target.name}"
