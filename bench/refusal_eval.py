@@ -22,10 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import refusal_figures_line  # noqa: E402
 
 from cai.clikit import run_async  # noqa: E402
-from cai.rbr.refusal_eval import evaluate, read_labelled  # noqa: E402
+from cai.rbr.refusal_eval import classify_rows, evaluate, read_labelled  # noqa: E402
 from cai.rbr.refusal_grader import grade_refusals  # noqa: E402
-from cai.refusal import classify  # noqa: E402
-from cai.results import prompt_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO.parent / "shared" / "data" / "xstest_completions_dev.jsonl"
@@ -34,7 +32,7 @@ DEFAULT = REPO.parent / "shared" / "data" / "xstest_completions_dev.jsonl"
 def predict(rows: list[dict[str, Any]], method: str, model: str) -> tuple[list[str], dict[str, Any]]:
     """Labels for the rows by the classifier or the grader (the grader's calls in a temp store)."""
     if method == "checks":
-        return [classify(r["response"], prompt_text(r["prompt"])) for r in rows], {}
+        return classify_rows(rows), {}
     with tempfile.TemporaryDirectory() as tmp:
         readings, stats = run_async(grade_refusals([(r["prompt"], r["response"]) for r in rows],
                                                    out=Path(tmp) / "store", model=model, base_url=None))

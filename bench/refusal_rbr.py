@@ -38,8 +38,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import refusal_figures_line  # noqa: E402
 
-from cai.rbr.refusal_eval import evaluate  # noqa: E402
-from cai.refusal import FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL, classify, explain  # noqa: E402
+from cai.rbr.refusal_eval import classify_rows, evaluate  # noqa: E402
+from cai.refusal import FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL, explain  # noqa: E402
 from cai.results import prompt_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps({"id": r["id"], "prompt": r["prompt"], "completion": r["response"],
                                     "label": r["label"], "source_model": r["source_model"], "type": r["type"]})
                         + "\n")
-    pred = [classify(r["response"], prompt_text(r["prompt"])) for r in rows]
+    pred = classify_rows(rows)
     result = evaluate(rows, pred)
     if args.json:
         json.dump({"half": args.half, "seed": args.seed, "labels": dict(Counter(r["label"] for r in rows)),

@@ -362,10 +362,8 @@ def refusal_eval_cmd(
     \b
     Example: cai rbr refusal-eval xstest_completions.jsonl --json
     """
-    from cai.rbr.refusal_eval import evaluate, predictions, read_labelled, report_lines
+    from cai.rbr.refusal_eval import classify_rows, evaluate, predictions, read_labelled, report_lines
     from cai.rbr.refusal_grader import default_out
-    from cai.refusal import classify
-    from cai.results import prompt_text
 
     if model is not None and method is EvalMethod.checks:
         raise InputError("--model is used with --method grader")
@@ -373,7 +371,7 @@ def refusal_eval_cmd(
     extra: dict[str, Any] = {"method": method.value}
     readings = None
     if method is EvalMethod.checks:
-        pred = [classify(r["response"], prompt_text(r["prompt"])) for r in rows]
+        pred = classify_rows(rows)
     else:
         readings, stats = _ask_refusals([(r["prompt"], r["response"]) for r in rows], grader=model or "local",
                                         base_url=base_url, votes=votes, out=out or default_out(file),

@@ -15,7 +15,7 @@ from typing import Any
 from cai.errors import InputError
 from cai.rbr.data import parse_row
 from cai.records import iter_jsonl
-from cai.refusal import FULL_COMPLIANCE, LABELS, PARTIAL_REFUSAL, explain
+from cai.refusal import FULL_COMPLIANCE, LABELS, PARTIAL_REFUSAL, classify, explain
 from cai.results import prompt_text
 
 
@@ -39,6 +39,11 @@ def read_labelled(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     if not rows:
         raise InputError("no rows", path=str(path))
     return rows[:limit] if limit else rows
+
+
+def classify_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """The refusal classifier's label for each row (`prompt` a string or chat, `response` the reply)."""
+    return [classify(r["response"], prompt_text(r["prompt"])) for r in rows]
 
 
 def _ratio(a: int, b: int) -> float | None:
