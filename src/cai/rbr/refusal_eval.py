@@ -42,7 +42,7 @@ def read_labelled(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
 
 
 def classify_rows(rows: list[dict[str, Any]]) -> list[str]:
-    """The refusal classifier's label for each row (`prompt` a string or chat, `response` the reply)."""
+    """The refusal classifier's label for each row (`prompt` its chat messages, `response` the reply)."""
     return [classify(r["response"], prompt_text(r["prompt"])) for r in rows]
 
 
