@@ -79,12 +79,13 @@ def tokens_phase(args: argparse.Namespace) -> dict[str, Any]:
             "ratio_1_over_bare": one["tokens_per_s"] / (n / bare_s)}
 
 
-def _child(cmd: list[str], slots: int) -> tuple[Any, dict[str, Any]]:
+def _child(cmd: list[str], slots: int) -> dict[str, Any]:
+    """Run `cmd` as a child with CAI_LOCAL_SLOTS=`slots`: its wall time, CPU time and peak RSS."""
     env = dict(os.environ, CAI_LOCAL_SLOTS=str(slots))
     res = run_child(cmd, env=env)
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {res.returncode}: {res.stderr[-2000:]}")
-    return res, {"wall_s": res.wall_s, "cpu_s": res.cpu_s, "peak_rss_mb": res.maxrss_mb}
+    return {"wall_s": res.wall_s, "cpu_s": res.cpu_s, "peak_rss_mb": res.maxrss_mb}
 
 
 def demo_phase(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def demo_phase(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [*cai_command(), "run", str(EXAMPLES), "--out", str(Path(tmp) / "demo"), "--limit", "6",
                    "--max-tokens", "64", "--quiet"]
-            _, fig = _child(cmd, slots)
+            fig = _child(cmd, slots)
             manifest = json.loads((Path(tmp) / "demo" / "manifest.json").read_text())
             tokens = manifest.get("tokens", {})
             fig["tokens_in"] = sum(int(v.get("tokens_in", 0)) for v in tokens.values())
@@ -113,7 +114,7 @@ def rbr_phase(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:  # a fresh store each time: nothing answered from a cache
             cmd = [*cai_command(), "rbr", "eval", str(GOLD), "--grader", "local", "--limit", str(args.rbr_limit),
                    "--out", str(Path(tmp) / "store"), "--json", "--quiet"]
-            _, fig = _child(cmd, slots)
+            fig = _child(cmd, slots)
         fig["s_per_response"] = fig["wall_s"] / args.rbr_limit
         out[f"slots_{slots}"] = fig
     out["ratio_n_over_1"] = out[f"slots_{args.slots}"]["s_per_response"] / out["slots_1"]["s_per_response"]
