@@ -158,3 +158,72 @@ def test_every_jsonl_reader_rejects_lone_surrogates(tmp_path):
               "--out", tmp_path / "store")
     assert res.exit_code == 2 and res.stderr.startswith(f"error: {path}:2: text is not valid Unicode")
     assert not (tmp_path / "store").exists()
+
+
+def test_csv_quote_never_closed_names_the_line_it_opened_on(tmp_path):
+    """A stray quote must not swallow every later row into one prompt: the field would run to the end of the
+    file, so the file is refused at the line the quote opened on, before any call."""
+    rows = "".join(f"row {i}\n" for i in range(4, 11))
+    p = write(tmp_path, "q.csv", f'prompt\nrow 1\nrow 2\n"row 3\n{rows}'.encode())
+    with pytest.raises(InputError) as e:
+        validate_input(p)
+    assert str(e.value).startswith(f"{p}:4: a quote opened in this row is never closed")
+    res = cai("run", p, "--out", tmp_path / "run", "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1",
+              "--quiet", env={"OPENAI_API_KEY": "k"})
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and f"{p}:4: " in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_csv_quoted_field_may_span_lines(tmp_path):
+    p = write(tmp_path, "q.csv", b'id,prompt\na,"two\nlines, one field"\nb,"say ""hi"""\nc,plain\n')
+    recs = list(iter_records(p))
+    assert [(r.id, r.messages[0]["content"]) for r in recs] == [
+        ("a", "two\nlines, one field"), ("b", 'say "hi"'), ("c", "plain")]
+
+
+@pytest.mark.parametrize("data,line,fragment", [
+    (b'prompt\nok\n"quoted" then text\n', 3, "bad CSV: ',' expected after '\"'"),
+    (b'prompt\nok\n"opens\nnext\nand "closes" early\nlast\n', 3, "on line 5, in a quoted field that began"),
+    (b'id,prompt\na,ok\nb,one,two\n', 3, "row has 3 cells but the header has 2"),
+    (b'id,prompt,expected\na,ok,comply\nb,short\n', 3, "row has 2 cells but the header has 3"),
+])
+def test_malformed_csv_rows_are_errors_naming_the_row(tmp_path, data, line, fragment):
+    p = write(tmp_path, "bad.csv", data)
+    with pytest.raises(InputError) as e:
+        validate_input(p)
+    assert str(e.value).startswith(f"{p}:{line}: ") and fragment in str(e.value)
+
+
+@pytest.mark.parametrize("bad_line", [4, 3002])
+@pytest.mark.parametrize("name,head", [("in.csv", b"prompt\n"), ("in.txt", b""), ("in.jsonl", b"")])
+def test_invalid_utf8_is_reported_on_its_own_line(tmp_path, name, head, bad_line):
+    rows = [b'{"prompt": "p%d"}' % i if name.endswith(".jsonl") else b"p%d" % i for i in range(4000)]
+    first = 2 if head else 1  # the line the first row is on
+    rows[bad_line - first] = rows[bad_line - first].replace(b"p", b"\xff", 1)
+    p = write(tmp_path, name, head + b"\n".join(rows) + b"\n")
+    with pytest.raises(InputError) as e:
+        validate_input(p)
+    assert str(e.value).startswith(f"{p}:{bad_line}: not UTF-8")
+
+
+@pytest.mark.parametrize("value,fragment", [
+    ("[" * 3000 + "]" * 3000, "JSON nested more than 100 levels deep"),
+    ("[" * 101 + "]" * 101, "JSON nested more than 100 levels deep"),
+    ("1" + "0" * 5000, "a number has more than 4300 digits"),
+], ids=["3000-deep", "101-deep", "5001-digits"])
+def test_json_rows_too_deep_or_numbers_too_long_are_one_line(tmp_path, value, fragment):
+    p = write(tmp_path, "in.jsonl", b'{"prompt": "ok"}\n{"prompt": "a", "x": %s}\n' % value.encode())
+    with pytest.raises(InputError) as e:
+        validate_input(p)
+    assert str(e.value) == f"{p}:2: {fragment}"
+    res = cai("run", p, "--out", tmp_path / "run", "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1",
+              "--quiet", env={"OPENAI_API_KEY": "k"})
+    assert res.exit_code == 2 and res.stderr == f"error: {p}:2: {fragment}\n"
+
+
+def test_json_rows_nested_up_to_the_bound_are_kept(tmp_path):
+    value = {"a": [1, {"b": []}]}
+    for _ in range(95):
+        value = [value]
+    p = write(tmp_path, "in.jsonl", json.dumps({"prompt": "a", "x": value}).encode() + b"\n")
+    assert [r.extra["x"] for r in iter_records(p)] == [value]

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from cai.errors import InputError
 
 ROLES = ("system", "developer", "user", "assistant")
+MAX_DEPTH = 100  # how deep lists and objects may nest in a JSONL row (a chat row needs 3)
 
 
 class InputRecord(BaseModel):
@@ -75,27 +76,59 @@ def message_list(value: Any, path: str, line: int, field: str) -> list[dict[str,
     return out
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) for every non-blank line, each decoded as UTF-8 on its own; a UTF-8 BOM at the
-    start of the file is dropped."""
+def _decoded(path: Path) -> Iterator[str]:
+    """Every line of the file with its line ending, each decoded as UTF-8 on its own (so a bad byte is
+    reported on its own line); a UTF-8 BOM at the start of the file is dropped."""
     with path.open("rb") as fh:
         for n, raw in enumerate(fh, start=1):
             try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                yield raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise InputError(f"not UTF-8 ({e.reason} at byte {e.start})", path=str(path), line=n) from None
-            if line.strip():
-                yield n, line
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) for every non-blank line (see `_decoded`)."""
+    for n, line in enumerate(_decoded(path), start=1):
+        if line.strip():
+            yield n, line
+
+
+def _loads(line: str, path: str, n: int) -> Any:
+    """One line's JSON value, nested at most MAX_DEPTH deep; InputError naming the line otherwise, also for an
+    integer longer than Python converts (`sys.get_int_max_str_digits()`)."""
+    too_deep = InputError(f"JSON nested more than {MAX_DEPTH} levels deep", path=path, line=n)
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON ({e.msg}, column {e.colno})", path=path, line=n) from None
+    except RecursionError:  # deeper than the decoder goes
+        raise too_deep from None
+    except ValueError:  # an integer of more digits than int() takes
+        limit = sys.get_int_max_str_digits()
+        raise InputError(f"a number has more than {limit} digits", path=path, line=n) from None
+    if line.count("[") + line.count("{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        raise too_deep
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How many levels of lists and objects `value` nests (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            stack.extend((c, level + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, JSON object) for every non-blank line of a JSONL file; InputError naming the line,
     also for text no UTF-8 file or store can hold (a lone surrogate escape such as `"\\ud800"`)."""
     for n, line in _lines(path):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"malformed JSON ({e.msg}, column {e.colno})", path=str(path), line=n) from None
+        row = _loads(line, str(path), n)
         if not isinstance(row, dict):
             raise InputError(f"each line must be a JSON object, not {type(row).__name__}", path=str(path), line=n)
         _check_text(row, (str(path), n))
@@ -138,30 +171,54 @@ def _check_text(row: dict[str, Any], where: tuple[str, int]) -> None:
         raise InputError(f"text is not valid Unicode (lone surrogate in {bad})", path=where[0], line=where[1])
 
 
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line a row ends on, row dict) for every non-blank CSV row. Quoting is strict: a quoted field may span
+    lines, but a quote still open at the end of the file, or text after a closing quote, is an error naming
+    the line the field's row began on; so is a row with more or fewer cells than the header."""
+    name = str(path)
+    reader = csv.reader(_decoded(path), strict=True)
+    header: list[str] | None = None
+    start = 1
+    while True:
+        try:
+            cells = next(reader, None)
+        except csv.Error as e:
+            raise InputError(_csv_problem(e, start, reader.line_num), path=name, line=start) from None
+        if cells is None:
+            return
+        row_start, start = start, reader.line_num + 1
+        if not cells:  # a blank line
+            continue
+        if header is None:
+            if "prompt" not in cells:
+                raise InputError("CSV needs a `prompt` column", path=name, line=row_start)
+            header = cells
+        elif len(cells) != len(header):
+            raise InputError(f"row has {len(cells)} cells but the header has {len(header)} "
+                             f"(a comma not in quotes?)", path=name, line=row_start)
+        else:
+            yield reader.line_num, dict(zip(header, cells))
+
+
+def _csv_problem(e: csv.Error, start: int, end: int) -> str:
+    """What a csv.Error in the row that began on line `start` and was read up to line `end` means."""
+    if "unexpected end of data" in str(e):
+        return "a quote opened in this row is never closed (the field would run to the end of the file)"
+    if end > start:
+        return f"bad CSV: {e} on line {end}, in a quoted field that began in this row (is a quote not closed?)"
+    return f"bad CSV: {e}"
+
+
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row dict) for every non-blank row."""
-    name = str(path)
     suffix = path.suffix.lower()
     if suffix == ".txt":
         for n, line in _lines(path):
             yield n, {"prompt": line.rstrip("\r\n")}
-    elif suffix != ".csv":
-        yield from iter_jsonl(path)
+    elif suffix == ".csv":
+        yield from _csv_rows(path)
     else:
-        with path.open("rb") as fh:
-            text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="strict", newline="")  # BOM: Excel
-            reader = csv.DictReader(text)
-            try:
-                if reader.fieldnames is None:  # an empty file: no prompts
-                    return
-                if "prompt" not in reader.fieldnames:
-                    raise InputError("CSV needs a `prompt` column", path=name, line=1)
-                for row in reader:
-                    yield reader.line_num, dict(row)
-            except UnicodeDecodeError as e:
-                raise InputError(f"not UTF-8 ({e.reason})", path=name, line=reader.line_num + 1) from None
-            except csv.Error as e:
-                raise InputError(f"bad CSV: {e}", path=name, line=reader.line_num) from None
+        yield from iter_jsonl(path)
 
 
 def iter_records(path: str | Path, limit: int | None = None) -> Iterator[InputRecord]:
