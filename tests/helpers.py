@@ -18,7 +18,7 @@ SHARED = REPO.parent / "shared" / "data"
 
 def cai(*args: str, env: dict[str, str] | None = None) -> Any:
     """Invoke `cai ARGS` in this process; returns typer's Result (exit_code, stdout, stderr)."""
-    return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+    return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=False, prog_name="cai")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

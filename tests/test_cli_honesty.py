@@ -193,3 +193,33 @@ def test_printed_commands_never_repeat_retry_failed_or_restart():
     argv = ["cai", "run", "my prompts.jsonl", "--out", "runs/x", "--restart", "--retry-failed"]
     assert resume_command(argv) == "cai run 'my prompts.jsonl' --out runs/x"
     assert retry_command(argv) == "cai run 'my prompts.jsonl' --out runs/x --retry-failed"
+
+
+@pytest.mark.parametrize("args,named", [
+    (["run", "in.jsonl", "--rounds", "-1"], "'--rounds'"),
+    (["run", "in.jsonl", "--rounds", "two"], "'--rounds'"),
+    (["run", "in.jsonl", "--format", "xml"], "'--format'"),
+    (["run", "in.jsonl", "--temperature", "nan"], "'--temperature'"),
+    (["run", "in.jsonl", "--temperature", "3"], "'--temperature'"),
+    (["run", "in.jsonl", "--max-tokens", "0"], "'--max-tokens'"),
+    (["run", "in.jsonl", "--concurrency", "0"], "'--concurrency'"),
+    (["run", "in.jsonl", "--limit", "0"], "'--limit'"),
+    (["run", "in.jsonl", "--fewshot", "-1"], "'--fewshot'"),
+    (["run", "in.jsonl", "--bogus"], "--bogus"),
+    (["run"], "'input'"),
+    (["export", "runs/x", "--format", "xml"], "'--format'"),
+    (["nosuch"], "'nosuch'"),
+])
+def test_usage_errors_are_one_line_naming_the_option(tmp_path, args, named):
+    """Click's usage errors were three lines (usage, try, error); now one line like every other error."""
+    res = cai(*args)
+    assert res.exit_code == 2
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: cai") and named in res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_usage_error_from_the_installed_command_is_one_line(tmp_path):
+    res = cai_run("run", tmp_path / "in.jsonl", "--rounds", "-1")
+    assert res.returncode == 2
+    assert one_line_error(res.stderr) == res.stderr.rstrip("\n")
+    assert res.stderr.startswith("error: ") and "'--rounds'" in res.stderr and res.stdout == ""

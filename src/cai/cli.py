@@ -15,7 +15,7 @@ import typer
 
 from cai import __version__
 from cai.batch_cli import add_submit, batch_app
-from cai.clikit import emit, err, fails_cleanly, run_async
+from cai.clikit import OneLineErrors, emit, err, fails_cleanly, run_async
 from cai.cmdline import quote, resume_command, retry_command, summary_line
 from cai.constitution_cli import constitution_app
 from cai.errors import Interrupted
@@ -24,7 +24,8 @@ from cai.rbr.cli import rbr_app
 from cai.votes_cli import import_votes
 
 HELP = {"help_option_names": ["-h", "--help"]}
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, context_settings=HELP,
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  context_settings=HELP,
                   help="Make AI-feedback training data: draft, critique against a constitution, revise, export.\n\n"
                        "Example: cai run examples/prompts.jsonl --out runs/demo --limit 6 --max-tokens 64\n\n"
                        "Exit codes: 0 ok, 1 some records failed, 2 bad usage, input, files or disk, 3 the run "

@@ -10,14 +10,16 @@ import asyncio
 import functools
 import json
 import signal
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from cai.errors import CaiError, Interrupted
+from cai.errors import CaiError, Interrupted, one_line
 from cai.redact import redact
 
 # soft_wrap: long lines (paths, URLs, commands to copy) are never hard-wrapped, terminal or not.
@@ -46,6 +48,34 @@ def fails_cleanly(fn: F) -> F:
             signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
+
+
+class OneLineErrors(TyperGroup):
+    """The `cai` command group: a usage error (a bad option value, an unknown option or command, a missing
+    argument) is one line on stderr naming the command and the option, and exit 2, like every other error."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **extra)
+        # typer's own click (vendored in newer typer, click itself in older ones) raises these
+        click = sys.modules[typer.BadParameter.__module__]
+        try:
+            code = super().main(*args, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `cai` or `cai rbr`: the help, as before
+                e.show()
+                raise SystemExit(e.exit_code) from None
+            command = e.ctx.command_path if e.ctx else "cai"
+            err.print(f"error: {command}: {one_line(e.format_message())} (see {command} -h)",
+                      markup=False, highlight=False)
+            raise SystemExit(e.exit_code) from None
+        except click.ClickException as e:
+            err.print(f"error: {one_line(e.format_message())}", markup=False, highlight=False)
+            raise SystemExit(e.exit_code) from None
+        except typer.Abort:
+            err.print(INTERRUPTED, markup=False, highlight=False)
+            raise SystemExit(130) from None
+        raise SystemExit(code if isinstance(code, int) else 0)
 
 
 def emit(data: Any) -> None:
