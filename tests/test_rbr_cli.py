@@ -212,3 +212,24 @@ def test_signal_mid_grading_exits_130_and_leaves_no_output(stub_server, tmp_path
     assert stub_server.count() - sent_before == stats["calls_made"]
     assert [g["id"] for g in read_jsonl(output)] == [f"r{i}" for i in range(12)]
     assert sorted(p.name for p in out_dir.iterdir()) == ["graded.jsonl"]
+
+
+@pytest.mark.parametrize("command", ["eval", "grade"])
+@pytest.mark.parametrize("row,message", [
+    ({"response_type": "Comply", "propositions": {"apology": True}}, None),
+    ({"response_type": "Complies"}, "unknown response type 'Complies' (constitution rbr-safety has: Comply, "),
+    ({"response_type": "Comply", "propositions": {"apology": True, "apologizes": False}},
+     "unknown proposition 'apologizes' in `propositions`"),
+])
+def test_unknown_names_in_a_file_are_refused_at_its_line_before_any_call(stub_server, tmp_path, command, row, message):
+    good = {"prompt": "hi", "completion": "hello", "response_type": "Comply", "propositions": {"apology": False}}
+    path = tmp_path / "gold.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"prompt": "hi", "completion": "hello", **row}) + "\n")
+    res = CliRunner().invoke(app, ["rbr", command, str(path), "--grader", "openai:stub", "--base-url",
+                                   stub_server.url, "--out", str(tmp_path / "store"), "--quiet"],
+                             env={"OPENAI_API_KEY": "k"}, catch_exceptions=False)
+    if message is None:
+        assert res.exit_code == 0, res.stderr
+        return
+    assert res.exit_code == 2 and res.stderr.startswith(f"error: {path}:2: {message}") and res.stderr.count("\n") == 1
+    assert stub_server.count() == 0 and not (tmp_path / "store").exists()

@@ -118,7 +118,7 @@ def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: 
     from cai.rbr.data import read_input
 
     const, w = _setup(constitution, weights)
-    rows = read_input(target, limit)
+    rows = read_input(target, limit, const)
     progress = Progress(quiet=quiet, prices=load_prices())
     progress.every = PROGRESS_EVERY
     try:

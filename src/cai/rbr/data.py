@@ -18,13 +18,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cai.errors import InputError
 from cai.export import writing
 from cai.records import iter_jsonl, message_list
 from cai.results import draft_and_final
 from cai.store import Store
+
+if TYPE_CHECKING:
+    from cai.constitution import Constitution
 
 
 def _response(row: dict[str, Any], path: str, line: int) -> str:
@@ -61,11 +64,30 @@ def parse_row(row: Any, path: str, line: int) -> dict[str, Any]:
             "response_type": rtype, "labels": labels, "source": "row", "expected": expected}
 
 
-def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows to grade from a JSONL file (validated in full before any model call)."""
+def check_names(row: dict[str, Any], const: Constitution, path: str, line: int) -> None:
+    """InputError naming the file and line if the row's response type or a labelled proposition is not the
+    constitution's (caught before any call, not after the grader has been paid)."""
+    rtype = row.get("response_type")
+    if rtype is not None and rtype not in const.response_types:
+        raise InputError(f"unknown response type {rtype!r} (constitution {const.name} has: "
+                         f"{', '.join(const.response_types)})", path=path, line=line)
+    known = {p.id for p in const.propositions}
+    unknown = sorted(set(row.get("labels") or {}) - known)
+    if unknown:
+        raise InputError(f"unknown proposition {unknown[0]!r} in `propositions` (constitution {const.name} has: "
+                         f"{', '.join(sorted(known))})", path=path, line=line)
+
+
+def read_rows(path: Path, limit: int | None = None, const: Constitution | None = None) -> list[dict[str, Any]]:
+    """Rows to grade from a JSONL file (validated in full before any model call; with `const`, their response
+    types and labelled propositions too)."""
     if not path.is_file():
         raise InputError("file not found", path=str(path))
-    rows = [parse_row(obj, str(path), n) for n, obj in iter_jsonl(path)]
+    rows = []
+    for n, obj in iter_jsonl(path):
+        rows.append(parse_row(obj, str(path), n))
+        if const is not None:
+            check_names(rows[-1], const, str(path), n)
     if not rows:
         raise InputError("no rows", path=str(path))
     return rows[:limit] if limit else rows
@@ -94,11 +116,11 @@ def run_rows(run_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def read_input(target: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows from a JSONL file or a run folder."""
+def read_input(target: Path, limit: int | None = None, const: Constitution | None = None) -> list[dict[str, Any]]:
+    """Rows from a JSONL file (checked against `const`, see `read_rows`) or a run folder."""
     if target.is_dir():
         return run_rows(target, limit)
-    return read_rows(target, limit)
+    return read_rows(target, limit, const)
 
 
 def read_graded(path: Path) -> list[dict[str, Any]]:
