@@ -68,3 +68,12 @@ def test_rbr_needs_propositions(tmp_path, stub_server):
     res = run(stub_server, rows(tmp_path), tmp_path / "r", "--rbr-constitution", "default")
     assert res.exit_code == 2 and "no propositions" in res.stderr
     assert stub_server.count() == 0
+
+
+def test_min_reward_margin_without_rbr_is_refused_before_anything(tmp_path, stub_server):
+    """The docs say options of a part that is off are refused; the margin compares rewards, which need --rbr."""
+    res = cai("run", rows(tmp_path), "--out", tmp_path / "r", "--model", "openai:stub", "--base-url", stub_server.url,
+              "--min-reward-margin", "0.1", "--quiet", env={"OPENAI_API_KEY": "k"})
+    assert res.exit_code == 2 and res.stderr == "error: min_reward_margin: rule-based reward options need rbr=True " \
+                                                "(--rbr)\n"
+    assert stub_server.count() == 0 and not (tmp_path / "r").exists()

@@ -163,7 +163,8 @@ class RunSettings(_Part):
         scoring, labels = parts.pop("scoring"), parts.pop("labels")
         try:
             loop = LoopSettings(**parts["loop"])
-            if not rbr and (unused := set(scoring) - (set(labels) if loop.labeling() else set())):
+            needs_rbr = set(scoring) | ({"min_reward_margin"} & set(parts["export"]))  # the margin compares rewards
+            if not rbr and (unused := needs_rbr - (set(labels) if loop.labeling() else set())):
                 raise InputError(f"{', '.join(sorted(unused))}: rule-based reward options need rbr=True (--rbr)")
             if not loop.labeling() and (unused := set(labels) - (set(scoring) if rbr else set())):
                 raise InputError(f"{', '.join(sorted(unused))}: labeling options need two or more candidates "
@@ -186,7 +187,8 @@ class RunSettings(_Part):
         if "io" in data:
             return cls.model_validate(data)
         rbr = bool(data.get("rbr"))
-        flat = {k: v for k, v in data.items() if k not in ("gen", "rbr") and (rbr or k not in _SCORING_OPTIONS)}
+        flat = {k: v for k, v in data.items() if k not in ("gen", "rbr")
+                and (rbr or k not in (*_SCORING_OPTIONS, "min_reward_margin"))}
         flat.update(data.get("gen") or {})
         return cls.from_options(**flat, rbr=rbr)
 
