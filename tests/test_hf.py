@@ -226,3 +226,23 @@ def test_without_datasets_to_datasets_is_one_input_error(tmp_path, stub_server, 
         run.to_datasets()
     assert str(info.value) == "to_datasets() needs the 'hf' extra (the datasets package): pip install 'cai[hf]'"
     assert cli("export", run.path, "--hf", tmp_path / "out").exit_code == 0  # the folder needs only pyarrow
+
+
+def test_the_card_shows_user_controlled_strings_as_typed(tmp_path, stub_server):
+    """The run folder's, the models' and the constitution's names are the user's text: rendered as Markdown
+    with raw HTML allowed (as the Hub renders cards), none of them becomes a tag, a link or emphasis."""
+    from markdown_it import MarkdownIt
+
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("name: 'x*[click](javascript:alert(1))*'\nextends: default\n")
+    name = "run<img src=x onerror=alert(1)>_a_|b"
+    make_run(tmp_path, stub_server, name=name, generator="openai:stub<b>bold</b>", constitution=[str(layer)])
+    write_hf(tmp_path / name, tmp_path / "hf")
+    front, table, body = card(tmp_path / "hf")
+    assert front["pretty_name"] == name
+    rendered = MarkdownIt("commonmark", {"html": True}).enable("table").render(body)
+    for tag in ("<img", "<b>", "<a ", "<em>", "<strong>"):
+        assert tag not in rendered
+    assert "run&lt;img src=x onerror=alert(1)&gt;_a_|b" in rendered  # shown as typed
+    assert "openai:stub&lt;b&gt;bold&lt;/b&gt;" in rendered and "[click](javascript:alert(1))" in rendered
+    assert table["generator model"] == r"openai:stub&lt;b&gt;bold&lt;/b&gt;"

@@ -13,7 +13,9 @@ the temp files are deleted, and an OSError becomes one OutputError naming the pa
 
 from __future__ import annotations
 
+import html
 import os
+import re
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from cai import parquet
-from cai.errors import InputError
+from cai.errors import InputError, one_line
 from cai.export import (
     Sink,
     done_rows,
@@ -77,8 +79,14 @@ def _by_role(d: dict[str, Any]) -> list[tuple[str, Any]]:
     return sorted(d.items(), key=lambda kv: (ROLES.index(kv[0]) if kv[0] in ROLES else len(ROLES), kv[0]))
 
 
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+_MARKUP = re.compile(r"([\\`*_\[\]|])")  # what starts emphasis, code, a link or an image, or ends a table cell
+
+
+def _text(value: Any) -> str:
+    """`value` as literal Markdown text on one line: HTML tags and entities shown as typed (`html.escape`),
+    Markdown's emphasis, code, link and table characters backslash-escaped. Every user-controlled string
+    (the run folder's name, model names, constitution and layer names) goes through this."""
+    return _MARKUP.sub(r"\\\1", html.escape(one_line(str(value)), quote=False))
 
 
 def card(name: str, info: dict[str, Any], rewards: bool) -> str:
@@ -105,7 +113,7 @@ def card(name: str, info: dict[str, Any], rewards: bool) -> str:
                               f"{ex['pairs_dropped_empty']}, reward margin {ex['pairs_dropped_margin']})"),
             ("tokens", tokens), ("estimated cost (USD)", "unknown" if cost is None else cost),
             ("cai version", info["cai_version"]), ("last run ended (UTC)", info["ended"])]
-    table = "\n".join(f"| {k} | {_cell(v)} |" for k, v in rows)
+    table = "\n".join(f"| {k} | {_text(v)} |" for k, v in rows)
     reward_cols = ", `reward_chosen`, `reward_rejected`" if rewards else ""
     no_pairs = "" if ex["pairs"] else ", so not listed in `configs`: every pair was dropped"
     stop_text = " (a verdict that found no violation ended the loop)" if loop["stop_when_clean"] else ""
@@ -122,7 +130,7 @@ def card(name: str, info: dict[str, Any], rewards: bool) -> str:
 license: unknown  # fill in before publishing: the prompts' license and the model providers' terms decide it
 {yaml.safe_dump(front, sort_keys=False, allow_unicode=True)}---
 
-# {name}
+# {_text(name)}
 
 Constitutional-AI feedback data written by cai {info["cai_version"]}: two configurations, one `train` split
 each, in TRL's conversational format (lists of `{{"role", "content"}}` messages):
