@@ -130,12 +130,14 @@ class Batch:
 
 @dataclass
 class RequestFailure:
-    """A rule of `fail_requests`: requests it matches fail with `status` when they are answered."""
+    """A rule of `fail_requests`: requests it matches fail with `status`, or in the form `code` names, when
+    they are answered."""
 
     when: Callable[[str, Any], bool]
     status: int
     message: str | None
     remaining: int | None  # None: every match
+    code: str | None = None
 
 
 class BatchServer(StubServer):
@@ -144,7 +146,7 @@ class BatchServer(StubServer):
     Control (all synchronous, deterministic):
       advance(batch_id=None, requests=None, finish=True) -> answered   one step for one batch, or all
       finish_all()                     every open batch to its end (completed / cancelled / ended)
-      fail_requests(when, status=500)  requests with when(custom_id, body) fail when answered
+      fail_requests(when, status=500)  requests with when(custom_id, body) fail when answered (code=: other forms)
       expire(batch_id=None)            end open batches as expired, the answered requests keep their results
       fault_on(route, kind, times=1)   a StubServer fault on one batch endpoint ("lost": acted on, reply lost)
     Counters: files_uploaded, batches_created, result_downloads, submitted[batch_id], downloads[file or batch id],
@@ -220,11 +222,14 @@ class BatchServer(StubServer):
                 self._end(b, "expired" if b.api == "openai" else "ended", "expired")
 
     def fail_requests(self, when: Callable[[str, Any], bool], status: int = 500, message: str | None = None,
-                      times: int | None = None) -> RequestFailure:
+                      times: int | None = None, code: str | None = None) -> RequestFailure:
         """Requests inside batches for which `when(custom_id, body)` is true fail when answered (the next `times`
         of them; all when None): OpenAI writes an error-file line whose response has `status_code` `status`,
-        Anthropic an `errored` result with the matching error type."""
-        rule = RequestFailure(when, status, message, times)
+        Anthropic an `errored` result with the matching error type. With `code`, the other forms instead:
+        OpenAI a line with `"response": null` and `"error": {"code": code, "message": ...}` (batch_expired,
+        batch_cancelled, server_error, ...); Anthropic the result type `code` for "expired" / "canceled", else
+        an `errored` result whose error type is `code` (overloaded_error, billing_error, ...)."""
+        rule = RequestFailure(when, status, message, times, code)
         with self._blk:
             self.failures.append(rule)
         return rule
@@ -303,6 +308,9 @@ class BatchServer(StubServer):
                 r.output = {"custom_id": r.custom_id,
                             "result": {"type": "succeeded", "message": self._anthropic_reply(r.body, False)}}
             return
+        if rule is not None and rule.code is not None:
+            self._fail_with_code(b, r, rule.code, message, request_id)
+            return
         r.state = "failed"
         if b.api == "openai":
             r.output = {"id": self._next("batch_req_stub"), "custom_id": r.custom_id, "error": None,
@@ -311,6 +319,22 @@ class BatchServer(StubServer):
         else:
             r.output = {"custom_id": r.custom_id, "result": {
                 "type": "errored", "error": {**error_body("anthropic", status, message), "request_id": request_id}}}
+
+    def _fail_with_code(self, b: Batch, r: BatchRequest, code: str, message: str | None, request_id: str) -> None:
+        """`r` ends in the form `code` names (see `fail_requests`)."""
+        if b.api == "openai":
+            r.state = {"batch_expired": "expired", "batch_cancelled": "canceled"}.get(code, "failed")
+            text = message or (EXPIRED_MESSAGE if code == "batch_expired" else f"{code} (injected fault).")
+            r.output = {"id": self._next("batch_req_stub"), "custom_id": r.custom_id, "response": None,
+                        "error": {"code": code, "message": text}}
+        elif code in ("expired", "canceled"):
+            r.state = code
+            r.output = {"custom_id": r.custom_id, "result": {"type": code}}
+        else:
+            r.state = "failed"
+            r.output = {"custom_id": r.custom_id, "result": {"type": "errored", "error": {
+                "type": "error", "error": {"type": code, "message": message or f"{code} (injected fault)."},
+                "request_id": request_id}}}
 
     def _end(self, b: Batch, status: str, unfinished: str | None) -> None:
         """End `b` with `status`; its pending requests become `unfinished` (canceled / expired)."""
@@ -334,7 +358,7 @@ class BatchServer(StubServer):
         if status == "completed":
             b.times.setdefault("finalizing_at", now)
         ok = [r.output for r in self._ordered(b) if r.state == "succeeded" and r.output]
-        bad = [r.output for r in self._ordered(b) if r.state in ("failed", "expired") and r.output]
+        bad = [r.output for r in self._ordered(b) if r.state != "succeeded" and r.output]
         if ok:
             b.output_file_id = self._store(f"batch_{b.id}_output.jsonl", "batch_output", _jsonl(ok)).id
         if bad:

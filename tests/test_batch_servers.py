@@ -197,6 +197,22 @@ def test_fail_requests_times(srv):
     assert line["custom_id"] == "r0" and line["response"]["status_code"] == 429
 
 
+def test_openai_error_lines_without_a_response(srv):
+    client = oai(srv)
+    srv.fail_requests(lambda cid, body: cid == "r0", code="server_error", times=1)
+    srv.fail_requests(lambda cid, body: cid == "r1", code="batch_cancelled", message="Cancelled before it ran.")
+    b = submit(client, chat_bodies(3))
+    srv.finish_all()
+    r = client.batches.retrieve(b.id)
+    assert r.status == "completed"
+    assert (r.request_counts.total, r.request_counts.completed, r.request_counts.failed) == (3, 1, 1)
+    assert [x["custom_id"] for x in jsonl(client.files.content(r.output_file_id).text)] == ["r2"]
+    bad = {x["custom_id"]: x for x in jsonl(client.files.content(r.error_file_id).text)}
+    assert bad["r0"]["response"] is None and bad["r0"]["error"]["code"] == "server_error"
+    assert bad["r1"]["response"] is None
+    assert bad["r1"]["error"] == {"code": "batch_cancelled", "message": "Cancelled before it ran."}
+
+
 def test_openai_expire_keeps_done_results(srv):
     client = oai(srv)
     b = submit(client, chat_bodies(5))
@@ -461,6 +477,20 @@ def test_anthropic_errored_expired_canceled(srv):
     assert results_by_id(client, can.id)["c2"].type == "canceled"
     with pytest.raises(anthropic.BadRequestError):
         client.messages.batches.cancel(can.id)
+
+
+def test_anthropic_errored_types_and_single_expired_or_canceled_results(srv):
+    client = ant(srv)
+    for cid, code in (("q0", "billing_error"), ("q1", "expired"), ("q2", "canceled"), ("q3", "timeout_error")):
+        srv.fail_requests(lambda c, params, want=cid: c == want, code=code)
+    mb = client.messages.batches.create(requests=ant_requests(5))
+    srv.finish_all()
+    res = results_by_id(client, mb.id)
+    assert [res[k].type for k in ("q0", "q1", "q2", "q3", "q4")] == [
+        "errored", "expired", "canceled", "errored", "succeeded"]
+    assert (res["q0"].error.error.type, res["q3"].error.error.type) == ("billing_error", "timeout_error")
+    counts = client.messages.batches.retrieve(mb.id).request_counts
+    assert (counts.succeeded, counts.errored, counts.expired, counts.canceled) == (1, 2, 1, 1)
 
 
 def test_anthropic_create_is_refused(srv):
