@@ -13,10 +13,12 @@ from cai.config import Completion, Request
 from cai.providers.anthropic_api import AnthropicModel, completion
 from cai.providers.base import Model
 
-# Anthropic error types inside batch results → the HTTP status the synchronous API answers with.
-ANTHROPIC_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
-                    "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
-                    "overloaded_error": 529}
+# Anthropic error types inside `errored` results → the HTTP status the synchronous API answers with (any
+# other type: 500). The status decides retry or not as for a synchronous call.
+ANTHROPIC_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                    "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+                    "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+RESENT = ("canceled", "expired")  # result types of requests never run: sent again as they were
 
 
 class Batches(BatchBase):
@@ -79,13 +81,18 @@ class Batches(BatchBase):
             res = r.result
             if res.type == "succeeded":
                 yield Outcome(r.custom_id, "done"), completion(res.message).model_copy(update={"batch": True})
-            elif res.type == "errored":
-                err = getattr(res.error, "error", None)
-                kind = getattr(err, "type", "api_error")
-                yield Outcome(r.custom_id, "failed", ANTHROPIC_STATUS.get(kind, 500),
-                              getattr(err, "message", None) or kind), None
-            else:  # canceled | expired
-                yield Outcome(r.custom_id, "canceled" if res.type == "canceled" else "expired"), None
+            elif res.type in RESENT:
+                yield Outcome(r.custom_id, res.type), None
+            else:
+                yield _errored(r.custom_id, res), None
 
     async def cancel(self, batch_id: str) -> None:
         await self._call("messages.batches.cancel", lambda: self.m.client().messages.batches.cancel(batch_id))
+
+
+def _errored(custom_id: str, res: Any) -> Outcome:
+    """An `errored` result (or one of a type this module does not know: like a 500) as a failed request."""
+    err = getattr(getattr(res, "error", None), "error", None)
+    kind = getattr(err, "type", None) or ("api_error" if res.type == "errored" else f"result type {res.type}")
+    return Outcome(custom_id, "failed", ANTHROPIC_STATUS.get(kind, 500),
+                   f"{kind}: {getattr(err, 'message', None) or 'no message'}")

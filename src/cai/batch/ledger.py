@@ -82,11 +82,15 @@ class History:
 
 
 def error_of(err: dict[str, Any], provider: str, model: str) -> ProviderError:
-    """The ProviderError a stored request failure stands for (its class decides retry or not)."""
-    if err.get("status") is None:
-        return RequestRejected(err.get("message") or "the batch failed", provider=provider, model=model)
-    return http_error(int(err["status"]), err.get("message") or "", "a provider batch", provider=provider,
-                      model=model)
+    """The ProviderError a stored request failure stands for: its class decides retry (429, 408/409, 5xx) or
+    failing the record (another 4xx). Inside a batch no status stops the job: a 401/403 fails its record (a
+    bad key is refused by the batch API's own calls, which stop the tick), and a failure stored without a
+    status counts as a 500."""
+    e = http_error(int(err.get("status") or 500), err.get("message") or "the batch failed", "a provider batch",
+                   provider=provider, model=model)
+    if e.fatal:
+        return RequestRejected(str(e), provider=provider, model=model, status=e.status)
+    return e
 
 
 class Ledger:

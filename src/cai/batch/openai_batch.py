@@ -17,6 +17,15 @@ from cai.providers.base import Model
 from cai.providers.openai_api import STRUCTURED_MODES, OpenAIModel, mentions_format
 
 OPENAI_ENDPOINT = "/v1/chat/completions"
+# Codes of a line with `"response": null`: these two are requests never run, sent again as they were ...
+RESENT = {"batch_expired": "expired", "batch_cancelled": "canceled"}
+# ... the others (in `error.code`, else `error.type`) → the HTTP status the synchronous API answers them with.
+OPENAI_STATUS = {"request_timeout": 408, "timeout": 408, "rate_limit_exceeded": 429, "rate_limit_error": 429,
+                 "insufficient_quota": 429, "server_error": 500, "api_error": 500, "service_unavailable": 503,
+                 "invalid_request": 400, "invalid_request_error": 400, "context_length_exceeded": 400,
+                 "invalid_prompt": 400, "invalid_api_key": 401, "authentication_error": 401,
+                 "permission_denied": 403, "permission_error": 403, "not_found": 404, "model_not_found": 404,
+                 "not_found_error": 404}
 
 
 class Batches(BatchBase):
@@ -91,24 +100,23 @@ class Batches(BatchBase):
                     yield self._line(json.loads(raw), requests)
 
     def _line(self, line: dict[str, Any], requests: dict[str, dict[str, Any]]) -> tuple[Outcome, Completion | None]:
+        """What one output/error-file line says of its request (see `_line_error` for the failed ones)."""
         cid = str(line.get("custom_id"))
-        resp, error = line.get("response") or {}, line.get("error") or {}
-        code = error.get("code") if isinstance(error, dict) else None
-        if code in ("batch_expired", "batch_cancelled"):
-            return Outcome(cid, "expired" if code == "batch_expired" else "canceled"), None
+        resp = line.get("response") if isinstance(line.get("response"), dict) else {}
         status, body = resp.get("status_code"), resp.get("body")
         mode = (requests.get(cid) or {}).get("mode")
-        if status == 200 and isinstance(body, dict):
+        if status == 200:
             try:
                 comp = self.m.completion(ChatCompletion.model_validate(body), mode, True, self.where)
             except (ProviderError, ValueError) as e:
                 return Outcome(cid, "failed", 500, f"unreadable answer: {e}"), None
             return Outcome(cid, "done"), comp.model_copy(update={"batch": True})
-        message = _openai_message(body) or (error.get("message") if isinstance(error, dict) else None) or "failed"
-        if mode not in (None, "prompt") and status in (400, 422, 500) and mentions_format(message):
+        outcome = _line_error(cid, status, body, line.get("error"))
+        if (outcome.state == "failed" and mode not in (None, "prompt") and outcome.status in (400, 422, 500)
+                and mentions_format(outcome.message or "")):
             self.m.refused_mode(mode)
-            return Outcome(cid, "refused_mode", status, message), None
-        return Outcome(cid, "failed", status if isinstance(status, int) else None, message), None
+            return Outcome(cid, "refused_mode", outcome.status, outcome.message), None
+        return outcome, None
 
     async def cancel(self, batch_id: str) -> None:
         await self._call("batches.cancel", lambda: self.m.client().batches.cancel(batch_id))
@@ -122,6 +130,21 @@ class Batches(BatchBase):
                 await self._call("files.delete", lambda f=file_id: client.files.delete(f))
         except ProviderError:
             pass  # a file left behind costs storage only; the next job does not need it
+
+
+def _line_error(cid: str, status: Any, body: Any, error: Any) -> Outcome:
+    """The outcome of a line without an answer. With an HTTP status (`response.status_code`), that status.
+    Without one (`"response": null`), its `error.code` (else `error.type`): batch_expired / batch_cancelled
+    are sent again as they were; a known code stands for the status the synchronous API answers it with, any
+    other (or none) for a 500. The status then decides retry or not as for a synchronous call."""
+    err = error if isinstance(error, dict) else {}
+    text = _openai_message(body) or err.get("message")
+    if isinstance(status, int):
+        return Outcome(cid, "failed", status, text or f"HTTP {status}")
+    code = err.get("code") or err.get("type")
+    if code in RESENT:
+        return Outcome(cid, RESENT[code])
+    return Outcome(cid, "failed", OPENAI_STATUS.get(str(code), 500), f"{code or 'error'}: {text or 'no message'}")
 
 
 def _openai_message(body: Any) -> str | None:
