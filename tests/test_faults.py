@@ -75,6 +75,8 @@ def test_retries_exhausted_fail_only_that_record(tmp_path, stub_server):
     assert res.exit_code == 1
     summary = json.loads(res.stdout)
     assert summary["records"] == {"total": 3, "done": 2, "failed": 1}
+    # Every request after a call's first is a retry, the failed call's too (6 calls answered, 1 failed).
+    assert summary["this_invocation"]["retries"] == stub_server.count() - (summary["this_invocation"]["calls"] + 1)
     status = cai("status", tmp_path / "run", "--json")
     errors = json.loads(status.stdout)["errors"]
     assert [(e["id"], e["stage"], e["error_class"]) for e in errors] == [("p1", "draft", "TransientError")]
@@ -87,6 +89,15 @@ def test_retries_exhausted_fail_only_that_record(tmp_path, stub_server):
     assert res.exit_code == 0, res.stderr
     assert stub_server.count() == n + 3
     assert [r["id"] for r in read_jsonl(tmp_path / "run" / "sft.jsonl")] == ["p0", "p1", "p2"]
+
+
+def test_retries_of_calls_that_finally_failed_are_counted(tmp_path, stub_server):
+    stub_server.add_fault("500", times=8)  # both drafts: 1 try + 3 retries each, then they fail
+    res = run_stub(stub_server, prompts(tmp_path, 2), tmp_path / "run")
+    assert res.exit_code == 1
+    inv = json.loads(res.stdout)["this_invocation"]
+    assert (stub_server.count(), inv["calls"], inv["failed"]) == (8, 0, 2)
+    assert inv["retries"] == stub_server.count() - 2  # requests the server saw minus the calls made
 
 
 def test_400_fails_record_at_once(tmp_path, stub_server):

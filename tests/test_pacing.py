@@ -123,13 +123,13 @@ def test_with_retries_first_try_then_replayed_into_tenacity():
     from cai.retry import with_retries
 
     fn, calls = _flaky([])
-    assert asyncio.run(with_retries(fn, 3)) == ("ok", 1)
+    assert asyncio.run(with_retries(fn, 3)) == "ok" and len(calls) == 1
 
     fn, calls = _flaky([TransientError("a"), TransientError("b")])
-    assert asyncio.run(with_retries(fn, 3)) == ("ok", 3) and len(calls) == 3
+    assert asyncio.run(with_retries(fn, 3)) == "ok" and len(calls) == 3
 
     fn, calls = _flaky([RateLimited("slow down", retry_after=0.3)])  # the server's wait is honoured
-    assert asyncio.run(with_retries(fn, 3)) == ("ok", 2)
+    assert asyncio.run(with_retries(fn, 3)) == "ok" and len(calls) == 2
     assert calls[1] - calls[0] >= 0.29
 
     fn, calls = _flaky([TransientError(str(i)) for i in range(5)])  # 1 try + 2 retries, then the last error

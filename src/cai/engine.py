@@ -24,7 +24,7 @@ class RoleStats:
     tokens_out: int = 0
     tokens_cached: int = 0  # parts of tokens_in read from / written to the provider's prompt cache
     tokens_cache_write: int = 0
-    retries: int = 0
+    retries: int = 0  # requests sent after a call's first, whether the call then succeeded or failed
     rate_limited: int = 0  # 429 answers, retried or not
 
 
@@ -149,10 +149,14 @@ class Engine:
         if pacer.tpm:  # only --tpm pacing needs the (rough) token estimate
             estimate = sum(len(m["content"]) for m in request.messages) // 4 + request.config.max_tokens
 
+        sent = 0  # requests sent for this call: every one after the first is a retry, whatever the outcome
+
         async def attempt() -> Completion:
+            nonlocal sent
             async with limiter.slot():
                 await pacer.wait(estimate)
                 self._may_send(record)
+                sent += 1
                 try:
                     comp = await model.complete(request)
                 except RateLimited:
@@ -164,7 +168,7 @@ class Engine:
 
         health = self._health[ep]
         try:
-            comp, attempts = await with_retries(attempt, self.max_retries)
+            comp = await with_retries(attempt, self.max_retries)
         except (ConnectFailed, NotFound) as e:
             health.unreachable_in_a_row += isinstance(e, ConnectFailed)
             if not health.answered or health.unreachable_in_a_row >= self.UNREACHABLE_IN_A_ROW:
@@ -173,10 +177,11 @@ class Engine:
                 raise EndpointDown(f"{model.spec} is unusable: {e} ({hint})", provider=e.provider or model.provider,
                                    model=e.model or model.name, status=e.status) from e
             raise
+        finally:
+            stats.retries += max(sent - 1, 0)
         health.answered += 1
         health.unreachable_in_a_row = 0
         stats.calls += 1
-        stats.retries += attempts - 1
         stats.tokens_in += comp.tokens_in
         stats.tokens_out += comp.tokens_out
         stats.tokens_cached += comp.tokens_cached

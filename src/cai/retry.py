@@ -37,25 +37,23 @@ def retrying(max_retries: int, initial: float = 0.5, maximum: float = 30.0) -> A
                          wait=_Wait(initial, maximum), reraise=True)
 
 
-async def with_retries(fn: Callable[[], Awaitable[T]], max_retries: int) -> tuple[T, int]:
-    """`(await fn(), attempts)`, retrying as `retrying(max_retries)` does.
+async def with_retries(fn: Callable[[], Awaitable[T]], max_retries: int) -> T:
+    """`await fn()`, retrying as `retrying(max_retries)` does.
 
     The first try runs outside tenacity (most calls succeed at once, and its machinery costs more
     CPU than the rest of a call's bookkeeping); a retryable failure is then replayed as tenacity's
-    first attempt, so the waits, Retry-After and the attempt count are exactly those of `retrying`.
+    first attempt, so the waits, Retry-After and the number of tries are exactly those of `retrying`.
     """
     try:
-        return await fn(), 1
+        return await fn()
     except ProviderError as e:
         if max_retries <= 0 or not _retryable(e):
             raise
         first: BaseException | None = e
-    attempts = 0
     async for attempt in retrying(max_retries):
         with attempt:
-            attempts += 1
             if first is not None:
                 replay, first = first, None
                 raise replay
             result = await fn()
-    return result, attempts
+    return result

@@ -85,8 +85,7 @@ class BatchBase:
                 raise sdk_error(e, self.sdk, f"{self.where} ({what})", provider=self.provider,
                                 model=self.model.name) from e
 
-        result, _ = await with_retries(attempt, self.max_retries)
-        return result
+        return await with_retries(attempt, self.max_retries)
 
     def remembered(self) -> str | None:
         """What this model's endpoint was found to accept, to keep in the run (None: nothing to keep)."""
