@@ -175,20 +175,20 @@ def test_read_only_store_and_folder(tmp_path, stub_server):
             assert str(disk) in one_line_error(res.stderr)
 
 
-def test_damaged_or_empty_store_is_named_and_never_written(tmp_path, stub_server):
+def test_damaged_store_is_named_and_never_written(tmp_path, stub_server):
     inp = write_prompts(tmp_path / "in.jsonl", ["one?"])
-    for content in (b"", b"this is not a database" * 100):
-        run = tmp_path / f"run{len(content)}"
-        run.mkdir()
-        (run / "run.sqlite").write_bytes(content)
-        for cmd in (["status", run], ["export", run], ["run", inp, "--out", run, *stub_args(stub_server)],
-                    ["rbr", "metrics", run], ["rbr", "grade", run]):
-            res = cai_run(*cmd)
-            assert res.returncode == 2, (cmd, res.stderr)
-            line = one_line_error(res.stderr)
-            assert "not a cai run" in line or "damaged store" in line, line
-        assert (run / "run.sqlite").read_bytes() == content
-        assert sorted(p.name for p in run.iterdir()) == ["run.sqlite"]
+    content = b"this is not a database" * 100  # an empty file is a run with nothing stored yet (test_store_create)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.sqlite").write_bytes(content)
+    for cmd in (["status", run], ["export", run], ["run", inp, "--out", run, *stub_args(stub_server)],
+                ["rbr", "metrics", run], ["rbr", "grade", run]):
+        res = cai_run(*cmd)
+        assert res.returncode == 2, (cmd, res.stderr)
+        line = one_line_error(res.stderr)
+        assert "not a cai run" in line or "damaged store" in line, line
+    assert (run / "run.sqlite").read_bytes() == content
+    assert sorted(p.name for p in run.iterdir()) == ["run.sqlite"]
     assert stub_server.count() == 0
     with sqlite3.connect(tmp_path / "other.sqlite") as db:  # a SQLite file that is not a cai store
         db.execute("CREATE TABLE t(x)")

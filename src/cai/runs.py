@@ -25,7 +25,8 @@ from cai.records import InputScan, extends, line_hashes, records_after, scan_inp
 from cai.redact import redact
 from cai.scoring import Labeler, Scorer, make_labeler, make_scorer
 from cai.settings import ExecutionSettings, RunSettings
-from cai.store import Store
+from cai.sqlite_io import leftovers
+from cai.store import DB_NAME, Store
 
 
 def normalize_out(out: str | Path) -> Path:
@@ -39,7 +40,8 @@ def prepare_dir(out: Path, restart: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError("--out exists and is not a folder", path=str(out))
     if out.is_dir() and not Store.exists(out):
-        if any(p.name != LOCK_NAME for p in out.iterdir()):
+        own = {LOCK_NAME, *(p.name for p in leftovers(out / DB_NAME))}  # a run killed before its store was made
+        if any(p.name not in own for p in out.iterdir()):
             raise InputError("--out is a folder that is not a cai run (no run.sqlite); refusing to write "
                              "into it", path=str(out))
     if restart and Store.exists(out):

@@ -1,11 +1,15 @@
-"""SQLite connections for the run store: read-only snapshots that never write, WAL writers, rollback, and
-what counts as a failure of the store itself (as opposed to one write's data)."""
+"""SQLite connections for the run store: read-only snapshots that never write, WAL writers, rollback, what
+counts as a failure of the store itself (as opposed to one write's data), and creating a database whole."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sqlite3
 from pathlib import Path
+
+from cai.errors import DamagedStore
 
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -46,3 +50,74 @@ def rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
+
+
+def side_files(path: Path) -> list[Path]:
+    """SQLite's files beside database `path`: its rollback journal, WAL and WAL index."""
+    return [path.with_name(path.name + suffix) for suffix in ("-journal", "-wal", "-shm")]
+
+
+def leftovers(path: Path) -> list[Path]:
+    """What a killed `create(path)` can leave: the database it was building (`<path>.new`) and its side files."""
+    tmp = path.with_name(path.name + ".new")
+    return [tmp, *side_files(tmp)]
+
+
+def create(path: Path, schema: str) -> None:
+    """Create database `path` with `schema`, whole or not at all: the schema is committed to `<path>.new` in
+    one transaction (which SQLite syncs), the file is switched to WAL and renamed over `path`, and the folder is
+    synced. A killed creation leaves `path` as it was, and `leftovers` that the next creation removes first. The
+    caller holds the run lock and has checked that a `path` already there holds nothing: its side files go too
+    (a stale WAL must not be replayed into the new file)."""
+    tmp = leftovers(path)[0]
+    for old in leftovers(path):
+        old.unlink(missing_ok=True)
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        conn.executescript(f"BEGIN;\n{schema}COMMIT;")
+        conn.execute("PRAGMA journal_mode=WAL")  # kept in the file, so opening `path` writes nothing
+    finally:
+        conn.close()  # the last connection: SQLite removes the temporary file's WAL and index
+    for old in side_files(path):
+        old.unlink(missing_ok=True)
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself is durable
+    finally:
+        os.close(folder)
+
+
+def open_store(path: Path, schema: str, required: set[str], readonly: bool) -> sqlite3.Connection:
+    """A connection to the store `path` (`connect`). Where nothing is stored yet (no file, an empty one, or one
+    left by a creation an older cai was killed in), to a new store made by `create`, or when `readonly`, to an
+    empty one in memory (nothing is written). DamagedStore if the file lacks a `required` table but holds
+    something: a foreign or damaged file is never turned into a store."""
+    if path.exists() and not _blank(path, schema, required):
+        return connect(path, readonly)
+    if readonly:
+        conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        conn.executescript(schema)
+        return conn
+    create(path, schema)
+    return connect(path)
+
+
+def _blank(path: Path, schema: str, required: set[str]) -> bool:
+    """True if the database `path` lacks a `required` table and holds nothing; DamagedStore if it holds something."""
+    with contextlib.closing(connect(path, readonly=True)) as probe:
+        tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if required <= tables:
+            return False
+        if _holds_nothing(probe, set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", schema))):
+            return True
+    raise DamagedStore("not a cai run, or a damaged store (its tables are missing)", path=str(path))
+
+
+def _holds_nothing(conn: sqlite3.Connection, tables: set[str]) -> bool:
+    """True if the database holds no row, and nothing but some of `tables` (with their indexes)."""
+    objects = conn.execute("SELECT type, name, tbl_name FROM sqlite_master").fetchall()
+    if any(owner not in tables and owner != "sqlite_sequence" for _, _, owner in objects):
+        return False
+    present = [name for kind, name, _ in objects if kind == "table" and name in tables]
+    return not any(conn.execute(f'SELECT 1 FROM "{name}" LIMIT 1').fetchone() for name in present)

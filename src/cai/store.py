@@ -13,6 +13,9 @@ SQLite cannot encode) rolls back only that write, fails only that record (an err
 its later writes are kept), and never drops another record's writes. A failure of the store itself
 (disk full, read-only, I/O error, a failed COMMIT) marks the store `broken`: nothing more is written,
 every waiter gets the error, and the engine sends no further model call.
+
+A store is created whole (`sqlite_io.create`): a killed creation leaves none, and a file that holds nothing yet
+(e.g. from a creation an older cai was killed in) is taken for a new run, never a damaged one.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 from cai.config import Completion
 from cai.errors import DamagedStore, InputError, OutputError
 from cai.redact import redact
-from cai.sqlite_io import connect, rollback, store_wide
+from cai.sqlite_io import connect, open_store, rollback, store_wide
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,7 +52,7 @@ CREATE TABLE IF NOT EXISTS invocations(n INTEGER PRIMARY KEY AUTOINCREMENT, pid 
   started REAL NOT NULL, ended REAL NOT NULL, command TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS input_lines(n INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 """
-TABLES = {"meta", "records", "steps", "calls", "errors"}
+TABLES = {"meta", "records", "steps", "calls", "errors"}  # every store has these (the others came later)
 
 DB_NAME = "run.sqlite"
 Op = Callable[[sqlite3.Connection], None]
@@ -72,18 +75,10 @@ class Store:
         self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._invocation: int | None = None
-        existed = self.path.exists()
-        tables = TABLES
         try:
-            if existed:  # look before writing: a foreign, empty or damaged file is never turned into a store
-                with contextlib.closing(connect(self.path, readonly=True)) as probe:
-                    tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if existed and not TABLES <= tables:
-                raise DamagedStore("not a cai run, or a damaged store (its tables are missing)",
-                                   path=str(self.path))
-            self._read = connect(self.path, readonly)
+            self._read = open_store(self.path, SCHEMA, TABLES, readonly)
             if not readonly:
-                self._read.executescript(SCHEMA)
+                self._read.executescript(SCHEMA)  # tables added since older stores were made
                 if "resolved" not in self._columns("errors"):  # a store from before error rows could resolve
                     self._read.execute("ALTER TABLE errors ADD COLUMN resolved INTEGER NOT NULL DEFAULT 0")
                 if "shared" not in self._columns("calls"):  # a store from before the shared call cache
@@ -92,6 +87,8 @@ class Store:
             if type(e) is sqlite3.DatabaseError:  # "file is not a database", "disk image is malformed"
                 raise DamagedStore(f"damaged store, not a readable cai run ({e})", path=str(self.path)) from e
             raise OutputError(f"cannot open the run store ({e})", path=str(self.path)) from e
+        except OSError as e:
+            raise OutputError(f"cannot create the run store ({e.strerror})", path=str(self.path)) from e
         self._resolved_col = "resolved" in self._columns("errors")
         self._shared = "shared" if "shared" in self._columns("calls") else "0"  # older stores read as unshared
 
