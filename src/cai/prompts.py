@@ -7,8 +7,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from cai.limits import load_yaml
 from cai.resources import data_dir
 
 
@@ -32,5 +31,5 @@ def fewshot() -> tuple[dict[str, Any], ...]:
     path = fewshot_path()
     if not path.is_file():
         return ()
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     return tuple(data.get("examples", []))

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from cai.constitution.model import SECTIONS, LayerFile
 from cai.errors import InputError
+from cai.limits import CONSTITUTION_BYTES, compose_yaml, decode, load_yaml, read_bytes
 from cai.resources import data_dir
 
 SINGULAR = {"objectives": "objective", "rules": "rule", "defaults": "default", "principles": "principle",
@@ -77,19 +78,14 @@ class Source:
 
 def read(path: Path) -> Source:
     """The layer in a file and every problem found in the file alone."""
-    raw = path.read_bytes()
     where = str(path)
     try:
-        text = raw.decode("utf-8")
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
-    except UnicodeDecodeError as e:
-        return Source(path, None, None, "", [InputError(f"not UTF-8 ({e.reason})", path=where)])
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        return Source(path, None, None, "", [InputError(f"invalid YAML: {getattr(e, 'problem', None) or e}",
-                                                        path=where, line=line)])
+        raw = read_bytes(path, CONSTITUTION_BYTES, "constitution file")
+        text = decode(raw, where, "utf-8")
+        data = load_yaml(text, where)
+        node = compose_yaml(text, where)
+    except InputError as e:
+        return Source(path, None, None, "", [e])
     if not isinstance(data, dict):
         return Source(path, None, None, "", [InputError("a constitution must be a YAML mapping", path=where,
                                                         line=1)])
