@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cai.errors import InputError
+from cai.limits import PRICES_BYTES
 from cai.prices import load_prices, price_of
 
 
@@ -88,3 +89,26 @@ def test_missing_and_non_utf8_files(tmp_path):
     with pytest.raises(InputError) as e:
         load_prices(p)
     assert str(e.value).startswith(f"{p}:1: not UTF-8")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"m": {"input": 1, "output": 1},\n "x": ' + "[" * 20_000 + "]" * 20_000 + "}",
+     "2: nested more than 100 levels deep"),
+    ('{\n  "m": {"input": 1, "output": 1},\n  "n": {"input": ' + "9" * 5_000 + ', "output": 1}\n}',
+     "3: an integer of 5000 digits (at most 4300)"),
+], ids=["deep", "long-integer"])
+def test_deep_nesting_and_long_integers_name_their_line(tmp_path, text, message):
+    p = tmp_path / "prices.json"
+    p.write_text(text)
+    with pytest.raises(InputError) as e:
+        load_prices(p)
+    assert str(e.value) == f"{p}:{message}"
+
+
+def test_a_table_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    p = tmp_path / "prices.json"
+    with p.open("wb") as fh:
+        fh.truncate(PRICES_BYTES + 1)  # sparse: nothing written to disk
+    with pytest.raises(InputError) as e:
+        load_prices(p)
+    assert str(e.value) == f"{p}: {PRICES_BYTES + 1:,} bytes, over the 1 MiB limit for a price table"

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from cai.constitution import CLASS_RANK, RBR_CLASSES, ResponseType, load
 from cai.errors import InputError
+from cai.limits import WEIGHTS_BYTES
 from cai.rbr.checks import CHECKS, check, run_checks
 from cai.rbr.evaluate import auc, binary_metrics, evaluate
 from cai.rbr.fit import make_pairs
@@ -207,6 +208,23 @@ def test_weights_and_reward(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(InputError, match="invalid JSON"):
         load_weights(bad)
+
+
+def test_weights_files_beyond_the_limits_name_the_line(tmp_path):
+    p = tmp_path / "w.json"
+    p.write_text('{\n  "Comply": {"fully_complies": ' + "[" * 20_000 + "]" * 20_000 + "}}")
+    with pytest.raises(InputError) as e:
+        load_weights(p)
+    assert str(e.value) == f"{p}:2: nested more than 100 levels deep"
+    p.write_text('{\n  "Comply": {\n    "fully_complies": ' + "1" * 4_301 + "\n  }\n}")
+    with pytest.raises(InputError) as e:
+        load_weights(p)
+    assert str(e.value) == f"{p}:3: an integer of 4301 digits (at most 4300)"
+    with p.open("wb") as fh:
+        fh.truncate(WEIGHTS_BYTES + 1)  # sparse: nothing written to disk
+    with pytest.raises(InputError) as e:
+        load_weights(p)
+    assert str(e.value) == f"{p}: {WEIGHTS_BYTES + 1:,} bytes, over the 1 MiB limit for a weights file"
 
 
 def test_auc_and_binary_metrics():

@@ -5,7 +5,7 @@ million tokens: `{"input", "output"}` (required) and, optionally, `batch_input` 
 through the provider's batch API), `cached_input` (prompt tokens read from the provider's prompt cache) and
 `cache_write` (prompt tokens written to it: Anthropic charges more than `input` for them). Keys starting
 with `_` are comments. The first matching pattern wins. Every problem is an InputError naming the file and
-the line or field.
+the line or field; `cai.limits` bounds the file's size, nesting and integers.
 
 `call_rates` gives the prices a call is actually charged at and `cost` prices token counts with them. A
 price the table lacks falls back to one it has (documented in `call_rates`), never to zero.
@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from cai.errors import InputError
+from cai.limits import PRICES_BYTES, check_json, decode, read_bytes
 
 Prices = dict[str, dict[str, float]]
 SHIPPED = "data/prices.json"  # inside the `cai` package
@@ -78,11 +79,8 @@ def _field(loc: tuple[int | str, ...]) -> str:
 
 def parse_prices(raw: bytes, path: str) -> Prices:
     """Validate a price table's bytes; `path` is only used in error messages."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise InputError(f"not UTF-8 ({e.reason} at byte {e.start})", path=path, line=line) from None
+    text = decode(raw, path)
+    check_json(text, path)
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
@@ -106,11 +104,7 @@ def load_prices(path: str | Path | None = None) -> Prices:
     if path is None or str(path) == "":
         shipped = resources.files("cai").joinpath(SHIPPED)
         return parse_prices(shipped.read_bytes(), str(shipped))
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read price table ({e.strerror or e})", path=str(path)) from None
-    return parse_prices(raw, str(path))
+    return parse_prices(read_bytes(Path(path), PRICES_BYTES, "price table"), str(path))
 
 
 def price_of(spec: str, prices: Prices) -> dict[str, float] | None:

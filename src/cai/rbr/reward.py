@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cai.constitution import Constitution
 from cai.errors import InputError
+from cai.limits import WEIGHTS_BYTES, check_json, decode, read_bytes
 
 Weights = dict[str, dict[str, float]]
 
@@ -31,6 +32,7 @@ def _line_of_key(text: str, key: str) -> int | None:
 
 def parse_weights(text: str, path: str) -> Weights:
     """Weights from JSON text; InputError naming `path` and the line of the first bad entry."""
+    check_json(text, path)
     try:
         data = json.loads(text)
     except ValueError as e:
@@ -73,13 +75,10 @@ def load_weights(path: str | Path | None, const: Constitution | None = None) -> 
     if path is None:
         text, where = default_weights_text(), "cai/data/rbr_weights.json"
     else:
-        p = Path(path)
+        p, where = Path(path), str(path)
         if not p.is_file():
-            raise InputError("weights file not found", path=str(path))
-        try:
-            text, where = p.read_text(encoding="utf-8"), str(path)
-        except UnicodeDecodeError as e:
-            raise InputError(f"not UTF-8 ({e.reason})", path=str(path)) from None
+            raise InputError("weights file not found", path=where)
+        text = decode(read_bytes(p, WEIGHTS_BYTES, "weights file"), where)
     weights = parse_weights(text, where)
     if const is not None:
         check_weights(weights, const, where, text)
