@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import shutil
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from cai.constitution import load
 from cai.errors import InputError
+from cai.limits import VOTES_BYTES
 from cai.votes import MIN_AGREE, MIN_VOTES, import_votes, read_votes, select
 from cai.votes_cli import import_votes as import_votes_cmd
 
@@ -209,6 +211,50 @@ def test_bad_csv_names_file_and_line(tmp_path):
         read_votes(tmp_path / "latin1.csv")
     with pytest.raises(InputError, match="no such file"):
         read_votes(tmp_path / "missing.csv")
+
+
+@pytest.mark.parametrize(("bom", "rows", "line"), [(b"", 5, 4), (codecs.BOM_UTF8, 5, 4), (b"", 4_000, 3_456)],
+                         ids=["line-4", "line-4-after-a-bom", "line-3456"])
+def test_a_bad_byte_names_its_line(tmp_path, bom, rows, line):
+    lines = [b"statement,agree,disagree"] + [b"Statement %d.,10,1" % i for i in range(2, rows + 2)]
+    lines[line - 1] = b"caf\xe9,10,1"
+    f = tmp_path / "v.csv"
+    f.write_bytes(bom + b"\n".join(lines) + b"\n")
+    with pytest.raises(InputError) as e:
+        read_votes(f)
+    assert str(e.value).startswith(f"{f}:{line}: not UTF-8 (invalid continuation byte")
+
+
+def test_a_bad_byte_in_a_polis_export_names_its_line(tmp_path):
+    folder = tmp_path / "export"
+    shutil.copytree(POLIS, folder)
+    votes = (POLIS / "participants-votes.csv").read_bytes().splitlines()
+    votes[7] += b"\xff"
+    (folder / "participants-votes.csv").write_bytes(b"\n".join(votes) + b"\n")
+    with pytest.raises(InputError) as e:
+        read_votes(folder)
+    assert str(e.value).startswith(f"{folder / 'participants-votes.csv'}:8: not UTF-8")
+
+
+def test_a_votes_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    f = tmp_path / "v.csv"
+    with f.open("wb") as fh:
+        fh.truncate(VOTES_BYTES + 1)  # sparse: nothing written to disk
+    with pytest.raises(InputError) as e:
+        read_votes(f)
+    assert str(e.value) == f"{f}: {VOTES_BYTES + 1:,} bytes, over the 32 MiB limit for a votes file"
+
+
+def test_a_layer_too_large_to_load_is_not_written(tmp_path):
+    f = tmp_path / "v.csv"
+    words = " ".join(["The AI should say so plainly"] * 100)  # each statement is in its principle 3 times
+    f.write_text("statement,agree,disagree\n" + "".join(f"{words} {i}.,20,1\n" for i in range(300)))
+    out = tmp_path / "public.yaml"
+    with pytest.raises(InputError) as e:
+        import_votes(f, out)
+    assert str(e.value) == (f"{f}: the 300 kept statements make a layer over the 2 MiB limit for a constitution file;"
+                            " raise --min-votes or --min-agree")
+    assert not out.exists()
 
 
 def test_bad_polis_folder(tmp_path):

@@ -49,6 +49,7 @@ import yaml
 
 from cai.constitution import LayerFile
 from cai.errors import InputError, OutputError
+from cai.limits import CONSTITUTION_BYTES, VOTES_BYTES, decode, mib, read_bytes
 
 MIN_VOTES = 10
 MIN_AGREE = 0.7
@@ -155,12 +156,7 @@ class VoteImport:
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Header (the first line) and (line, row) pairs of a CSV file; InputError naming file and line."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 ({e.reason})", path=str(path)) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", path=str(path)) from None
+    text = decode(read_bytes(path, VOTES_BYTES, "votes file"), str(path))
     reader = csv.reader(io.StringIO(text, newline=""))
     rows: list[tuple[int, dict[str, str]]] = []
     header: list[str] | None = None
@@ -377,6 +373,9 @@ def write_layer(result: VoteImport, output: Path, name: str | None = None) -> di
     data = layer(result, name or output.stem)
     LayerFile.model_validate(data)
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
+    if len(text.encode("utf-8")) > CONSTITUTION_BYTES:
+        raise InputError(f"the {len(result.kept)} kept statements make a layer over the {mib(CONSTITUTION_BYTES)} "
+                         "limit for a constitution file; raise --min-votes or --min-agree", path=result.votes.source)
     tmp = output.with_name(f".{output.name}.tmp")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
