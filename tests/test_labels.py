@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from cai.limits import LABELS_BYTES
 from helpers import REPO, SHARED, cai, read_jsonl
 from reliability import KEY, cai_run, one_line_error
 from servers import StubServer
@@ -176,6 +177,17 @@ def test_labeling_options_are_checked_in_one_line(env, tmp_path):
     nocomp.write_text("name: plain\nprinciples:\n  - id: p\n    critique: c?\n    revision: r.\n")
     r = cai_run("run", prompts, "--out", tmp_path / "d", "--candidates", "2", "--constitution", nocomp)
     assert r.returncode == 2 and "no `comparisons:` section" in one_line_error(r.stderr)
+
+
+@pytest.mark.parametrize("command", ["label", "judge-eval"])
+def test_a_rows_file_over_the_size_limit_is_refused_before_it_is_read(env, tmp_path, command):
+    big = tmp_path / "rows.jsonl"
+    with big.open("wb") as fh:
+        fh.truncate(LABELS_BYTES + 1)  # sparse: nothing written to disk
+    r = cai(command, big, "--out", tmp_path / "out", *(["--model", "openai:x"] if command == "judge-eval" else []))
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"error: {big}: {LABELS_BYTES + 1:,} bytes, over the 512 MiB limit for a labels file"
+    assert not (tmp_path / "out").exists()
 
 
 def test_candidates_on_the_embedded_model(tmp_path):

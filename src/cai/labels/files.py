@@ -4,7 +4,8 @@
     judge-eval: {"id"?, "prompt": str | [messages], "chosen": str | [messages], "rejected": ...,
                  "section"? , "tags"?}
 
-A response given as messages is its last assistant turn. Every problem is an InputError naming the line.
+A response given as messages is its last assistant turn. Every problem is an InputError naming the line; a file
+over `cai.limits.LABELS_BYTES` is refused before any row is read.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import InputError
+from cai.limits import LABELS_BYTES, check_size
 from cai.records import iter_jsonl, message_list
 
 
@@ -30,6 +32,7 @@ def response_text(value: Any, field: str, path: str, line: int) -> str:
 def _read(path: Path, parse: Any) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError("file not found", path=str(path))
+    check_size(path, LABELS_BYTES, "labels file")
     rows = []
     for n, obj in iter_jsonl(path):
         if not isinstance(obj, dict):
