@@ -17,9 +17,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from cai.errors import InputError
+from cai.limits import MAX_DEPTH  # how deep lists and objects may nest in a row (a chat row needs 3)
 
 ROLES = ("system", "developer", "user", "assistant")
-MAX_DEPTH = 100  # how deep lists and objects may nest in a JSONL row (a chat row needs 3)
 
 
 class InputRecord(BaseModel):
