@@ -422,7 +422,7 @@ class BatchServer(StubServer):
         query = {k: v[-1] for k, v in parse_qs(urlsplit(h.path).query).items()}
         with self._blk:
             self.calls[route] += 1
-        number = self._record(path, parsed) if method == "POST" else None
+        number = self._record(path, parsed, h) if method == "POST" else None
         try:
             if number is not None and not self._hold(number):
                 h.close_connection = True

@@ -214,11 +214,13 @@ class _LoopbackServer:
             (self._conns.add if add else self._conns.discard)(conn)
             self._changed.notify_all()
 
-    def _record(self, path: str, body: Any) -> int:
-        """Count a POST request as received and in flight; returns its number (1 for the first).
+    def _record(self, path: str, body: Any, h: _Handler | None = None) -> int:
+        """Count a POST request as received and in flight; returns its number (1 for the first). With its
+        handler `h`, the request line's target (query included) and the headers (lower-case names) are kept too.
         Call `_answered()` once it is answered (or abandoned)."""
+        seen = {"target": h.path, "headers": {k.lower(): v for k, v in h.headers.items()}} if h is not None else {}
         with self._changed:
-            self.requests.append({"path": path, "body": body, "t": time.monotonic()})
+            self.requests.append({"path": path, "body": body, "t": time.monotonic(), **seen})
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self._changed.notify_all()
@@ -577,7 +579,7 @@ class StubServer(_LoopbackServer):
             parsed: Any = json.loads(body) if body else {}
         except ValueError:
             parsed = body.decode("utf-8", "replace")
-        number = self._record(path, parsed)
+        number = self._record(path, parsed, h)
         try:
             if not self._hold(number):
                 h.close_connection = True
@@ -863,7 +865,7 @@ class EmbeddedAnthropicServer(_LoopbackServer):
             parsed: Any = json.loads(body) if body else {}
         except ValueError:
             parsed = None
-        number = self._record(path, parsed)
+        number = self._record(path, parsed, h)
         try:
             if not self._hold(number):
                 h.close_connection = True

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from cai.redact import redact
+
 # Options that must not be repeated when a run is resumed (they would move the run aside, or retry only).
 _NOT_ON_RESUME = ("--restart", "--retry-failed", "--no-retry-failed")
 
@@ -14,8 +16,9 @@ def quote(arg: str) -> str:
 
 
 def resume_command(argv: list[str]) -> str:
-    """The invocation, runnable as typed, without `--restart` (resuming must not move the run aside)."""
-    return shlex.join(a for a in argv if a not in _NOT_ON_RESUME)
+    """The invocation without `--restart` (resuming must not move the run aside), runnable as typed once any
+    credential in it is filled in again: API keys and URL credentials are printed as *** (`cai.redact`)."""
+    return shlex.join(redact(a) for a in argv if a not in _NOT_ON_RESUME)
 
 
 def retry_command(argv: list[str]) -> str:

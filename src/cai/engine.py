@@ -115,7 +115,7 @@ class Engine:
 
     @staticmethod
     def _endpoint(model: Model) -> str:
-        return f"{model.provider}|{model.base_url}"
+        return f"{model.provider}|{model.identity_url()}"
 
     def concurrency_report(self) -> dict[str, dict[str, float]]:
         """Per endpoint: the AIMD cap's maximum, lowest point and value at the end."""

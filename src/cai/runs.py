@@ -22,7 +22,7 @@ from cai.lock import LOCK_NAME, RunLock
 from cai.pipeline import Pipeline
 from cai.providers import Model, get_model
 from cai.records import InputScan, extends, line_hashes, records_after, scan_input
-from cai.redact import redact
+from cai.redact import clean_url, redact
 from cai.scoring import Labeler, Scorer, make_labeler, make_scorer
 from cai.settings import ExecutionSettings, RunSettings
 from cai.sqlite_io import leftovers
@@ -309,7 +309,8 @@ async def admit(store: Store, settings: RunSettings, models: dict[str, Model], c
     input_info = await asyncio.to_thread(input_meta, settings, scan, before)
     store.set_meta("settings", _safe_settings(settings))
     store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
-    store.set_meta("base_urls", {r: redact(m.base_url or m.default_base_url or "") or None for r, m in models.items()})
+    store.set_meta("base_urls", {r: clean_url(m.base_url or m.default_base_url or "") or None
+                                 for r, m in models.items()})
     store.set_meta("constitution", constitution_meta(settings, const))
     store.set_meta("input", input_info)
 
@@ -324,5 +325,5 @@ def constitution_meta(settings: RunSettings, const: constitution_mod.Constitutio
 def _safe_settings(settings: RunSettings) -> dict[str, Any]:
     data = settings.model_dump()
     if data["models"]["base_url"]:
-        data["models"]["base_url"] = redact(data["models"]["base_url"])
+        data["models"]["base_url"] = clean_url(data["models"]["base_url"])
     return data

@@ -25,7 +25,7 @@ from cai.errors import ConfigMismatch, InputError
 from cai.export import estimated_cost, export_run
 from cai.lock import running_pid
 from cai.records import InputRecord, scan_input
-from cai.redact import redact
+from cai.redact import MASK, redact
 from cai.runs import admit, normalize_out, open_session, run_models
 from cai.settings import RunSettings
 from cai.store import Store
@@ -90,8 +90,13 @@ async def _open_job(out: str | os.PathLike[str]) -> AsyncIterator[tuple[BatchJob
         raise ConfigMismatch(f"the constitution {' + '.join(settings.loop.layers())} changed since the job was "
                              "submitted; restore it to go on", path=str(run_dir))
     stored = fp.get("models") or {}
-    models, plugins = run_models(settings, const, {r: m.get("base_url") for r, m in stored.items()})
+    # A base URL stored with its credentials masked (never stored) comes from OPENAI_BASE_URL / ANTHROPIC_BASE_URL.
+    urls = {r: None if MASK in (m.get("base_url") or "") else m.get("base_url") for r, m in stored.items()}
+    models, plugins = run_models(settings, const, urls)
     if {r: m.identity() for r, m in models.items()} != stored:
+        if any(u is None and stored[r].get("base_url") for r, u in urls.items()):
+            raise ConfigMismatch("the job's base URL has credentials, which are never stored: set OPENAI_BASE_URL "
+                                 "(or ANTHROPIC_BASE_URL) to the URL the job was submitted with", path=str(run_dir))
         raise ConfigMismatch("the models differ from the ones the job was submitted with (the local model file "
                              "changed?)", path=str(run_dir))
     _check_models(models, settings.execution.max_retries)

@@ -74,7 +74,7 @@ class BatchBase:
     def __init__(self, model: Model, max_retries: int) -> None:
         self.model = model
         self.max_retries = max_retries
-        self.where = model.base_url or model.default_base_url or model.provider
+        self.where = model.where
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """One batch-API call, retried on 429/5xx/timeouts (cai.retry), its SDK errors mapped to ProviderError."""

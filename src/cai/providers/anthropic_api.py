@@ -113,7 +113,8 @@ class AnthropicModel(Model):
             key = os.environ.get("ANTHROPIC_API_KEY")
             if not key:
                 raise AuthError("ANTHROPIC_API_KEY is not set", provider=self.provider, model=self.name)
-            self._client = anthropic.AsyncAnthropic(api_key=key, base_url=self.base_url, max_retries=0)
+            url, query = self.sdk_url()
+            self._client = anthropic.AsyncAnthropic(api_key=key, base_url=url, default_query=query, max_retries=0)
         return self._client
 
     def params(self, request: Request) -> dict[str, Any]:
@@ -135,7 +136,7 @@ class AnthropicModel(Model):
         return kwargs
 
     async def complete(self, request: Request) -> Completion:
-        where = self.base_url or "api.anthropic.com"
+        where = self.where
         try:
             resp = await self._get_client().messages.create(**self.params(request), timeout=request.config.timeout)
         except (anthropic.APIError, ValueError) as e:  # HTTP errors, timeouts, connections, bad bodies

@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from cai.config import Completion, Request
 from cai.errors import (
@@ -20,7 +21,7 @@ from cai.errors import (
     RequestRejected,
     TransientError,
 )
-from cai.redact import SECRET_ENV, redact
+from cai.redact import SECRET_ENV, clean_url, redact
 
 __all__ = ["SECRET_ENV", "Model", "get_model", "http_error", "redact", "register", "sdk_error"]
 
@@ -44,9 +45,27 @@ class Model(ABC):
     def spec(self) -> str:
         return f"{self.provider}:{self.name}" if self.name else self.provider
 
+    @property
+    def where(self) -> str:
+        """The endpoint as error messages name it (credentials in the URL redacted)."""
+        return clean_url(self.base_url or self.default_base_url or self.provider)
+
+    def identity_url(self) -> str | None:
+        """The base URL without credentials (`cai.redact.clean_url`): what names the endpoint in a cache key, the
+        resume fingerprint and the engine's per-endpoint pacing (the same endpoint with another key is the same)."""
+        return clean_url(self.base_url) if self.base_url else None
+
     def identity(self) -> dict[str, Any]:
         """What names this model in a cache key (never a key or a timeout)."""
-        return {"provider": self.provider, "model": self.name, "base_url": self.base_url}
+        return {"provider": self.provider, "model": self.name, "base_url": self.identity_url()}
+
+    def sdk_url(self) -> tuple[str | None, dict[str, str] | None]:
+        """The base URL and query parameters to give the SDK: the SDKs append their paths to the base URL as a
+        string, so its query (e.g. `?api-key=…`) goes as `default_query` instead. Userinfo stays in the URL."""
+        if not self.base_url or "?" not in self.base_url:
+            return self.base_url, None
+        parts = urlsplit(self.base_url)
+        return urlunsplit(parts._replace(query="")), dict(parse_qsl(parts.query, keep_blank_values=True))
 
     def check(self) -> None:
         """Raise now (AuthError, InputError) if this model cannot be used at all, e.g. a missing API key."""

@@ -48,7 +48,8 @@ class OpenAIModel(Model):
                                     provider=self.provider, model=self.name)
                 key = "no-key"
             # Retries are owned by cai.retry, so the SDK makes exactly one attempt.
-            self._client = openai.AsyncOpenAI(api_key=key, base_url=self.base_url, max_retries=0)
+            url, query = self.sdk_url()
+            self._client = openai.AsyncOpenAI(api_key=key, base_url=url, default_query=query, max_retries=0)
         return self._client
 
     @property
@@ -94,7 +95,7 @@ class OpenAIModel(Model):
                 self.refused_mode(mode or "")
 
     async def _send(self, body: dict[str, Any], timeout: float, mode: str | None) -> Completion:
-        where = self.base_url or "api.openai.com"
+        where = self.where
         try:
             resp = await self._get_client().chat.completions.create(**body, timeout=timeout)
         except openai.APIStatusError as e:
