@@ -1,9 +1,10 @@
 """Base URLs (issue 33): credentials written into a base URL reach the endpoint but never a file or a printed
-line, and the same endpoint with another key is the same endpoint (call cache, resume). Real SDKs, loopback
-servers."""
+line, and the same endpoint with another key is the same endpoint (call cache, resume); a URL that is not
+http(s) is refused before the run folder exists. Real SDKs, loopback servers."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -15,10 +16,11 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
+import cai
 from cai import batch
 from cai.cmdline import resume_command
 from cai.config import GenConfig, Request, cache_key
-from cai.errors import ConfigMismatch
+from cai.errors import ConfigMismatch, InputError
 from cai.providers import get_model
 from cai.redact import clean_url, redact
 from helpers import cai as cli
@@ -171,3 +173,26 @@ def test_clean_url_keeps_a_url_without_credentials_as_written():
     for url in ("http://127.0.0.1:8000/v1", "https://x.openai.azure.com/openai?api-version=2024-10-21", "http://h"):
         assert clean_url(url) == url
     assert clean_url(secret_url("http://h/v1")) == clean_form("http://h/v1")
+
+
+BAD_URLS = ["127.0.0.1:8000/v1", "ftp://127.0.0.1/v1", "garbage", "http:///v1", "http://127.0.0.1:port/v1"]
+
+
+@pytest.mark.parametrize("command", [["run"], ["batch", "submit"]])
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_a_base_url_that_is_not_http_is_refused_before_the_run_folder(tmp_path, command, url):
+    inp = write_prompts(tmp_path / "in.jsonl", ["question number 0?"])
+    res = cli(*command, inp, "--out", tmp_path / "run", "--model", "openai:stub", "--base-url", url)
+    assert res.exit_code == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "--base-url" in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_base_url_in_the_library_or_the_environment_is_refused_before_the_run_folder(tmp_path, monkeypatch):
+    inp = write_prompts(tmp_path / "in.jsonl", ["question number 0?"])
+    with pytest.raises(InputError, match=r"base_url .*'ftp://\*\*\*@h/v1' is not an http"):
+        asyncio.run(cai.arun(inp, out=tmp_path / "run", model="openai:stub", base_url="ftp://u:p@h/v1"))
+    monkeypatch.setenv("OPENAI_BASE_URL", "localhost:8000/v1")
+    with pytest.raises(InputError, match="OPENAI_BASE_URL 'localhost:8000/v1' is not an http"):
+        asyncio.run(cai.arun(inp, out=tmp_path / "run", model="openai:stub"))
+    assert not (tmp_path / "run").exists()

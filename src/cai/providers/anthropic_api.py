@@ -95,9 +95,9 @@ def _takes_temperature() -> bool:
 @register("anthropic")
 class AnthropicModel(Model):
     default_base_url = "https://api.anthropic.com"
+    base_url_env = "ANTHROPIC_BASE_URL"
 
     def __init__(self, name: str, base_url: str | None = None) -> None:
-        base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         super().__init__(name, base_url)
         self._client: anthropic.AsyncAnthropic | None = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from cai.errors import (
 )
 from cai.redact import SECRET_ENV, clean_url, redact
 
-__all__ = ["SECRET_ENV", "Model", "get_model", "http_error", "redact", "register", "sdk_error"]
+__all__ = ["SECRET_ENV", "Model", "check_base_url", "get_model", "http_error", "redact", "register", "sdk_error"]
 
 _REGISTRY: dict[str, type[Model]] = {}
 _BUILTIN = {"local": "cai.providers.local", "openai": "cai.providers.openai_api",
@@ -36,10 +37,13 @@ class Model(ABC):
     provider: ClassVar[str]
     supports_logprobs: ClassVar[bool] = False
     default_base_url: ClassVar[str | None] = None  # where the SDK sends requests when no base URL is given
+    base_url_env: ClassVar[str | None] = None  # the environment variable that gives a base URL when none is given
 
     def __init__(self, name: str, base_url: str | None = None) -> None:
         self.name = name
-        self.base_url = base_url
+        if not base_url and self.base_url_env and (env := os.environ.get(self.base_url_env)):
+            base_url = check_base_url(env, self.base_url_env)
+        self.base_url = base_url or None
 
     @property
     def spec(self) -> str:
@@ -87,8 +91,25 @@ def register(prefix: str) -> Callable[[type[Model]], type[Model]]:
     return deco
 
 
+def check_base_url(url: str, name: str) -> str:
+    """`url` if it is an http:// or https:// URL that names a host; else InputError naming `name`, the option or
+    environment variable it came from (a URL the SDK cannot reach would be retried as an outage)."""
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # a port that is not a number, a bad IPv6 address
+        ok = False
+    if not ok or any(c.isspace() for c in url):
+        raise InputError(f"{name} {clean_url(url)!r} is not an http:// or https:// URL with a host, "
+                         "e.g. http://127.0.0.1:8000/v1")
+    return url
+
+
 def get_model(spec: str, base_url: str | None = None) -> Model:
-    """Build a model from `local`, `local:/path.gguf`, `openai:<model>` or `anthropic:<model>`."""
+    """Build a model from `local`, `local:/path.gguf`, `openai:<model>` or `anthropic:<model>`; a `base_url` that is
+    not an http(s) URL is an InputError."""
+    if base_url:
+        check_base_url(base_url, "base_url (--base-url)")
     prefix, _, name = spec.partition(":")
     if prefix not in _REGISTRY and prefix in _BUILTIN:
         try:

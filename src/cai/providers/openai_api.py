@@ -25,9 +25,9 @@ def schema_instruction(schema: dict[str, Any]) -> str:
 class OpenAIModel(Model):
     supports_logprobs = True
     default_base_url = "https://api.openai.com/v1"
+    base_url_env = "OPENAI_BASE_URL"
 
     def __init__(self, name: str, base_url: str | None = None) -> None:
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         super().__init__(name, base_url)
         self._mode = 0
         self._client: openai.AsyncOpenAI | None = None
