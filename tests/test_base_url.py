@@ -1,6 +1,6 @@
 """Base URLs (issue 33): credentials written into a base URL reach the endpoint but never a file or a printed
 line, and the same endpoint with another key is the same endpoint (call cache, resume); a URL that is not
-http(s) is refused before the run folder exists. Real SDKs, loopback servers."""
+http(s) and a --tpm no request fits are refused before the run folder exists. Real SDKs, loopback servers."""
 
 from __future__ import annotations
 
@@ -195,4 +195,18 @@ def test_a_bad_base_url_in_the_library_or_the_environment_is_refused_before_the_
     monkeypatch.setenv("OPENAI_BASE_URL", "localhost:8000/v1")
     with pytest.raises(InputError, match="OPENAI_BASE_URL 'localhost:8000/v1' is not an http"):
         asyncio.run(cai.arun(inp, out=tmp_path / "run", model="openai:stub"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra", [["--tpm", "1"], ["--tpm", "100", "--max-tokens", "16"]])
+def test_a_tpm_no_request_fits_is_refused_before_the_run_folder(tmp_path, stub_server, extra):
+    """--tpm 100 fits a draft of 16 tokens but no critique (its instructions alone are more): no draft is paid."""
+    inp = write_prompts(tmp_path / "in.jsonl", ["question number 0?"])
+    res = cli("run", inp, "--out", tmp_path / "run", "--model", "openai:stub", "--base-url", stub_server.url,
+              "--rounds", "1", *extra)
+    assert res.exit_code == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "--tpm" in res.stderr
+    assert not (tmp_path / "run").exists() and stub_server.count() == 0
+    with pytest.raises(InputError, match="tpm"):
+        asyncio.run(cai.arun(inp, out=tmp_path / "run", model="openai:stub", base_url=stub_server.url, tpm=1))
     assert not (tmp_path / "run").exists()

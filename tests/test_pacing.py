@@ -166,12 +166,14 @@ def test_pacer_refuses_a_request_larger_than_tpm_at_once():
 
 
 def test_tpm_below_one_request_stops_the_run_with_one_line(tmp_path, stub_server):
-    inp = write_prompts(tmp_path / "in.jsonl", ["q?"])
-    res = run(stub_server, inp, tmp_path / "r", "--tpm", "50")  # the draft (~16 tokens) fits, the critique cannot
+    """A --tpm below what every record needs is refused before the run (tests/test_base_url.py); one that only a
+    long prompt's draft exceeds (~2,016 tokens here) stops the run at that request, before sending it."""
+    inp = write_prompts(tmp_path / "in.jsonl", ["x" * 8000])
+    res = run(stub_server, inp, tmp_path / "r", "--tpm", "1000")
     assert res.exit_code == 2
-    assert re.fullmatch(r"error: --tpm 50 is smaller than one request \(~\d+ tokens\); raise --tpm\n", res.stderr)
+    assert re.fullmatch(r"error: --tpm 1000 is smaller than one request \(~\d+ tokens\); raise --tpm\n", res.stderr)
     assert res.stdout == ""
-    assert stub_server.count() == 1  # only the draft was sent
+    assert stub_server.count() == 0
     again = run(stub_server, inp, tmp_path / "r", "--tpm", "100000")  # the run resumes with a larger cap
     assert again.exit_code == 0, again.stderr
     assert stub_server.count() == 3

@@ -9,7 +9,7 @@ from typing import Protocol
 from cai.callcache import CallCache
 from cai.config import Completion, Request, cache_key
 from cai.errors import ConnectFailed, EndpointDown, NotFound, RateLimited
-from cai.pacing import AIMDLimiter, Pacer
+from cai.pacing import AIMDLimiter, Pacer, estimate_tokens
 from cai.providers.base import Model
 from cai.retry import with_retries
 from cai.store import Store
@@ -147,7 +147,7 @@ class Engine:
         pacer, limiter = self._pacers[ep], self._limiters[ep]
         estimate = 0
         if pacer.tpm:  # only --tpm pacing needs the (rough) token estimate
-            estimate = sum(len(m["content"]) for m in request.messages) // 4 + request.config.max_tokens
+            estimate = estimate_tokens(request)
 
         sent = 0  # requests sent for this call: every one after the first is a retry, whatever the outcome
 

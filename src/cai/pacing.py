@@ -8,7 +8,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from cai.config import Request
 from cai.errors import InputError
+
+
+def estimate_tokens(request: Request) -> int:
+    """The (rough) tokens a request counts against --tpm: its characters / 4, plus the reply's max_tokens."""
+    return sum(len(m["content"]) for m in request.messages) // 4 + request.config.max_tokens
 
 
 class Pacer:

@@ -12,9 +12,11 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from cai.config import GenConfig
 from cai.constitution import Constitution, Principle, sample_principles
 from cai.engine import Deferred, Engine
 from cai.errors import ProviderError
+from cai.pacing import estimate_tokens
 from cai.records import InputRecord, iter_records
 from cai.scoring import Labeler, Scorer
 from cai.settings import RunSettings
@@ -31,6 +33,25 @@ from cai.store import RecordWriteFailed, Store
 
 # A verdict is JSON: cut off mid-object it cannot be parsed, so the critic always gets at least this many tokens.
 CRITIC_MIN_TOKENS = 128
+
+
+def critic_config(settings: RunSettings) -> GenConfig:
+    """The generation settings of critique calls: the run's, with at least CRITIC_MIN_TOKENS."""
+    cfg = settings.generation
+    return cfg if cfg.max_tokens >= CRITIC_MIN_TOKENS else cfg.model_copy(update={"max_tokens": CRITIC_MIN_TOKENS})
+
+
+def least_request_tokens(settings: RunSettings, const: Constitution) -> int:
+    """A floor on the --tpm estimate (`cai.pacing.estimate_tokens`) of the largest request every record makes:
+    its draft asks for max_tokens, and with rounds its critique is at least that of an empty prompt and draft
+    under the constitution's shortest principle."""
+    need = settings.generation.max_tokens
+    if settings.loop.rounds:
+        empty, authority = [{"role": "user", "content": ""}], Authority.of(const)
+        need = max(need, min(estimate_tokens(critique_request(empty, "", p, critic_config(settings),
+                                                              examples=settings.loop.fewshot, authority=authority))
+                             for p in const.active))
+    return need
 
 
 class Pipeline:
@@ -206,10 +227,7 @@ class Pipeline:
 
     async def _critique(self, rec: InputRecord, response: str, principle: Principle, rnd: int,
                         seq: int) -> dict[str, Any]:
-        cfg = self.s.generation
-        if cfg.max_tokens < CRITIC_MIN_TOKENS:
-            cfg = cfg.model_copy(update={"max_tokens": CRITIC_MIN_TOKENS})
-        req = critique_request(rec.messages, response, principle, cfg, examples=self.s.loop.fewshot,
+        req = critique_request(rec.messages, response, principle, critic_config(self.s), examples=self.s.loop.fewshot,
                                authority=self.authority)
         comp = await _staged("critique", self.engine.call("critic", req, rec.id, ("critique", rnd)))
         raw, verdict, repaired = comp.text, parse_verdict(comp.text), False

@@ -19,7 +19,7 @@ from cai.engine import Engine
 from cai.errors import ConfigMismatch, InputError, OutputError
 from cai.export import ManifestExtra, export_run
 from cai.lock import LOCK_NAME, RunLock
-from cai.pipeline import Pipeline
+from cai.pipeline import Pipeline, least_request_tokens
 from cai.providers import Model, get_model
 from cai.records import InputScan, extends, line_hashes, records_after, scan_input
 from cai.redact import clean_url, redact
@@ -271,6 +271,7 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
     const = constitution_mod.load(settings.loop.constitution)
     scan = await asyncio.to_thread(scan_input, settings.io.input, settings.io.limit)
     models, plugins = run_models(settings, const)
+    check_tpm(settings, const)
     async with open_session(normalize_out(settings.io.out), models, settings.execution,
                             restart=restart) as (store, engine):
         if n := store.get_meta(CALLS_IN_FLIGHT, 0):
@@ -296,6 +297,14 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
                                      "unparsed": engine.stats.unparsed,
                                      "concurrency": engine.concurrency_report()}
         return result
+
+
+def check_tpm(settings: RunSettings, const: constitution_mod.Constitution) -> None:
+    """InputError if `--tpm` is below a request every record makes (the pacer could never send it)."""
+    tpm, need = settings.execution.tpm, least_request_tokens(settings, const)
+    if tpm is not None and tpm < need:
+        raise InputError(f"tpm (--tpm) {tpm} is smaller than one request of this run (~{need} tokens: max_tokens "
+                         "and, with rounds, the critic's instructions and worked examples); raise it")
 
 
 async def admit(store: Store, settings: RunSettings, models: dict[str, Model], const: constitution_mod.Constitution,
