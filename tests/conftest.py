@@ -62,15 +62,46 @@ def _has_module(name: str) -> bool:
         return False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """cai's cache folder (requantized models) for this session, not the user's (child processes inherit it)."""
+    folder = tmp_path_factory.mktemp("cai-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CAI_CACHE_DIR", str(folder))
+        yield folder
+
+
+def servable_gguf(model: Path, folder: Path) -> Path:
+    """`model`, or where llama.cpp would hand its tensors to its AMX kernels, which crash on the CPUs measured
+    (docs/local.md; `llama_cpp.server` cannot turn them off as cai does), a copy with every tensor in Q5_0, a type
+    those kernels leave alone."""
+    import logging
+
+    import llama_cpp
+
+    from cai.providers.local import extra_buffer_types
+
+    if extra_buffer_types():
+        return model
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.allow_requantize, params.pure = llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_0, True, True
+    out = folder / f"{model.stem}.pure-q5_0.gguf"
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs every tensor otherwise
+    if llama_cpp.llama_model_quantize(str(model).encode(), str(out).encode(), params) != 0:
+        pytest.fail(f"could not requantize {model} to Q5_0 for llama_cpp.server")
+    return out
+
+
 @pytest.fixture(scope="session")
-def llama_server() -> Iterator[str]:
-    """`python -m llama_cpp.server` on the embedded GGUF (logits_all, n_ctx 2048); yields its OpenAI base URL."""
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python -m llama_cpp.server` on the embedded GGUF (`servable_gguf`; logits_all, n_ctx 2048); yields its OpenAI
+    base URL."""
     missing = [m for m in ("llama_cpp.server", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
                            "pydantic_settings") if not _has_module(m)]
     if missing:
         pytest.skip(f"llama_cpp.server is not importable (missing: {', '.join(missing)}); "
                     "pip install 'llama-cpp-python[server]'")
-    model = gguf_path()
+    model = servable_gguf(gguf_path(), tmp_path_factory.mktemp("served"))
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",

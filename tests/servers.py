@@ -835,11 +835,11 @@ class EmbeddedAnthropicServer(_LoopbackServer):
 
     def start(self) -> EmbeddedAnthropicServer:
         if self.llm is None:
-            from llama_cpp import Llama
+            from cai.providers.local import LocalModel, new_llama
 
-            path = self.model_path or gguf_path()
+            path = self.model_path or LocalModel("").path  # the weights cai's `local` loads
             self.model_path = Path(path)
-            self.llm = Llama(model_path=str(path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False)
+            self.llm = new_llama(str(path), n_ctx=self.n_ctx, n_threads=self.n_threads)
         super().start()
         return self
 

@@ -129,8 +129,6 @@ def test_local_top_logprobs_match_llama_cpp_logits_all():
     llama-cpp-python's own `logprobs` output from a logits_all instance, token by token."""
     import asyncio
 
-    from llama_cpp import Llama
-
     from cai.config import GenConfig, Request
     from cai.providers import local
 
@@ -144,7 +142,7 @@ def test_local_top_logprobs_match_llama_cpp_logits_all():
         return await asyncio.gather(*(model.complete(r) for r in reqs))
 
     outs = asyncio.run(main())
-    ref = Llama(model_path=str(model.path), n_ctx=local.N_CTX, n_threads=2, logits_all=True, verbose=False)
+    ref = local.new_llama(str(model.path), n_ctx=local.N_CTX, n_threads=2, logits_all=True)
     try:
         for req, out in zip(reqs, outs, strict=True):
             want = ref.create_chat_completion(messages=list(req.messages), max_tokens=req.config.max_tokens,

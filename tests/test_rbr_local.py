@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cai.constitution import RBR_CLASSES, load
-from cai.providers.local import _engines, default_model_path
+from cai.providers import get_model
+from cai.providers.local import _engines
 from cai.providers.local_slots import set_local_slots
 from cai.rbr.cli import rbr_app
 
@@ -58,7 +59,7 @@ def test_eval_sends_a_responses_questions_to_the_batched_engine_together(tmp_pat
         set_local_slots(None)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["overall"]["methods"].get("logprobs", 0) > 0
-    stats = _engines[(str(default_model_path()), 5)].stats
+    stats = _engines[(str(get_model("local").path), 5)].stats
     # The first question's slot holds the response once evaluated; the others start from a copy of it (waiting
     # for it if they are placed while it is still being evaluated, which depends on timing, so not asserted).
     assert stats["max_active"] == 5 and stats["copied"] > 0

@@ -36,6 +36,7 @@ from cai.export import ManifestExtra
 from cai.prices import load_prices
 from cai.progress import Progress
 from cai.providers.local_slots import set_local_slots
+from cai.providers.local_weights import local_requantize as local_requantize_mode
 from cai.rbr.metrics import refusal_metrics_extra
 from cai.runfolder import Run
 from cai.runs import Runner, execute, normalize_out
@@ -132,6 +133,7 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
                rank_by: Literal["judge", "rbr", "judge+rbr"] | None = None,
                cache: str | os.PathLike[str] | None = None, engine: Literal["local", "ray"] = "local",
                ray_address: str | None = None, workers: int | None = None, local_slots: int | None = None,
+               local_requantize: Literal["auto", "q8_0", "q4_0", "off"] | None = None,
                progress: bool | Callable[[dict[str, int]], None] | ProgressSink = False,
                command: list[str] | None = None) -> Run:
     """Draft, critique and revise every prompt into the run folder `out`, export, and return the `Run`.
@@ -145,7 +147,8 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
     `engine="ray"` shards the records to Ray worker actors (the `ray` extra; `ray_address` "auto" or HOST:PORT
     joins a cluster, else a local instance is started; `workers` actors, default the cluster's CPUs up to 8).
     `local_slots`: sequences the embedded model decodes together in this process (1: one at a time; default
-    CAI_LOCAL_SLOTS, else 1).
+    CAI_LOCAL_SLOTS, else 1). `local_requantize`: the weights a local model loads (`auto`: the shipped GGUF as Q8_0,
+    a file of your own as it is; `q8_0`, `q4_0`, `off`; default CAI_LOCAL_REQUANTIZE, else auto; docs/local.md).
     `progress`: True prints the CLI's progress line on stderr, a function gets a dict of counts after each
     record. `command` is recorded
     for `cai status`'s resume command (the CLI passes its argv). Re-running the same call resumes.
@@ -163,7 +166,8 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
         rbr_feedback=rbr_feedback if rbr else None, min_reward_margin=min_reward_margin, prices=prices, cache=cache,
         system_role_for_developer=system_role_for_developer, fewshot=fewshot, candidates=candidates,
         candidates_from=candidates_from, judge=judge, cot=cot or None, min_margin=min_margin, rank_by=rank_by,
-        engine=engine, ray_address=ray_address, workers=workers, local_slots=local_slots)
+        engine=engine, ray_address=ray_address, workers=workers, local_slots=local_slots,
+        local_requantize=local_requantize or local_requantize_mode())  # resolved here: Ray workers load the same
     if settings.execution.local_slots is not None:
         set_local_slots(settings.execution.local_slots)
     runner = _runner(settings)

@@ -30,9 +30,10 @@ batch_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Scheduled batch jobs at the providers' batch price: submit once, tick from cron.\n\n"
                              "\b\nExample:\n  cai batch submit prompts.jsonl --model openai:gpt-4o-mini --out "
                              f"runs/nightly\n  cai batch tick runs/nightly\n\n{EXIT_HELP}")
-# `cai run` options that mean nothing for a batch job (pacing, concurrency, the progress display).
+# `cai run` options that mean nothing for a batch job (pacing, concurrency, the progress display, the embedded
+# model, which has no batch API).
 NOT_FOR_BATCH = {"concurrency", "rpm", "tpm", "retry_failed", "quiet", "engine", "ray_address", "workers",
-                 "local_slots"}
+                 "local_slots", "local_requantize"}
 SCORING_DEFAULTED = ("grader_mode", "votes", "rbr_feedback")  # have defaults in the CLI; only meaningful with --rbr
 RunDir = Annotated[Path, typer.Argument(help="The job's run folder, e.g. runs/nightly.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]

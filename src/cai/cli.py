@@ -100,6 +100,10 @@ def run(
     local_slots: Annotated[Optional[int], typer.Option(
         min=1, max=64, help="Sequences the embedded model decodes together, each role's prompt prefix kept "
                             "warm (default 1: one at a time, as before; or CAI_LOCAL_SLOTS).")] = None,
+    local_requantize: Annotated[Optional[Literal["auto", "q8_0", "q4_0", "off"]], typer.Option(
+        help="Weights a local model loads: auto (default, or CAI_LOCAL_REQUANTIZE): the shipped GGUF requantized "
+             "once to Q8_0 in cai's cache folder, a file of your own as it is; q8_0 or q4_0: requantized; off: as "
+             "the file has them (see docs/local.md).")] = None,
     rbr: Annotated[bool, typer.Option(help="Rule-based rewards: grade the draft and each revision, tell the "
                                            "reviser what failed, put rewards on the pairs.")] = False,
     grader: Annotated[Optional[str], typer.Option(help="Model that grades propositions (default: the critic).")] = None,
@@ -149,7 +153,8 @@ def run(
             max_retries=max_retries,
             timeout=timeout, rpm=rpm, tpm=tpm, format=format, system_role_for_developer=system_role_for_developer,
             restart=restart, retry_failed=retry_failed, prices=prices, cache=cache, engine=engine,
-            ray_address=ray_address, workers=workers, local_slots=local_slots, rbr=rbr, grader=grader,
+            ray_address=ray_address, workers=workers, local_slots=local_slots,
+            local_requantize=local_requantize, rbr=rbr, grader=grader,
             rbr_constitution=rbr_constitution, grader_mode=grader_mode, votes=votes, weights=weights,
             rbr_feedback=rbr_feedback, min_reward_margin=min_reward_margin, candidates=candidates,
             candidates_from=candidates_from, judge=judge, cot=cot, min_margin=min_margin, rank_by=rank_by,

@@ -21,6 +21,7 @@ from cai.export import ManifestExtra, export_run
 from cai.lock import LOCK_NAME, RunLock
 from cai.pipeline import Pipeline, least_request_tokens
 from cai.providers import Model, get_model
+from cai.providers.local_weights import resume_hint, set_local_requantize
 from cai.records import InputScan, extends, line_hashes, records_after, scan_input
 from cai.redact import clean_url, redact
 from cai.scoring import Labeler, Scorer, make_labeler, make_scorer
@@ -165,6 +166,8 @@ def _mismatch(store: Store, field: str, old: dict[str, Any], fp: dict[str, Any])
             return ConfigMismatch(f"this run was started with other contents of constitution layer(s) {changed}; "
                                   "use the same files to resume, or --restart to start afresh (the old run is "
                                   "moved aside)", path=str(store.run_dir))
+    if field == "models" and (hint := resume_hint(old.get(field) or {}, fp.get(field) or {})):
+        return ConfigMismatch(hint, path=str(store.run_dir))
     return ConfigMismatch(f"this run was started with a different {field} "
                           f"({old.get(field)!r} → {fp.get(field)!r}); use the same settings to resume, "
                           "or --restart to start afresh (the old run is moved aside)", path=str(store.run_dir))
@@ -217,7 +220,10 @@ class RunPlugins:
 def run_models(settings: RunSettings, const: constitution_mod.Constitution,
                base_urls: dict[str, str | None] | None = None) -> tuple[dict[str, Model], RunPlugins]:
     """The run's models by role (the plugins' too, e.g. the grader and the judge) and its plugins; `base_urls`
-    gives roles the base URLs they had (e.g. from the fingerprint) instead of the settings' one."""
+    gives roles the base URLs they had (e.g. from the fingerprint) instead of the settings' one. A `local_requantize`
+    the settings give is set for this process first (the local provider reads it), here and in Ray workers alike."""
+    if settings.models.local_requantize is not None:
+        set_local_requantize(settings.models.local_requantize)
     specs = settings.models.specs()
     plugins = RunPlugins(
         make_scorer(settings.scoring.scorer, settings, const) if settings.scoring else None,

@@ -39,6 +39,10 @@ class ModelSettings(_Part):
     critic: str = "local"
     reviser: str = "local"
     base_url: str | None = None
+    # What a local model loads: `auto` (the shipped GGUF requantized to Q8_0, a file of your own as it is), `q8_0`,
+    # `q4_0` or `off`; None leaves the process's setting (CAI_LOCAL_REQUANTIZE, else auto;
+    # cai.providers.local_weights). Not fingerprinted as such: the models' identities are the loaded weights' hashes.
+    local_requantize: Literal["auto", "q8_0", "q4_0", "off"] | None = None
 
     def specs(self) -> dict[str, str]:
         return {role: getattr(self, role) for role in ROLES}
@@ -194,7 +198,8 @@ class RunSettings(_Part):
 
 
 _PART_FIELDS: dict[str, set[str]] = {
-    "io": set(IOSettings.model_fields), "models": {"base_url"}, "generation": set(GenConfig.model_fields),
+    "io": set(IOSettings.model_fields), "models": {"base_url", "local_requantize"},
+    "generation": set(GenConfig.model_fields),
     "loop": set(LoopSettings.model_fields), "execution": set(ExecutionSettings.model_fields),
     "export": set(ExportSettings.model_fields)}
 _SCORING_OPTIONS = {"grader", "rbr_constitution", "grader_mode", "votes", "weights", "rbr_feedback"}

