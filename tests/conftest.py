@@ -86,7 +86,7 @@ def servable_gguf(model: Path, folder: Path) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.allow_requantize, params.pure = llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_0, True, True
     out = folder / f"{model.stem}.pure-q5_0.gguf"
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs every tensor otherwise
+    logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL + 1)  # llama.cpp logs every tensor otherwise
     if llama_cpp.llama_model_quantize(str(model).encode(), str(out).encode(), params) != 0:
         pytest.fail(f"could not requantize {model} to Q5_0 for llama_cpp.server")
     return out

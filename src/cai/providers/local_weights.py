@@ -199,9 +199,11 @@ def _quantize(source: Path, path: Path, qtype: str) -> None:
         tmp = _temp_next_to(path)
     except OSError as e:
         raise OutputError(f"cannot write the requantized model ({e.strerror})", path=str(path)) from e
-    log = logging.getLogger("llama-cpp-python")  # llama.cpp's log callback prints what this logger's level allows
+    # llama.cpp's log callback prints what this logger's level lets through (and maps llama.cpp's warnings to
+    # ERROR): a line per tensor and a warning for the embedding's fallback type, none of it the user's business.
+    log = logging.getLogger("llama-cpp-python")
     level = log.level
-    log.setLevel(logging.ERROR)
+    log.setLevel(logging.CRITICAL + 1)
     try:
         rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
         if rc != 0:
