@@ -239,7 +239,7 @@ def resume_hint(old: dict[str, Any], new: dict[str, Any]) -> str | None:
                     "llama-cpp-python version); use that version to resume, or --restart to start afresh (the old "
                     "run is moved aside)")
         return (f"this run's {role} was made with the local model's weights "
-                + (f"requantized to {mode}" if mode != "off" else "as the GGUF file has them (not requantized)")
+                + (f"requantized to {mode}" if mode != "off" else "as the GGUF file has them, not requantized")
                 + f" (sha256 {str(was.get('sha256'))[:12]}…); resume with --local-requantize {mode} (or "
                 f"CAI_LOCAL_REQUANTIZE={mode}), or use --restart to start afresh (the old run is moved aside)")
     return None
