@@ -6,7 +6,8 @@ batched engine (`cai.providers.local_engine`): continuous batching with role pre
 `CAI_LOCAL_SLOTS` in the environment sets it for processes that are not told (e.g. Ray workers).
 
 The default stays 1: batched sequences get logits that differ from the single path's in the last digits (up to
-about 0.1 nats with this llama.cpp build), so switching every caller over is a decision of its own;
+about 0.1 nats with this llama.cpp build; with the Q8_0 weights 1 greedy reply in 8 still changed at 4 slots), so
+switching every caller over is a decision of its own;
 `default_slots()` is the size suggested for this machine (`CAI_LOCAL_SLOTS=auto` takes it).
 """
 
