@@ -143,6 +143,15 @@ def test_the_setting_and_its_environment_variable(cache, monkeypatch):
         set_local_requantize("q5")
 
 
+def test_a_file_llama_cpp_cannot_requantize_is_one_line_naming_it(cache, tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_text("not a model")
+    with pytest.raises(InputError, match=r"junk\.gguf: llama\.cpp could not requantize this file to q8_0 .*"
+                                         r"--local-requantize off"):
+        weights(junk, "q8_0", shipped=False)
+    assert not [p for p in (cache / "gguf").iterdir() if p.suffix in (".gguf", ".json", ".tmp")]
+
+
 def test_an_unwritable_cache_folder_is_one_line(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
