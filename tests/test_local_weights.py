@@ -160,7 +160,7 @@ def test_an_unwritable_cache_folder_is_one_line(tmp_path, monkeypatch):
         weights(default_model_path(), "auto", shipped=True)
 
 
-def test_cli_and_library_take_local_requantize(cache, tmp_path, stub_server):
+def test_cli_and_library_take_local_requantize(cache, tmp_path, stub_server, monkeypatch):
     """`cai run --local-requantize` and `cai.arun(local_requantize=...)` both take it, store it in the run's
     settings and set it for the process; a value outside the four is a one-line usage error."""
     import asyncio
@@ -176,13 +176,9 @@ def test_cli_and_library_take_local_requantize(cache, tmp_path, stub_server):
         "local_requantize"] == "q4_0"
     assert local_requantize() == "q4_0"
     set_local_requantize(None)
-    monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("OPENAI_API_KEY", "x")
-    try:
-        run = asyncio.run(arun(["Say hi."], out=tmp_path / "lib", model="openai:stub", base_url=stub_server.url,
-                               rounds=0, local_requantize="off"))
-    finally:
-        monkeypatch.undo()
+    run = asyncio.run(arun(["Say hi."], out=tmp_path / "lib", model="openai:stub", base_url=stub_server.url,
+                           rounds=0, local_requantize="off"))
     assert run.manifest["settings"]["models"]["local_requantize"] == "off" and local_requantize() == "off"
     bad = cai("run", inp, "--out", tmp_path / "bad", *common, "--local-requantize", "q5")
     assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--local-requantize" in bad.stderr
