@@ -16,7 +16,7 @@ import pytest
 
 import cai
 from cai.errors import ConfigMismatch, InputError
-from cai.records import InputScan, scan_input
+from cai.records import InputScan, scan_input, scanned_records
 from cai.runs import check_fingerprint, fingerprint
 from cai.settings import IOSettings, RunSettings
 from cai.store import Store
@@ -224,7 +224,8 @@ def input_fp(path: Path, const: str = "c" * 64, models: dict[str, Any] | None = 
 
 
 def check(store: Store, path: Path) -> int:
-    return check_fingerprint(store, input_fp(path), RunSettings(io=IO), path)
+    scan = scan_input(path)
+    return check_fingerprint(store, input_fp(path, scan=scan), RunSettings(io=IO), scan)
 
 
 def test_a_file_that_lost_its_last_newline_is_unchanged(tmp_path):
@@ -254,28 +255,36 @@ def test_other_settings_are_still_compared_first(tmp_path):
         check(store, inp)
         inp.write_bytes(b"changed?\n")
         with pytest.raises(ConfigMismatch, match="different constitution_sha256"):
-            check_fingerprint(store, input_fp(inp, "d" * 64), RunSettings(io=IO), inp)
+            check_fingerprint(store, input_fp(inp, "d" * 64), RunSettings(io=IO), scan_input(inp))
     finally:
         store.close()
 
 
-def test_a_file_changed_while_it_is_read_stores_nothing(tmp_path):
+def test_a_file_changed_after_it_was_scanned_is_refused_before_its_rows_are_worked_on(tmp_path):
+    """The run works on the records it validated: the pipeline's read checks every line against the scan's hash,
+    so a row rewritten in between is refused (naming its line) before it reaches a model."""
     inp = tmp_path / "in.txt"
-    inp.write_bytes(b"a?\n")
-    store = Store(tmp_path)
-    try:
-        scan = scan_input(inp)
-        inp.write_bytes(b"b?\n")  # rewritten between validation and the check
-        fp = input_fp(inp, models={}, scan=scan)
-        with pytest.raises(InputError, match="changed while cai read it"):
-            check_fingerprint(store, fp, RunSettings(io=IO), inp)
-        assert store.get_meta("fingerprint") is None
-    finally:
-        store.close()
+    inp.write_bytes(b"a?\nb?\n")
+    scan = scan_input(inp)
+    inp.write_bytes(b"a?\nB?\n")  # rewritten between validation and the run's read
+    seen = []
+    with pytest.raises(InputError, match="changed while cai read it") as e:
+        seen.extend(r.messages[-1]["content"] for r in scanned_records(scan))
+    assert seen == ["a?"] and e.value.line == 2
+
+
+def test_rows_appended_after_the_scan_are_not_read(tmp_path):
+    inp = tmp_path / "in.csv"
+    inp.write_text(rows("csv", OLD))
+    scan = scan_input(inp)
+    with inp.open("a") as fh:
+        fh.write('p9,"half a row\n')  # a row still being written
+    assert [r.id for r in scanned_records(scan)] == ["p0", "p1", "p2"]
 
 
 def test_a_large_file_is_checked_as_a_stream(tmp_path):
-    """20,000 lines of ~200 bytes (about 4 MB): the check never holds the file, or its line hashes, in memory."""
+    """20,000 lines of ~200 bytes (about 4 MB): the check holds neither the file nor another copy of its line
+    hashes (the scan keeps 8 bytes a line)."""
     inp = tmp_path / "in.jsonl"
     pad = "x" * 160
     inp.write_text(rows("jsonl", [f"prompt {i} {pad}?" for i in range(20_000)]))
@@ -284,10 +293,11 @@ def test_a_large_file_is_checked_as_a_stream(tmp_path):
         check(store, inp)
         with inp.open("a") as fh:
             fh.write(rows("jsonl", ["one more?"], start=20_000))
-        fp = input_fp(inp)  # validation keeps the ids (duplicates are refused); the check keeps nothing
+        scan = scan_input(inp)  # validation keeps the ids (duplicates are refused) and 8 bytes a line
+        fp = input_fp(inp, scan=scan)
         tracemalloc.start()
         try:
-            assert check_fingerprint(store, fp, RunSettings(io=IO), inp) == 20_000
+            assert check_fingerprint(store, fp, RunSettings(io=IO), scan) == 20_000
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,20 +79,19 @@ def message_list(value: Any, path: str, line: int, field: str) -> list[dict[str,
     return out
 
 
-def _decoded(path: Path) -> Iterator[str]:
-    """Every line of the file with its line ending, each decoded as UTF-8 on its own (so a bad byte is
-    reported on its own line); a UTF-8 BOM at the start of the file is dropped."""
-    with path.open("rb") as fh:
-        for n, raw in enumerate(fh, start=1):
-            try:
-                yield raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"not UTF-8 ({e.reason} at byte {e.start})", path=str(path), line=n) from None
+def _decoded(raw: Iterable[bytes], name: str) -> Iterator[str]:
+    """Every line of `raw` (a file's lines as bytes) with its line ending, each decoded as UTF-8 on its own (so a
+    bad byte is reported on its own line); a UTF-8 BOM at the start of the file is dropped."""
+    for n, line in enumerate(raw, start=1):
+        try:
+            yield line.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"not UTF-8 ({e.reason} at byte {e.start})", path=name, line=n) from None
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def _lines(raw: Iterable[bytes], name: str) -> Iterator[tuple[int, str]]:
     """(line number, text) for every non-blank line (see `_decoded`)."""
-    for n, line in enumerate(_decoded(path), start=1):
+    for n, line in enumerate(_decoded(raw, name), start=1):
         if line.strip():
             yield n, line
 
@@ -127,11 +129,17 @@ def _depth(value: Any) -> int:
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, JSON object) for every non-blank line of a JSONL file; InputError naming the line,
     also for text no UTF-8 file or store can hold (a lone surrogate escape such as `"\\ud800"`)."""
-    for n, line in _lines(path):
-        row = _loads(line, str(path), n)
+    with Path(path).open("rb") as fh:
+        yield from _jsonl(fh, str(path))
+
+
+def _jsonl(raw: Iterable[bytes], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`iter_jsonl` over a file's lines as bytes."""
+    for n, line in _lines(raw, name):
+        row = _loads(line, name, n)
         if not isinstance(row, dict):
-            raise InputError(f"each line must be a JSON object, not {type(row).__name__}", path=str(path), line=n)
-        _check_text(row, (str(path), n))
+            raise InputError(f"each line must be a JSON object, not {type(row).__name__}", path=name, line=n)
+        _check_text(row, (name, n))
         yield n, row
 
 
@@ -171,12 +179,11 @@ def _check_text(row: dict[str, Any], where: tuple[str, int]) -> None:
         raise InputError(f"text is not valid Unicode (lone surrogate in {bad})", path=where[0], line=where[1])
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(raw: Iterable[bytes], name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line a row ends on, row dict) for every non-blank CSV row. Quoting is strict: a quoted field may span
     lines, but a quote still open at the end of the file, or text after a closing quote, is an error naming
     the line the field's row began on; so is a row with more or fewer cells than the header."""
-    name = str(path)
-    reader = csv.reader(_decoded(path), strict=True)
+    reader = csv.reader(_decoded(raw, name), strict=True)
     header: list[str] | None = None
     start = 1
     while True:
@@ -209,34 +216,43 @@ def _csv_problem(e: csv.Error, start: int, end: int) -> str:
     return f"bad CSV: {e}"
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row dict) for every non-blank row."""
+def _rows(path: Path, raw: Iterable[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row dict) for every non-blank row of `raw`, the lines of `path`."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        for n, line in _lines(path):
+        for n, line in _lines(raw, str(path)):
             yield n, {"prompt": line.rstrip("\r\n")}
     elif suffix == ".csv":
-        yield from _csv_rows(path)
+        yield from _csv_rows(raw, str(path))
     else:
-        yield from iter_jsonl(path)
+        yield from _jsonl(raw, str(path))
 
 
-def iter_records(path: str | Path, limit: int | None = None) -> Iterator[InputRecord]:
-    """Stream validated records; duplicate ids are checked (only ids are kept in memory)."""
-    for _, rec in _numbered(path, limit):
-        yield rec
-
-
-def _numbered(path: str | Path, limit: int | None) -> Iterator[tuple[int, InputRecord]]:
-    """(line number, record) for the first `limit` records (for CSV, the line a row ends on)."""
+def _checked(path: str | Path) -> Path:
+    """`path`, if it names an input file cai reads; InputError otherwise."""
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".json", ".txt", ".csv"):
         raise InputError("input must be .jsonl, .txt or .csv", path=str(path))
     if not path.is_file():
         raise InputError("input file not found", path=str(path))
+    return path
+
+
+def iter_records(path: str | Path, limit: int | None = None) -> Iterator[InputRecord]:
+    """Stream validated records; duplicate ids are checked (only ids are kept in memory)."""
+    path = _checked(path)
+    with path.open("rb") as fh:
+        for _, rec in _numbered(path, fh, limit):
+            yield rec
+
+
+def _numbered(path: Path, raw: Iterable[bytes], limit: int | None,
+              unique: bool = True) -> Iterator[tuple[int, InputRecord]]:
+    """(line number, record) for the first `limit` records of `raw`, the lines of `path` (for CSV, the line a row
+    ends on). `unique`: refuse an id seen before (keeps the ids)."""
     seen: dict[str, int] = {}
     idx = 0
-    for line, row in _rows(path):
+    for line, row in _rows(path, raw):
         if limit is not None and idx >= limit:
             return
         rid = row.get("id")
@@ -247,36 +263,76 @@ def _numbered(path: str | Path, limit: int | None) -> Iterator[tuple[int, InputR
         rid = str(rid)
         if rid in seen:
             raise InputError(f"duplicate id {rid!r} (first on line {seen[rid]})", path=str(path), line=line)
-        seen[rid] = line
+        if unique:
+            seen[rid] = line
         messages = _messages(row, (str(path), line))
         extra = {k: v for k, v in row.items() if k not in ("id", "prompt", "messages")}
         yield line, InputRecord(idx=idx, id=rid, messages=messages, extra=extra)
         idx += 1
 
 
+def _line_hash(raw: bytes) -> bytes:
+    """An 8-byte hash of a line's bytes without its final newline (so a last line that later gets its newline,
+    and rows after it, is unchanged)."""
+    return hashlib.blake2b(raw[:-1] if raw.endswith(b"\n") else raw, digest_size=8).digest()
+
+
 @dataclass(frozen=True)
 class InputScan:
-    """What one pass over an input file found: its records (the first `--limit`), and its bytes' sha256,
-    size and line count (a last line without a newline counts)."""
+    """What one pass over an input file found: its records (the first `--limit`), its bytes' sha256, size and
+    line count (a last line without a newline counts), each line's 8-byte hash (`hashes`, concatenated) and the
+    line each record is on (`ends`; for CSV, the line a row ends on), and the file's `path`."""
 
     records: int
     sha256: str
     bytes: int
     lines: int
+    hashes: bytes = b""
+    ends: array = field(default_factory=lambda: array("q"))
+    path: str = ""
+
+    def line_hash(self, n: int) -> bytes | None:
+        """Line `n`'s hash (from 1), None past the last line."""
+        return self.hashes[8 * (n - 1):8 * n] if 0 < n <= self.lines else None
+
+    def line_hashes(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(line number, hash) for every line after line `after`."""
+        return ((n, self.hashes[8 * (n - 1):8 * n]) for n in range(after + 1, self.lines + 1))
+
+    def records_after(self, line: int) -> int:
+        """How many of the records are on a line after `line`."""
+        return len(self.ends) - bisect_right(self.ends, line)
+
+
+class _Tap:
+    """A file's lines as bytes, hashed as they are read: the sha256 and size of the bytes, each line's hash."""
+
+    def __init__(self, raw: Iterable[bytes]) -> None:
+        self.raw, self.sha256, self.size, self.hashes = raw, hashlib.sha256(), 0, bytearray()
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self.raw:
+            self.sha256.update(line)
+            self.size += len(line)
+            self.hashes += _line_hash(line)
+            yield line
 
 
 def scan_input(path: str | Path, limit: int | None = None) -> InputScan:
-    """One full streaming pass before any model call; a file with no prompts (empty, or only blank lines)
-    is an InputError."""
-    count = sum(1 for _ in iter_records(path, limit))
-    if count == 0:
+    """The one streaming pass over the input before any model call: validates its records and hashes its bytes
+    and lines together; a file with no prompts (empty, or only blank lines) is an InputError."""
+    path = _checked(path)
+    ends = array("q")
+    with path.open("rb") as fh:
+        tap = _Tap(fh)
+        lines = iter(tap)
+        ends.extend(n for n, _ in _numbered(path, lines, limit))
+        for _ in lines:  # the lines past the last record (`limit`) are hashed too
+            pass
+    if not ends:
         raise InputError("no prompts", path=str(path))
-    h, size, newlines, last = hashlib.sha256(), 0, 0, b"\n"
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-            size, newlines, last = size + len(chunk), newlines + chunk.count(b"\n"), chunk[-1:]
-    return InputScan(count, h.hexdigest(), size, newlines + (last != b"\n"))
+    return InputScan(len(ends), tap.sha256.hexdigest(), tap.size, len(tap.hashes) // 8, bytes(tap.hashes), ends,
+                      str(path))
 
 
 def validate_input(path: str | Path, limit: int | None = None) -> tuple[int, str]:
@@ -285,37 +341,18 @@ def validate_input(path: str | Path, limit: int | None = None) -> tuple[int, str
     return scan.records, scan.sha256
 
 
-# -- a growing input: rows may be appended between invocations of a run, never changed ------------------
-def line_hashes(path: str | Path, size: int | None = None, sha256: str | None = None) -> Iterator[bytes]:
-    """An 8-byte hash of each line of the file's first `size` bytes (all of them by default), in order, from its
-    bytes without the final newline (so a last line that later gets its newline, and rows after it, is
-    unchanged). With `sha256`: InputError at the end if those bytes do not hash to it (the file changed
-    since it was validated)."""
-    whole, left = hashlib.sha256(), -1 if size is None else size
-    with Path(path).open("rb") as fh:
-        while left and (raw := fh.readline(left)):
-            whole.update(raw)
-            left -= len(raw) if left > 0 else 0
-            yield hashlib.blake2b(raw[:-1] if raw.endswith(b"\n") else raw, digest_size=8).digest()
-    if sha256 is not None and (left > 0 or whole.hexdigest() != sha256):
-        raise InputError("the file changed while cai read it; run the command again", path=str(path))
+def scanned_records(scan: InputScan) -> Iterator[InputRecord]:
+    """The records `scan` found in its file, read again for the pipeline: each line is checked against its hash
+    from the scan rather than validated again; InputError naming the first line that changed since the scan
+    (rows appended since are not read)."""
+    path = Path(scan.path)
 
+    def unchanged(raw: Iterable[bytes]) -> Iterator[bytes]:
+        for n, line in enumerate(raw, start=1):
+            if _line_hash(line) != scan.line_hash(n):
+                raise InputError("the file changed while cai read it; run the command again", path=str(path), line=n)
+            yield line
 
-def extends(path: str | Path, size: int, sha256: str) -> bool:
-    """True if the file's first `size` bytes hash to `sha256` and end a line (they end with a newline, or
-    the next byte is one, or there is none): the file is that one with lines appended, or that one."""
-    h, left, last = hashlib.sha256(), size, b"\n"
-    with Path(path).open("rb") as fh:
-        while left:
-            chunk = fh.read(min(left, 1 << 16))
-            if not chunk:
-                return False  # shorter than it was
-            h.update(chunk)
-            left, last = left - len(chunk), chunk[-1:]
-        after = fh.read(1)
-    return h.hexdigest() == sha256 and (last == b"\n" or after in (b"", b"\n"))
-
-
-def records_after(path: str | Path, limit: int | None, line: int) -> int:
-    """How many of the first `limit` records are on a line after `line` (a CSV row: ends on one)."""
-    return sum(1 for n, _ in _numbered(path, limit) if n > line)
+    with path.open("rb") as fh:
+        for _, rec in itertools.islice(_numbered(path, unchanged(fh), None, unique=False), scan.records):
+            yield rec  # islice reads no row past the last record

@@ -22,7 +22,7 @@ from cai.lock import LOCK_NAME, RunLock
 from cai.pipeline import Pipeline, least_request_tokens
 from cai.providers import Model, get_model
 from cai.providers.local_weights import resume_hint, set_local_requantize
-from cai.records import InputScan, extends, line_hashes, records_after, scan_input
+from cai.records import InputScan, scan_input, scanned_records
 from cai.redact import clean_url, redact
 from cai.scoring import Labeler, Scorer, make_labeler, make_scorer
 from cai.settings import ExecutionSettings, RunSettings
@@ -94,68 +94,64 @@ def fingerprint(settings: RunSettings, models: dict[str, Any], const_sha: str, i
 
 
 def check_fingerprint(store: Store, fp: dict[str, Any], settings: RunSettings | None = None,
-                      input_path: str | Path | None = None) -> int:
+                      scan: InputScan | None = None) -> int:
     """Store `fp` on a new run; on an existing one, ConfigMismatch naming the first field that differs. Given
-    `input_path` (the file `fp`'s input fields describe), the input may also have grown (`check_input`);
+    `scan` (of the file `fp`'s input fields describe), the input may also have grown (`check_input`);
     without it, the input fields are compared like the others. Returns how many lines the input had at the
     previous invocation (0 on a new run)."""
     old = store.get_meta("fingerprint")
     if old is None:
-        _save_input(store, fp, input_path, 0)
+        _save_input(store, fp, scan, 0)
         return 0
-    skip = INPUT_KEYS if input_path is not None else ()
+    skip = INPUT_KEYS if scan is not None else ()
     keys = [*fp, *(k for k in old if k not in fp)]  # a field present on one side only differs too…
     defaults = output_defaults(type(settings)) if settings is not None else {}
     diff = [k for k in keys if k not in skip and old.get(k) != fp.get(k)
             and not (k not in old and k in defaults and fp.get(k) == defaults[k])]  # …unless added later at its default
     if diff:
         raise _mismatch(store, diff[0], old, fp)
-    return check_input(store, old, fp, input_path) if input_path is not None else 0
+    return check_input(store, old, fp, scan) if scan is not None else 0
 
 
-def check_input(store: Store, old: dict[str, Any], fp: dict[str, Any], path: str | Path) -> int:
+def check_input(store: Store, old: dict[str, Any], fp: dict[str, Any], scan: InputScan) -> int:
     """A run's input may only grow: the same file, or rows appended to it (a last line without a newline may
     get one first). Returns the lines it had at the previous invocation and stores `fp` with the new lines'
     hashes; ConfigMismatch naming the first changed (or missing) line of the file otherwise.
 
-    The file's first `input_bytes` bytes hashing to the stored sha256 proves it grew; when they do not, the
-    stored per-line hashes name the line (and a file whose lines are all unchanged, e.g. one that lost its
-    last newline, is accepted). A run from before per-line hashes resumes an unchanged file and keeps them
-    from then on; a changed one is refused as before."""
+    The stored per-line hashes, compared with the scan's, name the changed line (a file whose lines are all
+    unchanged, e.g. one that lost its last newline, is accepted). A run from before per-line hashes resumes an
+    unchanged file and keeps them from then on; a changed one is refused as before."""
     before = old.get("input_lines")
     fp = {**old, **{k: fp[k] for k in INPUT_KEYS}}  # the rest stays as the run stored it
     if old.get("input_sha256") == fp["input_sha256"]:
         if before is None:
-            _save_input(store, fp, path, 0)
+            _save_input(store, fp, scan, 0)
         return fp["input_lines"]
     if before is None or old.get("input_bytes") is None:
         raise _mismatch(store, "input_sha256", old, fp)
-    if not extends(path, old["input_bytes"], old["input_sha256"]):
-        new, n = line_hashes(path), 0
-        with contextlib.closing(store.input_lines(before)) as stored, contextlib.closing(new):
-            for n, line in enumerate(stored, start=1):
-                now = next(new, None)
-                if now != line:
-                    why = ("this row changed since the run read it" if now is not None else
-                           f"this row is gone: the file now ends at line {n - 1}, it had {before} lines when the run "
-                           "read it")
-                    raise ConfigMismatch(f"{why} (a run's input may only grow, by rows appended at its end); "
-                                         "restore it, or use --restart to start afresh (the old run is moved "
-                                         "aside)", path=str(path), line=n)
-        if n < before:  # the stored hashes are incomplete: nothing tells which line changed
-            raise _mismatch(store, "input_sha256", old, fp)
-    _save_input(store, fp, path, before)
+    n = 0
+    with contextlib.closing(store.input_lines(before)) as stored:
+        for n, line in enumerate(stored, start=1):
+            now = scan.line_hash(n)
+            if now != line:
+                why = ("this row changed since the run read it" if now is not None else
+                       f"this row is gone: the file now ends at line {n - 1}, it had {before} lines when the run "
+                       "read it")
+                raise ConfigMismatch(f"{why} (a run's input may only grow, by rows appended at its end); "
+                                     "restore it, or use --restart to start afresh (the old run is moved "
+                                     "aside)", path=scan.path, line=n)
+    if n < before:  # the stored hashes are incomplete: nothing tells which line changed
+        raise _mismatch(store, "input_sha256", old, fp)
+    _save_input(store, fp, scan, before)
     return before
 
 
-def _save_input(store: Store, fp: dict[str, Any], path: str | Path | None, after: int) -> None:
-    """Store `fp` with the hashes of the input's lines past line `after`, in one transaction; those of the
-    bytes `fp` describes, so a file changed since it was validated stores nothing (InputError)."""
-    if path is None or "input_lines" not in fp:
+def _save_input(store: Store, fp: dict[str, Any], scan: InputScan | None, after: int) -> None:
+    """Store `fp` with the hashes of the input's lines past line `after` (from `scan`), in one transaction."""
+    if scan is None or "input_lines" not in fp:
         store.set_meta("fingerprint", fp)
         return
-    hashes = line_hashes(path, fp["input_bytes"], fp["input_sha256"])
-    store.save_input(fp, ((n, h) for n, h in enumerate(hashes, start=1) if n > after))
+    store.save_input(fp, scan.line_hashes(after))
 
 
 def _mismatch(store: Store, field: str, old: dict[str, Any], fp: dict[str, Any]) -> ConfigMismatch:
@@ -177,9 +173,8 @@ def input_meta(settings: RunSettings, scan: InputScan, before: int) -> dict[str,
     """The manifest's `input`: the file, its hash, size, lines and records (the first `--limit`), and
     `records_added`: how many of those records were appended to it since the previous invocation (all of them
     on a new run)."""
-    path, limit = settings.io.input, settings.io.limit
-    added = (0 if before >= scan.lines else scan.records if before == 0 else records_after(path, limit, before))
-    return {"path": path, "sha256": scan.sha256, "bytes": scan.bytes, "lines": scan.lines,
+    added = 0 if before >= scan.lines else scan.records if before == 0 else scan.records_after(before)
+    return {"path": settings.io.input, "sha256": scan.sha256, "bytes": scan.bytes, "lines": scan.lines,
             "records": scan.records, "records_added": added}
 
 
@@ -289,7 +284,7 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
         if on_start:
             on_start(scan.records, engine)
         pipeline = Pipeline(settings, const, store, engine, on_done, plugins.scorer, records=scan.records,
-                            labeler=plugins.labeler)
+                            source=scanned_records(scan), labeler=plugins.labeler)
         try:
             counts = await (runner.run(pipeline, engine) if runner is not None else pipeline.run())
         finally:
@@ -320,8 +315,8 @@ async def admit(store: Store, settings: RunSettings, models: dict[str, Model], c
     layers = {x.name: x.sha256 for x in const.layers} if len(const.layers) > 1 else None
     fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, scan.sha256,
                      plugins.fingerprint(), input_bytes=scan.bytes, input_lines=scan.lines, layers=layers)
-    before = await asyncio.to_thread(check_fingerprint, store, fp, settings, settings.io.input)
-    input_info = await asyncio.to_thread(input_meta, settings, scan, before)
+    before = await asyncio.to_thread(check_fingerprint, store, fp, settings, scan)
+    input_info = input_meta(settings, scan, before)
     store.set_meta("settings", _safe_settings(settings))
     store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
     store.set_meta("base_urls", {r: clean_url(m.base_url or m.default_base_url or "") or None

@@ -265,7 +265,7 @@ class Store:
         self.write_now(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES(?,?)", (key, blob)))
 
     def input_lines(self, upto: int) -> Iterator[bytes]:
-        """The stored hashes of the input's lines 1..`upto` (`records.line_hashes`), in order."""
+        """The stored hashes of the input's lines 1..`upto` (`records.InputScan.line_hashes`), in order."""
         with contextlib.closing(self._read.execute("SELECT hash FROM input_lines WHERE n<=? ORDER BY n",
                                                    (upto,))) as cur:
             yield from (h for (h,) in cur)
