@@ -18,11 +18,12 @@ manifest of runs whose inputs carry `expected`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -98,21 +99,20 @@ def _rows(prompts: Prompts) -> list[dict[str, Any]]:
     return rows
 
 
-def _input_file(prompts: Prompts, out: str | os.PathLike[str] | None) -> tuple[str, str]:
-    """(input path, run folder): a path is used as it is; in-memory prompts become a JSONL file named by its
-    content (the same prompts resume the same run) in the system temp folder."""
+@contextlib.contextmanager
+def _input_file(prompts: Prompts, out: str | os.PathLike[str] | None) -> Iterator[tuple[str, str]]:
+    """(input path, run folder) for the block: a path is used as it is; in-memory prompts become a JSONL file named
+    by its content (the same prompts resume the same run) in a temp folder of this call's own, removed after it."""
     if isinstance(prompts, (str, os.PathLike)):
         path = Path(prompts)
-        return str(path), str(out or Path("runs") / path.stem)
+        yield str(path), str(out or Path("runs") / path.stem)
+        return
     blob = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in _rows(prompts))
     digest = hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / "cai-inputs" / f"{digest}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(blob, encoding="utf-8", errors="surrogatepass")
-        os.replace(tmp, path)
-    return str(path), str(out or Path("runs") / f"run-{digest}")
+    with tempfile.TemporaryDirectory(prefix="cai-input-") as tmp:
+        path = Path(tmp) / f"{digest}.jsonl"
+        path.write_text(blob, encoding="utf-8", errors="surrogatepass")
+        yield str(path), str(out or Path("runs") / f"run-{digest}")
 
 
 async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
@@ -153,39 +153,39 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
     record. `command` is recorded
     for `cai status`'s resume command (the CLI passes its argv). Re-running the same call resumes.
     """
-    path, folder = _input_file(prompts, out)
-    price_table = load_prices(str(prices) if prices else None)  # a bad table fails before any call
-    settings = RunSettings.from_options(
-        input=path, out=normalize_out(folder), model=model, generator=generator, critic=critic, reviser=reviser,
-        base_url=base_url, constitution=[constitution] if isinstance(constitution, str) else list(constitution),
-        rounds=rounds, stop_when_clean=stop_when_clean,
-        max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout, concurrency=concurrency,
-        limit=limit, max_retries=max_retries, rpm=rpm, tpm=tpm, retry_failed=retry_failed, format=format,
-        rbr=rbr, grader=grader, rbr_constitution=rbr_constitution, grader_mode=grader_mode if rbr else None,
-        votes=votes if rbr or candidates > 1 or "revisions" in candidates_from else None, weights=weights,
-        rbr_feedback=rbr_feedback if rbr else None, min_reward_margin=min_reward_margin, prices=prices, cache=cache,
-        system_role_for_developer=system_role_for_developer, fewshot=fewshot, candidates=candidates,
-        candidates_from=candidates_from, judge=judge, cot=cot or None, min_margin=min_margin, rank_by=rank_by,
-        engine=engine, ray_address=ray_address, workers=workers, local_slots=local_slots,
-        local_requantize=local_requantize or local_requantize_mode())  # resolved here: Ray workers load the same
-    if settings.execution.local_slots is not None:
-        set_local_slots(settings.execution.local_slots)
-    runner = _runner(settings)
-    sink: ProgressSink | None
-    if progress is True:
-        sink = Progress(prices=price_table)
-    elif callable(progress) and not hasattr(progress, "record_done"):
-        sink = _Callback(progress)  # type: ignore[arg-type]
-    else:
-        sink = progress or None  # type: ignore[assignment]
-    try:
-        manifest = await execute(settings, restart=restart, command=command,
-                                 on_start=sink.start if sink else None, on_done=sink.record_done if sink else None,
-                                 manifest_extras=MANIFEST_EXTRAS, runner=runner)
-    finally:
-        if isinstance(sink, Progress):
-            sink.stop()
-    return Run(settings.io.out, invocation=manifest["this_invocation"], manifest_extras=MANIFEST_EXTRAS)
+    with _input_file(prompts, out) as (path, folder):
+        price_table = load_prices(str(prices) if prices else None)  # a bad table fails before any call
+        settings = RunSettings.from_options(
+            input=path, out=normalize_out(folder), model=model, generator=generator, critic=critic, reviser=reviser,
+            base_url=base_url, constitution=[constitution] if isinstance(constitution, str) else list(constitution),
+            rounds=rounds, stop_when_clean=stop_when_clean,
+            max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout, concurrency=concurrency,
+            limit=limit, max_retries=max_retries, rpm=rpm, tpm=tpm, retry_failed=retry_failed, format=format,
+            rbr=rbr, grader=grader, rbr_constitution=rbr_constitution, grader_mode=grader_mode if rbr else None,
+            votes=votes if rbr or candidates > 1 or "revisions" in candidates_from else None, weights=weights,
+            rbr_feedback=rbr_feedback if rbr else None, min_reward_margin=min_reward_margin, prices=prices, cache=cache,
+            system_role_for_developer=system_role_for_developer, fewshot=fewshot, candidates=candidates,
+            candidates_from=candidates_from, judge=judge, cot=cot or None, min_margin=min_margin, rank_by=rank_by,
+            engine=engine, ray_address=ray_address, workers=workers, local_slots=local_slots,
+            local_requantize=local_requantize or local_requantize_mode())  # resolved here: Ray workers load the same
+        if settings.execution.local_slots is not None:
+            set_local_slots(settings.execution.local_slots)
+        runner = _runner(settings)
+        sink: ProgressSink | None
+        if progress is True:
+            sink = Progress(prices=price_table)
+        elif callable(progress) and not hasattr(progress, "record_done"):
+            sink = _Callback(progress)  # type: ignore[arg-type]
+        else:
+            sink = progress or None  # type: ignore[assignment]
+        try:
+            manifest = await execute(settings, restart=restart, command=command,
+                                     on_start=sink.start if sink else None, on_done=sink.record_done if sink else None,
+                                     manifest_extras=MANIFEST_EXTRAS, runner=runner)
+        finally:
+            if isinstance(sink, Progress):
+                sink.stop()
+        return Run(settings.io.out, invocation=manifest["this_invocation"], manifest_extras=MANIFEST_EXTRAS)
 
 
 def _runner(settings: RunSettings) -> Runner | None:

@@ -24,7 +24,7 @@ from cai.batch.ledger import OPEN_STATES, Ledger
 from cai.errors import ConfigMismatch, InputError
 from cai.export import estimated_cost, export_run
 from cai.lock import running_pid
-from cai.records import InputRecord, scan_input
+from cai.records import InputRecord, scan_input, scanned_records
 from cai.redact import MASK, redact
 from cai.runs import admit, normalize_out, open_session, run_models
 from cai.settings import RunSettings
@@ -54,22 +54,23 @@ async def asubmit(prompts: Prompts, *, out: str | os.PathLike[str] | None = None
     `options` are `cai.arun`'s (model, rounds, fewshot, max_tokens, rbr, …). The run folder is an ordinary
     run: the same input and options resume it, a file that only grew adds its new rows, and a run stopped by
     `cancel` goes on. Further passes: `tick`."""
-    path, folder = _input_file(prompts, out)
-    settings = RunSettings.from_options(input=path, out=normalize_out(folder), **options)
-    const = constitution_mod.load(settings.loop.constitution)
-    scan = await asyncio.to_thread(scan_input, settings.io.input, settings.io.limit)
-    models, plugins = run_models(settings, const)
-    _check_models(models, settings.execution.max_retries)
-    async with open_session(normalize_out(settings.io.out), models, settings.execution,
-                            restart=restart) as (store, engine):
-        await admit(store, settings, models, const, scan, plugins)
-        store.set_meta(PAUSED, False)
-        store.begin_invocation([redact(a) for a in command or []], os.getcwd())
-        try:
-            job = BatchJob(store, engine, settings, const, plugins)
-            return await _finish(job, await job.advance(records=scan.records), settings)
-        finally:
-            store.end_invocation()
+    with _input_file(prompts, out) as (path, folder):
+        settings = RunSettings.from_options(input=path, out=normalize_out(folder), **options)
+        const = constitution_mod.load(settings.loop.constitution)
+        scan = await asyncio.to_thread(scan_input, settings.io.input, settings.io.limit)
+        models, plugins = run_models(settings, const)
+        _check_models(models, settings.execution.max_retries)
+        async with open_session(normalize_out(settings.io.out), models, settings.execution,
+                                restart=restart) as (store, engine):
+            await admit(store, settings, models, const, scan, plugins)
+            store.set_meta(PAUSED, False)
+            store.begin_invocation([redact(a) for a in command or []], os.getcwd())
+            try:
+                job = BatchJob(store, engine, settings, const, plugins)
+                tick = await job.advance(source=scanned_records(scan), records=scan.records)
+                return await _finish(job, tick, settings)
+            finally:
+                store.end_invocation()
 
 
 @contextlib.asynccontextmanager
