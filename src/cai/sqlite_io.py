@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from cai.errors import DamagedStore
@@ -63,18 +64,21 @@ def leftovers(path: Path) -> list[Path]:
     return [tmp, *side_files(tmp)]
 
 
-def create(path: Path, schema: str) -> None:
-    """Create database `path` with `schema`, whole or not at all: the schema is committed to `<path>.new` in
-    one transaction (which SQLite syncs), the file is switched to WAL and renamed over `path`, and the folder is
-    synced. A killed creation leaves `path` as it was, and `leftovers` that the next creation removes first. The
-    caller holds the run lock and has checked that a `path` already there holds nothing: its side files go too
-    (a stale WAL must not be replayed into the new file)."""
+def create(path: Path, schema: str, init: Callable[[sqlite3.Connection], None] | None = None) -> None:
+    """Create database `path` with `schema`, whole or not at all: the schema, and what `init` writes, is committed
+    to `<path>.new` in one transaction (which SQLite syncs), the file is switched to WAL and renamed over `path`,
+    and the folder is synced. A killed creation leaves `path` as it was, and `leftovers` that the next creation
+    removes first. The caller holds the run lock and has checked that a `path` already there holds nothing: its
+    side files go too (a stale WAL must not be replayed into the new file)."""
     tmp = leftovers(path)[0]
     for old in leftovers(path):
         old.unlink(missing_ok=True)
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:
-        conn.executescript(f"BEGIN;\n{schema}COMMIT;")
+        conn.executescript(f"BEGIN;\n{schema}")  # autocommit mode: the script leaves its transaction open
+        if init is not None:
+            init(conn)
+        conn.execute("COMMIT")
         conn.execute("PRAGMA journal_mode=WAL")  # kept in the file, so opening `path` writes nothing
     finally:
         conn.close()  # the last connection: SQLite removes the temporary file's WAL and index
@@ -88,18 +92,21 @@ def create(path: Path, schema: str) -> None:
         os.close(folder)
 
 
-def open_store(path: Path, schema: str, required: set[str], readonly: bool) -> sqlite3.Connection:
+def open_store(path: Path, schema: str, required: set[str], readonly: bool,
+               init: Callable[[sqlite3.Connection], None] | None = None) -> sqlite3.Connection:
     """A connection to the store `path` (`connect`). Where nothing is stored yet (no file, an empty one, or one
-    left by a creation an older cai was killed in), to a new store made by `create`, or when `readonly`, to an
-    empty one in memory (nothing is written). DamagedStore if the file lacks a `required` table but holds
-    something: a foreign or damaged file is never turned into a store."""
+    left by a creation an older cai was killed in), to a new store made by `create` (with `init`), or when
+    `readonly`, to an empty one in memory (nothing is written). DamagedStore if the file lacks a `required` table
+    but holds something: a foreign or damaged file is never turned into a store."""
     if path.exists() and not _blank(path, schema, required):
         return connect(path, readonly)
     if readonly:
         conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         conn.executescript(schema)
+        if init is not None:
+            init(conn)
         return conn
-    create(path, schema)
+    create(path, schema, init)
     return connect(path)
 
 
