@@ -15,7 +15,8 @@ its later writes are kept), and never drops another record's writes. A failure o
 every waiter gets the error, and the engine sends no further model call.
 
 A store is created whole (`sqlite_io.create`): a killed creation leaves none, and a file that holds nothing yet
-(e.g. from a creation an older cai was killed in) is taken for a new run, never a damaged one.
+(e.g. from a creation an older cai was killed in) is taken for a new run, never a damaged one. A store an older
+cai made is brought up to date by `cai.migrations` when opened for writing; a read-only open reads it as it is.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cai import migrations
 from cai.config import Completion
 from cai.errors import DamagedStore, InputError, OutputError
 from cai.redact import redact
@@ -52,7 +54,7 @@ CREATE TABLE IF NOT EXISTS invocations(n INTEGER PRIMARY KEY AUTOINCREMENT, pid 
   started REAL NOT NULL, ended REAL NOT NULL, command TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS input_lines(n INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 """
-TABLES = {"meta", "records", "steps", "calls", "errors"}  # every store has these (the others came later)
+TABLES = {"meta", "records", "steps", "calls", "errors"}  # every store has these (the others came with migrations)
 
 DB_NAME = "run.sqlite"
 Op = Callable[[sqlite3.Connection], None]
@@ -76,24 +78,18 @@ class Store:
         self._writer: threading.Thread | None = None
         self._invocation: int | None = None
         try:
-            self._read = open_store(self.path, SCHEMA, TABLES, readonly)
+            self._read = open_store(self.path, SCHEMA, TABLES, readonly, migrations.record_all)
             if not readonly:
-                self._read.executescript(SCHEMA)  # tables added since older stores were made
-                if "resolved" not in self._columns("errors"):  # a store from before error rows could resolve
-                    self._read.execute("ALTER TABLE errors ADD COLUMN resolved INTEGER NOT NULL DEFAULT 0")
-                if "shared" not in self._columns("calls"):  # a store from before the shared call cache
-                    self._read.execute("ALTER TABLE calls ADD COLUMN shared INTEGER NOT NULL DEFAULT 0")
+                migrations.migrate(self._read)  # a store an older cai made; a read-only open writes nothing
         except sqlite3.DatabaseError as e:
             if type(e) is sqlite3.DatabaseError:  # "file is not a database", "disk image is malformed"
                 raise DamagedStore(f"damaged store, not a readable cai run ({e})", path=str(self.path)) from e
             raise OutputError(f"cannot open the run store ({e})", path=str(self.path)) from e
         except OSError as e:
             raise OutputError(f"cannot create the run store ({e.strerror})", path=str(self.path)) from e
-        self._resolved_col = "resolved" in self._columns("errors")
-        self._shared = "shared" if "shared" in self._columns("calls") else "0"  # older stores read as unshared
-
-    def _columns(self, table: str) -> set[str]:
-        return {r[1] for r in self._read.execute(f"PRAGMA table_info({table})")}
+        self._resolved_col = "resolved" in migrations.columns(self._read, "errors")
+        shared = "shared" in migrations.columns(self._read, "calls")
+        self._shared = "shared" if shared else "0"  # older stores read as unshared
 
     @classmethod
     def exists(cls, run_dir: Path) -> bool:

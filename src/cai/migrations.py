@@ -1,0 +1,98 @@
+"""Changes to the run store's schema since its first version: an ordered list of named migrations, recorded in
+the store's `_migrations` table (name, applied_at) as they are applied.
+
+Opening a store for writing applies the ones it has not recorded, in order, in one transaction under SQLite's
+write lock (`migrate`). A new store's schema already holds every change, so its creation records them all
+(`record_all`). Stores made before this table existed record none: each migration first checks whether its
+change is there already, so for them it is only recorded. A read-only open applies nothing; the store's reads
+tolerate what an old store lacks. The statements here are history: they never change once released, even when
+the store's schema does.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+from cai.sqlite_io import rollback
+
+Migration = Callable[[sqlite3.Connection], None]
+TABLE_SQL = "CREATE TABLE IF NOT EXISTS _migrations(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+
+
+def columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    """The column names of `table` (empty if there is no such table)."""
+    return {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')}
+
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str, declaration: str) -> None:
+    if column not in columns(conn, table):
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def m001_invocations(conn: sqlite3.Connection) -> None:
+    """The log of the commands that opened the run for writing."""
+    conn.execute("CREATE TABLE IF NOT EXISTS invocations(n INTEGER PRIMARY KEY AUTOINCREMENT, pid INTEGER NOT NULL, "
+                 "started REAL NOT NULL, ended REAL NOT NULL, command TEXT NOT NULL)")
+
+
+def m002_errors_resolved(conn: sqlite3.Connection) -> None:
+    """An error row is marked resolved once its record later succeeds."""
+    _add_column(conn, "errors", "resolved", "INTEGER NOT NULL DEFAULT 0")
+
+
+def m003_calls_shared(conn: sqlite3.Connection) -> None:
+    """Calls copied from the shared call cache are marked as such."""
+    _add_column(conn, "calls", "shared", "INTEGER NOT NULL DEFAULT 0")
+
+
+def m004_input_lines(conn: sqlite3.Connection) -> None:
+    """The hash of each input line, so a grown input is worked on and a changed line refused."""
+    conn.execute("CREATE TABLE IF NOT EXISTS input_lines(n INTEGER PRIMARY KEY, hash BLOB NOT NULL)")
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_invocations, m002_errors_resolved, m003_calls_shared, m004_input_lines)
+
+
+def applied(conn: sqlite3.Connection) -> list[str]:
+    """The names of the migrations recorded in the store, in the order they were applied."""
+    if not columns(conn, "_migrations"):
+        return []
+    return [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+def pending(conn: sqlite3.Connection) -> list[Migration]:
+    """The migrations the store has not recorded, in the list's order."""
+    done = set(applied(conn))
+    return [m for m in MIGRATIONS if m.__name__ not in done]
+
+
+def record_all(conn: sqlite3.Connection) -> None:
+    """Record every migration as applied, in the caller's transaction (a new store, whose schema has them all)."""
+    _record(conn, MIGRATIONS)
+
+
+def _record(conn: sqlite3.Connection, migrations: tuple[Migration, ...] | list[Migration]) -> None:
+    conn.execute(TABLE_SQL)
+    now = time.time()
+    conn.executemany("INSERT INTO _migrations(name, applied_at) VALUES(?, ?)",
+                     [(m.__name__, now) for m in migrations])
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply and record the migrations the store lacks, in order, in one transaction (all or none); the names
+    applied. Writes nothing when none is missing. `conn` is a writer in autocommit mode."""
+    if not pending(conn):
+        return []
+    conn.execute("BEGIN IMMEDIATE")  # the write lock; another opener may have migrated since the check
+    try:
+        todo = pending(conn)
+        for migration in todo:
+            migration(conn)
+        _record(conn, todo)
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+    return [m.__name__ for m in todo]
