@@ -176,14 +176,15 @@ def test_the_library_behaves_the_same(tmp_path, stub_server, monkeypatch):
 
 
 def as_older_version(out: Path) -> None:
-    """Make the run look as a version before growing inputs left it: a fingerprint with only `input_sha256`
-    and no line hashes."""
+    """Make the run look as a version before growing inputs left it: a fingerprint with only `input_sha256`,
+    no line hashes, and no record of migrations (that version kept none)."""
     with contextlib.closing(sqlite3.connect(out / "run.sqlite")) as db, db:
         fp = json.loads(db.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()[0])
         for key in ("input_bytes", "input_lines"):
             del fp[key]
         db.execute("UPDATE meta SET value=? WHERE key='fingerprint'", (json.dumps(fp, sort_keys=True),))
         db.execute("DROP TABLE input_lines")
+        db.execute("DROP TABLE _migrations")
 
 
 def test_an_older_run_resumes_an_unchanged_file_then_may_grow(tmp_path, stub_server):
