@@ -1,4 +1,6 @@
-"""The exception tree; every CaiError carries the exit code the CLI uses.
+"""The exception tree, by meaning: bad input (InputError), a configuration the run folder refuses (ConfigError),
+a failed store or output (StorageError), a held lock (RunLocked), a failed model call (ProviderError) and an
+interruption. Every CaiError carries the exit code the CLI uses as `exit_code`.
 
 Exit codes: 0 ok, 1 the run had failed records, 2 bad usage, input, files or disk, 3 another cai
 process holds the run folder, 4 the model endpoint is unusable (unreachable, model not found),
@@ -27,10 +29,8 @@ class CaiError(Exception):
     exit_code = 1
 
 
-class InputError(CaiError):
-    """Bad input: a file, a line or a field the user must fix (exit 2)."""
-
-    exit_code = 2
+class _Located(CaiError):
+    """An error about a file or folder: the message starts with `path:line: ` (or `path: `) when given."""
 
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
         where = ""
@@ -41,12 +41,34 @@ class InputError(CaiError):
         self.line = line
 
 
-class OutputError(InputError):
+class InputError(_Located):
+    """Bad usage or input: an option, a file, a line or a field the user must fix (exit 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(_Located):
+    """The configuration cannot be used with this run folder (exit 2)."""
+
+    exit_code = 2
+
+
+class ConfigMismatch(ConfigError):
+    """An existing run was started with a different configuration (exit 2)."""
+
+
+class StorageError(_Located):
+    """The run folder, its store, a cache or an output file failed (exit 2). `path` names the file or folder."""
+
+    exit_code = 2
+
+
+class OutputError(StorageError):
     """The run folder, the store or an export cannot be written or read (disk full, read-only, I/O error);
     exit 2. `path` names the file or folder."""
 
 
-class DamagedStore(InputError):
+class DamagedStore(StorageError):
     """A run folder's `run.sqlite` is missing, empty or not a readable cai store (exit 2)."""
 
 
@@ -59,10 +81,6 @@ class RunLocked(CaiError):
         super().__init__(f"{path}: {message}")
         self.path = path
         self.pid = pid
-
-
-class ConfigMismatch(InputError):
-    """An existing run was started with a different configuration (exit 2)."""
 
 
 class ProviderError(CaiError):
