@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cai.clikit import emit, err, fails_cleanly, run_async
+from cai.clikit import emit, fails_cleanly, run_async, say
 
 if TYPE_CHECKING:
     from cai.batch.job import TickReport
@@ -37,10 +37,6 @@ NOT_FOR_BATCH = {"concurrency", "rpm", "tpm", "retry_failed", "quiet", "engine",
 SCORING_DEFAULTED = ("grader_mode", "votes", "rbr_feedback")  # have defaults in the CLI; only meaningful with --rbr
 RunDir = Annotated[Path, typer.Argument(help="The job's run folder, e.g. runs/nightly.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
-
-
-def say(text: str) -> None:
-    err.print(text, markup=False, highlight=False)
 
 
 def _summary(r: TickReport) -> str:

@@ -1,4 +1,4 @@
-"""What every `cai` command shares: the stderr console, clean failures, JSON to stdout, and signals.
+"""What every `cai` command shares: the stderr console (`say`), clean failures, JSON to stdout, and signals.
 
 Only the CLI installs signal handlers: Ctrl-C and SIGTERM end a command with exit 130; during the event
 loop they cancel the running task (`run_async`), so the library underneath stops without a handler of its
@@ -27,6 +27,11 @@ err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 INTERRUPTED = "interrupted; run the same command again to resume (committed steps are kept)"
+
+
+def say(text: str) -> None:
+    """`text` on stderr as it is: no markup, no highlighting, never hard-wrapped (paths in it must copy-paste)."""
+    err.print(text, markup=False, highlight=False)
 
 
 def fails_cleanly(fn: F) -> F:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cai.clikit import err, fails_cleanly
+from cai.clikit import fails_cleanly, say
 
 HELP = {"help_option_names": ["-h", "--help"]}
 constitution_app = typer.Typer(no_args_is_help=True, context_settings=HELP,
@@ -20,10 +20,6 @@ constitution_app = typer.Typer(no_args_is_help=True, context_settings=HELP,
                                     "Example: cai constitution show model-spec examples/constitution/team.yaml")
 Layers = Annotated[list[str], typer.Argument(help="A shipped name or a YAML file; several are layers, bottom "
                                                   "(platform) first.")]
-
-
-def say(text: str) -> None:
-    err.print(text, markup=False, highlight=False)
 
 
 @constitution_app.command("list")

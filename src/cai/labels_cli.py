@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cai.clikit import emit, err, fails_cleanly, run_async
+from cai.clikit import emit, fails_cleanly, run_async, say
 
 Judge = Annotated[Optional[str], typer.Option("--judge", "--model", help="Judge model: local, openai:NAME, "
                                                                          "anthropic:NAME (default for a run: "
@@ -20,10 +20,6 @@ Const = Annotated[str, typer.Option(help="Constitution whose `comparisons:` the 
                                          "uses its own).")]
 Concurrency = Annotated[int, typer.Option(min=1, help="Items judged at once (1 for the local model).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
-
-
-def say(text: str) -> None:
-    err.print(text, markup=False, highlight=False)
 
 
 @fails_cleanly

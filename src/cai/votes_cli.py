@@ -8,11 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cai.clikit import emit, err, fails_cleanly
-
-
-def say(text: str) -> None:
-    err.print(text, markup=False, highlight=False)
+from cai.clikit import emit, fails_cleanly, say
 
 
 @fails_cleanly

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from cai.clikit import emit, err, fails_cleanly, run_async
+from cai.clikit import emit, fails_cleanly, run_async, say
 from cai.errors import InputError
 from cai.rbr.data import write_rows
 
@@ -86,11 +86,6 @@ def _grader_of(grader: str, model: Optional[str]) -> str:
     if grader not in ("local", model):
         raise InputError("give the grader model once, with --grader (--model is its old name)")
     return model
-
-
-def _say(line: str) -> None:
-    """One line on stderr, never wrapped (paths in it must copy-paste)."""
-    err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _setup(constitution: str, weights: Optional[Path]) -> tuple[Any, Any]:
@@ -175,9 +170,9 @@ def grade_cmd(
     stats["mean_reward"] = sum(g["reward"] for g in graded) / len(graded) if graded else None
     if as_json:
         emit(stats)
-    _say(f"wrote {path}: " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items()))
+    say(f"wrote {path}: " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items()))
          + (f"; mean reward {stats['mean_reward']:.3f}" if graded else ""))
-    _say(_usage_line(stats))
+    say(_usage_line(stats))
 
 
 def _fmt(x: Any) -> str:
@@ -236,8 +231,8 @@ def eval_cmd(
     else:
         _print_eval(result)
     if output:
-        _say(f"wrote {output}: {len(graded)} graded rows")
-    _say(_usage_line(stats))
+        say(f"wrote {output}: {len(graded)} graded rows")
+    say(_usage_line(stats))
 
 
 @rbr_app.command("fit")
