@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cai import refusal as refusal_classifier
+from cai.config import Message
 from cai.results import prompt_text
 
-Message = dict[str, str]
 CheckFn = Callable[..., list[float]]
 CHECKS: dict[str, CheckFn] = {}
 DEFAULT_LENGTH_BUDGET = 300  # words, when the constitution sets no `length_budget`

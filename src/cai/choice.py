@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Literal, TypedDict
 
-from cai.config import Completion, GenConfig, Request
+from cai.config import Completion, GenConfig, Message, Request
 from cai.engine import Engine
 
-Message = dict[str, str]
 Top = list[tuple[str, float]]  # one position's (token, logprob) entries
 LOGPROB_CONFIG = GenConfig(max_tokens=1, temperature=0.0, top_logprobs=10, seed=0)
 VOTE_MAX_TOKENS = 3

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Message = dict[str, str]
+Message = dict[str, str]  # one chat message: {"role": ..., "content": ...}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 

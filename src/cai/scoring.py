@@ -17,10 +17,9 @@ from cai.errors import InputError
 from cai.settings import RunSettings
 
 if TYPE_CHECKING:  # for annotations only: registering a scorer stays a light import
+    from cai.config import Message
     from cai.constitution import Constitution
     from cai.engine import Engine
-
-Message = dict[str, str]
 
 
 class Scorer(Protocol):

@@ -16,12 +16,11 @@ import asyncio
 from typing import Any
 
 from cai.choice import A_B, ANSWER_MARKER, Reading, Usage, answer_after, ask, counted_call, p_first_at_answer
-from cai.config import GenConfig, Request
+from cai.config import GenConfig, Message, Request
 from cai.engine import Engine
 from cai.prompts import render
 from cai.stages import conversation, quote
 
-Message = dict[str, str]
 ONE_LETTER = "Answer with one letter: A or B."
 REASON_FIRST = ("First think it through in a few sentences: how well does each response meet this principle? "
                 "Then end with one line of the form \"Answer: A\" or \"Answer: B\".")

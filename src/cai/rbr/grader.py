@@ -24,13 +24,12 @@ from typing import Any, Literal
 
 from cai import choice
 from cai.choice import YES_NO, Usage, answer_of, counted_call
-from cai.config import GenConfig, Request
+from cai.config import GenConfig, Message, Request
 from cai.constitution import Constitution
 from cai.engine import Engine
 from cai.prompts import render
 from cai.stages import conversation, quote
 
-Message = dict[str, str]
 Mode = Literal["separate", "joint"]
 MODES: tuple[str, ...] = ("separate", "joint")
 JOINT_MAX_TOKENS = 512

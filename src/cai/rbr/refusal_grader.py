@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.choice import LOGPROB_CONFIG, VOTE_MAX_TOKENS, Top, Usage, counted_call, norm
-from cai.config import GenConfig, Request
+from cai.config import GenConfig, Message, Request
 from cai.engine import Engine
 from cai.prompts import render
 from cai.providers.local_slots import calls_in_flight
@@ -29,7 +29,6 @@ from cai.runs import build_models, open_session
 from cai.settings import ExecutionSettings
 from cai.stages import conversation, quote
 
-Message = dict[str, str]
 LETTERS: dict[str, str] = {"a": FULL_COMPLIANCE, "b": FULL_REFUSAL, "c": PARTIAL_REFUSAL}
 
 

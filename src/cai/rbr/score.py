@@ -16,14 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 from cai.checks import run_checks
+from cai.config import Message
 from cai.constitution import Constitution
 from cai.engine import Engine
 from cai.errors import InputError
 from cai.rbr.grader import Usage, classify_response_type, grade
 from cai.rbr.reward import Weights, reward
 from cai.rbr.rules import classify, failed_items, truth
-
-Message = dict[str, str]
 
 
 def check_scores(const: Constitution, messages: list[Message], response: str) -> dict[str, float]:
