@@ -34,7 +34,6 @@ SCHEMA = (
 OPEN_STATES = ("creating", "open")
 # Request states: sent, done, failed (counts as an attempt), expired / canceled / refused_mode (sent again as
 # they were: the request itself did not fail).
-RESUBMIT = ("expired", "canceled", "refused_mode")
 
 
 @dataclass
