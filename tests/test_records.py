@@ -4,7 +4,7 @@ import json
 import pytest
 
 from cai.errors import InputError
-from cai.records import iter_jsonl, iter_records, validate_input
+from cai.records import iter_jsonl, iter_records, scan_input
 from helpers import cai
 
 
@@ -35,8 +35,8 @@ def test_txt_and_csv(tmp_path):
 
 def test_limit_and_hash(tmp_path):
     p = write(tmp_path, "in.jsonl", b"".join(json.dumps({"prompt": f"p{i}"}).encode() + b"\n" for i in range(5)))
-    n, sha = validate_input(p, limit=3)
-    assert n == 3 and len(sha) == 64
+    scan = scan_input(p, limit=3)
+    assert scan.records == 3 and len(scan.sha256) == 64
 
 
 @pytest.mark.parametrize("content,line,fragment", [
@@ -54,7 +54,7 @@ def test_limit_and_hash(tmp_path):
 def test_bad_input_names_file_and_line(tmp_path, content, line, fragment):
     p = write(tmp_path, "bad.jsonl", content)
     with pytest.raises(InputError) as e:
-        validate_input(p)
+        scan_input(p)
     assert str(e.value).startswith(f"{p}:{line}: ")
     assert fragment in str(e.value)
     assert e.value.exit_code == 2
@@ -63,14 +63,14 @@ def test_bad_input_names_file_and_line(tmp_path, content, line, fragment):
 def test_csv_without_prompt_column(tmp_path):
     p = write(tmp_path, "bad.csv", b"question\nwhat\n")
     with pytest.raises(InputError, match="prompt` column"):
-        validate_input(p)
+        scan_input(p)
 
 
 def test_unknown_suffix_and_missing_file(tmp_path):
     with pytest.raises(InputError, match="must be .jsonl"):
-        validate_input(tmp_path / "x.parquet")
+        scan_input(tmp_path / "x.parquet")
     with pytest.raises(InputError, match="not found"):
-        validate_input(tmp_path / "missing.jsonl")
+        scan_input(tmp_path / "missing.jsonl")
 
 
 @pytest.mark.parametrize("row,field", [
@@ -86,7 +86,7 @@ def test_lone_surrogate_is_rejected_naming_line_and_field(tmp_path, row, field):
     p = write(tmp_path, "in.jsonl", good + b"\n\n" + json.dumps(row).encode() + b"\n")  # json escapes \ud800
     assert b"\\ud" in p.read_bytes()
     with pytest.raises(InputError) as e:
-        validate_input(p)
+        scan_input(p)
     assert str(e.value) == f"{p}:3: text is not valid Unicode (lone surrogate in {field})"
     assert e.value.exit_code == 2
 
@@ -108,8 +108,8 @@ def test_utf8_bom_is_stripped(tmp_path, name, data):
     assert [r.messages[0]["content"] for r in recs] == ["first", "second"]
     if name != "in.txt":
         assert [r.id for r in recs] == ["a", "b"]
-    n, sha = validate_input(p)
-    assert n == 2 and sha == hashlib.sha256(data).hexdigest()  # the hash is of the file's bytes, BOM included
+    scan = scan_input(p)  # the hash is of the file's bytes, BOM included
+    assert scan.records == 2 and scan.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_bom_is_only_stripped_at_the_start(tmp_path):
@@ -129,7 +129,7 @@ def test_bom_is_only_stripped_at_the_start(tmp_path):
 def test_empty_or_blank_input_is_an_error(tmp_path, name, data):
     p = write(tmp_path, name, data)
     with pytest.raises(InputError) as e:
-        validate_input(p, limit=5)
+        scan_input(p, limit=5)
     assert str(e.value) == f"{p}: no prompts"
     assert e.value.exit_code == 2
 
@@ -166,7 +166,7 @@ def test_csv_quote_never_closed_names_the_line_it_opened_on(tmp_path):
     rows = "".join(f"row {i}\n" for i in range(4, 11))
     p = write(tmp_path, "q.csv", f'prompt\nrow 1\nrow 2\n"row 3\n{rows}'.encode())
     with pytest.raises(InputError) as e:
-        validate_input(p)
+        scan_input(p)
     assert str(e.value).startswith(f"{p}:4: a quote opened in this row is never closed")
     res = cai("run", p, "--out", tmp_path / "run", "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1",
               "--quiet", env={"OPENAI_API_KEY": "k"})
@@ -190,7 +190,7 @@ def test_csv_quoted_field_may_span_lines(tmp_path):
 def test_malformed_csv_rows_are_errors_naming_the_row(tmp_path, data, line, fragment):
     p = write(tmp_path, "bad.csv", data)
     with pytest.raises(InputError) as e:
-        validate_input(p)
+        scan_input(p)
     assert str(e.value).startswith(f"{p}:{line}: ") and fragment in str(e.value)
 
 
@@ -202,7 +202,7 @@ def test_invalid_utf8_is_reported_on_its_own_line(tmp_path, name, head, bad_line
     rows[bad_line - first] = rows[bad_line - first].replace(b"p", b"\xff", 1)
     p = write(tmp_path, name, head + b"\n".join(rows) + b"\n")
     with pytest.raises(InputError) as e:
-        validate_input(p)
+        scan_input(p)
     assert str(e.value).startswith(f"{p}:{bad_line}: not UTF-8")
 
 
@@ -214,7 +214,7 @@ def test_invalid_utf8_is_reported_on_its_own_line(tmp_path, name, head, bad_line
 def test_json_rows_too_deep_or_numbers_too_long_are_one_line(tmp_path, value, fragment):
     p = write(tmp_path, "in.jsonl", b'{"prompt": "ok"}\n{"prompt": "a", "x": %s}\n' % value.encode())
     with pytest.raises(InputError) as e:
-        validate_input(p)
+        scan_input(p)
     assert str(e.value) == f"{p}:2: {fragment}"
     res = cai("run", p, "--out", tmp_path / "run", "--model", "openai:m", "--base-url", "http://127.0.0.1:9/v1",
               "--quiet", env={"OPENAI_API_KEY": "k"})

@@ -335,12 +335,6 @@ def scan_input(path: str | Path, limit: int | None = None) -> InputScan:
                       str(path))
 
 
-def validate_input(path: str | Path, limit: int | None = None) -> tuple[int, str]:
-    """`scan_input` as (record count, sha256 of the file's bytes)."""
-    scan = scan_input(path, limit)
-    return scan.records, scan.sha256
-
-
 def scanned_records(scan: InputScan) -> Iterator[InputRecord]:
     """The records `scan` found in its file, read again for the pipeline: each line is checked against its hash
     from the scan rather than validated again; InputError naming the first line that changed since the scan
