@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from cai.checks import CHECKS, check, run_checks
 from cai.constitution import CLASS_RANK, RBR_CLASSES, ResponseType, load
 from cai.errors import InputError
 from cai.limits import WEIGHTS_BYTES
-from cai.rbr.checks import CHECKS, check, run_checks
 from cai.rbr.evaluate import auc, binary_metrics, evaluate
 from cai.rbr.fit import make_pairs
 from cai.rbr.metrics import refusal_rates
