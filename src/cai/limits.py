@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,20 +159,19 @@ def _input_error(e: yaml.YAMLError, path: str) -> InputError:
 
 def load_yaml(text: str, path: str) -> Any:
     """The data of one YAML document, read safely and within the bounds; InputError naming path:line."""
-    loader = _BoundedLoader(text)
-    try:
-        return loader.get_single_data()
-    except yaml.YAMLError as e:
-        raise _input_error(e, path) from None
-    finally:
-        loader.dispose()
+    return _bounded(text, path, _BoundedLoader.get_single_data)
 
 
 def compose_yaml(text: str, path: str) -> yaml.Node | None:
     """The node tree of one YAML document (for lines), within the bounds; InputError naming path:line."""
+    return _bounded(text, path, _BoundedLoader.get_single_node)
+
+
+def _bounded(text: str, path: str, read: Callable[[_BoundedLoader], Any]) -> Any:
+    """`read` of a bounded loader over `text`; its YAML errors as one InputError naming path:line."""
     loader = _BoundedLoader(text)
     try:
-        return loader.get_single_node()
+        return read(loader)
     except yaml.YAMLError as e:
         raise _input_error(e, path) from None
     finally:
