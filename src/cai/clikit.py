@@ -44,10 +44,10 @@ def fails_cleanly(fn: F) -> F:
             return fn(*args, **kwargs)
         except CaiError as e:
             prefix = "" if e.exit_code == 130 else "error: "
-            err.print(f"{prefix}{redact(str(e))}", markup=False, highlight=False, soft_wrap=True)
+            say(f"{prefix}{redact(str(e))}")
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            err.print(INTERRUPTED, markup=False, highlight=False)
+            say(INTERRUPTED)
             raise typer.Exit(130) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -71,14 +71,13 @@ class OneLineErrors(TyperGroup):
                 e.show()
                 raise SystemExit(e.exit_code) from None
             command = e.ctx.command_path if e.ctx else "cai"
-            err.print(f"error: {command}: {one_line(e.format_message())} (see {command} -h)",
-                      markup=False, highlight=False)
+            say(f"error: {command}: {one_line(e.format_message())} (see {command} -h)")
             raise SystemExit(e.exit_code) from None
         except click.ClickException as e:
-            err.print(f"error: {one_line(e.format_message())}", markup=False, highlight=False)
+            say(f"error: {one_line(e.format_message())}")
             raise SystemExit(e.exit_code) from None
         except typer.Abort:
-            err.print(INTERRUPTED, markup=False, highlight=False)
+            say(INTERRUPTED)
             raise SystemExit(130) from None
         raise SystemExit(code if isinstance(code, int) else 0)
 
