@@ -10,9 +10,9 @@ exceptions from `cai.errors`. To stop a run, cancel its task (or interrupt `cai.
 committed is kept and the same call resumes.
 
 This module is the composition layer: the core (`cai.runs`, `cai.pipeline`, `cai.export`, ...) never
-imports a plugin, so the API imports them and wires them in. Importing `cai.rbr` registers the "rbr"
-scorer that `rbr=True` builds (`cai.scoring`), and `MANIFEST_EXTRAS` adds rbr's refusal metrics to the
-manifest of runs whose inputs carry `expected`.
+imports a plugin, and neither does this layer: scorers, labelers, runners and manifest sections come from the
+plugin registry (`cai.plugins`) by name, e.g. the "rbr" scorer that `rbr=True` builds, the "ray" runner, and rbr's
+refusal metrics in the manifest of runs whose inputs carry `expected` (`manifest_extras`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import cai.labels  # noqa: F401  (registers the "ai" labeler)
-import cai.rbr  # noqa: F401  (registers the "rbr" scorer)
-from cai import explore
+from cai import explore, plugins
 from cai.engine import Engine
 from cai.errors import InputError
 from cai.export import ManifestExtra
@@ -38,7 +36,6 @@ from cai.prices import load_prices
 from cai.progress import Progress
 from cai.providers.local_slots import set_local_slots
 from cai.providers.local_weights import local_requantize as local_requantize_mode
-from cai.rbr.metrics import refusal_metrics_extra
 from cai.runfolder import Run
 from cai.runs import Runner, execute, normalize_out
 from cai.settings import RunSettings
@@ -47,8 +44,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 Prompts = str | os.PathLike[str] | Sequence[str] | Sequence[Sequence[dict[str, str]]] | Sequence[dict[str, Any]] | Any
-#: Plugins' manifest sections added to every export made through the API (and so the CLI).
-MANIFEST_EXTRAS: tuple[ManifestExtra, ...] = (refusal_metrics_extra,)
+
+
+def manifest_extras() -> tuple[ManifestExtra, ...]:
+    """The `manifest.NAME` plugins: sections added to every export made through the API (and so the CLI)."""
+    return tuple(plugins.load_all("manifest"))
 
 
 class ProgressSink(Protocol):
@@ -181,11 +181,11 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
         try:
             manifest = await execute(settings, restart=restart, command=command,
                                      on_start=sink.start if sink else None, on_done=sink.record_done if sink else None,
-                                     manifest_extras=MANIFEST_EXTRAS, runner=runner)
+                                     manifest_extras=manifest_extras(), runner=runner)
         finally:
             if isinstance(sink, Progress):
                 sink.stop()
-        return Run(settings.io.out, invocation=manifest["this_invocation"], manifest_extras=MANIFEST_EXTRAS)
+        return Run(settings.io.out, invocation=manifest["this_invocation"], manifest_extras=manifest_extras())
 
 
 def _runner(settings: RunSettings) -> Runner | None:
@@ -197,10 +197,9 @@ def _runner(settings: RunSettings) -> Runner | None:
             raise InputError("ray_address and workers need engine='ray' (--engine ray)")
         return None
     try:
-        from cai.cluster import RayRunner
+        return plugins.load("runner", ex.engine)(ex)  # type: ignore[no-any-return]
     except ImportError as e:
         raise InputError(f"--engine ray needs Ray: pip install 'cai[ray]' ({e})") from None
-    return RayRunner(ex.ray_address, ex.workers)
 
 
 def run(prompts: Prompts, **options: Any) -> Run:
@@ -217,7 +216,7 @@ def run(prompts: Prompts, **options: Any) -> Run:
 def open_run(path: str | os.PathLike[str]) -> Run:
     """A read-only view of the run folder `path`: safe while another process writes it (each read is a
     committed snapshot; it takes no lock and never writes). InputError if it is not a cai run."""
-    return Run(path, manifest_extras=MANIFEST_EXTRAS)
+    return Run(path, manifest_extras=manifest_extras())
 
 
 def compare(a: Run | str | os.PathLike[str], b: Run | str | os.PathLike[str], by: str = "metric") -> pd.DataFrame:

@@ -49,10 +49,10 @@ def label(
 
     labels = LabelSettings(judge=judge, cot=cot, votes=votes, min_margin=min_margin, rank_by=rank_by)
     if target.is_dir():
-        from cai.api import MANIFEST_EXTRAS
+        from cai.api import manifest_extras
 
         manifest = run_async(label_run(target, labels, base_url=base_url, concurrency=concurrency,
-                                       extras=MANIFEST_EXTRAS))
+                                       extras=manifest_extras()))
         if as_json:
             emit(manifest)
         ex = manifest["exports"]

@@ -1,22 +1,20 @@
-"""Scorers and labelers: plugins that grade each response of the loop or label a prompt's candidates, and the
-registries the core builds them from.
+"""Scorers and labelers: the protocols of the plugins that grade each response of the loop or label a prompt's
+candidates, and how the core builds them.
 
 The pipeline calls `Scorer.score` after the draft and after each revision, stores the dict it returns as
 the round's `grade` step (`{"score": ...}`), and gives `Scorer.feedback(score)` to the reviser. The core
-never imports a scorer's package: a plugin registers a factory under a name (`register_scorer`), and the
-composition layer (`cai.api`, `cai.cli`) imports the plugin so that its name is there when a run asks
-for it (`cai.rbr` registers "rbr", `cai.labels` the labeler "ai").
+never imports a scorer's package: a plugin registers a factory as a `scorer.NAME` or `labeler.NAME` entry point
+(`cai.plugins`; `cai.rbr` registers "rbr", `cai.labels` the labeler "ai"), loaded when a run asks for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
-from cai.errors import InputError
+from cai import plugins
 from cai.settings import RunSettings
 
-if TYPE_CHECKING:  # for annotations only: registering a scorer stays a light import
+if TYPE_CHECKING:  # for annotations only
     from cai.config import Message
     from cai.constitution import Constitution
     from cai.engine import Engine
@@ -43,35 +41,9 @@ class Scorer(Protocol):
         ...
 
 
-P = TypeVar("P")
-
-
-class _Registry(Generic[P]):
-    """Plugin factories by name: `(settings, constitution) -> plugin`; a later registration replaces one."""
-
-    def __init__(self, kind: str, example: str) -> None:
-        self.kind, self.example = kind, example
-        self.factories: dict[str, Callable[[RunSettings, Constitution], P]] = {}
-
-    def make(self, name: str, settings: RunSettings, const: Constitution) -> P:
-        factory = self.factories.get(name)
-        if factory is None:
-            raise InputError(f"no {self.kind} named {name!r} is registered (import its plugin first, e.g. "
-                             f"{self.example})")
-        return factory(settings, const)
-
-
-_SCORERS: _Registry[Scorer] = _Registry("scorer", "cai.rbr")
-
-
-def register_scorer(name: str, factory: Callable[[RunSettings, Constitution], Scorer]) -> None:
-    """Make `make_scorer(name, ...)` call `factory`."""
-    _SCORERS.factories[name] = factory
-
-
 def make_scorer(name: str, settings: RunSettings, const: Constitution) -> Scorer:
-    """The scorer registered as `name`, built for this run. InputError if no plugin registered it."""
-    return _SCORERS.make(name, settings, const)
+    """The `scorer.NAME` plugin (`cai.plugins`), built for this run. InputError if none is installed."""
+    return plugins.load("scorer", name)(settings, const)  # type: ignore[no-any-return]
 
 
 class Labeler(Protocol):
@@ -105,14 +77,6 @@ class Labeler(Protocol):
         ...
 
 
-_LABELERS: _Registry[Labeler] = _Registry("labeler", "cai.labels")
-
-
-def register_labeler(name: str, factory: Callable[[RunSettings, Constitution], Labeler]) -> None:
-    """Make `make_labeler(name, ...)` call `factory`."""
-    _LABELERS.factories[name] = factory
-
-
 def make_labeler(name: str, settings: RunSettings, const: Constitution) -> Labeler:
-    """The labeler registered as `name`, built for this run. InputError if no plugin registered it."""
-    return _LABELERS.make(name, settings, const)
+    """The `labeler.NAME` plugin (`cai.plugins`), built for this run. InputError if none is installed."""
+    return plugins.load("labeler", name)(settings, const)  # type: ignore[no-any-return]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cai import constitution as constitution_mod
-from cai.api import MANIFEST_EXTRAS, Prompts, _input_file
+from cai.api import Prompts, _input_file, manifest_extras
 from cai.batch.apis import batch_api
 from cai.batch.job import PAUSED, BatchJob, TickReport
 from cai.batch.ledger import OPEN_STATES, Ledger
@@ -42,7 +42,7 @@ async def _finish(job: BatchJob, report: TickReport, settings: RunSettings) -> T
     report.estimated_cost_usd = estimated_cost(job.store, settings)
     if report.complete and (report.progressed or not (job.store.run_dir / "manifest.json").exists()):
         report.manifest = await asyncio.to_thread(export_run, job.store, settings.export.format,
-                                                  extras=MANIFEST_EXTRAS)
+                                                  extras=manifest_extras())
     return report
 
 

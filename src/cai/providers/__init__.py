@@ -1,5 +1,5 @@
-"""Providers behind one small protocol; each module registers its class under a prefix."""
+"""Providers behind one small protocol (`Model`); each is a `provider.NAME` plugin (`cai.plugins`)."""
 
-from cai.providers.base import Model, get_model, register
+from cai.providers.base import Model, get_model
 
-__all__ = ["Model", "get_model", "register"]
+__all__ = ["Model", "get_model"]

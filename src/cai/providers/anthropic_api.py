@@ -19,7 +19,7 @@ import anthropic
 
 from cai.config import Completion, Request
 from cai.errors import AuthError
-from cai.providers.base import Model, register, sdk_error
+from cai.providers.base import Model, sdk_error
 
 # Anthropic's documented minimum cacheable prompt length in tokens per model family (fnmatch over the model
 # name, first match wins), from https://platform.claude.com/docs/en/docs/build-with-claude/prompt-caching as
@@ -92,8 +92,8 @@ def _takes_temperature() -> bool:
     return "temperature" in inspect.signature(AsyncMessages.create).parameters
 
 
-@register("anthropic")
 class AnthropicModel(Model):
+    provider = "anthropic"
     default_base_url = "https://api.anthropic.com"
     base_url_env = "ANTHROPIC_BASE_URL"
 

@@ -1,16 +1,17 @@
-"""The `Model` protocol, the provider registry and HTTP error mapping shared by the SDK providers."""
+"""The `Model` protocol, `get_model` (providers come from the plugin registry) and the HTTP error mapping shared
+by the SDK providers."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from cai import plugins
 from cai.config import Completion, Request
 from cai.errors import (
     AuthError,
@@ -24,12 +25,7 @@ from cai.errors import (
 )
 from cai.redact import SECRET_ENV, clean_url, redact
 
-__all__ = ["SECRET_ENV", "Model", "check_base_url", "get_model", "http_error", "redact", "register", "sdk_error"]
-
-_REGISTRY: dict[str, type[Model]] = {}
-_BUILTIN = {"local": "cai.providers.local", "openai": "cai.providers.openai_api",
-            "anthropic": "cai.providers.anthropic_api"}
-
+__all__ = ["SECRET_ENV", "Model", "check_base_url", "get_model", "http_error", "redact", "sdk_error"]
 
 class Model(ABC):
     """A model behind a provider. One method to call: `complete`."""
@@ -82,15 +78,6 @@ class Model(ABC):
         """Release connections."""
 
 
-def register(prefix: str) -> Callable[[type[Model]], type[Model]]:
-    def deco(cls: type[Model]) -> type[Model]:
-        cls.provider = prefix
-        _REGISTRY[prefix] = cls
-        return cls
-
-    return deco
-
-
 def check_base_url(url: str, name: str) -> str:
     """`url` if it is an http:// or https:// URL that names a host; else InputError naming `name`, the option or
     environment variable it came from (a URL the SDK cannot reach would be retried as an outage)."""
@@ -111,18 +98,16 @@ def get_model(spec: str, base_url: str | None = None) -> Model:
     if base_url:
         check_base_url(base_url, "base_url (--base-url)")
     prefix, _, name = spec.partition(":")
-    if prefix not in _REGISTRY and prefix in _BUILTIN:
-        try:
-            importlib.import_module(_BUILTIN[prefix])
-        except ModuleNotFoundError as e:  # only the local provider's optional dependency, not any ImportError
-            if prefix != "local" or e.name != "llama_cpp":
-                raise
-            raise InputError("the local model needs the 'local' extra: pip install 'cai[local]' "
-                             "(llama-cpp-python is not installed)") from None
-    cls = _REGISTRY.get(prefix)
-    if cls is None:
-        known = ", ".join(sorted(set(_REGISTRY) | set(_BUILTIN)))
+    if prefix not in plugins.names("provider"):
+        known = ", ".join(plugins.names("provider"))
         raise InputError(f"unknown model provider {prefix!r} in {spec!r} (known: {known})")
+    try:
+        cls: type[Model] = plugins.load("provider", prefix)
+    except ModuleNotFoundError as e:  # only the local provider's optional dependency, not any ImportError
+        if prefix != "local" or e.name != "llama_cpp":
+            raise
+        raise InputError("the local model needs the 'local' extra: pip install 'cai[local]' "
+                         "(llama-cpp-python is not installed)") from None
     if prefix != "local" and not name:
         raise InputError(f"model spec {spec!r} needs a model name, e.g. {prefix}:<model>")
     return cls(name, base_url)

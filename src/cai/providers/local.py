@@ -30,7 +30,7 @@ import llama_cpp
 
 from cai.config import Completion, Request
 from cai.errors import InputError, RequestRejected
-from cai.providers.base import Model, register
+from cai.providers.base import Model
 from cai.providers.local_engine import BatchEngine, WindowExceeded
 from cai.providers.local_slots import local_slots
 from cai.providers.local_weights import Weights, local_requantize, weights
@@ -145,8 +145,8 @@ class TopLogprobs:
         return logits
 
 
-@register("local")
 class LocalModel(Model):
+    provider = "local"
     supports_logprobs = True
 
     def __init__(self, name: str, base_url: str | None = None) -> None:

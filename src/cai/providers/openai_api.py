@@ -10,7 +10,7 @@ import openai
 
 from cai.config import Completion, Request
 from cai.errors import AuthError, ProviderError, TransientError
-from cai.providers.base import Model, register, sdk_error
+from cai.providers.base import Model, sdk_error
 
 # Order tried for a structured reply; a server that rejects one is asked with the next from then on.
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
@@ -21,8 +21,8 @@ def schema_instruction(schema: dict[str, Any]) -> str:
             + json.dumps(schema, sort_keys=True))
 
 
-@register("openai")
 class OpenAIModel(Model):
+    provider = "openai"
     supports_logprobs = True
     default_base_url = "https://api.openai.com/v1"
     base_url_env = "OPENAI_BASE_URL"

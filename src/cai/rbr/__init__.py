@@ -7,15 +7,14 @@ calls), `fit` (hinge-ranking weight fitting), `evaluate` (grader vs human labels
 (Not-Unsafe / Not-Overrefuse of a run, and `refusal_metrics_extra`, the manifest hook), `refusal_grader` (the
 three-way refusal question asked of a grader), `refusal_eval` (refusal classification vs people's labels),
 `cli` (`cai rbr`).
-Importing this package registers the "rbr" scorer with `cai.scoring`. See docs/rbr.md.
+`scorer.rbr` (`cai.rbr.scorer:rbr_scorer`) and `manifest.refusal` are its `cai.plugins` entry points. See
+docs/rbr.md.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
-
-from cai.scoring import Scorer, register_scorer
 
 _LAZY = {"score_response": "cai.rbr.score", "feedback_text": "cai.rbr.score",
          "run_refusal_metrics": "cai.rbr.metrics", "refusal_rates": "cai.rbr.metrics",
@@ -30,11 +29,3 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'cai.rbr' has no attribute {name!r}")
-
-
-def _rbr_scorer(settings: Any, const: Any) -> Scorer:
-    """The "rbr" scorer factory; the grading modules load when a run asks for it."""
-    return importlib.import_module("cai.rbr.scorer").rbr_scorer(settings, const)  # type: ignore[no-any-return]
-
-
-register_scorer("rbr", _rbr_scorer)

@@ -1,0 +1,81 @@
+"""The plugin registry (`cai.plugins`): the built-ins come from the `cai.plugins` entry points exactly as a third-party
+package's do, nothing loads before it is asked for, and an unknown name is one line naming the known ones."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cai import plugins
+from cai.errors import InputError
+from cai.providers import Model, get_model
+
+BUILT_IN = {"provider": ["anthropic", "local", "openai"], "scorer": ["rbr"], "labeler": ["ai"], "runner": ["ray"],
+            "manifest": ["refusal"]}
+
+
+def install_plugin(site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+    """A distribution `dist` in the folder `site` (put on sys.path): its modules and a dist-info folder whose
+    entry_points.txt registers `entry_points` in the `cai.plugins` group, as `pip install` would write it."""
+    for name, source in modules.items():
+        (site / f"{name}.py").write_text(source, encoding="utf-8")
+    info = site / f"{dist}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n", encoding="utf-8")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[cai.plugins]\n{lines}", encoding="utf-8")
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder on sys.path for plugins made by a test; the registry is read again before and after."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    plugins.refresh()
+    yield folder
+    plugins.refresh()
+
+
+def test_the_built_ins_are_entry_points_of_their_kind() -> None:
+    assert {kind: plugins.names(kind) for kind in plugins.KINDS} == BUILT_IN
+    for name in BUILT_IN["provider"]:
+        cls = plugins.load("provider", name)
+        assert issubclass(cls, Model) and cls.provider == name
+    for kind in ("scorer", "labeler", "runner", "manifest"):
+        assert all(callable(obj) for obj in plugins.load_all(kind))
+
+
+def test_nothing_is_imported_before_it_is_asked_for() -> None:
+    code = ("import sys, cai; from cai import plugins; plugins.names('provider'); import cai.providers; "
+            "print(sorted(m for m in sys.modules if m.startswith(('cai.rbr', 'cai.labels', 'cai.cluster', "
+            "'cai.providers.openai', 'cai.providers.anthropic', 'cai.providers.local', 'llama_cpp', 'openai', "
+            "'anthropic', 'ray'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_an_unknown_name_is_one_line_naming_the_known_ones() -> None:
+    with pytest.raises(InputError, match=r"^no scorer named 'nope' is installed \(known: rbr; .*'scorer\.NAME'"):
+        plugins.load("scorer", "nope")
+    with pytest.raises(InputError, match=r"unknown model provider 'nope' in 'nope:x' \(known: anthropic, local, "
+                                         r"openai\)"):
+        get_model("nope:x")
+
+
+def test_a_third_party_provider_registers_like_the_built_ins(site: Path) -> None:
+    install_plugin(site, "cai_shout", {"provider.shout": "cai_shout:ShoutModel"}, {"cai_shout": (
+        "from cai.config import Completion\n"
+        "from cai.providers import Model\n\n"
+        "class ShoutModel(Model):\n"
+        "    provider = 'shout'\n\n"
+        "    async def complete(self, request):\n"
+        "        text = request.messages[-1]['content'].upper()\n"
+        "        return Completion(text=text, tokens_in=1, tokens_out=1)\n")})
+    assert plugins.names("provider") == ["anthropic", "local", "openai", "shout"]
+    model = get_model("shout:loud")
+    assert model.spec == "shout:loud" and type(model).__module__ == "cai_shout"
