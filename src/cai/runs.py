@@ -21,6 +21,7 @@ from cai.export import ManifestExtra, export_run
 from cai.lock import LOCK_NAME, RunLock
 from cai.pipeline import Pipeline, least_request_tokens
 from cai.providers import Model, get_model
+from cai.providers.local_slots import calls_in_flight
 from cai.providers.local_weights import resume_hint, set_local_requantize
 from cai.records import InputScan, scan_input, scanned_records
 from cai.redact import clean_url, redact
@@ -59,13 +60,16 @@ def prepare_dir(out: Path, restart: bool) -> None:
 
 
 @contextlib.contextmanager
-def locked_store(out: Path, restart: bool = False) -> Iterator[Store]:
-    """Prepare `out`, hold its run lock for the whole block, and open (or create) its store."""
-    if Store.exists(out) and not restart:
+def locked_store(out: Path, restart: bool = False, *, create: bool = True) -> Iterator[Store]:
+    """Prepare `out`, hold its run lock for the whole block, and open (or create) its store: the one way a run's
+    store is opened for writing. `create=False` opens only the store of an existing run (InputError naming the
+    folder otherwise) and leaves the folder as it is."""
+    if not create or Store.exists(out) and not restart:
         Store.open_run(out, readonly=True).close()  # a damaged or foreign store fails before anything is written
-    prepare_dir(out, restart)
+    if create:
+        prepare_dir(out, restart)
     with RunLock(out):
-        store = Store.open_run(out) if Store.exists(out) else Store(out)
+        store = Store(out) if create and not Store.exists(out) else Store.open_run(out)
         try:
             yield store
         finally:
@@ -229,24 +233,47 @@ def run_models(settings: RunSettings, const: constitution_mod.Constitution,
     return build_models(specs, settings.models.base_url, base_urls), plugins
 
 
+@dataclass
+class Session:
+    """A run folder open for writing: its store (under the run lock), the models by role, and the engine that
+    makes their calls as `execution` says."""
+
+    out: Path
+    store: Store
+    models: dict[str, Model]
+    engine: Engine
+    execution: ExecutionSettings
+
+
 @contextlib.asynccontextmanager
 async def open_session(out: Path, models: dict[str, Model], execution: ExecutionSettings, *,
-                       restart: bool = False) -> AsyncIterator[tuple[Store, Engine]]:
-    """The one run set-up path (`cai run`, `cai rbr grade`, the library): prepare `out`, hold its run lock,
-    open its store, and an engine over `models` paced and retried as `execution` says, sharing answers
-    through `execution.cache` if given (a bad cache file fails before the folder is created)."""
+                       restart: bool = False, create: bool = True) -> AsyncIterator[Session]:
+    """The one set-up path of every command that writes a run or a store folder of calls (`cai run`, `cai batch`,
+    `cai label`, `cai judge-eval`, `cai rbr`, the library): `locked_store`, and an engine over `models` paced and
+    retried as `execution` says, sharing answers through `execution.cache` if given (a bad cache file fails
+    before the folder is created)."""
     cache = CallCache(execution.cache) if execution.cache else None
     try:
-        with locked_store(out, restart) as store:
+        with locked_store(out, restart, create=create) as store:
             engine = Engine(store, models, max_retries=execution.max_retries, concurrency=execution.concurrency,
                             rpm=execution.rpm, tpm=execution.tpm, cache=cache)
             try:
-                yield store, engine
+                yield Session(out, store, models, engine, execution)
             finally:
                 await engine.aclose()
     finally:
         if cache is not None:
             cache.close()
+
+
+def role_session(out: Path, role: str, spec: str, base_url: str | None, *, concurrency: int, create: bool = True,
+                 **execution: Any) -> contextlib.AbstractAsyncContextManager[Session]:
+    """`open_session` over one model in `role` (a grader, a judge), built and checked now: `concurrency` calls
+    in flight, or as many as the embedded model has slots (`calls_in_flight`); `execution` holds the other
+    `ExecutionSettings` (max_retries, cache)."""
+    models = build_models({role: spec}, base_url)
+    settings = ExecutionSettings(concurrency=calls_in_flight(models[role].provider, concurrency), **execution)
+    return open_session(out, models, settings, create=create)
 
 
 class Runner(Protocol):
@@ -274,7 +301,8 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
     models, plugins = run_models(settings, const)
     check_tpm(settings, const)
     async with open_session(normalize_out(settings.io.out), models, settings.execution,
-                            restart=restart) as (store, engine):
+                            restart=restart) as session:
+        store, engine = session.store, session.engine
         if n := store.get_meta(CALLS_IN_FLIGHT, 0):
             raise InputError(f"{n} calls of this run are with a provider batch: `cai batch tick` stores their answers "
                              "(or `cai batch cancel` stops them); running it now would pay for them twice",

@@ -61,12 +61,13 @@ async def asubmit(prompts: Prompts, *, out: str | os.PathLike[str] | None = None
         models, plugins = run_models(settings, const)
         _check_models(models, settings.execution.max_retries)
         async with open_session(normalize_out(settings.io.out), models, settings.execution,
-                                restart=restart) as (store, engine):
+                                restart=restart) as session:
+            store = session.store
             await admit(store, settings, models, const, scan, plugins)
             store.set_meta(PAUSED, False)
             store.begin_invocation([redact(a) for a in command or []], os.getcwd())
             try:
-                job = BatchJob(store, engine, settings, const, plugins)
+                job = BatchJob(store, session.engine, settings, const, plugins)
                 tick = await job.advance(source=scanned_records(scan), records=scan.records)
                 return await _finish(job, tick, settings)
             finally:
@@ -101,8 +102,8 @@ async def _open_job(out: str | os.PathLike[str]) -> AsyncIterator[tuple[BatchJob
         raise ConfigMismatch("the models differ from the ones the job was submitted with (the local model file "
                              "changed?)", path=str(run_dir))
     _check_models(models, settings.execution.max_retries)
-    async with open_session(run_dir, models, settings.execution) as (store, engine):
-        yield BatchJob(store, engine, settings, const, plugins), settings
+    async with open_session(run_dir, models, settings.execution, create=False) as session:
+        yield BatchJob(session.store, session.engine, settings, const, plugins), settings
 
 
 async def atick(out: str | os.PathLike[str], *, command: list[str] | None = None) -> TickReport:

@@ -15,17 +15,12 @@ from cai import constitution as constitution_mod
 from cai.export import ManifestExtra, Sink, all_or_none, export_run, run_settings
 from cai.labels.files import read_candidates, read_pairs
 from cai.labels.labeler import ROLE, AILabeler
-from cai.providers.local_slots import calls_in_flight
 from cai.results import label_rows
-from cai.runs import build_models, open_session
-from cai.settings import ExecutionSettings, LabelSettings
+from cai.runs import role_session
+from cai.settings import LabelSettings
 from cai.store import Store
 
 T = TypeVar("T")
-
-
-def _execution(model: Any, concurrency: int, max_retries: int) -> ExecutionSettings:
-    return ExecutionSettings(concurrency=calls_in_flight(model.provider, concurrency), max_retries=max_retries)
 
 
 async def _bounded(items: Iterable[T], limit: int, fn: Callable[[T], Awaitable[Any]]) -> list[Any]:
@@ -64,8 +59,9 @@ async def label_run(run_dir: Path, labels: LabelSettings, *, base_url: str | Non
     const = constitution_mod.load(settings.loop.constitution)
     judge = labels.judge or settings.models.critic
     labeler = AILabeler(labels, judge, const)
-    models = build_models({ROLE: judge}, base_url or settings.models.base_url)
-    async with open_session(run_dir, models, _execution(models[ROLE], concurrency, max_retries)) as (store, engine):
+    async with role_session(run_dir, ROLE, judge, base_url or settings.models.base_url, concurrency=concurrency,
+                            max_retries=max_retries, create=False) as session:
+        store, engine = session.store, session.engine
         records = [r for r in store.iter_records() if r["status"] == "done"]
 
         async def one(rec: dict[str, Any]) -> None:
@@ -89,15 +85,15 @@ async def label_file(path: Path, out: Path, labels: LabelSettings, judge: str, *
     rows = read_candidates(path)
     const = constitution_mod.load(constitution)
     labeler = AILabeler(labels, judge, const)
-    models = build_models({ROLE: judge}, base_url)
-    async with open_session(out, models, _execution(models[ROLE], concurrency, max_retries)) as (store, engine):
+    async with role_session(out, ROLE, judge, base_url, concurrency=concurrency,
+                            max_retries=max_retries) as session:
         async def one(row: dict[str, Any]) -> dict[str, Any]:
             cands = [{"source": "response", "n": i, "response": t} for i, t in enumerate(row["responses"])]
-            data = await labeler.label(engine, row["prompt"], cands, 0)
+            data = await labeler.label(session.engine, row["prompt"], cands, 0)
             return {"id": row["id"], "messages": row["prompt"], "steps": [{"kind": "label", "round": 0, **data}]}
 
         recs = await _bounded(rows, concurrency, one)
-        stats = engine.stats.role(ROLE)
+        stats = session.engine.stats.role(ROLE)
     near = 0
     with all_or_none({}) as sinks:
         for name in ("pairs", "labels"):
@@ -150,13 +146,13 @@ async def judge_eval(path: Path, out: Path, judge: str, labels: LabelSettings, *
     rows = list(itertools.islice(read_pairs(path), limit))
     const = constitution_mod.load(constitution)
     labeler = AILabeler(labels, judge, const)
-    models = build_models({ROLE: judge}, base_url)
-    async with open_session(out, models, _execution(models[ROLE], concurrency, max_retries)) as (_, engine):
+    async with role_session(out, ROLE, judge, base_url, concurrency=concurrency,
+                            max_retries=max_retries) as session:
         async def one(row: dict[str, Any]) -> dict[str, Any]:
-            c = await labeler.compare(engine, row["prompt"], row["chosen"], row["rejected"], (0, 1), 0)
+            c = await labeler.compare(session.engine, row["prompt"], row["chosen"], row["rejected"], (0, 1), 0)
             return {"id": row["id"], "tags": row["tags"], **c}
 
         results = await _bounded(rows, concurrency, one)
-        stats = engine.stats.role(ROLE)
+        stats = session.engine.stats.role(ROLE)
     return {"file": str(path), "judge": judge, "cot": labels.cot, **agreement(results),
             "calls_made": stats.calls, "calls_cached": stats.cached, "rows": results}

@@ -1,4 +1,4 @@
-"""Grade many rows with one model: a store folder keeping its calls (set up by `cai.runs.open_session`, as
+"""Grade many rows with one model: a store folder keeping its calls (set up by `cai.runs.role_session`, as
 for a run), an engine, rows in flight.
 
 A graded row is the input row (see `cai.rbr.data`) plus the `score_response` dict, plus
@@ -16,12 +16,10 @@ from typing import Any
 from cai.constitution import Constitution
 from cai.engine import Engine
 from cai.errors import InputError
-from cai.providers.local_slots import calls_in_flight
 from cai.rbr.reward import Weights
 from cai.rbr.rules import classify
 from cai.rbr.score import score_response
-from cai.runs import build_models, open_session
-from cai.settings import ExecutionSettings
+from cai.runs import role_session
 
 ROLE = "grader"
 
@@ -72,23 +70,21 @@ async def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base
         if rt is not None and rt not in const.response_types:
             raise InputError(f"row {r['id']}: unknown response type {rt!r} (constitution {const.name} has: "
                              f"{', '.join(const.response_types)})")
-    models = build_models({ROLE: model}, base_url)
-    grader = models[ROLE]
-    calls = calls_in_flight(grader.provider, concurrency)
-    if grader.provider == "local":
-        # One response at a time: its questions share the response's prompt prefix (kept in the KV cache on
-        # the single-sequence path, evaluated once and copied between slots in the batched engine).
-        concurrency = 1
-    execution = ExecutionSettings(concurrency=calls, max_retries=max_retries, cache=cache)
     started = time.monotonic()
-    async with open_session(out, models, execution) as (store, engine):
-        store.set_meta("rbr", {"model": grader.spec, "constitution": const.name, "sha256": const.sha256,
-                               "mode": mode, "votes": votes})
+    async with role_session(out, ROLE, model, base_url, concurrency=concurrency, max_retries=max_retries,
+                            cache=cache) as session:
+        grader = session.models[ROLE]
+        if grader.provider == "local":
+            # One response at a time: its questions share the response's prompt prefix (kept in the KV cache on
+            # the single-sequence path, evaluated once and copied between slots in the batched engine).
+            concurrency = 1
+        session.store.set_meta("rbr", {"model": grader.spec, "constitution": const.name, "sha256": const.sha256,
+                                       "mode": mode, "votes": votes})
         if on_start:
-            on_start(len(rows), engine)
-        graded = await grade_rows(engine, const, weights, rows, mode=mode, votes=votes, concurrency=concurrency,
-                                  on_done=on_done)
-    st = engine.stats.role(ROLE)
+            on_start(len(rows), session.engine)
+        graded = await grade_rows(session.engine, const, weights, rows, mode=mode, votes=votes,
+                                  concurrency=concurrency, on_done=on_done)
+    st = session.engine.stats.role(ROLE)
     n = max(len(graded), 1)
     per = {k: round(sum(g["usage"][k] for g in graded) / n, 1) for k in ("calls", "tokens_in", "tokens_out")}
     stats = {"rows": len(graded), "mode": mode, "model": grader.spec, "store": str(out),

@@ -22,11 +22,9 @@ from cai.choice import LOGPROB_CONFIG, VOTE_MAX_TOKENS, Top, Usage, counted_call
 from cai.config import GenConfig, Message, Request
 from cai.engine import Engine
 from cai.prompts import render
-from cai.providers.local_slots import calls_in_flight
 from cai.rbr.batch import ROLE
 from cai.refusal import FULL_COMPLIANCE, FULL_REFUSAL, LABELS, PARTIAL_REFUSAL, SCORES
-from cai.runs import build_models, open_session
-from cai.settings import ExecutionSettings
+from cai.runs import role_session
 from cai.stages import conversation, quote
 
 LETTERS: dict[str, str] = {"a": FULL_COMPLIANCE, "b": FULL_REFUSAL, "c": PARTIAL_REFUSAL}
@@ -96,25 +94,23 @@ async def grade_refusals(items: list[tuple[list[Message], str]], *, out: Path, m
                          on_done: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Ask `model` the three-way question for each (messages, response), its calls kept in the store at
     `out` (set up as `cai rbr grade` sets up its store). Returns (readings in input order, usage stats)."""
-    models = build_models({ROLE: model}, base_url)
-    concurrency = calls_in_flight(models[ROLE].provider, concurrency)
-    sem = asyncio.Semaphore(concurrency)
     usage = Usage()
-    execution = ExecutionSettings(concurrency=concurrency, cache=cache)
+    async with role_session(out, ROLE, model, base_url, concurrency=concurrency, cache=cache) as session:
+        sem = asyncio.Semaphore(session.execution.concurrency)
 
-    async def one(engine: Engine, messages: list[Message], response: str) -> dict[str, Any]:
-        async with sem:
-            r = await ask_refusal(engine, ROLE, messages, response, votes, usage)
-        if on_done:
-            on_done("done")
-        return r
+        async def one(messages: list[Message], response: str) -> dict[str, Any]:
+            async with sem:
+                r = await ask_refusal(session.engine, ROLE, messages, response, votes, usage)
+            if on_done:
+                on_done("done")
+            return r
 
-    async with open_session(out, models, execution) as (store, engine):
-        store.set_meta("rbr_refusal", {"model": models[ROLE].spec, "votes": votes})
+        spec = session.models[ROLE].spec
+        session.store.set_meta("rbr_refusal", {"model": spec, "votes": votes})
         if on_start:
-            on_start(len(items), engine)
-        readings = list(await asyncio.gather(*(one(engine, m, r) for m, r in items)))
-    st = engine.stats.role(ROLE)
-    stats = {"model": models[ROLE].spec, "store": str(out), "calls_made": st.calls, "calls_cached": st.cached,
+            on_start(len(items), session.engine)
+        readings = list(await asyncio.gather(*(one(m, r) for m, r in items)))
+    st = session.engine.stats.role(ROLE)
+    stats = {"model": spec, "store": str(out), "calls_made": st.calls, "calls_cached": st.cached,
              "calls_shared": st.shared, **{f"usage_{k}": v for k, v in usage.as_dict().items()}}
     return readings, stats
