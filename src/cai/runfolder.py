@@ -17,7 +17,6 @@ from cai.constitution import Constitution
 from cai.constitution import load as load_constitution
 from cai.errors import CaiError, InputError
 from cai.export import ManifestExtra, export_run, run_settings
-from cai.lock import RunLock
 from cai.results import developer_as_system_turns, draft_and_final, frame, label_rows, prompt_text, record_rows
 from cai.settings import LabelSettings
 from cai.status import run_status
@@ -240,13 +239,10 @@ class Run:
         Takes the run lock: RunLocked (exit 3) while another process writes the run."""
         if format not in ("jsonl", "parquet"):
             raise InputError(f"format must be jsonl or parquet, not {format!r}")
-        with RunLock(self.path):
-            store = Store.open_run(self.path)
-            try:
-                return export_run(store, format, developer_as_system=developer_as_system,
-                                  extras=self.manifest_extras)
-            finally:
-                store.close()
+        from cai.runs import locked_store  # here: a Run that only reads leaves the run machinery unloaded
+
+        with locked_store(self.path, create=False) as store:
+            return export_run(store, format, developer_as_system=developer_as_system, extras=self.manifest_extras)
 
     def to_datasets(self) -> Any:
         """sft and pairs as a `datasets.DatasetDict` in TRL's conversational columns (see `cai.hf`); needs the
