@@ -95,7 +95,7 @@ def read_rows(path: Path, limit: int | None = None, const: Constitution | None =
 
 def run_rows(run_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Draft and final response of each finished record of a cai run (read-only)."""
-    store = Store.open_run(run_dir)
+    store = Store.open_run(run_dir, readonly=True)
     rows: list[dict[str, Any]] = []
     try:
         for rec in store.iter_records():

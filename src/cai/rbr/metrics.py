@@ -51,7 +51,7 @@ def is_refusal_by_check(messages: list[dict[str, str]], response: str) -> bool:
 
 def expected_records(run_dir: Path) -> list[dict[str, Any]]:
     """`{"id", "expected", "messages", "draft", "final"}` of each finished record with `expected`."""
-    store = Store.open_run(run_dir)
+    store = Store.open_run(run_dir, readonly=True)
     out = []
     try:
         for rec in store.iter_records():
