@@ -26,12 +26,13 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 from cai import explore, plugins
 from cai.engine import Engine
 from cai.errors import InputError
 from cai.export import ManifestExtra
+from cai.options import RunOptions
 from cai.prices import load_prices
 from cai.progress import Progress
 from cai.providers.local_slots import set_local_slots
@@ -115,35 +116,18 @@ def _input_file(prompts: Prompts, out: str | os.PathLike[str] | None) -> Iterato
         yield str(path), str(out or Path("runs") / f"run-{digest}")
 
 
-async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
-               constitution: str | Sequence[str] = "default",
-               model: str = "local", generator: str | None = None, critic: str | None = None,
-               reviser: str | None = None, base_url: str | None = None, rounds: int = 2,
-               stop_when_clean: bool = False, fewshot: int | None = None, max_tokens: int = 256,
-               temperature: float = 0.7, seed: int = 0,
-               concurrency: int = 8, limit: int | None = None, max_retries: int = 5, timeout: float = 120.0,
-               rpm: int | None = None, tpm: int | None = None, format: Literal["jsonl", "parquet"] = "jsonl",
-               system_role_for_developer: bool = False, restart: bool = False, retry_failed: bool = False,
-               prices: str | os.PathLike[str] | None = None, rbr: bool = False, grader: str | None = None,
-               rbr_constitution: str | None = None, grader_mode: Literal["separate", "joint"] = "separate",
-               votes: int = 3, weights: str | os.PathLike[str] | None = None, rbr_feedback: bool = True,
-               min_reward_margin: float | None = None, candidates: int = 1,
-               candidates_from: Literal["samples", "revisions", "samples+revisions"] = "samples",
-               judge: str | None = None, cot: bool = False, min_margin: float | None = None,
-               rank_by: Literal["judge", "rbr", "judge+rbr"] | None = None,
-               cache: str | os.PathLike[str] | None = None, engine: Literal["local", "ray"] = "local",
-               ray_address: str | None = None, workers: int | None = None, local_slots: int | None = None,
-               local_requantize: Literal["auto", "q8_0", "q4_0", "off"] | None = None,
-               progress: bool | Callable[[dict[str, int]], None] | ProgressSink = False,
-               command: list[str] | None = None) -> Run:
+async def arun(prompts: Prompts, *, progress: bool | Callable[[dict[str, int]], None] | ProgressSink = False,
+               command: list[str] | None = None, **options: Unpack[RunOptions]) -> Run:
     """Draft, critique and revise every prompt into the run folder `out`, export, and return the `Run`.
 
     `prompts`: a .jsonl/.txt/.csv path, a list of strings, of message lists or of dicts (`prompt` or
     `messages`, optional `id`, other fields kept), or a DataFrame with a `prompt` or `messages` column.
     `constitution`: a shipped name or a YAML path, or several as layers, platform first.
-    Every other option is the `cai run` option of the same name (`fewshot`: worked examples in the critic's
-    and reviser's prompts, None for all of prompts/fewshot.yaml; `candidates` ≥ 2 or `candidates_from`
-    with revisions turns AI preference labels on, with `judge`, `cot`, `votes`, `min_margin`, `rank_by`).
+    Every other option is the `cai run` option of the same name (`cai.options.RunOptions`), with its default
+    where it is not given or None (`fewshot`: worked examples in the critic's and reviser's prompts, all of
+    prompts/fewshot.yaml by default; `candidates` ≥ 2 or `candidates_from` with revisions turns AI preference
+    labels on, with `judge`, `cot`, `votes`, `min_margin`, `rank_by`; an option of a part that stays off, such
+    as `grader` without `rbr=True`, is an InputError naming it).
     `engine="ray"` shards the records to Ray worker actors (the `ray` extra; `ray_address` "auto" or HOST:PORT
     joins a cluster, else a local instance is started; `workers` actors, default the cluster's CPUs up to 8).
     `local_slots`: sequences the embedded model decodes together in this process (1: one at a time; default
@@ -153,21 +137,13 @@ async def arun(prompts: Prompts, *, out: str | os.PathLike[str] | None = None,
     record. `command` is recorded
     for `cai status`'s resume command (the CLI passes its argv). Re-running the same call resumes.
     """
-    with _input_file(prompts, out) as (path, folder):
+    restart = bool(options.pop("restart", None))
+    with _input_file(prompts, options.pop("out", None)) as (path, folder):
+        prices = options.get("prices")
         price_table = load_prices(str(prices) if prices else None)  # a bad table fails before any call
-        settings = RunSettings.from_options(
-            input=path, out=normalize_out(folder), model=model, generator=generator, critic=critic, reviser=reviser,
-            base_url=base_url, constitution=[constitution] if isinstance(constitution, str) else list(constitution),
-            rounds=rounds, stop_when_clean=stop_when_clean,
-            max_tokens=max_tokens, temperature=temperature, seed=seed, timeout=timeout, concurrency=concurrency,
-            limit=limit, max_retries=max_retries, rpm=rpm, tpm=tpm, retry_failed=retry_failed, format=format,
-            rbr=rbr, grader=grader, rbr_constitution=rbr_constitution, grader_mode=grader_mode if rbr else None,
-            votes=votes if rbr or candidates > 1 or "revisions" in candidates_from else None, weights=weights,
-            rbr_feedback=rbr_feedback if rbr else None, min_reward_margin=min_reward_margin, prices=prices, cache=cache,
-            system_role_for_developer=system_role_for_developer, fewshot=fewshot, candidates=candidates,
-            candidates_from=candidates_from, judge=judge, cot=cot or None, min_margin=min_margin, rank_by=rank_by,
-            engine=engine, ray_address=ray_address, workers=workers, local_slots=local_slots,
-            local_requantize=local_requantize or local_requantize_mode())  # resolved here: Ray workers load the same
+        # local_requantize: the process's setting, resolved here so that Ray workers load the same weights
+        settings = RunSettings.from_options(**{**options, "local_requantize": options.get("local_requantize")
+                                               or local_requantize_mode()}, input=path, out=normalize_out(folder))
         if settings.execution.local_slots is not None:
             set_local_slots(settings.execution.local_slots)
         runner = _runner(settings)
@@ -202,15 +178,16 @@ def _runner(settings: RunSettings) -> Runner | None:
         raise InputError(f"--engine ray needs Ray: pip install 'cai[ray]' ({e})") from None
 
 
-def run(prompts: Prompts, **options: Any) -> Run:
+def run(prompts: Prompts, *, progress: bool | Callable[[dict[str, int]], None] | ProgressSink = False,
+        command: list[str] | None = None, **options: Unpack[RunOptions]) -> Run:
     """`arun`, synchronously. Inside a running event loop (a notebook cell) or from any thread it runs on a
     private event loop in a worker thread, so it works wherever it is called."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(arun(prompts, **options))
+        return asyncio.run(arun(prompts, progress=progress, command=command, **options))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cai-run") as pool:
-        return pool.submit(asyncio.run, arun(prompts, **options)).result()
+        return pool.submit(asyncio.run, arun(prompts, progress=progress, command=command, **options)).result()
 
 
 def open_run(path: str | os.PathLike[str]) -> Run:

@@ -1,5 +1,5 @@
 """`cai batch …`: submit, tick, status, cancel. A thin layer over `cai.batch`; cai.cli mounts `batch_app` and
-adds `submit` with `add_submit(run)`, so `cai batch submit` takes the loop options of `cai run` as they are.
+adds `submit` with `add_submit()`: `cai batch submit` takes the loop options of `cai run` (`cai.options`).
 The library is imported inside the commands (as in cai.cli), so that `cai --help` starts fast.
 
 Exit codes (for cron): 0 progress made or nothing more to do, 1 records failed in this pass, 2 bad input or
@@ -9,15 +9,14 @@ configuration, 3 another cai process holds the run folder, 4 the provider's batc
 
 from __future__ import annotations
 
-import inspect
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cai.clikit import emit, fails_cleanly, run_async, say
+from cai.options_cli import given, signature
 
 if TYPE_CHECKING:
     from cai.batch.job import TickReport
@@ -30,11 +29,6 @@ batch_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         help="Scheduled batch jobs at the providers' batch price: submit once, tick from cron.\n\n"
                              "\b\nExample:\n  cai batch submit prompts.jsonl --model openai:gpt-4o-mini --out "
                              f"runs/nightly\n  cai batch tick runs/nightly\n\n{EXIT_HELP}")
-# `cai run` options that mean nothing for a batch job (pacing, concurrency, the progress display, the embedded
-# model, which has no batch API).
-NOT_FOR_BATCH = {"concurrency", "rpm", "tpm", "retry_failed", "quiet", "engine", "ray_address", "workers",
-                 "local_slots", "local_requantize"}
-SCORING_DEFAULTED = ("grader_mode", "votes", "rbr_feedback")  # have defaults in the CLI; only meaningful with --rbr
 RunDir = Annotated[Path, typer.Argument(help="The job's run folder, e.g. runs/nightly.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
 
@@ -72,34 +66,26 @@ def _finish(report: TickReport, as_json: bool) -> None:
         raise typer.Exit(report.exit_code)
 
 
-def add_submit(run_command: Callable[..., Any]) -> None:
-    """Add `cai batch submit` with the parameters of `cai run` (less NOT_FOR_BATCH), so both take the same
-    loop options under the same names, defaults and help."""
-    params = [p for name, p in inspect.signature(run_command, eval_str=True).parameters.items()
-              if name not in NOT_FOR_BATCH]
+def add_submit() -> None:
+    """Add `cai batch submit`: the options of `cai run` that mean something for a batch job (`cai.options`), under
+    the same names, defaults and help. cai.cli calls it after `cai run`, so that it is listed last."""
 
-    @fails_cleanly
-    def submit(**options: Any) -> None:
+    def submit(ctx: typer.Context, input: Path, as_json: bool, **options: Any) -> None:
         from cai.batch.api import asubmit
         from cai.runs import normalize_out
 
-        input_path: Path = options.pop("input")
-        as_json = options.pop("as_json")
-        out = normalize_out(options.pop("out") or Path("runs") / input_path.stem)
-        labeling = options.get("candidates", 1) > 1 or "revisions" in options.get("candidates_from", "")
-        if not options.get("rbr"):
-            options.update(dict.fromkeys(s for s in SCORING_DEFAULTED if not (labeling and s == "votes")))
-        options["cot"] = options.get("cot") or None
-        report = run_async(asubmit(input_path, out=out, command=["cai", *sys.argv[1:]], **options))
+        options = given(ctx, options)
+        out = normalize_out(options.pop("out", None) or Path("runs") / input.stem)
+        report = run_async(asubmit(input, out=out, command=["cai", *sys.argv[1:]], **options))
         _finish(report, as_json)
 
-    submit.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    submit.__signature__ = signature(batch=True)  # type: ignore[attr-defined]
     submit.__doc__ = ("Validate the prompts as `cai run` does and submit the next stage of every record not yet "
                       "done as one provider batch per model; returns at once. Takes every loop option of `cai run`; "
                       "a prompts file that only grew adds its new rows.\n\n"
                       "Example: cai batch submit prompts.jsonl --model openai:gpt-4o-mini --out runs/nightly "
                       "--rounds 1")
-    batch_app.command("submit")(submit)
+    batch_app.command("submit")(fails_cleanly(submit))
 
 
 @batch_app.command()

@@ -1,6 +1,6 @@
 """`RunSettings`: everything a run was asked to do, one typed model per concern, built once.
 
-    RunSettings.from_options(input="in.jsonl", out="runs/x", rounds=1, max_tokens=64)   # CLI / API options
+    RunSettings.from_options(input="in.jsonl", out="runs/x", rounds=1, max_tokens=64)   # cai.options.RunOptions
     settings.loop.rounds, settings.generation.max_tokens, settings.models.specs()
 
 Fields that change what the models produce are marked OUTPUT (and `generation` contributes its
@@ -9,15 +9,29 @@ Fields that change what the models produce are marked OUTPUT (and `generation` c
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
 from cai.config import OUTPUT, GenConfig
 from cai.errors import InputError
+from cai.options import (
+    CandidatesFrom,
+    Engine,
+    Format,
+    GraderMode,
+    Option,
+    RankBy,
+    Requantize,
+    declared,
+    needs_rbr,
+    option,
+)
 from cai.prompts import fewshot, fewshot_path
 
 ROLES = ("generator", "critic", "reviser")
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Part(BaseModel):
@@ -42,7 +56,7 @@ class ModelSettings(_Part):
     # What a local model loads: `auto` (the shipped GGUF requantized to Q8_0, a file of your own as it is), `q8_0`,
     # `q4_0` or `off`; None leaves the process's setting (CAI_LOCAL_REQUANTIZE, else auto;
     # cai.providers.local_weights). Not fingerprinted as such: the models' identities are the loaded weights' hashes.
-    local_requantize: Literal["auto", "q8_0", "q4_0", "off"] | None = None
+    local_requantize: Requantize | None = None
 
     def specs(self) -> dict[str, str]:
         return {role: getattr(self, role) for role in ROLES}
@@ -60,7 +74,7 @@ class LoopSettings(_Part):
     # Candidates for AI preference labels: `candidates` sampled responses (the draft and K-1 more, seeds
     # seed+1..), and/or the draft with its revisions. Two or more turn labeling on (`RunSettings.labels`).
     candidates: Annotated[int, OUTPUT] = Field(1, ge=1)
-    candidates_from: Annotated[Literal["samples", "revisions", "samples+revisions"], OUTPUT] = "samples"
+    candidates_from: Annotated[CandidatesFrom, OUTPUT] = "samples"
 
     @field_validator("constitution", mode="before")
     @classmethod
@@ -92,7 +106,7 @@ class ExecutionSettings(_Part):
     prices: str | None = None  # price table for the cost estimate (default: shipped)
     cache: str | None = None  # a call cache shared by runs (cai.callcache); off by default
     # Where the pipeline runs: in this process, or sharded to Ray actors (the `cai.cluster` plugin, `ray` extra).
-    engine: Literal["local", "ray"] = "local"
+    engine: Engine = "local"
     ray_address: str | None = None  # None: start (or join) a local Ray instance; "auto" or HOST:PORT: a cluster
     workers: int | None = Field(None, ge=1)  # Ray worker actors (default: the cluster's CPUs, at most 8)
     # Sequences the embedded (`local`) model decodes together: 1 is the single-sequence path; None leaves the
@@ -106,7 +120,7 @@ class ScoringSettings(_Part):
     scorer: str = "rbr"  # a name registered with cai.scoring
     grader: str | None = None  # model spec; default: the critic's
     constitution: str | None = None  # default: the run's if it has propositions, else rbr-safety
-    mode: Literal["separate", "joint"] = "separate"
+    mode: GraderMode = "separate"
     votes: int = Field(3, ge=1)
     weights: str | None = None
     feedback: bool = True
@@ -121,13 +135,13 @@ class LabelSettings(_Part):
     cot: bool = False  # reason first, then answer (soft labels clamped to [0.4, 0.6])
     votes: int = Field(3, ge=1)  # sampled answers per order when the judge has no logprobs
     min_margin: float = Field(0.0, ge=0.0, le=0.5)  # P(chosen ≻ rejected) - 0.5 a pair must exceed
-    rank_by: Literal["judge", "rbr", "judge+rbr"] = "judge"
+    rank_by: RankBy = "judge"
 
 
 class ExportSettings(_Part):
     """What the exports look like."""
 
-    format: Literal["jsonl", "parquet"] = "jsonl"
+    format: Format = "jsonl"
     system_role_for_developer: bool = False  # write `developer` turns as `system` in sft and pairs
     min_reward_margin: float | None = None  # with scoring: drop pairs whose reward improved by less
 
@@ -146,38 +160,24 @@ class RunSettings(_Part):
 
     @classmethod
     def from_options(cls, **options: Any) -> RunSettings:
-        """Build from the flat options of `cai run` / `cai.arun` (`model` sets every role not given;
-        `rbr=True` turns scoring on, with `grader`, `rbr_constitution`, `grader_mode`, `votes`, `weights`,
-        `rbr_feedback`; two or more candidates turn labeling on, with `judge`, `cot`, `votes`, `min_margin`,
-        `rank_by`). An unknown option is an InputError naming it."""
-        opts = {k: v for k, v in options.items() if v is not None}
-        model = opts.pop("model", "local")
-        rbr = opts.pop("rbr", False)
-        renamed = {"rbr_constitution": "constitution", "grader_mode": "mode", "rbr_feedback": "feedback"}
+        """Build from the options of `cai run` / `cai.arun` (`cai.options.RunOptions`; `input` too). An option
+        not given (or None) takes its field's default; `model` sets every role not given; `rbr=True` turns
+        scoring on; two or more candidates turn labeling on. An option of a part that stays off, an unknown
+        option or a bad value is an InputError naming the option as the caller gave it."""
+        given = {k: v for k, v in options.items() if v is not None}
+        rbr = bool(given.get("rbr"))
         parts: dict[str, dict[str, Any]] = {name: {} for name in cls.model_fields}
-        parts["models"] = {role: opts.pop(role, model) for role in ROLES}
-        for name, value in opts.items():
-            field = renamed.get(name, name)
-            targets = [p for p, names in _SHARED_OPTIONS.items() if name in names] or [next(
-                (p for p, fields in _PART_FIELDS.items() if field in fields), "")]
-            if not targets[0]:
-                raise InputError(f"unknown run option {name!r}")
-            for target in targets:
-                parts[target][field] = str(value) if name in _PATHS else value
+        # shorthands first, so that an option of the field's own wins
+        for name, opt in sorted(_declarations(given).items(), key=lambda item: not item[1].shorthand):
+            for target in opt.targets:
+                part, field = target.split(".")
+                parts[part][field] = str(given[name]) if opt.path else given[name]
         scoring, labels = parts.pop("scoring"), parts.pop("labels")
-        try:
-            loop = LoopSettings(**parts["loop"])
-            needs_rbr = set(scoring) | ({"min_reward_margin"} & set(parts["export"]))  # the margin compares rewards
-            if not rbr and (unused := needs_rbr - (set(labels) if loop.labeling() else set())):
-                raise InputError(f"{', '.join(sorted(unused))}: rule-based reward options need rbr=True (--rbr)")
-            if not loop.labeling() and (unused := set(labels) - (set(scoring) if rbr else set())):
-                raise InputError(f"{', '.join(sorted(unused))}: labeling options need two or more candidates "
-                                 "(--candidates K, or --candidates-from revisions)")
-            settings = cls(**parts, scoring=ScoringSettings(**scoring) if rbr else None,  # type: ignore[arg-type]
-                           labels=LabelSettings(**labels) if loop.labeling() else None)
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise InputError(f"run option {first['loc'][-1]}: {first['msg']}") from None
+        loop = _validated(LoopSettings, "loop", parts["loop"])
+        _check_parts_on(given, rbr, loop)
+        settings = cls(**{p: _validated(_PARTS[p], p, v) for p, v in parts.items()},  # type: ignore[arg-type]
+                       scoring=_validated(ScoringSettings, "scoring", scoring) if rbr else None,
+                       labels=_validated(LabelSettings, "labels", labels) if loop.labeling() else None)
         if settings.loop.fewshot > len(fewshot()):
             raise InputError(f"run option fewshot is {settings.loop.fewshot}, but this file has only "
                              f"{len(fewshot())} worked examples", path=str(fewshot_path()))
@@ -191,19 +191,55 @@ class RunSettings(_Part):
         if "io" in data:
             return cls.model_validate(data)
         rbr = bool(data.get("rbr"))
-        flat = {k: v for k, v in data.items() if k not in ("gen", "rbr")
-                and (rbr or k not in (*_SCORING_OPTIONS, "min_reward_margin"))}
+        flat = {k: v for k, v in data.items() if k not in ("gen", "rbr") and (rbr or not needs_rbr(k))}
         flat.update(data.get("gen") or {})
         return cls.from_options(**flat, rbr=rbr)
 
 
-_PART_FIELDS: dict[str, set[str]] = {
-    "io": set(IOSettings.model_fields), "models": {"base_url", "local_requantize"},
-    "generation": set(GenConfig.model_fields),
-    "loop": set(LoopSettings.model_fields), "execution": set(ExecutionSettings.model_fields),
-    "export": set(ExportSettings.model_fields)}
-_SCORING_OPTIONS = {"grader", "rbr_constitution", "grader_mode", "votes", "weights", "rbr_feedback"}
-_LABEL_OPTIONS = {"judge", "cot", "votes", "min_margin", "rank_by"}
-# options that belong to a part only when it is on (`votes` serves both the grader and the judge)
-_SHARED_OPTIONS = {"scoring": _SCORING_OPTIONS, "labels": _LABEL_OPTIONS}
-_PATHS = {"input", "out", "prices", "cache", "weights"}
+# {part: its settings model}, read from RunSettings (`scoring: ScoringSettings | None` too)
+_PARTS: dict[str, type[BaseModel]] = {
+    name: next(t for t in (info.annotation, *get_args(info.annotation)) if isinstance(t, type)
+               and issubclass(t, BaseModel)) for name, info in RunSettings.model_fields.items()}
+
+
+def option_field(target: str) -> FieldInfo:
+    """The settings field an option sets ("loop.rounds"): its type, default and bounds."""
+    part, field = target.split(".")
+    return _PARTS[part].model_fields[field]
+
+
+def _option_name(target: str) -> str:
+    """The option that sets the field `target` ("scoring.mode"; not a shorthand): the name the caller knows."""
+    return next((name for name, opt in _declarations(dict.fromkeys(("input", *declared()))).items()
+                 if target in opt.targets and not opt.shorthand), target.split(".")[-1])
+
+
+def _declarations(names: dict[str, Any]) -> dict[str, Option]:
+    """{name: its declaration} for the options `names`; an InputError for the first unknown one."""
+    out = {name: option(name) for name in names}
+    if unknown := [name for name, opt in out.items() if opt is None]:
+        raise InputError(f"unknown run option {unknown[0]!r}")
+    return out  # type: ignore[return-value]
+
+
+def _validated(model: type[M], part: str, values: dict[str, Any]) -> M:
+    try:
+        return model(**values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = _option_name(f"{part}.{first['loc'][0]}")
+        raise InputError(f"run option {name}: {first['msg']}") from None
+
+
+def _check_parts_on(given: dict[str, Any], rbr: bool, loop: LoopSettings) -> None:
+    """Refuse an option of a part that is off, naming only options the caller gave."""
+    scoring = {n for n in given if needs_rbr(n)}
+    labels = {n for n in given if (opt := option(n)) and opt.sets("labels")}
+    if not rbr and (unused := scoring - (labels if loop.labeling() else set())):
+        raise InputError(f"{', '.join(sorted(unused))}: rule-based reward options need rbr=True (--rbr)")
+    if not loop.labeling() and "revisions" in loop.candidates_from:
+        raise InputError(f"candidates_from {loop.candidates_from} needs rounds ≥ 1: with rounds {loop.rounds} "
+                         "the draft has no revisions to judge")
+    if not loop.labeling() and (unused := labels - (scoring if rbr else set())):
+        raise InputError(f"{', '.join(sorted(unused))}: labeling options need two or more candidates "
+                         "(--candidates K, or --candidates-from revisions)")
