@@ -111,6 +111,8 @@ class RunOptions(TypedDict, total=False):
         "has them (see docs/local.md).", "models.local_requantize", **_NO_BATCH)]
     rbr: Annotated[bool, Option("Rule-based rewards: grade the draft and each revision, tell the reviser what "
                                 "failed, put rewards on the pairs.", default=False)]
+    scorer: Annotated[str, Option("With --rbr: the scorer plugin that grades each response (an installed "
+                                  "'scorer.NAME' of cai.plugins; see docs/architecture.md).", "scoring.scorer")]
     grader: Annotated[str | None, Option("Model that grades propositions (default: the critic).", "scoring.grader")]
     rbr_constitution: Annotated[str | None, Option("Constitution with propositions (default: the run's if it has "
                                                    "them, else rbr-safety).", "scoring.constitution")]
@@ -126,6 +128,8 @@ class RunOptions(TypedDict, total=False):
                                       "more); 2 or more are judged pairwise.", "loop.candidates")]
     candidates_from: Annotated[CandidatesFrom, Option(
         "Candidates to judge: the samples, the draft and its revisions, or both.", "loop.candidates_from")]
+    labeler: Annotated[str, Option("The labeler plugin that labels the candidates (an installed 'labeler.NAME' of "
+                                   "cai.plugins; see docs/architecture.md).", "labels.labeler")]
     judge: Annotated[str | None, Option("Model that judges candidates (default: the critic).", "labels.judge")]
     cot: Annotated[bool, Option("The judge reasons before answering (labels clamped to [0.4, 0.6]).", "labels.cot")]
     min_margin: Annotated[float | None, Option("Keep a labeled pair only if P(chosen ≻ rejected) - 0.5 exceeds "
@@ -137,9 +141,7 @@ class RunOptions(TypedDict, total=False):
 #: The prompts: the argument of `cai run` and `cai batch submit`, the first positional of `cai.arun`.
 INPUT = Option("Prompts: .jsonl (prompt or messages), .txt or .csv.", "io.input", path=True)
 #: Settings fields that are no option (set by the code, not by a user).
-NOT_OPTIONS = {"scoring.scorer": "the registered scorer rbr=True builds",
-               "labels.labeler": "the registered labeler two or more candidates build",
-               "generation.top_logprobs": "set per call by the grader and the judge"}
+NOT_OPTIONS = {"generation.top_logprobs": "set per call by the grader and the judge"}
 
 
 @functools.cache

@@ -117,7 +117,7 @@ class ExecutionSettings(_Part):
 class ScoringSettings(_Part):
     """Rule-based rewards: grade the draft and each revision, steer the reviser, reward the pairs."""
 
-    scorer: str = "rbr"  # a name registered with cai.scoring
+    scorer: str = "rbr"  # a `scorer.NAME` plugin (cai.plugins)
     grader: str | None = None  # model spec; default: the critic's
     constitution: str | None = None  # default: the run's if it has propositions, else rbr-safety
     mode: GraderMode = "separate"
@@ -130,7 +130,7 @@ class LabelSettings(_Part):
     """AI preference labels: a judge compares every pair of a prompt's candidates in both orders under a
     comparison principle of the constitution; candidates are ranked and pairs kept above `min_margin`."""
 
-    labeler: str = "ai"  # a name registered with cai.scoring.register_labeler
+    labeler: str = "ai"  # a `labeler.NAME` plugin (cai.plugins)
     judge: str | None = None  # model spec; default: the critic's
     cot: bool = False  # reason first, then answer (soft labels clamped to [0.4, 0.6])
     votes: int = Field(3, ge=1)  # sampled answers per order when the judge has no logprobs
