@@ -15,7 +15,7 @@ from cai.errors import InputError
 from cai.providers import Model, get_model
 
 BUILT_IN = {"provider": ["anthropic", "local", "openai"], "scorer": ["rbr"], "labeler": ["ai"], "runner": ["ray"],
-            "manifest": ["refusal"]}
+            "manifest": ["refusal"], "exporter": ["hf"], "command": []}
 
 
 def install_plugin(site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
@@ -46,7 +46,7 @@ def test_the_built_ins_are_entry_points_of_their_kind() -> None:
     for name in BUILT_IN["provider"]:
         cls = plugins.load("provider", name)
         assert issubclass(cls, Model) and cls.provider == name
-    for kind in ("scorer", "labeler", "runner", "manifest"):
+    for kind in ("scorer", "labeler", "runner", "manifest", "exporter"):
         assert all(callable(obj) for obj in plugins.load_all(kind))
 
 

@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from cai import __version__
+from cai import __version__, plugins
 from cai.batch_cli import add_submit, batch_app
-from cai.clikit import OneLineErrors, emit, err, fails_cleanly, run_async
+from cai.clikit import OneLineErrors, emit, err, fails_cleanly, run_async, say
 from cai.cmdline import quote, resume_command, retry_command, summary_line
 from cai.constitution_cli import constitution_app
 from cai.errors import Interrupted
@@ -111,6 +111,10 @@ def export_cmd(
         "--hf", help="Instead, write a Hugging Face dataset folder here: sft/ and pairs/ Parquet and a README.md "
                      "dataset card. Only reads the run (no lock: fine while it runs); its own files are left alone.")
                   ] = None,
+    to: Annotated[Optional[tuple[str, Path]], typer.Option(
+        "--to", metavar="<NAME DEST>", help="Instead, write the run with the exporter plugin NAME into DEST (an "
+                                            "installed 'exporter.NAME' of cai.plugins, e.g. hf; --hf DEST is --to hf "
+                                            "DEST). Only reads the run.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest (with --hf: the summary) as JSON.")
                        ] = False,
 ) -> None:
@@ -120,17 +124,20 @@ def export_cmd(
     """
     from cai.api import open_run
 
-    if hf is not None:
+    if hf is not None or to is not None:
         from cai.errors import InputError
-        from cai.hf import write_hf
 
+        if hf is not None and to is not None:
+            raise InputError("give --hf DEST or --to NAME DEST, not both")
         if getattr(ctx.get_parameter_source("format"), "name", None) == "COMMANDLINE":
-            raise InputError("--format is for the run's own exports; --hf always writes Parquet")
-        info = write_hf(run_dir, hf, developer_as_system=system_role_for_developer)
+            raise InputError("--format is for the run's own exports; --hf always writes Parquet" if to is None
+                             else "--format is for the run's own exports; --to writes its exporter's own format")
+        name, dest = ("hf", hf) if hf is not None else to  # type: ignore[misc]
+        info = plugins.load("exporter", name)(run_dir, dest, developer_as_system=system_role_for_developer)
         if as_json:
             emit(info)
-        err.print(f"wrote {hf}/: {info['rows']['sft']} sft, {info['rows']['pairs']} pairs and a dataset card "
-                  "(README.md)", markup=False, highlight=False)
+        rows = ", ".join(f"{n} {kind}" for kind, n in info["rows"].items())
+        say(f"wrote {dest}/: {rows} and a dataset card (README.md)" if name == "hf" else f"wrote {dest}: {rows}")
         return
     manifest = open_run(run_dir).export(format, developer_as_system=system_role_for_developer)
     if as_json:
@@ -192,5 +199,21 @@ def status(
         raise typer.Exit(1)
 
 
+def add_plugin_commands(target: typer.Typer) -> None:
+    """Add every installed `command.NAME` plugin (`cai.plugins`) as `cai NAME`: a typer.Typer as a command group, a
+    function as one command. One that cannot be loaded is skipped with a line on stderr; cai itself still works."""
+    for name in plugins.names("command"):
+        try:
+            obj = plugins.load("command", name)
+        except Exception as e:  # noqa: BLE001 - a broken third-party plugin must not take every command down
+            say(f"cai: skipped the command plugin {name!r}: {type(e).__name__}: {e}")
+            continue
+        if isinstance(obj, typer.Typer):
+            target.add_typer(obj, name=name)
+        else:
+            target.command(name)(fails_cleanly(obj))
+
+
 def main() -> None:
+    add_plugin_commands(app)
     app(prog_name="cai")

@@ -1,5 +1,5 @@
-"""The plugin registry: every provider, scorer, labeler, runner and manifest section comes from the `cai.plugins`
-entry-point group, built-ins included, exactly as a third-party package's would.
+"""The plugin registry: every provider, scorer, labeler, runner, manifest section, exporter and extra command comes
+from the `cai.plugins` entry-point group, built-ins included, exactly as a third-party package's would.
 
 An entry point is named `KIND.NAME` and points at the object that kind expects (docs/architecture.md):
 
@@ -9,6 +9,8 @@ An entry point is named `KIND.NAME` and points at the object that kind expects (
     "labeler.ai" = "cai.labels:ai_labeler"                         # (RunSettings, Constitution) -> Labeler
     "runner.ray" = "cai.cluster:ray_runner"                        # (ExecutionSettings) -> Runner
     "manifest.refusal" = "cai.rbr.metrics:refusal_metrics_extra"   # (Store, counts) -> dict for manifest.json
+    "exporter.hf" = "cai.hf:write_hf"             # (run_dir, dest, *, developer_as_system) -> {"rows": {...}, ...}
+    "command.NAME" = "your_package:app"           # a typer.Typer (`cai NAME ...`) or a function (`cai NAME`)
 
 Nothing is imported until it is asked for (`load`), so `import cai` and `cai --help` stay light.
 """
@@ -22,7 +24,7 @@ from typing import Any
 from cai.errors import InputError
 
 GROUP = "cai.plugins"
-KINDS = ("provider", "scorer", "labeler", "runner", "manifest")
+KINDS = ("provider", "scorer", "labeler", "runner", "manifest", "exporter", "command")
 
 
 @functools.cache
