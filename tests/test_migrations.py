@@ -104,7 +104,8 @@ def test_a_readonly_open_of_an_old_store_writes_nothing_and_still_reads(tmp_path
         assert store.error_count() == 1 and store.errors()[-1]["resolved"] is False
         assert store.token_totals(shared=False) and not store.token_totals(shared=True)
         assert all(row[7] == 0 for row in store.read_calls())  # an old store's calls read as unshared
-        assert migrations.applied(store.read("SELECT 1").connection) == []
+    with contextlib.closing(sqlite3.connect(f"{(run / DB_NAME).as_uri()}?mode=ro", uri=True)) as db:
+        assert migrations.applied(db) == []
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     assert "resolved" not in columns(run / DB_NAME, "errors")
 

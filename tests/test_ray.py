@@ -42,7 +42,7 @@ def exports(run: Path) -> dict[str, bytes]:
 def stored_keys(run: Path) -> int:
     store = Store.open_run(run, readonly=True)
     try:
-        return store.read("SELECT COUNT(*) FROM calls").fetchone()[0]
+        return len(store.call_responses())
     finally:
         store.close()
 

@@ -201,8 +201,7 @@ def done_rows(store: Store, settings: RunSettings, developer_as_system: bool | N
 
 def labeled_run(store: Store, settings: RunSettings) -> bool:
     """Whether the run has AI preference labels (its settings ask for them, or a `label` step is stored)."""
-    return settings.labels is not None or store.read(
-        "SELECT 1 FROM steps WHERE kind='label' LIMIT 1").fetchone() is not None
+    return settings.labels is not None or store.has_step("label")
 
 
 def pair_rows(rec: dict[str, Any], pair: dict[str, Any] | None, labels: LabelSettings | None

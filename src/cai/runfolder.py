@@ -112,8 +112,7 @@ class Run:
         try:
             settings = run_settings(store)
             lab = settings.labels or LabelSettings()
-            has_labels = settings.labels is not None or store.read(
-                "SELECT 1 FROM steps WHERE kind='label' LIMIT 1").fetchone() is not None
+            has_labels = settings.labels is not None or store.has_step("label")
             margin = settings.export.min_reward_margin
             return has_labels, [(rec, record_rows(rec, margin), label_rows(rec, lab.min_margin, lab.rank_by))
                                 for rec in store.iter_records() if rec["status"] == "done"]

@@ -247,10 +247,6 @@ class Store:
         if why is not None:
             raise RecordWriteFailed(f"record {rid!r} could not be stored: {why}")
 
-    def read(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
-        """A query on the read connection (a plugin's own tables; committed data only)."""
-        return self._read.execute(sql, args)
-
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self._read.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -275,6 +271,15 @@ class Store:
     # -- records and steps ---------------------------------------------------------------
     def statuses(self) -> dict[str, str]:
         return dict(self._read.execute("SELECT id, status FROM records"))
+
+    def pending_records(self) -> list[tuple[int, str, list[dict[str, str]], dict[str, Any]]]:
+        """(idx, id, messages, extra) of the records neither done nor failed, in input order."""
+        rows = self._read.execute("SELECT idx, id, messages, extra FROM records WHERE status='pending' ORDER BY idx")
+        return [(i, r, json.loads(m), json.loads(e)) for i, r, m, e in rows]
+
+    def has_step(self, kind: str) -> bool:
+        """Whether any record has a step of `kind`."""
+        return self._read.execute("SELECT 1 FROM steps WHERE kind=? LIMIT 1", (kind,)).fetchone() is not None
 
     def steps(self, record_id: str) -> list[dict[str, Any]]:
         rows = self._read.execute("SELECT seq, kind, round, data FROM steps WHERE record_id=? ORDER BY seq",
@@ -320,6 +325,10 @@ class Store:
         row = self._read.execute("SELECT response FROM calls WHERE key=?", (key,)).fetchone()
         return Completion.model_validate_json(row[0]) if row else None
 
+    def call_responses(self) -> dict[str, str]:
+        """The response JSON of every stored call, by key."""
+        return dict(self._read.execute("SELECT key, response FROM calls"))
+
     def add_call(self, key: str, role: str, model: str, comp: Completion, record: str | None = None,
                  shared: bool = False) -> None:
         """Store a call's answer; `shared`: taken from the shared call cache (paid by another run)."""
@@ -345,13 +354,15 @@ class Store:
     def counts(self) -> dict[str, int]:
         return dict(self._read.execute("SELECT status, COUNT(*) FROM records GROUP BY status"))
 
-    def token_totals(self, shared: bool = False, batch: bool | None = None) -> dict[str, dict[str, int]]:
+    def token_totals(self, shared: bool = False, **flags: bool) -> dict[str, dict[str, int]]:
         """Per role: calls and tokens this run paid for (`shared=True`: those taken from the shared cache), with
         the prompt tokens read from / written to the provider's cache (from the response JSON; 0 in older stores).
-        `batch`: only the calls that did (True) or did not (False) go through a batch API."""
-        where, args = f"{self._shared}=?", [int(shared)]
-        if batch is not None:
-            where, args = where + " AND COALESCE(json_extract(response, '$.batch'), 0)=?", [*args, int(batch)]
+        `flags`: only the calls whose response has each named boolean field true or false (missing reads false)."""
+        where = f"{self._shared}=?"
+        args: list[object] = [int(shared)]
+        for field, value in flags.items():  # each field's JSON path is bound, never part of the SQL text
+            where += " AND COALESCE(json_extract(response, ?), 0)=?"
+            args += [f"$.{field}", int(value)]
         rows = self._read.execute(
             "SELECT role, COUNT(*), SUM(tokens_in), SUM(tokens_out), SUM(json_extract(response, '$.tokens_cached')), "
             f"SUM(json_extract(response, '$.tokens_cache_write')) FROM calls WHERE {where} GROUP BY role", args)

@@ -80,7 +80,7 @@ class RayRunner:
         todo = list(pipeline.todo())
         size = max(1, min(per * CHUNK_PER_SLOT, -(-len(todo) // n)))  # a small run still reaches every worker
         chunks = deque(todo[i:i + size] for i in range(0, len(todo), size))
-        calls = ray.put(dict(store.read("SELECT key, response FROM calls").fetchall()))
+        calls = ray.put(store.call_responses())
         counts = {"done": 0, "failed": 0, "skipped": pipeline.counts["skipped"], "waiting": 0}
         known = store.statuses()  # as todo() saw them; read again only after a worker died
         latest: dict[int, Stats] = {}  # each worker's counters for the chunk it is on
