@@ -1,19 +1,23 @@
 """The store keeps its SQL: no module outside the store modules holds SQL or touches sqlite3 (checked on the source
-with `ast`), the core store names no plugin's field, and the named reads and writes the plugins use in its place."""
+with `ast`), the core store names no plugin's field, the named reads and writes the plugins use in its place, and
+the one interface (`RecordSink`) both the `Store` and the Ray worker's proxy implement."""
 
 from __future__ import annotations
 
 import ast
 import asyncio
 import contextlib
+import importlib.util
+import inspect
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import cai
 from cai.config import Completion
-from cai.store import Store
+from cai.store import RecordSink, Store
 from cai.store_batch import BatchTables
 
 SRC = Path(cai.__file__).parent
@@ -123,3 +127,31 @@ def test_a_store_without_batch_tables_reads_them_as_empty(tmp_path: Path) -> Non
         tables = BatchTables(store)  # a read-only open creates nothing
         assert not tables.exists()
         assert (tables.jobs(), tables.sent(), tables.in_flight(("open",)), tables.request_counts()) == ([], [], [], {})
+
+
+def load_worker() -> Any:
+    """cai/cluster/worker.py on its own (the package's __init__ imports ray, which this test does not need)."""
+    spec = importlib.util.spec_from_file_location("cai_cluster_worker", SRC / "cluster" / "worker.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_store_and_the_ray_workers_proxy_are_record_sinks() -> None:
+    proxy = load_worker().StoreProxy
+    members = [m for m in vars(RecordSink) if not m.startswith("_")]
+    assert {"add_step", "add_call", "get_call", "flush", "broken"} <= set(members)
+    for name in members:
+        if name == "broken":
+            continue
+        want = inspect.signature(getattr(RecordSink, name))
+        for impl in (Store, proxy):
+            assert inspect.signature(getattr(impl, name)) == want, f"{impl.__name__}.{name}"
+            assert inspect.iscoroutinefunction(getattr(impl, name)) == inspect.iscoroutinefunction(
+                getattr(RecordSink, name)), f"{impl.__name__}.{name}"
+    assert proxy({}, {}, {}).broken is None
+
+
+def test_the_worker_needs_no_type_ignore() -> None:
+    assert "type: ignore" not in (SRC / "cluster" / "worker.py").read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ from cai.errors import ConnectFailed, EndpointDown, NotFound, RateLimited
 from cai.pacing import AIMDLimiter, Pacer, estimate_tokens
 from cai.providers.base import Model
 from cai.retry import with_retries
-from cai.store import Store
+from cai.store import RecordSink
 
 
 @dataclass
@@ -94,7 +94,7 @@ class Engine:
 
     UNREACHABLE_IN_A_ROW = 3
 
-    def __init__(self, store: Store, models: dict[str, Model], *, max_retries: int = 5,
+    def __init__(self, store: RecordSink, models: dict[str, Model], *, max_retries: int = 5,
                  concurrency: int = 8, rpm: int | None = None, tpm: int | None = None,
                  cache: CallCache | None = None, deferral: Deferral | None = None) -> None:
         self.store = store

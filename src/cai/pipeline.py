@@ -29,7 +29,7 @@ from cai.stages import (
     repair_request,
     revise_request,
 )
-from cai.store import RecordWriteFailed, Store
+from cai.store import RecordSink, RecordWriteFailed
 
 # A verdict is JSON: cut off mid-object it cannot be parsed, so the critic always gets at least this many tokens.
 CRITIC_MIN_TOKENS = 128
@@ -65,7 +65,7 @@ class Pipeline:
     With an engine that defers calls (a batch job), a record goes as far as the answers it has and then waits
     (`Deferred`): neither done nor failed, counted as `waiting`, and the next pass continues it."""
 
-    def __init__(self, settings: RunSettings, const: Constitution, store: Store, engine: Engine,
+    def __init__(self, settings: RunSettings, const: Constitution, store: RecordSink, engine: Engine,
                  on_done: Callable[[str], None] | None = None, scorer: Scorer | None = None,
                  records: int | None = None, source: Iterable[InputRecord] | None = None,
                  labeler: Labeler | None = None) -> None:

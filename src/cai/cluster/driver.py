@@ -23,6 +23,7 @@ from cai.engine import Engine, RoleStats, Stats
 from cai.errors import CaiError, InputError
 from cai.pipeline import Pipeline
 from cai.records import InputRecord
+from cai.store import Store
 
 MAX_WORKERS = 8  # the default number of workers at most (and the cluster's CPUs)
 DEATHS_PER_WORKER = 3  # a run stops once more workers than this many per slot have died
@@ -63,6 +64,7 @@ class RayRunner:
     async def run(self, pipeline: Pipeline, engine: Engine) -> dict[str, int]:
         connect(self.address)
         settings, store = pipeline.s, pipeline.store
+        assert isinstance(store, Store)  # the run's own store, which this driver writes for every worker
         n = self.workers or max(1, min(MAX_WORKERS, int(ray.cluster_resources().get("CPU", 1))))
         ex = settings.execution
         per = max(1, -(-ex.concurrency // n))

@@ -23,7 +23,7 @@ WRITES = frozenset({"add_record", "add_step", "set_status", "add_error_row", "ad
 
 
 class StoreProxy:
-    """What the pipeline and the engine use of a `Store`, inside a worker. Reads come from the chunk (statuses and
+    """The `RecordSink` of the pipeline and the engine inside a worker. Reads come from the chunk (statuses and
     committed steps of its records) and from the run's stored calls as the invocation began, plus the calls made
     here; writes become `(method, args, kwargs)` ops, handed over as one batch whenever a step, status or error
     is written, so a call always travels with the step that used it."""
@@ -101,7 +101,7 @@ class Worker:
         self.models, self.plugins = run_models(settings, const, base_urls)
         self.cache = CallCache(settings.execution.cache) if settings.execution.cache else None
         self.concurrency = concurrency
-        self.engine = Engine(StoreProxy({}, {}, {}), self.models,  # type: ignore[arg-type]
+        self.engine = Engine(StoreProxy({}, {}, {}), self.models,
                              max_retries=settings.execution.max_retries, concurrency=concurrency, rpm=rpm, tpm=tpm,
                              cache=self.cache)
 
@@ -113,11 +113,11 @@ class Worker:
         """Run the pipeline over `records`; yields ("ops", [op, ...], stats) as writes happen, then ("done",
         counts, stats). A fatal error (e.g. bad credentials) is raised after the writes made before it."""
         proxy = StoreProxy(statuses, steps, calls)
-        self.engine.store = proxy  # type: ignore[assignment]
+        self.engine.store = proxy
         self.engine.stats = Stats()
         settings = self.settings.model_copy(update={"execution": self.settings.execution.model_copy(
             update={"concurrency": self.concurrency})})
-        pipeline = Pipeline(settings, self.const, proxy, self.engine, scorer=self.plugins.scorer,  # type: ignore[arg-type]
+        pipeline = Pipeline(settings, self.const, proxy, self.engine, scorer=self.plugins.scorer,
                             labeler=self.plugins.labeler, source=records)
         task = asyncio.ensure_future(pipeline.run())
         while True:
