@@ -69,7 +69,6 @@ class RayRunner:
         ex = settings.execution
         per = max(1, -(-ex.concurrency // n))
         share = {"rpm": -(-ex.rpm // n) if ex.rpm else None, "tpm": -(-ex.tpm // n) if ex.tpm else None}
-        plugins = sorted({type(p).__module__ for p in (pipeline.scorer, pipeline.labeler) if p is not None})
         base_urls = {r: m.base_url for r, m in engine.models.items()}
         actor = ray.remote(Worker)
         spawned = itertools.count()
@@ -77,7 +76,7 @@ class RayRunner:
         def spawn() -> Any:
             return actor.options(name=f"cai-worker-{self.token}-{next(spawned)}", num_cpus=1,
                                  max_concurrency=1000).remote(
-                settings, pipeline.const, base_urls, plugins, per, share["rpm"], share["tpm"])
+                settings, pipeline.const, base_urls, per, share["rpm"], share["tpm"])
 
         todo = list(pipeline.todo())
         size = max(1, min(per * CHUNK_PER_SLOT, -(-len(todo) // n)))  # a small run still reaches every worker

@@ -5,7 +5,6 @@ run's one writer."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -94,9 +93,7 @@ class Worker:
     models, and one engine kept across chunks (its pacing and AIMD caps learn as it goes)."""
 
     def __init__(self, settings: RunSettings, const: Constitution, base_urls: dict[str, str | None],
-                 plugin_modules: list[str], concurrency: int, rpm: int | None, tpm: int | None) -> None:
-        for name in plugin_modules:  # the packages that register the run's scorer / labeler by name
-            importlib.import_module(name)
+                 concurrency: int, rpm: int | None, tpm: int | None) -> None:
         self.settings, self.const = settings, const
         self.models, self.plugins = run_models(settings, const, base_urls)
         self.cache = CallCache(settings.execution.cache) if settings.execution.cache else None
