@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from cai.limits import LABELS_BYTES
+from cai.steps import Kind
 from helpers import REPO, SHARED, cai, read_jsonl
 from reliability import KEY, cai_run, one_line_error
 from servers import StubServer
@@ -244,8 +245,9 @@ def test_revisions_as_candidates_and_ranking_by_judge_plus_rbr(env, tmp_path):
     from cai.store import Store
 
     store = Store.open_run(out, readonly=True)
-    (step,) = [s for s in store.steps("p0") if s["kind"] == "label"]
+    (label,) = [s for s in store.steps("p0") if s.kind is Kind.LABEL]
     store.close()
+    step = label.data
     assert set(step["rankings"]) == {"judge", "rbr", "judge+rbr"}
     assert all("reward" in c for c in step["candidates"])
     judge, rbr, both = (step["rankings"][k]["scores"] for k in ("judge", "rbr", "judge+rbr"))

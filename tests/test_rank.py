@@ -1,13 +1,32 @@
-"""cai.labels.rank: Bradley–Terry from soft labels, win rates, preference pairs and near-ties."""
+"""cai.labels.rank: Bradley–Terry from soft labels, win rates; preference pairs and near-ties as a label step
+stores them (`oriented`) and the exports cut them (`cai.rows.kept_pairs`)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from cai.labels.rank import Pair, bradley_terry, preference_pairs, rank, standardize, win_rates
+from cai.labels.rank import Ranking, bradley_terry, oriented, rank, standardize, win_rates
+from cai.rows import kept_pairs
 
 TRUE_S = np.array([2.0, 1.0, 0.0, -1.0, -2.0])
+
+
+@dataclass(frozen=True)
+class Pair:
+    chosen: int
+    rejected: int
+    margin: float
+    score_chosen: float
+    score_rejected: float
+
+
+def preference_pairs(r: Ranking, min_margin: float = 0.0) -> tuple[list[Pair], int]:
+    """The pairs the exports keep of ranking `r` (stored by `oriented`, cut by `kept_pairs`), and the near-ties."""
+    kept, near = kept_pairs(oriented(r, "judge")["pairs"], min_margin)
+    return [Pair(**p) for p in kept], near
 
 
 def sigmoid(x: float) -> float:

@@ -98,9 +98,9 @@ def test_a_bad_write_fails_only_its_record(tmp_path):
     try:
         asyncio.run(go())
         assert store.statuses() == {"a": "done", "b": "failed", "c": "pending"}
-        assert [s["response"] for s in store.steps("a")] == ["fine"]
+        assert [s.response for s in store.steps("a")] == ["fine"]
         assert store.steps("b") == []
-        assert [s["response"] for s in store.steps("c")] == ["also fine"]
+        assert [s.response for s in store.steps("c")] == ["also fine"]
         assert [(e["id"], e["stage"], e["error_class"]) for e in store.errors()] == \
             [("b", "store", "UnicodeEncodeError")]
         assert store.broken is None

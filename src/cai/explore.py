@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cai.errors import InputError
-from cai.results import draft_and_final, frame, prompt_text, rewards_by_round
+from cai.results import frame, prompt_text
+from cai.rows import GRADE_COLUMNS, Critique, RecordRows, record_rows
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from cai.constitution import Constitution, Principle
+    from cai.steps import StoredRecord
 
 
 
@@ -34,7 +36,9 @@ class Run(Protocol):
     @property
     def manifest(self) -> dict[str, Any]: ...
 
-    def stored_records(self) -> Iterable[dict[str, Any]]: ...
+    def record_rows(self, done_only: bool = False) -> Iterable[RecordRows]: ...
+
+    def stored_record(self, record_id: str) -> StoredRecord | None: ...
 
     def constitution(self) -> Constitution | None: ...
 
@@ -56,16 +60,16 @@ class _Tally:
     reward_changes: list[float] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
 
-    def add(self, critique: dict[str, Any], revision: dict[str, Any] | None, rewards: dict[int, float]) -> None:
+    def add(self, critique: Critique, rewards: dict[int, float]) -> None:
         self.sampled += 1
-        verdict, rnd = critique["verdict"], critique["round"]
+        verdict, rnd, revision = critique.step.verdict, critique.step.round, critique.revision
         if verdict is None:
             self.unparsed += 1
         else:
             self.violations += bool(verdict["violates"])
             self.severities.append(verdict["severity"])
         if revision is not None:
-            self.length_changes.append(len(revision["response"]) - len(revision["before"]))
+            self.length_changes.append(len(revision.data["response"]) - len(revision.data["before"]))
         if rnd in rewards:
             self.rewards.append(rewards[rnd])
             if rnd - 1 in rewards:
@@ -80,53 +84,65 @@ class _Tally:
                 "mean_reward_change": _mean(self.reward_changes)}
 
 
-def _critique_steps(run: Run) -> Iterable[tuple[dict[str, Any], dict[str, Any] | None, dict[int, float]]]:
-    """(critique step, the revision it led to or None, the record's rewards by round) for every critique."""
-    for rec in run.stored_records():
-        steps = rec["steps"]
-        revisions = {s["round"]: s for s in steps if s["kind"] == "revise"}
-        rewards = rewards_by_round(steps)
-        for s in steps:
-            if s["kind"] == "critique":
-                yield s, revisions.get(s["round"]), rewards
-
-
 PRINCIPLE_COLUMNS = ["principle", "tags", "kind", "layer", "sampled", "violations", "violation_rate",
                      "mean_severity", "unparsed", "revised", "mean_length_change", "mean_reward_change"]
+ROUND_COLUMNS = ["round", "critiques", "violations", "violation_rate", "mean_severity", "unparsed", "revised",
+                 "mean_length_change", "mean_reward_change", "mean_reward"]
+
+
+class CritiqueStats:
+    """Tallies of the critiques per principle and per round, fed one record's rows at a time (`add`), so a
+    reader that passes over the run anyway (the report) needs no pass of its own."""
+
+    def __init__(self) -> None:
+        self.by_principle: dict[str, _Tally] = {}
+        self.by_round: dict[int, _Tally] = {}
+
+    def add(self, rows: RecordRows) -> None:
+        for c in rows.critiques:
+            self.by_principle.setdefault(c.step.data["principle"], _Tally()).add(c, rows.rewards)
+            self.by_round.setdefault(c.step.round, _Tally()).add(c, rows.rewards)
+
+    @classmethod
+    def of(cls, records: Iterable[RecordRows]) -> CritiqueStats:
+        stats = cls()
+        for rows in records:
+            stats.add(rows)
+        return stats
+
+    def principles(self, const: Constitution | None) -> pd.DataFrame:
+        """The `principle_stats` table, with tags, kind and layer from `const`."""
+        principles: dict[str, Principle] = {p.id: p for p in const.principles} if const else {}
+        rows = []
+        for pid, tally in self.by_principle.items():
+            p = principles.get(pid)
+            rows.append({"principle": pid, "tags": ", ".join(p.tags) if p else "", "kind": p.kind if p else None,
+                         "layer": getattr(p, "layer", None), **tally.row()})
+        rows.sort(key=lambda r: (-(0 if math.isnan(r["violation_rate"]) else r["violation_rate"]),
+                                 -r["sampled"], r["principle"]))
+        return frame(rows, PRINCIPLE_COLUMNS)
+
+    def rounds(self) -> pd.DataFrame:
+        """The `rounds` table."""
+        rows = []
+        for rnd in sorted(self.by_round):
+            tally = self.by_round[rnd]
+            row = tally.row()
+            rows.append({"round": rnd, "critiques": row.pop("sampled"), **row, "mean_reward": _mean(tally.rewards)})
+        return frame(rows, ROUND_COLUMNS)
 
 
 def principle_stats(run: Run) -> pd.DataFrame:
     """Per principle sampled (most violated first): its tags, kind and layer from the run's constitution,
     times sampled, violations and rate, mean severity, unparsed verdicts, revisions, mean length change
     of the revision, and (with rule-based rewards) the mean reward change the revision brought."""
-    const = run.constitution()
-    principles: dict[str, Principle] = {p.id: p for p in const.principles} if const else {}
-    tallies: dict[str, _Tally] = {}
-    for crit, revision, rewards in _critique_steps(run):
-        tallies.setdefault(crit["principle"], _Tally()).add(crit, revision, rewards)
-    rows = []
-    for pid, tally in tallies.items():
-        p = principles.get(pid)
-        rows.append({"principle": pid, "tags": ", ".join(p.tags) if p else "", "kind": p.kind if p else None,
-                     "layer": getattr(p, "layer", None), **tally.row()})
-    rows.sort(key=lambda r: (-(0 if math.isnan(r["violation_rate"]) else r["violation_rate"]), -r["sampled"],
-                             r["principle"]))
-    return frame(rows, PRINCIPLE_COLUMNS)
+    return CritiqueStats.of(run.record_rows()).principles(run.constitution())
 
 
 def rounds(run: Run) -> pd.DataFrame:
     """Per critique round: critiques, violations and rate, mean severity, unparsed verdicts, revisions, mean
     length change, and with rewards the mean reward after the round. Does the loop converge?"""
-    tallies: dict[int, _Tally] = {}
-    for crit, revision, rewards in _critique_steps(run):
-        tallies.setdefault(crit["round"], _Tally()).add(crit, revision, rewards)
-    rows = []
-    for rnd in sorted(tallies):
-        row = tallies[rnd].row()
-        rows.append({"round": rnd, "critiques": row.pop("sampled"), **row,
-                     "mean_reward": _mean(tallies[rnd].rewards)})
-    return frame(rows, ["round", "critiques", "violations", "violation_rate", "mean_severity", "unparsed",
-                        "revised", "mean_length_change", "mean_reward_change", "mean_reward"])
+    return CritiqueStats.of(run.record_rows()).rounds()
 
 
 def word_diff(before: str, after: str) -> list[tuple[str, str]]:
@@ -184,43 +200,23 @@ class RecordDiff:
 
 def diff(run: Run, record_id: str) -> RecordDiff:
     """Draft → each revision of record `record_id` as word diffs, with each round's critique."""
-    rec = next((r for r in run.stored_records() if r["id"] == record_id), None)
+    rec = run.stored_record(record_id)
     if rec is None:
         raise InputError(f"no record {record_id!r} in this run", path=str(run.path))
-    draft, _ = draft_and_final(rec["steps"])
-    revisions = {s["round"]: s for s in rec["steps"] if s["kind"] == "revise"}
+    rows = record_rows(rec)
     steps = []
-    for s in rec["steps"]:
-        if s["kind"] != "critique":
-            continue
-        v, rev = s["verdict"] or {}, revisions.get(s["round"])
-        steps.append({"round": s["round"], "principle": s["principle"], "violates": v.get("violates"),
-                      "severity": v.get("severity"), "critique": s["critique"],
-                      "diff": word_diff(rev["before"], rev["response"]) if rev is not None else None})
-    return RecordDiff(record_id, prompt_text(rec["messages"]), draft or "", steps)
-
-
-GRADE_COLUMNS = ["id", "round", "step", "response_type", "kind", "name", "p_yes", "method", "score", "reward"]
+    for c in rows.critiques:
+        v, rev = c.step.verdict or {}, c.revision
+        steps.append({"round": c.step.round, "principle": c.step.data["principle"], "violates": v.get("violates"),
+                      "severity": v.get("severity"), "critique": c.step.data["critique"],
+                      "diff": word_diff(rev.data["before"], rev.data["response"]) if rev is not None else None})
+    return RecordDiff(record_id, prompt_text(rec.messages), rows.draft or "", steps)
 
 
 def grades(run: Run) -> pd.DataFrame:
     """With rule-based rewards: one row per (record, graded response, proposition) with p_yes and method,
     and one per check with its score; `step` is draft (round 0) or revision; `reward` is the response's."""
-    rows = []
-    for rec in run.stored_records():
-        for s in rec["steps"]:
-            if s["kind"] != "grade":
-                continue
-            sc = s["score"]
-            base = {"id": rec["id"], "round": s["round"], "step": "draft" if s["round"] == 0 else "revision",
-                    "response_type": sc.get("response_type"), "reward": sc.get("reward")}
-            for name, p in (sc.get("propositions") or {}).items():
-                rows.append({**base, "kind": "proposition", "name": name, "p_yes": p.get("p_yes"),
-                             "method": p.get("method"), "score": None})
-            for name, value in (sc.get("checks") or {}).items():
-                rows.append({**base, "kind": "check", "name": name, "p_yes": None, "method": "check",
-                             "score": value})
-    return frame(rows, GRADE_COLUMNS)
+    return frame([row for rows in run.record_rows() for row in rows.grades], GRADE_COLUMNS)
 
 
 def _numbers(data: Any, prefix: str = "") -> Iterable[tuple[str, float]]:
@@ -241,18 +237,15 @@ def summary(run: Run) -> pd.DataFrame:
 def _per_prompt(run: Run) -> dict[str, dict[str, Any]]:
     """Record id → prompt, final, lengths, violations, parsed verdicts and rewards, for finished records."""
     out = {}
-    for rec in run.stored_records():
-        if rec["status"] != "done":
-            continue
-        draft, final = draft_and_final(rec["steps"])
-        verdicts = [s["verdict"] for s in rec["steps"] if s["kind"] == "critique" and s["verdict"] is not None]
-        rewards = rewards_by_round(rec["steps"])
-        out[rec["id"]] = {"prompt": prompt_text(rec["messages"]), "final": final or "",
-                          "draft_length": len(draft or ""), "final_length": len(final or ""),
-                          "violations": sum(bool(v["violates"]) for v in verdicts), "verdicts": len(verdicts),
-                          "severity": [v["severity"] for v in verdicts],
-                          "reward_draft": rewards.get(0, math.nan),
-                          "reward_final": rewards[max(rewards)] if rewards else math.nan}
+    for rows in run.record_rows(done_only=True):
+        draft, final, rewards = rows.draft, rows.final, rows.rewards
+        verdicts = [c.step.verdict for c in rows.critiques if c.step.verdict is not None]
+        out[rows.record.id] = {"prompt": prompt_text(rows.record.messages), "final": final or "",
+                               "draft_length": len(draft or ""), "final_length": len(final or ""),
+                               "violations": sum(bool(v["violates"]) for v in verdicts), "verdicts": len(verdicts),
+                               "severity": [v["severity"] for v in verdicts],
+                               "reward_draft": rewards.get(0, math.nan),
+                               "reward_final": rewards[max(rewards)] if rewards else math.nan}
     return out
 
 

@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 from cai import __version__
 from cai.errors import InputError, OutputError
 from cai.prices import call_price, cost, load_prices
-from cai.results import RecordRows, developer_as_system_turns, label_rows, record_rows, rewards_of
-from cai.settings import IOSettings, LabelSettings, RunSettings
+from cai.rows import DROP_REASONS, RowOptions, reward_pair, run_rows
+from cai.settings import IOSettings, RunSettings
 from cai.store import Store
 
 if TYPE_CHECKING:
@@ -88,10 +88,11 @@ def _parquet() -> ModuleType:
 
 
 class Sink:
-    """One export file: rows go to a temp file next to it; `finish` makes it durable, `commit` renames it."""
+    """One export file: rows go to a temp file next to it; `finish` makes it durable, `commit` renames it.
+    With `keep_empty=False` a sink that got no row commits by deleting the file instead (and its temp file)."""
 
-    def __init__(self, path: Path, schema: pa.Schema | None = None) -> None:
-        self.path, self.count = path, 0
+    def __init__(self, path: Path, schema: pa.Schema | None = None, *, keep_empty: bool = True) -> None:
+        self.path, self.count, self.keep_empty = path, 0, keep_empty
         with writing(path):
             fd, self.tmp = temp_file(path)
         self.fh = os.fdopen(fd, "wb") if schema is not None else os.fdopen(fd, "w", encoding="utf-8")
@@ -114,6 +115,11 @@ class Sink:
             raise _cannot_write(self.path, e) from e
         self.count += 1
 
+    def write(self, text: str) -> None:
+        """Text as it is (a file that is not rows, e.g. a dataset card); not counted as a row."""
+        with writing(self.path):
+            self.fh.write(text)
+
     def finish(self) -> None:
         """Write what is buffered, fsync and close the temp file."""
         with writing(self.path):
@@ -125,7 +131,11 @@ class Sink:
 
     def commit(self) -> None:
         with writing(self.path):
-            os.replace(self.tmp, self.path)
+            if self.count or self.keep_empty:
+                os.replace(self.tmp, self.path)
+            else:  # an older file would be stale
+                self.tmp.unlink(missing_ok=True)
+                self.path.unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Close and delete the temp file, whatever fails on the way: the export's own error is the one raised."""
@@ -182,43 +192,6 @@ def sweep(run_dir: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-DROP_REASONS = ("unchanged", "empty", "margin")  # why a done record has no pair (see record_rows)
-
-
-def done_rows(store: Store, settings: RunSettings, developer_as_system: bool | None = None
-              ) -> Iterator[tuple[dict[str, Any], RecordRows]]:
-    """(record, its `record_rows`) for every done record in input order, as the exports write them: developer
-    turns as system turns if asked (None: the run's setting), pairs under `--min-reward-margin` dropped."""
-    if developer_as_system is None:
-        developer_as_system = settings.export.system_role_for_developer
-    for rec in store.iter_records():
-        if rec["status"] != "done":
-            continue
-        if developer_as_system:
-            rec["messages"] = developer_as_system_turns(rec["messages"])
-        yield rec, record_rows(rec, settings.export.min_reward_margin)
-
-
-def labeled_run(store: Store, settings: RunSettings) -> bool:
-    """Whether the run has AI preference labels (its settings ask for them, or a `label` step is stored)."""
-    return settings.labels is not None or store.has_step("label")
-
-
-def pair_rows(rec: dict[str, Any], pair: dict[str, Any] | None, labels: LabelSettings | None
-              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """A done record's pair rows (its revision pair, if any, then its AI-labeled pairs above `labels.min_margin`
-    by `labels.rank_by`), its comparisons and its near-ties. With `labels` (a labeled run) every pair row gets
-    the columns score_chosen, score_rejected, source and label; without, the revision pair alone, as it is."""
-    if labels is None:
-        return ([pair] if pair else []), [], 0
-    rows = []
-    if pair:
-        rows.append({**pair, "score_chosen": pair.get("reward_chosen"), "score_rejected": pair.get("reward_rejected"),
-                     "source": "revision", "label": None})
-    ai_pairs, comparisons, near = label_rows(rec, labels.min_margin, labels.rank_by)
-    return rows + ai_pairs, comparisons, near
-
-
 def drop_counts(dropped: Counter[str]) -> dict[str, int]:
     """The manifest's `pairs_dropped_<reason>` counts and their sum `pairs_dropped`."""
     counts = {f"pairs_dropped_{k}": dropped[k] for k in DROP_REASONS}
@@ -229,6 +202,7 @@ def drop_counts(dropped: Counter[str]) -> dict[str, int]:
 def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None = None) -> dict[str, int]:
     """Rebuild every export from the store in one pass; returns the counts, also kept in the manifest."""
     settings = run_settings(store)
+    opts = RowOptions.of_run(store, settings, developer_as_system)
     ext = "parquet" if fmt == "parquet" else "jsonl"
     sweep(store.run_dir)
     sinks: dict[str, Sink] = {}
@@ -236,33 +210,31 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
     rbr = {"graded": 0, "improved": 0}
     labeled = Counter({"pairs_ai_label": 0, "label_near_ties": 0})
     expected = 0
-    lab = settings.labels or LabelSettings()
-    has_labels = labeled_run(store, settings)
-    names = (*EXPORTS, LABELS) if has_labels else EXPORTS
+    names = (*EXPORTS, LABELS) if opts.labels else EXPORTS
     with all_or_none(sinks):
         for name in names:
             schema = _parquet().schema(name, rewards=settings.scoring is not None,
-                                       labels=has_labels) if ext == "parquet" else None
+                                       labels=opts.labels is not None) if ext == "parquet" else None
             sinks[name] = Sink(store.run_dir / f"{name}.{ext}", schema)
-        for rec, (sft, pair, crits, why) in done_rows(store, settings, developer_as_system):
-            expected += (rec["extra"] or {}).get("expected") in ("comply", "refuse")
-            rewards = rewards_of(rec["steps"])
+        for rows in run_rows(store, opts):
+            expected += (rows.record.extra or {}).get("expected") in ("comply", "refuse")
+            rewards = reward_pair(rows.rewards)
             if rewards:
                 rbr["graded"] += 1
                 rbr["improved"] += rewards["reward_chosen"] > rewards["reward_rejected"]
-            if sft:
-                sinks["sft"].add(sft)
-            if pair is None and why:
-                dropped[why] += 1
-            for c in crits:
+            if rows.sft:
+                sinks["sft"].add(rows.sft)
+            if rows.pair is None and rows.dropped:
+                dropped[rows.dropped] += 1
+            for c in rows.critique_rows:
                 sinks["critiques"].add(c)
-            pairs, comparisons, near = pair_rows(rec, pair, lab if has_labels else None)
-            for row in pairs:
+            for row in rows.pairs:
                 sinks["pairs"].add(row)
-            for row in comparisons:
-                sinks[LABELS].add(row)
-            labeled["pairs_ai_label"] += sum(row.get("source") == "ai_label" for row in pairs)
-            labeled["label_near_ties"] += near
+            if rows.labels is not None:
+                for row in rows.labels.comparisons:
+                    sinks[LABELS].add(row)
+                labeled["pairs_ai_label"] += len(rows.labels.pairs)
+                labeled["label_near_ties"] += rows.labels.near_ties
     for name in (*EXPORTS, LABELS):  # only now that the new files are in place
         for stale in (store.run_dir / f"{name}.{other}" for other in FORMATS if other != ext):
             with writing(stale):
@@ -272,7 +244,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
     if rbr["graded"]:
         counts["rbr_graded"], counts["rbr_improved"] = rbr["graded"], rbr["improved"]
     counts["with_expected"] = expected
-    if has_labels:
+    if opts.labels:
         counts.update(labeled)
     return counts
 

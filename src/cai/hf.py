@@ -3,7 +3,7 @@ and the Hub read (`sft/` and `pairs/` Parquet files and a `README.md` dataset ca
 the same rows as an in-memory `datasets.DatasetDict`.
 
 Both read the run through a read-only store (no lock, nothing written to the run folder, safe while
-`cai run` writes it). Rows are the exports' rows (`cai.results.record_rows`, done records in input order,
+`cai run` writes it). Rows are the exports' rows (`cai.rows.run_rows`, done records in input order,
 `developer_as_system` as for `cai.export`) with the exports' Parquet schemas (`cai.parquet`). The card's
 numbers are the manifest's (`cai.export.manifest`), computed from the store as the files are written.
 
@@ -14,11 +14,9 @@ the temp files are deleted, and an OSError becomes one OutputError naming the pa
 from __future__ import annotations
 
 import html
-import os
 import re
 from collections import Counter
 from collections.abc import Callable
-from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,18 +24,9 @@ import yaml
 
 from cai import parquet
 from cai.errors import InputError, one_line
-from cai.export import (
-    Sink,
-    done_rows,
-    drop_counts,
-    labeled_run,
-    manifest,
-    pair_rows,
-    run_settings,
-    temp_file,
-    writing,
-)
-from cai.settings import ROLES, LabelSettings
+from cai.export import Sink, all_or_none, drop_counts, manifest, run_settings, writing
+from cai.rows import RowOptions, labeled_run, run_rows
+from cai.settings import ROLES
 from cai.store import Store
 
 if TYPE_CHECKING:
@@ -53,20 +42,17 @@ _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000
 
 def _rows(store: Store, developer_as_system: bool | None, add: Callable[[str, dict[str, Any]], None]
           ) -> dict[str, int]:
-    """Pass every sft and pair row of the run's done records to `add(config, row)`; returns the counts, keyed
-    as the manifest's `exports`."""
+    """Pass every sft and pair row of the run's done records to `add(config, row)` (one pass over the store);
+    returns the counts, keyed as the manifest's `exports`."""
     counts = dict.fromkeys(CONFIGS, 0)
     dropped: Counter[str] = Counter()
-    settings = run_settings(store)
-    labels = (settings.labels or LabelSettings()) if labeled_run(store, settings) else None
-    for rec, (sft, pair, _, why) in done_rows(store, settings, developer_as_system):
-        rows = [("sft", sft)] + [("pairs", p) for p in pair_rows(rec, pair, labels)[0]]
-        for name, row in rows:
+    for rows in run_rows(store, RowOptions.of_run(store, run_settings(store), developer_as_system)):
+        for name, row in [("sft", rows.sft)] + [("pairs", p) for p in rows.pairs]:
             if row:
                 add(name, row)
                 counts[name] += 1
-        if pair is None and why:
-            dropped[why] += 1
+        if rows.pair is None and rows.dropped:
+            dropped[rows.dropped] += 1
     return {**counts, **drop_counts(dropped)}
 
 
@@ -192,40 +178,15 @@ def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None =
                 path.parent.mkdir(exist_ok=True)
             _sweep(path.parent, path.name)
         _sweep(out_dir, README)
-        sinks: dict[str, Sink] = {}
         readme = out_dir / README
-        card_tmp: Path | None = None
-        try:
+        with all_or_none({}) as sinks:
             for name, path in paths.items():
-                sinks[name] = Sink(path, parquet.schema(name, rewards=rewards, labels=labeled))
+                sinks[name] = Sink(path, parquet.schema(name, rewards=rewards, labels=labeled), keep_empty=False)
             counts = _rows(store, developer_as_system, lambda name, row: sinks[name].add(row))
             if not counts["sft"]:
                 raise InputError("no finished record yet: nothing to write", path=str(run_dir))
-            for sink in sinks.values():
-                sink.finish()
-            text = card(run_dir.resolve().name, manifest(store, counts), rewards)
-            with writing(readme):
-                fd, card_tmp = temp_file(readme)
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(text)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            for sink in sinks.values():
-                if sink.count:
-                    sink.commit()
-                else:  # an older file of this config would be stale
-                    sink.abort()
-                    with writing(sink.path):
-                        sink.path.unlink(missing_ok=True)
-            with writing(readme):
-                os.replace(card_tmp, readme)
-        except BaseException:
-            for sink in sinks.values():
-                sink.abort()
-            if card_tmp is not None:
-                with suppress(OSError):
-                    card_tmp.unlink(missing_ok=True)
-            raise
+            sinks[README] = Sink(readme)  # last: the card goes in place once the data files are
+            sinks[README].write(card(run_dir.resolve().name, manifest(store, counts), rewards))
     finally:
         store.close()
     files = {n: str(p) for n, p in paths.items() if counts[n]}

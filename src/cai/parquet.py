@@ -12,6 +12,8 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cai.rows import columns
+
 ROWS_PER_GROUP = 1000  # rows buffered before they are written out as one row group
 
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -23,31 +25,27 @@ LABEL = pa.struct([("principle", pa.string()), ("p_chosen_first", pa.float64()),
 VERDICT = pa.struct([("critique", pa.string()), ("violates", pa.bool_()), ("severity", pa.int64())])
 
 
+#: every export column's type (the columns themselves, and their order, are `cai.rows.columns`)
+TYPES = {
+    "sft": {"id": pa.string(), "messages": MESSAGES},
+    "pairs": {"id": pa.string(), "prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, "metadata": METADATA,
+              "reward_chosen": pa.float64(), "reward_rejected": pa.float64(), "score_chosen": pa.float64(),
+              "score_rejected": pa.float64(), "source": pa.string(), "label": LABEL},
+    "labels": {"id": pa.string(), "a": pa.int64(), "b": pa.int64(), "source_a": pa.string(), "source_b": pa.string(),
+               "response_a": pa.string(), "response_b": pa.string(), "principle": pa.string(), "p_ab": pa.float64(),
+               "p_ba": pa.float64(), "p": pa.float64(), "method": pa.string(), "judge": pa.string()},
+    "critiques": {"id": pa.string(), "round": pa.int64(), "principle": pa.string(), "layer": pa.string(),
+                  "kind": pa.string(), "critique": pa.string(), "verdict": VERDICT, "parsed": pa.bool_(),
+                  "rule_override": pa.bool_(), "before": pa.string(), "after": pa.string()},
+}
+
+
 def schema(export: str, rewards: bool = False, labels: bool = False) -> pa.Schema:
-    """The columns of `export` (sft, pairs, critiques or labels); `rewards` adds the pairs' reward columns,
-    `labels` (a run with AI preference labels) their score, source and label columns."""
-    if export == "sft":
-        return pa.schema([("id", pa.string()), ("messages", MESSAGES)])
-    if export == "pairs":
-        fields = [("id", pa.string()), ("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES),
-                  ("metadata", METADATA)]
-        if rewards:
-            fields += [("reward_chosen", pa.float64()), ("reward_rejected", pa.float64())]
-        if labels:
-            fields += [("score_chosen", pa.float64()), ("score_rejected", pa.float64()), ("source", pa.string()),
-                       ("label", LABEL)]
-        return pa.schema(fields)
-    if export == "labels":
-        return pa.schema([("id", pa.string()), ("a", pa.int64()), ("b", pa.int64()), ("source_a", pa.string()),
-                          ("source_b", pa.string()), ("response_a", pa.string()), ("response_b", pa.string()),
-                          ("principle", pa.string()), ("p_ab", pa.float64()), ("p_ba", pa.float64()),
-                          ("p", pa.float64()), ("method", pa.string()), ("judge", pa.string())])
-    if export == "critiques":
-        return pa.schema([("id", pa.string()), ("round", pa.int64()), ("principle", pa.string()),
-                          ("layer", pa.string()), ("kind", pa.string()), ("critique", pa.string()),
-                          ("verdict", VERDICT), ("parsed", pa.bool_()), ("rule_override", pa.bool_()),
-                          ("before", pa.string()), ("after", pa.string())])
-    raise ValueError(f"unknown export {export!r}")
+    """The columns of `export` (sft, pairs, critiques or labels; `cai.rows.columns`) with their types; `rewards`
+    adds the pairs' reward columns, `labels` (a run with AI preference labels) their score, source and label
+    columns."""
+    types = TYPES[export] if export in TYPES else {}
+    return pa.schema([(name, types[name]) for name in columns(export, rewards, labels)])
 
 
 class ParquetRows:

@@ -29,7 +29,10 @@ from cai.stages import (
     repair_request,
     revise_request,
 )
+from cai.steps import Kind, Step
 from cai.store import RecordSink, RecordWriteFailed
+
+Done = dict[tuple[Kind, int], Step]  # a record's stored steps by (kind, round)
 
 # A verdict is JSON: cut off mid-object it cannot be parsed, so the critic always gets at least this many tokens.
 CRITIC_MIN_TOKENS = 128
@@ -148,51 +151,55 @@ class Pipeline:
     async def _steps(self, rec: InputRecord) -> None:
         loop, cfg = self.s.loop, self.s.generation
         steps = self.store.steps(rec.id)
-        done = {(st["kind"], st["round"]): st for st in steps}
-        seq = itertools.count(max((st["seq"] for st in steps), default=-1) + 1)  # next free step numbers
+        done: Done = {(st.kind, st.round): st for st in steps}
+        seq = itertools.count(max((st.seq for st in steps), default=-1) + 1)  # next free step numbers
         principles = sample_principles(self.const, cfg.seed, rec.messages, loop.rounds)
-        if ("draft", 0) in done:
-            response = done[("draft", 0)]["response"]
+        if (Kind.DRAFT, 0) in done:
+            response = done[(Kind.DRAFT, 0)].data["response"]
         else:
             req = draft_request(rec.messages, cfg)
             comp = await _staged("draft", self.engine.call("generator", req, rec.id, ("draft", 0)))
             response = comp.text.strip()
-            self.store.add_step(rec.id, next(seq), "draft", 0, {"response": response})
+            self._add(rec, Step(next(seq), Kind.DRAFT, 0, {"response": response}))
         score = await self._grade(rec, response, 0, done, seq)
         candidates = [{"source": "draft", "n": 0, "response": response, "score": score}]
         for rnd, principle in enumerate(principles, start=1):
-            crit = done.get(("critique", rnd)) or await self._critique(rec, response, principle, rnd, next(seq))
-            verdict = crit["verdict"]
+            crit = done.get((Kind.CRITIQUE, rnd)) or await self._critique(rec, response, principle, rnd, next(seq))
+            verdict = crit.verdict
             if loop.stop_when_clean and verdict is not None and not verdict["violates"]:
                 break
-            if ("revise", rnd) in done:
-                response = done[("revise", rnd)]["response"]
+            if (Kind.REVISE, rnd) in done:
+                response = done[(Kind.REVISE, rnd)].data["response"]
             else:
                 feedback = self.scorer.feedback(score) if self.scorer is not None and score is not None else ""
                 override = bool((verdict or {}).get("rule_override"))
-                req = revise_request(rec.messages, response, crit["critique"], principle, cfg, feedback,
+                req = revise_request(rec.messages, response, crit.data["critique"], principle, cfg, feedback,
                                      examples=loop.fewshot, authority=self.authority, override=override)
                 comp = await _staged("revise", self.engine.call("reviser", req, rec.id, ("revise", rnd)))
                 revised = clean_revision(comp.text, response)
                 data = {"principle": principle.id, "before": response, "response": revised or response,
                         "empty": not revised, "feedback": feedback}
-                self.store.add_step(rec.id, next(seq), "revise", rnd, data)
+                self._add(rec, Step(next(seq), Kind.REVISE, rnd, data))
                 response = data["response"]
             score = await self._grade(rec, response, rnd, done, seq)
             if "revisions" in loop.candidates_from:
                 candidates.append({"source": "revision", "n": rnd, "response": response, "score": score})
-        if self.labeler is not None and ("label", 0) not in done:
+        if self.labeler is not None and (Kind.LABEL, 0) not in done:
             await self._label(rec, candidates, done, seq)
 
-    async def _label(self, rec: InputRecord, candidates: list[dict[str, Any]], done: dict[tuple[str, int], Any],
+    def _add(self, rec: InputRecord, step: Step) -> None:
+        """Queue `step` of `rec` to the store."""
+        self.store.add_step(rec.id, step.seq, step.kind, step.round, step.data)
+
+    async def _label(self, rec: InputRecord, candidates: list[dict[str, Any]], done: Done,
                      seq: Iterator[int]) -> None:
         """Sample the other candidates (seeds seed+1, …: each a `candidate` step, graded with a scorer), then
         store the labeler's `label` step. A revision identical to an earlier candidate is not judged twice."""
         loop, cfg = self.s.loop, self.s.generation
         if "samples" in loop.candidates_from:
             for n in range(1, loop.candidates):
-                if ("candidate", n) in done:
-                    step = done[("candidate", n)]
+                if (Kind.CANDIDATE, n) in done:
+                    step = done[(Kind.CANDIDATE, n)].data
                 else:
                     sample_cfg = cfg.model_copy(update={"seed": (cfg.seed or 0) + n})
                     comp = await _staged("candidate", self.engine.call("generator", draft_request(
@@ -201,7 +208,7 @@ class Pipeline:
                     if self.scorer is not None:
                         step["score"] = await _staged("grade", self.scorer.score(
                             self.engine, rec.messages, step["response"], rec.extra))
-                    self.store.add_step(rec.id, next(seq), "candidate", n, step)
+                    self._add(rec, Step(next(seq), Kind.CANDIDATE, n, step))
                 candidates.insert(n, {"source": "sample", "n": n, "response": step["response"],
                                       "score": step.get("score")})
         unique: dict[str, dict[str, Any]] = {}
@@ -212,21 +219,21 @@ class Pipeline:
             unique.setdefault(c["response"], c)
         data = await _staged("label", self.labeler.label(self.engine, rec.messages, list(unique.values()),
                                                                          cfg.seed))
-        self.store.add_step(rec.id, next(seq), "label", 0, data)
+        self._add(rec, Step(next(seq), Kind.LABEL, 0, data))
 
-    async def _grade(self, rec: InputRecord, response: str, rnd: int, done: dict[tuple[str, int], Any],
+    async def _grade(self, rec: InputRecord, response: str, rnd: int, done: Done,
                      seq: Iterator[int]) -> dict[str, Any] | None:
         """With a scorer: its score of the current response, stored as a `grade` step."""
         if self.scorer is None:
             return None
-        if ("grade", rnd) in done:
-            return done[("grade", rnd)]["score"]
+        if (Kind.GRADE, rnd) in done:
+            return done[(Kind.GRADE, rnd)].score
         score = await _staged("grade", self.scorer.score(self.engine, rec.messages, response, rec.extra))
-        self.store.add_step(rec.id, next(seq), "grade", rnd, {"score": score})
+        self._add(rec, Step(next(seq), Kind.GRADE, rnd, {"score": score}))
         return score
 
     async def _critique(self, rec: InputRecord, response: str, principle: Principle, rnd: int,
-                        seq: int) -> dict[str, Any]:
+                        seq: int) -> Step:
         req = critique_request(rec.messages, response, principle, critic_config(self.s), examples=self.s.loop.fewshot,
                                authority=self.authority)
         comp = await _staged("critique", self.engine.call("critic", req, rec.id, ("critique", rnd)))
@@ -241,8 +248,9 @@ class Pipeline:
                 "verdict": verdict.model_dump(exclude_none=True) if verdict else None,
                 # Unparsed after one repair: the critic's raw text still guides the revision.
                 "critique": verdict.critique if verdict else raw}
-        self.store.add_step(rec.id, seq, "critique", rnd, data)
-        return data
+        step = Step(seq, Kind.CRITIQUE, rnd, data)
+        self._add(rec, step)
+        return step
 
 
 async def _staged(stage: str, aw: Any) -> Any:

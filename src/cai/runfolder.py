@@ -17,18 +17,14 @@ from cai.constitution import Constitution
 from cai.constitution import load as load_constitution
 from cai.errors import CaiError, InputError
 from cai.export import ManifestExtra, export_run, run_settings
-from cai.results import developer_as_system_turns, draft_and_final, frame, label_rows, prompt_text, record_rows
-from cai.settings import LabelSettings
+from cai.results import frame, prompt_text
+from cai.rows import LABEL_COLUMNS, LABELED_PAIR_COLUMNS, RecordRows, RowOptions, labeled_run, run_rows
 from cai.status import run_status
+from cai.steps import StoredRecord
 from cai.store import Store
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-#: The columns of `Run.labels()`: one row per comparison of two candidates (see `cai.results.label_rows`).
-LABEL_COLUMNS = ["id", "a", "b", "source_a", "source_b", "response_a", "response_b", "principle", "p_ab", "p_ba",
-                 "p", "method", "judge"]
 
 
 def _reply_fields(reply: dict[str, Any]) -> dict[str, Any]:
@@ -68,12 +64,21 @@ class Run:
         """What `cai status --json` prints: counts that add up, tokens, errors, a live writer's pid."""
         return run_status(self.path)
 
-    def _rows(self, done_only: bool = False) -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
+    def record_rows(self, done_only: bool = False, developer_as_system: bool = False) -> Iterator[RecordRows]:
+        """Each (done) record's rows (`cai.rows.RecordRows`: sft, pairs, critiques, labels, grades) as the exports
+        make them, with the run's margins, from one pass over one read-only snapshot."""
         store = self._store()
         try:
-            margin = run_settings(store).export.min_reward_margin
-            return [(rec, record_rows(rec, margin)) for rec in store.iter_records()
-                    if not done_only or rec["status"] == "done"]
+            opts = RowOptions.of_run(store, run_settings(store), developer_as_system)
+            yield from run_rows(store, opts, done_only)
+        finally:
+            store.close()
+
+    def _labeled(self) -> bool:
+        """Whether the run has AI preference labels."""
+        store = self._store()
+        try:
+            return labeled_run(store, run_settings(store))
         finally:
             store.close()
 
@@ -81,13 +86,13 @@ class Run:
         """One row per record: id, status, prompt (text), messages, draft, final, rounds, violations, the
         input's other fields (e.g. `expected`) as columns."""
         rows = []
-        for rec, (_, _, crits, dropped) in self._rows():
-            draft, final = draft_and_final(rec["steps"])
-            rows.append({"id": rec["id"], "status": rec["status"], "prompt": prompt_text(rec["messages"]),
-                         "messages": rec["messages"], "draft": draft, "final": final, "rounds": len(crits),
-                         "violations": sum(bool(c["verdict"] and c["verdict"]["violates"]) for c in crits),
-                         "pair_dropped": dropped})
-            rows[-1].update({k: v for k, v in rec["extra"].items() if k not in rows[-1]})
+        for r in self.record_rows():
+            rec = r.record
+            rows.append({"id": rec.id, "status": rec.status, "prompt": prompt_text(rec.messages),
+                         "messages": rec.messages, "draft": r.draft, "final": r.final, "rounds": len(r.critiques),
+                         "violations": sum(bool(c.step.verdict and c.step.verdict["violates"]) for c in r.critiques),
+                         "pair_dropped": r.dropped})
+            rows[-1].update({k: v for k, v in rec.extra.items() if k not in rows[-1]})
         return frame(rows, columns=None if rows else ["id", "status", "prompt", "messages", "draft",
                                                               "final", "rounds", "violations", "pair_dropped"])
 
@@ -95,8 +100,8 @@ class Run:
         """One row per critique: id, round, principle, its layer and kind, critique, violates, severity,
         rule_override (None unless the constitution has rules or defaults), parsed, before, after."""
         rows = []
-        for _, (_, _, crits, _) in self._rows():
-            for c in crits:
+        for r in self.record_rows():
+            for c in r.critique_rows:
                 v = c["verdict"] or {}
                 rows.append({"id": c["id"], "round": c["round"], "principle": c["principle"], "layer": c["layer"],
                              "kind": c["kind"], "critique": c["critique"], "violates": v.get("violates"),
@@ -105,62 +110,40 @@ class Run:
         return frame(rows, columns=["id", "round", "principle", "layer", "kind", "critique", "violates", "severity",
                                     "rule_override", "parsed", "before", "after"])
 
-    def _labeled(self) -> tuple[bool, list[tuple[dict[str, Any], tuple[Any, ...], tuple[Any, ...]]]]:
-        """(whether the run has AI preference labels, [(record, its `record_rows`, its `label_rows`)] for the
-        done records): labels as the exports write them, with the run's `--min-margin` and `--rank-by`."""
-        store = self._store()
-        try:
-            settings = run_settings(store)
-            lab = settings.labels or LabelSettings()
-            has_labels = settings.labels is not None or store.has_step("label")
-            margin = settings.export.min_reward_margin
-            return has_labels, [(rec, record_rows(rec, margin), label_rows(rec, lab.min_margin, lab.rank_by))
-                                for rec in store.iter_records() if rec["status"] == "done"]
-        finally:
-            store.close()
-
     def pairs(self) -> pd.DataFrame:
         """Preference pairs as exported (TRL message lists) plus flat text columns: prompt_text, chosen_text,
         rejected_text, principles, rounds, violations (and rewards with --rbr). A run with AI preference labels
         also has its AI-labeled pairs, after each record's revision pair, and every pair has score_chosen,
         score_rejected, source ("revision" or "ai_label") and label (a dict for AI-labeled pairs, else None),
         as in pairs.jsonl."""
-        has_labels, records = self._labeled()
         rows = []
-        for _, (_, pair, _, _), (ai_pairs, _, _) in records:
-            if pair is not None:
-                meta = pair.pop("metadata")
-                if has_labels:  # the columns every pair of a labeled run has (as cai.export writes them)
-                    pair.update(score_chosen=pair.get("reward_chosen"), score_rejected=pair.get("reward_rejected"),
-                                source="revision", label=None)
-                rows.append({**pair, "prompt_text": prompt_text(pair["prompt"]),
-                             "chosen_text": pair["chosen"][0]["content"],
+        for r in self.record_rows(done_only=True):
+            for pair in r.pairs:
+                meta = pair.get("metadata") or {}
+                rows.append({**{k: v for k, v in pair.items() if k != "metadata"},
+                             "prompt_text": prompt_text(pair["prompt"]), "chosen_text": pair["chosen"][0]["content"],
                              "rejected_text": pair["rejected"][0]["content"], **meta})
-            for ai in ai_pairs:
-                rows.append({**ai, "prompt_text": prompt_text(ai["prompt"]), "chosen_text": ai["chosen"][0]["content"],
-                             "rejected_text": ai["rejected"][0]["content"]})
+        if rows:
+            return frame(rows, columns=None)
         columns = ["id", "prompt", "chosen", "rejected", "prompt_text", "chosen_text", "rejected_text"]
-        if has_labels:
-            columns += ["score_chosen", "score_rejected", "source", "label"]
-        return frame(rows, columns=None if rows else columns)
+        return frame([], columns=columns + (LABELED_PAIR_COLUMNS if self._labeled() else []))
 
     def labels(self) -> pd.DataFrame:
         """AI preference labels: one row per comparison of two candidates of a done record, as in labels.jsonl:
         id, a, b (candidate indices), source_a, source_b, response_a, response_b, principle, p_ab (P(A) with a
         shown as (A)), p_ba (P(A) with b shown as (A)), p (P(a ≻ b) = (p_ab + 1 − p_ba) / 2), method, judge.
         Empty (with these columns) for a run without labels."""
-        _, records = self._labeled()
-        rows = [row for _, _, (_, comparisons, _) in records for row in comparisons]
+        rows = [row for r in self.record_rows(done_only=True) if r.labels for row in r.labels.comparisons]
         return frame(rows, columns=LABEL_COLUMNS)
 
     def sft(self, developer_as_system: bool = False) -> pd.DataFrame:
         """SFT rows as exported (`messages`) plus prompt_text and completion (the final response)."""
         rows = []
-        for _, (sft, _, _, _) in self._rows(done_only=True):
-            if sft is None:
+        for r in self.record_rows(done_only=True, developer_as_system=developer_as_system):
+            if r.sft is None:
                 continue
-            msgs = developer_as_system_turns(sft["messages"]) if developer_as_system else sft["messages"]
-            rows.append({"id": sft["id"], "messages": msgs, "prompt_text": prompt_text(msgs[:-1]),
+            msgs = r.sft["messages"]
+            rows.append({"id": r.sft["id"], "messages": msgs, "prompt_text": prompt_text(msgs[:-1]),
                          "completion": msgs[-1]["content"]})
         return frame(rows, columns=["id", "messages", "prompt_text", "completion"])
 
@@ -187,12 +170,20 @@ class Run:
         return frame(rows, columns=["key", "role", "model", "tokens_in", "tokens_out", "tokens_cached",
                                     "tokens_cache_write", "batch", "created", "shared", "text", "structured"])
 
-    def stored_records(self) -> Iterator[dict[str, Any]]:
-        """The stored records in input order, each with its steps (`Store.iter_records` dicts), from one
+    def stored_records(self) -> Iterator[StoredRecord]:
+        """The stored records in input order, each with its steps (`cai.steps.StoredRecord`), from one
         read-only snapshot."""
         store = self._store()
         try:
             yield from store.iter_records()
+        finally:
+            store.close()
+
+    def stored_record(self, record_id: str) -> StoredRecord | None:
+        """One stored record with its steps (None if the run has no such record)."""
+        store = self._store()
+        try:
+            return store.record(record_id)
         finally:
             store.close()
 

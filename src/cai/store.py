@@ -38,6 +38,7 @@ from cai.config import Completion
 from cai.errors import DamagedStore, InputError, OutputError
 from cai.redact import redact
 from cai.sqlite_io import connect, open_store, rollback, store_wide
+from cai.steps import Step, StoredRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -302,10 +303,10 @@ class Store:
         """Whether any record has a step of `kind`."""
         return self._read.execute("SELECT 1 FROM steps WHERE kind=? LIMIT 1", (kind,)).fetchone() is not None
 
-    def steps(self, record_id: str) -> list[dict[str, Any]]:
+    def steps(self, record_id: str) -> list[Step]:
         rows = self._read.execute("SELECT seq, kind, round, data FROM steps WHERE record_id=? ORDER BY seq",
                                   (record_id,))
-        return [{"seq": s, "kind": k, "round": r, **json.loads(d)} for s, k, r, d in rows]
+        return [Step.from_row(*row) for row in rows]
 
     def add_record(self, idx: int, rid: str, messages: list[dict[str, str]], extra: dict[str, Any]) -> None:
         m, e = json.dumps(messages, ensure_ascii=False), json.dumps(extra, ensure_ascii=False)
@@ -359,12 +360,16 @@ class Store:
             (key, role, model, blob, comp.tokens_in, comp.tokens_out, time.time(), int(shared))), record)
 
     # -- reading for exports and status --------------------------------------------------
-    def iter_records(self) -> Iterator[dict[str, Any]]:
+    def iter_records(self) -> Iterator[StoredRecord]:
         """Records in input order with their steps (one record in memory at a time)."""
         cur = self._read.execute("SELECT idx, id, messages, extra, status FROM records ORDER BY idx")
-        for idx, rid, messages, extra, status in cur:
-            yield {"idx": idx, "id": rid, "messages": json.loads(messages), "extra": json.loads(extra),
-                   "status": status, "steps": self.steps(rid)}
+        for row in cur:
+            yield StoredRecord.from_row(*row, self.steps(row[1]))
+
+    def record(self, rid: str) -> StoredRecord | None:
+        """Record `rid` with its steps (None if the store has no such record)."""
+        row = self._read.execute("SELECT idx, id, messages, extra, status FROM records WHERE id=?", (rid,)).fetchone()
+        return None if row is None else StoredRecord.from_row(*row, self.steps(rid))
 
     def read_calls(self) -> Iterator[tuple[str, str, str, str, int, int, float, int]]:
         """(key, role, model, response JSON, tokens_in, tokens_out, created, shared) for every stored call,

@@ -16,6 +16,7 @@ from cai.pipeline import Pipeline
 from cai.records import InputRecord
 from cai.runs import run_models
 from cai.settings import RunSettings
+from cai.steps import Step
 
 # The store writes the driver replays, in order, on the run's store (the only Store methods a worker calls).
 WRITES = frozenset({"add_record", "add_step", "set_status", "add_error_row", "add_call"})
@@ -27,7 +28,7 @@ class StoreProxy:
     here; writes become `(method, args, kwargs)` ops, handed over as one batch whenever a step, status or error
     is written, so a call always travels with the step that used it."""
 
-    def __init__(self, statuses: dict[str, str], steps: dict[str, list[dict[str, Any]]],
+    def __init__(self, statuses: dict[str, str], steps: dict[str, list[Step]],
                  calls: dict[str, str]) -> None:
         self._statuses, self._steps, self._calls = statuses, steps, calls
         self._made: dict[str, Completion] = {}
@@ -39,8 +40,8 @@ class StoreProxy:
     def statuses(self) -> dict[str, str]:
         return dict(self._statuses)
 
-    def steps(self, record_id: str) -> list[dict[str, Any]]:
-        return [dict(s) for s in self._steps.get(record_id, [])]
+    def steps(self, record_id: str) -> list[Step]:
+        return list(self._steps.get(record_id, []))
 
     def get_call(self, key: str) -> Completion | None:
         if key in self._made:
@@ -106,7 +107,7 @@ class Worker:
         return True
 
     async def run_chunk(self, records: list[InputRecord], statuses: dict[str, str],
-                        steps: dict[str, list[dict[str, Any]]], calls: dict[str, str]) -> AsyncIterator[Any]:
+                        steps: dict[str, list[Step]], calls: dict[str, str]) -> AsyncIterator[Any]:
         """Run the pipeline over `records`; yields ("ops", [op, ...], stats) as writes happen, then ("done",
         counts, stats). A fatal error (e.g. bad credentials) is raised after the writes made before it."""
         proxy = StoreProxy(statuses, steps, calls)

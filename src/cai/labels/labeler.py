@@ -21,23 +21,10 @@ from cai.constitution import Constitution, sample_comparison
 from cai.engine import Engine
 from cai.errors import InputError
 from cai.labels.judge import judge_pair
-from cai.labels.rank import Ranking, bradley_terry, rank
+from cai.labels.rank import Ranking, bradley_terry, oriented, rank
 from cai.settings import LabelSettings, RunSettings
 
 ROLE = "judge"
-
-
-def oriented(ranking: Ranking, by: str) -> dict[str, Any]:
-    """The ranking as stored: its method, scores, and every pair winner-first with its margin."""
-    k, pairs = len(ranking.scores), []
-    for i in range(k):
-        for j in range(i + 1, k):
-            p = ranking.prob(i, j)
-            w, l_ = (i, j) if p >= 0.5 else (j, i)
-            pairs.append({"chosen": w, "rejected": l_, "margin": round(abs(p - 0.5), 12),
-                          "score_chosen": ranking.scores[w], "score_rejected": ranking.scores[l_]})
-    pairs.sort(key=lambda x: (-x["margin"], x["chosen"], x["rejected"]))
-    return {"by": by, "method": ranking.method, "scores": ranking.scores, "pairs": pairs}
 
 
 class AILabeler:

@@ -2,14 +2,15 @@
 
 A comparison `(i, j, p)` is the judge's P(candidate i ≻ candidate j), p in [0, 1] (0.5 = undecided); it
 counts p wins for i over j and 1 − p for j over i. `rank` fits a Bradley–Terry model (K > 2) or uses the
-averaged labels directly (K = 2); `preference_pairs` keeps the pairs whose margin P − 0.5 beats a threshold.
+averaged labels directly (K = 2); `oriented` turns a ranking into winner-first pairs with their margins
+P − 0.5 (the exports keep those above a threshold: `cai.rows.kept_pairs`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -112,38 +113,19 @@ def rank(k: int, comparisons: Sequence[Comparison],
     raise ValueError(f"unknown ranking method {method!r} (auto, bt, win_rate)")
 
 
-@dataclass(frozen=True)
-class Pair:
-    """A preference pair: `chosen` ≻ `rejected` with margin P(chosen ≻ rejected) − 0.5, in (0, 0.5]."""
-
-    chosen: int
-    rejected: int
-    margin: float
-    score_chosen: float
-    score_rejected: float
-
-
-def preference_pairs(ranking: Ranking, min_margin: float = 0.0) -> tuple[list[Pair], int]:
-    """(pairs, near-ties): each unordered pair {i, j} whose P(winner ≻ loser) − 0.5 > `min_margin` gives a
-    `Pair`; the others (margin ≤ `min_margin`, so exact ties always) are counted as near-ties.
-
-    Pairs are ordered by decreasing margin, then by (chosen, rejected).
-    """
-    if min_margin < 0:
-        raise ValueError(f"min_margin must be >= 0, got {min_margin}")
-    k = len(ranking.scores)
-    pairs: list[Pair] = []
-    ties = 0
+def oriented(ranking: Ranking, by: str) -> dict[str, Any]:
+    """The ranking as a label step stores it: its method, scores, and every unordered pair {i, j} once,
+    winner-first (the winner of an exact tie is the lower index) with its margin P(winner ≻ loser) − 0.5, ordered
+    by decreasing margin, then by (chosen, rejected). `cai.rows.kept_pairs` keeps those above `--min-margin`."""
+    k, pairs = len(ranking.scores), []
     for i in range(k):
         for j in range(i + 1, k):
-            win, lose = (i, j) if ranking.prob(i, j) >= ranking.prob(j, i) else (j, i)
-            margin = ranking.prob(win, lose) - 0.5
-            if margin > min_margin:
-                pairs.append(Pair(win, lose, margin, ranking.scores[win], ranking.scores[lose]))
-            else:
-                ties += 1
-    pairs.sort(key=lambda p: (-p.margin, p.chosen, p.rejected))
-    return pairs, ties
+            p = ranking.prob(i, j)
+            w, l_ = (i, j) if p >= 0.5 else (j, i)
+            pairs.append({"chosen": w, "rejected": l_, "margin": round(abs(p - 0.5), 12),
+                          "score_chosen": ranking.scores[w], "score_rejected": ranking.scores[l_]})
+    pairs.sort(key=lambda x: (-x["margin"], x["chosen"], x["rejected"]))
+    return {"by": by, "method": ranking.method, "scores": ranking.scores, "pairs": pairs}
 
 
 def standardize(xs: Sequence[float]) -> list[float]:

@@ -15,9 +15,10 @@ from cai import constitution as constitution_mod
 from cai.export import ManifestExtra, Sink, all_or_none, export_run, run_settings
 from cai.labels.files import read_candidates, read_pairs
 from cai.labels.labeler import ROLE, AILabeler
-from cai.results import label_rows
+from cai.rows import label_rows
 from cai.runs import role_session
 from cai.settings import LabelSettings
+from cai.steps import Kind, Step, StoredRecord
 from cai.store import Store
 
 T = TypeVar("T")
@@ -33,19 +34,19 @@ async def _bounded(items: Iterable[T], limit: int, fn: Callable[[T], Awaitable[A
     return list(await asyncio.gather(*(one(i) for i in items)))
 
 
-def run_candidates(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def run_candidates(steps: list[Step]) -> list[dict[str, Any]]:
     """A stored record's candidates: its draft, its sampled candidates and its revisions, each text once, with
     their rule-based reward when the run has one (`grade` steps, a candidate's own `score`)."""
     out: dict[str, dict[str, Any]] = {}
-    named = {"draft": "draft", "candidate": "sample", "revise": "revision"}
-    rewards = {s["round"]: (s.get("score") or {}).get("reward") for s in steps if s["kind"] == "grade"}
-    for s in sorted(steps, key=lambda s: (list(named).index(s["kind"]) if s["kind"] in named else 9, s["round"])):
-        if s["kind"] in named and s.get("response"):
-            cand = {"source": named[s["kind"]], "n": s["round"], "response": s["response"]}
-            reward = (s.get("score") or {}).get("reward") if s["kind"] == "candidate" else rewards.get(s["round"])
+    named = {Kind.DRAFT: "draft", Kind.CANDIDATE: "sample", Kind.REVISE: "revision"}
+    rewards = {s.round: s.reward for s in steps if s.kind is Kind.GRADE}
+    for s in sorted(steps, key=lambda s: (list(named).index(s.kind) if s.kind in named else 9, s.round)):
+        if s.kind in named and s.response:
+            cand = {"source": named[s.kind], "n": s.round, "response": s.response}
+            reward = s.reward if s.kind is Kind.CANDIDATE else rewards.get(s.round)
             if reward is not None:
                 cand["reward"] = reward
-            out.setdefault(s["response"], cand)
+            out.setdefault(s.response, cand)
     return list(out.values())
 
 
@@ -62,14 +63,14 @@ async def label_run(run_dir: Path, labels: LabelSettings, *, base_url: str | Non
     async with role_session(run_dir, ROLE, judge, base_url or settings.models.base_url, concurrency=concurrency,
                             max_retries=max_retries, create=False) as session:
         store, engine = session.store, session.engine
-        records = [r for r in store.iter_records() if r["status"] == "done"]
+        records = [r for r in store.iter_records() if r.done]
 
-        async def one(rec: dict[str, Any]) -> None:
-            cands = run_candidates(rec["steps"])
+        async def one(rec: StoredRecord) -> None:
+            cands = run_candidates(rec.steps)
             if len(cands) >= 2:
-                data = await labeler.label(engine, rec["messages"], cands, settings.generation.seed)
-                seq = max((s["seq"] for s in rec["steps"]), default=-1) + 1
-                store.add_step(rec["id"], seq, "label", 0, data)
+                data = await labeler.label(engine, rec.messages, cands, settings.generation.seed)
+                seq = max((s.seq for s in rec.steps), default=-1) + 1
+                store.add_step(rec.id, seq, Kind.LABEL, 0, data)
 
         await _bounded(records, concurrency, one)
         await store.flush()
@@ -87,10 +88,10 @@ async def label_file(path: Path, out: Path, labels: LabelSettings, judge: str, *
     labeler = AILabeler(labels, judge, const)
     async with role_session(out, ROLE, judge, base_url, concurrency=concurrency,
                             max_retries=max_retries) as session:
-        async def one(row: dict[str, Any]) -> dict[str, Any]:
+        async def one(row: dict[str, Any]) -> StoredRecord:
             cands = [{"source": "response", "n": i, "response": t} for i, t in enumerate(row["responses"])]
             data = await labeler.label(session.engine, row["prompt"], cands, 0)
-            return {"id": row["id"], "messages": row["prompt"], "steps": [{"kind": "label", "round": 0, **data}]}
+            return StoredRecord(0, row["id"], row["prompt"], {}, "done", [Step(0, Kind.LABEL, 0, data)])
 
         recs = await _bounded(rows, concurrency, one)
         stats = session.engine.stats.role(ROLE)
@@ -99,11 +100,11 @@ async def label_file(path: Path, out: Path, labels: LabelSettings, judge: str, *
         for name in ("pairs", "labels"):
             sinks[name] = Sink(out / f"{name}.jsonl")
         for rec in recs:
-            pairs, comparisons, ties = label_rows(rec, labels.min_margin, labels.rank_by)
-            near += ties
-            for row in pairs:
+            got = label_rows(rec, labels)
+            near += got.near_ties
+            for row in got.pairs:
                 sinks["pairs"].add(row)
-            for row in comparisons:
+            for row in got.comparisons:
                 sinks["labels"].add(row)
     return {"rows": len(rows), "comparisons": sinks["labels"].count, "pairs": sinks["pairs"].count,
             "near_ties": near, "judge": judge, "out": str(out), "calls_made": stats.calls,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from cai.errors import InputError
 from cai.export import writing
 from cai.records import iter_jsonl, message_list
-from cai.results import draft_and_final
+from cai.steps import draft_and_final
 from cai.store import Store
 
 if TYPE_CHECKING:
@@ -99,15 +99,15 @@ def run_rows(run_dir: Path, limit: int | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     try:
         for rec in store.iter_records():
-            if rec["status"] != "done":
+            if rec.status != "done":
                 continue
             if limit and len({r["id"] for r in rows}) >= limit:
                 break
-            draft, final = draft_and_final(rec["steps"])
+            draft, final = draft_and_final(rec.steps)
             if draft is None:
                 continue
-            extra = rec["extra"] or {}
-            base = {"id": rec["id"], "prompt": rec["messages"], "response_type": extra.get("response_type"),
+            extra = rec.extra or {}
+            base = {"id": rec.id, "prompt": rec.messages, "response_type": extra.get("response_type"),
                     "labels": None, "expected": extra.get("expected")}
             rows.append({**base, "response": draft, "source": "draft"})
             rows.append({**base, "response": final, "source": "final"})

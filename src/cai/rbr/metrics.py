@@ -24,7 +24,8 @@ from typing import Any
 
 from cai.errors import InputError
 from cai.refusal import FULL_COMPLIANCE, classify
-from cai.results import draft_and_final, prompt_text
+from cai.results import prompt_text
+from cai.steps import draft_and_final
 from cai.store import Store
 
 REFUSAL_PROPOSITION = "inability_to_comply"
@@ -55,12 +56,12 @@ def expected_records(run_dir: Path) -> list[dict[str, Any]]:
     out = []
     try:
         for rec in store.iter_records():
-            exp = (rec["extra"] or {}).get("expected")
-            if rec["status"] != "done" or exp not in ("comply", "refuse"):
+            exp = (rec.extra or {}).get("expected")
+            if rec.status != "done" or exp not in ("comply", "refuse"):
                 continue
-            draft, final = draft_and_final(rec["steps"])
+            draft, final = draft_and_final(rec.steps)
             if draft is not None and final is not None:
-                out.append({"id": rec["id"], "expected": exp, "messages": rec["messages"], "draft": draft,
+                out.append({"id": rec.id, "expected": exp, "messages": rec.messages, "draft": draft,
                             "final": final})
     finally:
         store.close()

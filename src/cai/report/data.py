@@ -1,24 +1,26 @@
 """What a report shows, read from a run folder: the overview numbers and one compact row per record.
 
-The per-record rows come from one pass over a read-only snapshot of the store (the same `cai.results`
-helpers the exports and `Run` tables use), so a report can be made while `cai run` writes the folder.
-Statistics per principle and per round come from `cai.explore`; those of AI preference labels (`LabelStats`)
-from the same comparison rows as `Run.labels()` and labels.jsonl.
+Everything comes from one pass over a read-only snapshot of the store (`cai.rows.run_rows`, the rows the
+exports and `Run` tables are made of), so a report can be made while `cai run` writes the folder. Statistics
+per principle and per round are `cai.explore.CritiqueStats` fed in that pass; those of AI preference labels
+(`LabelStats`) come from the same comparison rows as `Run.labels()` and labels.jsonl.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from cai import explore
 from cai.errors import CaiError
 from cai.export import run_settings
 from cai.prices import call_price, cost, load_prices
-from cai.results import draft_and_final, label_rows, prompt_text, record_rows
+from cai.results import prompt_text
+from cai.rows import RecordRows, RowOptions, run_rows
 from cai.settings import LabelSettings, RunSettings
+from cai.steps import Kind, StoredRecord
 from cai.store import Store
 
 if TYPE_CHECKING:
@@ -37,7 +39,7 @@ class Grade:
 
 @dataclass
 class LabelStats:
-    """AI preference labels of the done records, from their comparison rows (`cai.results.label_rows`)."""
+    """AI preference labels of the done records, from their comparison rows (`cai.rows.label_rows`)."""
 
     comparisons: int
     records: int  # done records with at least one comparison
@@ -180,45 +182,39 @@ def overview(manifest: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def _grades(steps: list[dict[str, Any]]) -> dict[int, Grade]:
+def _grades(rec: StoredRecord) -> dict[int, Grade]:
     out = {}
-    for s in steps:
-        if s["kind"] == "grade" and isinstance(s.get("score"), dict) and _num(s["score"].get("reward")) is not None:
-            out[s["round"]] = Grade(float(s["score"]["reward"]), s["score"].get("response_type"))
+    for s in rec.of(Kind.GRADE):
+        if isinstance(s.score, dict) and _num(s.reward) is not None:
+            out[s.round] = Grade(float(s.score["reward"]), s.score.get("response_type"))
     return out
 
 
-def record_row(rec: dict[str, Any], principle_index: dict[str, int], error: str | None) -> dict[str, Any]:
+def record_row(rows: RecordRows, principle_index: dict[str, int], error: str | None) -> dict[str, Any]:
     """One record for the page: id, s (status), p (prompt), ctx (earlier turns), d (draft), x (expected),
     t (response type), e (open error), g (reward by round), c (critiques: [round, principle index,
     violates 1/0/None for unparsed, severity, critique text, revised response or None, before if it is not
     the previous response]). Each text appears once: a round's `before` is the previous round's response."""
-    steps = rec["steps"]
-    draft, _ = draft_and_final(steps)
-    revisions = {s["round"]: s for s in steps if s["kind"] == "revise"}
+    rec, draft = rows.record, rows.draft
     crits, current = [], draft
-    for s in steps:
-        if s["kind"] != "critique":
-            continue
-        v = s.get("verdict")
-        rev = revisions.get(s["round"])
-        row: list[Any] = [s["round"], principle_index.setdefault(s["principle"], len(principle_index)),
+    for c in rows.critiques:
+        s, v, rev = c.step, c.step.verdict, c.revision
+        row: list[Any] = [s.round, principle_index.setdefault(s.data["principle"], len(principle_index)),
                           None if v is None else int(bool(v["violates"])), None if v is None else v["severity"],
-                          s["critique"], None if rev is None else rev["response"]]
-        if s["response"] != current:
-            row.append(s["response"])
+                          s.data["critique"], None if rev is None else rev.response]
+        if s.response != current:
+            row.append(s.response)
         crits.append(row)
-        current = rev["response"] if rev is not None else s["response"]
-    out: dict[str, Any] = {"id": rec["id"], "s": rec["status"], "p": prompt_text(rec["messages"]),
-                           "d": draft, "c": crits}
-    last_user = max((i for i, m in enumerate(rec["messages"]) if m["role"] == "user"), default=None)
-    ctx = [[m["role"], m["content"]] for i, m in enumerate(rec["messages"]) if i != last_user]
+        current = rev.response if rev is not None else s.response
+    out: dict[str, Any] = {"id": rec.id, "s": rec.status, "p": prompt_text(rec.messages), "d": draft, "c": crits}
+    last_user = max((i for i, m in enumerate(rec.messages) if m["role"] == "user"), default=None)
+    ctx = [[m["role"], m["content"]] for i, m in enumerate(rec.messages) if i != last_user]
     if ctx:
         out["ctx"] = ctx
-    extra = rec.get("extra") or {}
+    extra = rec.extra or {}
     if extra.get("expected") is not None:
         out["x"] = str(extra["expected"])
-    grades = _grades(steps)
+    grades = _grades(rec)
     if grades:
         out["g"] = {str(r): g.reward for r, g in sorted(grades.items())}
         out["t"] = grades[min(grades)].response_type
@@ -228,7 +224,8 @@ def record_row(rec: dict[str, Any], principle_index: dict[str, int], error: str 
 
 
 def gather(run: Run) -> ReportData:
-    """Read the run once for the per-record rows and the plots' series; cai.explore for the statistics."""
+    """Read the run in one pass over its store: the per-record rows, the plots' series, the label statistics
+    and the per-principle and per-round statistics (`cai.explore.CritiqueStats`)."""
     manifest, status = run.manifest, run.status()
     data = ReportData(name=run.path.resolve().name, manifest=manifest, status=status,
                       overview=overview(manifest, status), records=[], principles=[])
@@ -236,47 +233,47 @@ def gather(run: Run) -> ReportData:
     store = Store.open_run(run.path, readonly=True)
     comparisons: list[dict[str, Any]] = []
     ai_pairs = near_ties = 0
+    stats = explore.CritiqueStats()
     try:
         settings = run_settings(store)
-        margin = settings.export.min_reward_margin
         lab = settings.labels or LabelSettings()
+        # labels of every done record (as Run.labels() and the exports), with the run's label settings
+        opts = replace(RowOptions.of_run(store, settings, developer_as_system=False), labels=lab)
         errors: dict[str, str] = {}
         for e in store.errors(open_only=True):
             errors[e["id"]] = f"{e['stage']}: {e['error_class']}: {e['message']}"
-        for rec in store.iter_records():
-            data.records.append(record_row(rec, index, errors.get(rec["id"]) if rec["status"] != "done" else None))
-            _series(data, rec, margin)
-            if rec["status"] == "done":  # as Run.labels() and the exports: done records only
-                pairs, rows, near = label_rows(rec, lab.min_margin, lab.rank_by)
-                comparisons += rows
-                ai_pairs += len(pairs)
-                near_ties += near
+        for rows in run_rows(store, opts, done_only=False):
+            rec = rows.record
+            data.records.append(record_row(rows, index, errors.get(rec.id) if not rec.done else None))
+            _series(data, rows)
+            stats.add(rows)
+            if rows.labels is not None:
+                comparisons += rows.labels.comparisons
+                ai_pairs += len(rows.labels.pairs)
+                near_ties += rows.labels.near_ties
     finally:
         store.close()
     data.labels = label_stats(comparisons, ai_pairs, near_ties, lab)
     data.principles = sorted(index, key=index.__getitem__)
-    data.principle_stats = explore.principle_stats(run)
-    data.rounds = explore.rounds(run)
+    data.principle_stats = stats.principles(run.constitution())
+    data.rounds = stats.rounds()
     data.summary = explore.summary(run)
     return data
 
 
-def _series(data: ReportData, rec: dict[str, Any], margin: float | None) -> None:
+def _series(data: ReportData, rows: RecordRows) -> None:
     """Add one record's lengths, rewards, pair reward change and severities to the plots' series."""
-    steps = rec["steps"]
-    for s in steps:
-        if s["kind"] == "critique":
-            v = s.get("verdict")
-            data.severities.append((s["round"], None if v is None else int(v["severity"])))
-    if rec["status"] != "done":
+    for c in rows.critiques:
+        v = c.step.verdict
+        data.severities.append((c.step.round, None if v is None else int(v["severity"])))
+    if not rows.record.done:
         return
-    draft, final = draft_and_final(steps)
-    if draft is not None and final is not None:
-        data.lengths.append((len(draft), len(final)))
-    grades = _grades(steps)
+    if rows.draft is not None and rows.final is not None:
+        data.lengths.append((len(rows.draft), len(rows.final)))
+    grades = _grades(rows.record)
     if 0 in grades and len(grades) > 1:
         first, last = grades[0], grades[max(grades)]
         data.rewards.append((first.response_type or "unknown", first.reward, last.reward))
-    _, pair, _, _ = record_rows(rec, margin)
+    pair = rows.pair
     if pair is not None and "reward_chosen" in pair:
         data.pair_reward_changes.append(float(pair["reward_chosen"]) - float(pair["reward_rejected"]))
