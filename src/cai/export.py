@@ -184,9 +184,12 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def sweep(run_dir: Path) -> None:
-    """Delete the temp files that an export killed mid-way left in `run_dir`."""
-    for name in [f"{e}.{ext}" for e in (*EXPORTS, LABELS) for ext in FORMATS] + ["manifest.json"]:
+def sweep(run_dir: Path, names: Sequence[str] | None = None) -> None:
+    """Delete the temp files that a write killed mid-way left in `run_dir` for the files `names` (default: the
+    exports and manifest.json)."""
+    if names is None:
+        names = [f"{e}.{ext}" for e in (*EXPORTS, LABELS) for ext in FORMATS] + ["manifest.json"]
+    for name in names:
         for tmp in run_dir.glob(f".{name}.*.tmp"):
             with writing(tmp):
                 tmp.unlink(missing_ok=True)

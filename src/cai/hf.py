@@ -24,7 +24,7 @@ import yaml
 
 from cai import parquet
 from cai.errors import InputError, one_line
-from cai.export import Sink, all_or_none, drop_counts, manifest, run_settings, writing
+from cai.export import Sink, all_or_none, drop_counts, manifest, run_settings, sweep, writing
 from cai.rows import RowOptions, labeled_run, run_rows
 from cai.settings import ROLES
 from cai.store import Store
@@ -153,13 +153,6 @@ Not set (`license: unknown`). The dataset holds your prompts and text written by
 """
 
 
-def _sweep(folder: Path, name: str) -> None:
-    """Delete the temp files of `name` that a killed write left in `folder`."""
-    for tmp in folder.glob(f".{name}.*.tmp"):
-        with writing(tmp):
-            tmp.unlink(missing_ok=True)
-
-
 def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None = None) -> dict[str, Any]:
     """Write the run's sft and pairs as a Hugging Face dataset folder in `out_dir` (created if missing):
     `sft/` and `pairs/` Parquet files and a README.md dataset card. A config without rows gets no file and no
@@ -176,8 +169,8 @@ def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None =
         for path in paths.values():
             with writing(path.parent):
                 path.parent.mkdir(exist_ok=True)
-            _sweep(path.parent, path.name)
-        _sweep(out_dir, README)
+            sweep(path.parent, [path.name])
+        sweep(out_dir, [README])
         readme = out_dir / README
         with all_or_none({}) as sinks:
             for name, path in paths.items():

@@ -49,7 +49,7 @@ def make_scorer(name: str, settings: RunSettings, const: Constitution) -> Scorer
 class Labeler(Protocol):
     """Labels a prompt's candidate responses (AI preference labels). The pipeline calls `label` once per record
     with two or more candidates and stores what it returns as the record's `label` step; the exports read it
-    (`cai.results.label_rows`):
+    (`cai.rows.label_rows`):
 
         {"judge": spec, "cot": bool,
          "candidates": [{"source": "draft"|"sample"|"revision"|..., "n": int, "response": str, "reward"?}, ...],

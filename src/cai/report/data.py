@@ -80,7 +80,7 @@ class LabelStats:
 
 def label_stats(rows: list[dict[str, Any]], pairs: int = 0, near_ties: int = 0,
                 settings: LabelSettings | None = None) -> LabelStats | None:
-    """The statistics of comparison rows (`label_rows`' second item, `Run.labels()` rows); None for no rows."""
+    """The statistics of comparison rows (`cai.rows.LabelRows.comparisons`, `Run.labels()` rows); None for no rows."""
     if not rows:
         return None
     settings = settings or LabelSettings()
