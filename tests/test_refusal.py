@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from cai.checks import CHECKS, run_checks
+from cai.config import prompt_text
 from cai.refusal import FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL, classify, explain, score
-from cai.results import prompt_text
 
 ANSWER = ("To change a bicycle tyre, shift to the smallest cog, open the brake, undo the quick release and "
           "take the wheel out. Lever one side of the tyre off the rim, pull the tube out, fit the new tube "

@@ -18,8 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cai import refusal as refusal_classifier
-from cai.config import Message
-from cai.results import prompt_text
+from cai.config import Message, prompt_text
 
 CheckFn = Callable[..., list[float]]
 CHECKS: dict[str, CheckFn] = {}

@@ -151,3 +151,8 @@ def cache_key(identity: dict[str, Any], request: Request) -> str:
     }
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def prompt_text(messages: list[dict[str, str]]) -> str:
+    """The last user turn's text (what a person reads as "the prompt")."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")

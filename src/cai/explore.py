@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from cai.config import prompt_text
 from cai.errors import InputError
-from cai.results import frame, prompt_text
-from cai.rows import GRADE_COLUMNS, Critique, RecordRows, record_rows
+from cai.rows import GRADE_COLUMNS, Critique, RecordRows, frame, record_rows
 
 if TYPE_CHECKING:
     import pandas as pd

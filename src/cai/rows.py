@@ -5,7 +5,7 @@
 revision pair (or why it was dropped), its critiques (each with the revision that answered it), its rewards,
 and, in a run with AI preference labels, its AI-labeled pairs above the margin (`kept_pairs`, the one place
 the margin cut is made), its comparisons and its near-ties. The columns of every export are declared here
-(`columns`); `cai.parquet` gives them their types.
+(`columns`); `cai.parquet` gives them their types, and `frame` makes a DataFrame of rows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,18 @@ from cai.settings import LabelSettings, RunSettings
 from cai.steps import Kind, Step, StoredRecord, draft_and_final, rewards_by_round
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from cai.store import Store
+
+
+def frame(rows: list[dict[str, Any]], columns: list[str] | None) -> pd.DataFrame:
+    """`rows` as a DataFrame (with `columns`, in that order, also when empty). pandas, which loads pyarrow
+    (~80 MB), is imported on the first table asked for, not by every `cai run` that only gets a `Run` back."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=columns)
+
 
 SFT_COLUMNS = ["id", "messages"]
 PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected", "metadata"]

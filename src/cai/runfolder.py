@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cai import explore
+from cai.config import prompt_text
 from cai.constitution import Constitution
 from cai.constitution import load as load_constitution
 from cai.errors import CaiError, InputError
 from cai.export import ManifestExtra, export_run, run_settings
-from cai.results import frame, prompt_text
-from cai.rows import LABEL_COLUMNS, LABELED_PAIR_COLUMNS, RecordRows, RowOptions, labeled_run, run_rows
+from cai.rows import LABEL_COLUMNS, LABELED_PAIR_COLUMNS, RecordRows, RowOptions, frame, labeled_run, run_rows
 from cai.status import run_status
 from cai.steps import StoredRecord
 from cai.store import Store

@@ -22,9 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cai.config import prompt_text
 from cai.errors import InputError
 from cai.refusal import FULL_COMPLIANCE, classify
-from cai.results import prompt_text
 from cai.steps import draft_and_final
 from cai.store import Store
 

@@ -12,11 +12,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from cai.config import prompt_text
 from cai.errors import InputError
 from cai.rbr.data import parse_row
 from cai.records import iter_jsonl
 from cai.refusal import FULL_COMPLIANCE, LABELS, PARTIAL_REFUSAL, classify, explain
-from cai.results import prompt_text
 
 
 def read_labelled(path: Path, limit: int | None = None) -> list[dict[str, Any]]:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from cai import explore
+from cai.config import prompt_text
 from cai.errors import CaiError
 from cai.export import run_settings
 from cai.prices import call_price, cost, load_prices
-from cai.results import prompt_text
 from cai.rows import RecordRows, RowOptions, run_rows
 from cai.settings import LabelSettings, RunSettings
 from cai.steps import Kind, StoredRecord
