@@ -14,7 +14,7 @@ prompts with `--rounds 1`, `--max-tokens`, `--seed`:
 Tokens per pair = the manifest's tokens_in and tokens_out summed over all roles ÷ `exports.pairs` (also shown
 per record done). For c it also prints the ticks needed, the requests submitted in provider batches against
 the model calls a made (server count and manifest calls), and whether a and c sent the same request bodies.
-Cost per 1,000 pairs uses the shipped price table (`cai.prices`): a and b at the standard price, c at the
+Cost per 1,000 pairs uses the shipped price table (`cai.core.prices`): a and b at the standard price, c at the
 batch price; cached / cache-write prompt tokens at their own prices (the stub reports none unless it is told
 to: see the printed note).
 
@@ -42,7 +42,7 @@ from _common import REPO, bench_env, cai_command, parse_json_stdout, run_child, 
 
 sys.path.insert(0, str(REPO / "tests"))
 from batch_servers import BatchServer  # noqa: E402
-from cai.prices import call_price, cost, load_prices  # noqa: E402
+from cai.core.prices import call_price, cost, load_prices  # noqa: E402
 
 ROUNDS = 1
 PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}

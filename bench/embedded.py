@@ -135,7 +135,7 @@ def bare_speed(path: str, text: str) -> dict[str, float]:
 
 def tokens_phase(args: argparse.Namespace, best_slots: int) -> dict[str, Any]:
     """Bare tokens/s of each weights, then the provider at 1 slot and at the best slot count (new weights)."""
-    from cai.config import GenConfig, Request
+    from cai.calls import GenConfig, Request
     from cai.providers import get_model
     from cai.providers.local_slots import set_local_slots
     from cai.providers.local_weights import set_local_requantize

@@ -21,7 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import refusal_figures_line  # noqa: E402
 
-from cai.clikit import run_async  # noqa: E402
+from cai.cli.kit import run_async  # noqa: E402
 from cai.rbr.refusal_eval import classify_rows, evaluate, read_labelled  # noqa: E402
 from cai.rbr.refusal_grader import grade_refusals  # noqa: E402
 

@@ -38,9 +38,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import refusal_figures_line  # noqa: E402
 
-from cai.config import prompt_text  # noqa: E402
+from cai.calls import prompt_text  # noqa: E402
 from cai.rbr.refusal_eval import classify_rows, evaluate  # noqa: E402
-from cai.refusal import FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL, explain  # noqa: E402
+from cai.scoring.refusal import FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL, explain  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO.parent / "shared" / "data" / "rbr_gold_dev.jsonl"

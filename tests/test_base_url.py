@@ -18,10 +18,10 @@ import pytest
 
 import cai
 from cai import batch
-from cai.cmdline import resume_command
-from cai.config import GenConfig, Request, cache_key
+from cai.calls import GenConfig, Request, cache_key
 from cai.errors import ConfigMismatch, InputError
 from cai.providers import get_model
+from cai.read.cmdline import resume_command
 from cai.redact import clean_url, redact
 from helpers import cai as cli
 from helpers import write_prompts

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import cai as lib
-from cai.callcache import CallCache
-from cai.config import Completion
+from cai.calls import Completion
 from cai.providers.local import LocalModel
+from cai.store.callcache import CallCache
 from helpers import cai, write_prompts
 from reliability import KEY, cai_proc, one_line_error, stub_args, tmpfs
 
@@ -171,7 +171,7 @@ def test_the_local_identity_is_the_file_content(tmp_path):
 
 
 def test_rbr_grade_shares_the_cache_and_takes_the_run_lock(tmp_path, stub_server):
-    from cai.lock import RunLock
+    from cai.store.lock import RunLock
 
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"q{i}?", "response": f"answer {i}"}) + "\n"

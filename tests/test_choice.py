@@ -1,11 +1,12 @@
-"""cai.choice: reading two-option answers from text and logprobs, and `ask` against the loopback StubServer."""
+"""cai.core.choice: reading two-option answers from text and logprobs, and `ask` against the loopback StubServer."""
 
 import asyncio
 import math
 
 import pytest
 
-from cai.choice import (
+from cai.calls import GenConfig
+from cai.core.choice import (
     A_B,
     ANSWER_MARKER,
     LOGPROB_CONFIG,
@@ -19,8 +20,7 @@ from cai.choice import (
     p_first_at_answer,
     p_first_from_top,
 )
-from cai.config import GenConfig
-from cai.engine import Engine
+from cai.core.engine import Engine
 from cai.providers import get_model
 from cai.store import Store
 

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from cai.cmdline import resume_command, retry_command
+from cai.read.cmdline import resume_command, retry_command
 from conftest import free_port
 from helpers import cai, read_jsonl, write_prompts
 from reliability import KEY, assert_complete, cai_proc, cai_run, kill_while_live, one_line_error, stub_args

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from cai.constitution import check, content_sha256, load, sample_principles
-from cai.constitution_tools import diff, json_schema
+from cai.constitution.tools import diff, json_schema
 from cai.errors import InputError
 from helpers import cai
 

@@ -14,17 +14,17 @@ from typing import Any
 import pytest
 
 import cai
-from cai.config import Completion, GenConfig, Request, cache_key
+from cai.calls import Completion, GenConfig, Request, cache_key
 from cai.constitution import load
+from cai.core.prices import call_price, call_rates, load_prices
+from cai.core.stages import critique_request, repair_request, revise_request
 from cai.errors import InputError
-from cai.export import estimated_cost, run_settings
-from cai.prices import call_price, call_rates, load_prices
 from cai.prompts import fewshot, render
 from cai.providers import anthropic_api
 from cai.providers.anthropic_api import AnthropicModel
 from cai.providers.openai_api import OpenAIModel
+from cai.read.export import estimated_cost, run_settings
 from cai.settings import RunSettings
-from cai.stages import critique_request, repair_request, revise_request
 from cai.store import Store
 from helpers import cai as cai_cli
 from helpers import write_prompts

@@ -129,7 +129,7 @@ def test_local_top_logprobs_match_llama_cpp_logits_all():
     llama-cpp-python's own `logprobs` output from a logits_all instance, token by token."""
     import asyncio
 
-    from cai.config import GenConfig, Request
+    from cai.calls import GenConfig, Request
     from cai.providers import local
 
     model = local.LocalModel("")
@@ -164,7 +164,7 @@ def test_local_model_mixed_logprob_calls_concurrently():
     """Calls with and without logprobs share one llama instance from several threads."""
     import asyncio
 
-    from cai.config import GenConfig, Request
+    from cai.calls import GenConfig, Request
     from cai.providers import local
 
     model = local.LocalModel("")

@@ -14,9 +14,10 @@ import anthropic
 import openai
 import pytest
 
-from cai.config import GenConfig, Request
+from cai.calls import GenConfig, Request
 from cai.constitution import load as load_constitution
-from cai.engine import Engine
+from cai.core.engine import Engine
+from cai.core.pipeline import Pipeline
 from cai.errors import (
     AuthError,
     ConnectFailed,
@@ -27,7 +28,6 @@ from cai.errors import (
     RequestRejected,
     TransientError,
 )
-from cai.pipeline import Pipeline
 from cai.providers import get_model
 from cai.settings import RunSettings
 from cai.store import Store

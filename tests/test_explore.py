@@ -1,4 +1,4 @@
-"""Exploring a run (cai.explore, as Run methods and cai.compare): every number is checked against the
+"""Exploring a run (cai.read.explore, as Run methods and cai.compare): every number is checked against the
 run's own tables or manifest, computed here independently from the stored steps."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 import cai
 from cai.errors import InputError
-from cai.explore import word_diff
+from cai.read.explore import word_diff
 from helpers import write_prompts
 from reliability import KEY
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cai.errors import OutputError
-from cai.export import EXPORTS, export, export_run
+from cai.read.export import EXPORTS, export, export_run
 from cai.settings import RunSettings
 from cai.store import Store
 from helpers import cai
@@ -153,7 +153,7 @@ def test_parquet_loads_with_datasets_as_message_lists(tmp_path, monkeypatch):
 
 
 def test_parquet_rows_are_streamed_in_row_groups(tmp_path, monkeypatch):
-    monkeypatch.setattr("cai.parquet.ROWS_PER_GROUP", 4)
+    monkeypatch.setattr("cai.read.parquet.ROWS_PER_GROUP", 4)
     run = make_run(tmp_path / "r", 10)
     run_export(run, "parquet")
     meta = pq.ParquetFile(run / "sft.parquet").metadata

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import pytest
 
-from cai.config import OUTPUT, GenConfig, output_settings
+from cai.calls import OUTPUT, GenConfig, output_settings
 from cai.errors import ConfigMismatch, InputError
 from cai.runs import check_fingerprint, fingerprint
 from cai.settings import IOSettings, LoopSettings, RunSettings

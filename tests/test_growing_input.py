@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 import cai
+from cai.core.records import InputScan, scan_input, scanned_records
 from cai.errors import ConfigMismatch, InputError
-from cai.records import InputScan, scan_input, scanned_records
 from cai.runs import check_fingerprint, fingerprint
 from cai.settings import IOSettings, RunSettings
 from cai.store import Store

@@ -16,9 +16,9 @@ import yaml
 
 import cai
 from cai.errors import InputError, OutputError, RunLocked
-from cai.hf import DATA_FILE, write_hf
-from cai.lock import RunLock
+from cai.read.hf import DATA_FILE, write_hf
 from cai.store import Store
+from cai.store.lock import RunLock
 from helpers import cai as cli
 from helpers import read_jsonl
 from reliability import KEY, cai_run, one_line_error
@@ -203,7 +203,7 @@ def test_a_failed_write_keeps_the_previous_dataset(tmp_path, stub_server, monkey
     def disk_full(self, row):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("cai.parquet.ParquetRows.add", disk_full)
+    monkeypatch.setattr("cai.read.parquet.ParquetRows.add", disk_full)
     with pytest.raises(OutputError) as info:
         write_hf(run.path, out)
     assert str(info.value) == f"{out / 'sft' / DATA_FILE}: cannot write export: No space left on device"

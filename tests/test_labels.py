@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cai.limits import LABELS_BYTES
-from cai.steps import Kind
+from cai.store.steps import Kind
 from helpers import REPO, SHARED, cai, read_jsonl
 from reliability import KEY, cai_run, one_line_error
 from servers import StubServer

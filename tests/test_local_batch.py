@@ -8,15 +8,15 @@ import llama_cpp._internals
 import numpy as np
 import pytest
 
-from cai.choice import LOGPROB_CONFIG
-from cai.config import Completion, GenConfig, Request
+from cai.calls import Completion, GenConfig, Request
 from cai.constitution import load
+from cai.core.choice import LOGPROB_CONFIG
+from cai.core.stages import critique_request, revise_request
 from cai.errors import RequestRejected
 from cai.providers import get_model
 from cai.providers.local import N_CTX, TopLogprobs, chat_arguments, new_llama, to_completion
 from cai.providers.local_engine import BatchEngine, WindowExceeded
 from cai.providers.local_slots import default_slots, local_slots, set_local_slots
-from cai.stages import critique_request, revise_request
 
 USER = [{"role": "user", "content": "How do I pick a strong password?"}]
 RESPONSE = "Use your birthday, it is easy to remember."

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cai import migrations
-from cai.sqlite_io import create, leftovers
-from cai.store import DB_NAME, SCHEMA, Store
+from cai.store import DB_NAME, SCHEMA, Store, migrations
+from cai.store.sqlite_io import create, leftovers
 from golden import CASES, GOLDEN, JSONL, OLD_STORE, cli, copy_inputs, old_store_server, run_args
 
 NAMES = [m.__name__ for m in migrations.MIGRATIONS]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cai.pacing import AIMDLimiter, Pacer
+from cai.core.pacing import AIMDLimiter, Pacer
 from helpers import cai, write_prompts
 
 
@@ -119,8 +119,8 @@ def _flaky(failures: list[BaseException]):
 
 
 def test_with_retries_first_try_then_replayed_into_tenacity():
+    from cai.core.retry import with_retries
     from cai.errors import RateLimited, RequestRejected, TransientError
-    from cai.retry import with_retries
 
     fn, calls = _flaky([])
     assert asyncio.run(with_retries(fn, 3)) == "ok" and len(calls) == 1

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from cai.core.prices import load_prices, price_of
 from cai.errors import InputError
 from cai.limits import PRICES_BYTES
-from cai.prices import load_prices, price_of
 
 
 def test_shipped_table_loads_and_matches_first_pattern():

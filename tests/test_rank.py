@@ -1,5 +1,5 @@
 """cai.labels.rank: Bradley–Terry from soft labels, win rates; preference pairs and near-ties as a label step
-stores them (`oriented`) and the exports cut them (`cai.rows.kept_pairs`)."""
+stores them (`oriented`) and the exports cut them (`cai.read.rows.kept_pairs`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cai.labels.rank import Ranking, bradley_terry, oriented, rank, standardize, win_rates
-from cai.rows import kept_pairs
+from cai.read.rows import kept_pairs
 
 TRUE_S = np.array([2.0, 1.0, 0.0, -1.0, -2.0])
 

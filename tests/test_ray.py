@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import cai
-from cai.export import EXPORTS
+from cai.read.export import EXPORTS
 from cai.store import Store
 from helpers import cai as cai_cli
 from servers import StubServer

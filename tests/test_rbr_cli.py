@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import cai.rbr.cli as rbr_cli
+import cai.cli.rbr as rbr_cli
 from cai.cli import app
+from cai.cli.rbr import rbr_app
 from cai.constitution import load
-from cai.rbr.cli import rbr_app
 from cai.rbr.grader import MODES
 from helpers import read_jsonl
 

@@ -8,11 +8,11 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from cai.choice import YES_NO, answer_of, p_first_from_top
+from cai.cli.rbr import rbr_app
 from cai.constitution import load
-from cai.engine import Engine
+from cai.core.choice import YES_NO, answer_of, p_first_from_top
+from cai.core.engine import Engine
 from cai.providers import get_model
-from cai.rbr.cli import rbr_app
 from cai.rbr.grader import parse_joint
 from cai.rbr.reward import load_weights
 from cai.rbr.score import score_response

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cai.cli.rbr import rbr_app
 from cai.constitution import RBR_CLASSES, load
 from cai.providers import get_model
 from cai.providers.local import _engines
 from cai.providers.local_slots import set_local_slots
-from cai.rbr.cli import rbr_app
 
 GOLD = Path(__file__).resolve().parents[2] / "shared" / "data" / "rbr_gold_dev.jsonl"
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from cai.checks import CHECKS, check, run_checks
 from cai.constitution import CLASS_RANK, RBR_CLASSES, ResponseType, load
 from cai.errors import InputError
 from cai.limits import WEIGHTS_BYTES
@@ -17,6 +16,7 @@ from cai.rbr.metrics import refusal_rates
 from cai.rbr.reward import load_weights, reward
 from cai.rbr.rules import classify, failed_items, truth
 from cai.rbr.score import assemble, feedback_text
+from cai.scoring.checks import CHECKS, check, run_checks
 
 GOLD = Path(__file__).resolve().parents[2] / "shared" / "data" / "rbr_gold_dev.jsonl"
 U = [{"role": "user", "content": "hi"}]

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
+from cai.core.records import iter_jsonl, iter_records, scan_input
 from cai.errors import InputError
-from cai.records import iter_jsonl, iter_records, scan_input
 from helpers import cai
 
 

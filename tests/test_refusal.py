@@ -1,13 +1,13 @@
-"""The three-way refusal classifier (`cai.refusal`) and the `refusal` check: each rule on short written
+"""The three-way refusal classifier (`cai.scoring.refusal`) and the `refusal` check: each rule on short written
 examples, and that a rule does not fire where a reply only looks like it."""
 
 from __future__ import annotations
 
 import pytest
 
-from cai.checks import CHECKS, run_checks
-from cai.config import prompt_text
-from cai.refusal import FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL, classify, explain, score
+from cai.calls import prompt_text
+from cai.scoring.checks import CHECKS, run_checks
+from cai.scoring.refusal import FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL, classify, explain, score
 
 ANSWER = ("To change a bicycle tyre, shift to the smallest cog, open the brake, undo the quick release and "
           "take the wheel out. Lever one side of the tyre off the rim, pull the tube out, fit the new tube "

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cai.cli.rbr import rbr_app
 from cai.errors import InputError
-from cai.rbr.cli import rbr_app
 from cai.rbr.metrics import refusal_metrics_extra, run_refusal_metrics
 from cai.rbr.refusal_eval import binary, read_labelled, three_way
 from cai.rbr.refusal_grader import letter_of, probs_from_top, reading

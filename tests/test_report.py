@@ -18,7 +18,7 @@ import pytest
 
 import cai
 from cai.errors import InputError
-from cai.explore import word_diff
+from cai.read.explore import word_diff
 from cai.report import write_report
 from cai.report.page import script_json
 from helpers import cai as cai_cli
@@ -204,7 +204,7 @@ def test_word_diff_in_the_page_gives_back_both_texts(tmp_path, stub_server, brow
             continue
         changed = {op: sorted(w for o, t in ops if o == op for w in t.split()) for op in ("delete", "insert")}
         want = {op: sorted(w for o, t in word_diff(a, b) if o == op for w in t.split()) for op in ("delete", "insert")}
-        assert changed == want, (a, b)  # the same words as cai.explore.word_diff (spacing may split differently)
+        assert changed == want, (a, b)  # the same words as cai.read.explore.word_diff (spacing may split differently)
     view.assert_clean()
 
 
@@ -282,6 +282,6 @@ def test_page_is_self_contained_and_data_is_inert(tmp_path, stub_server):
 
 
 def test_import_cai_does_not_load_matplotlib():
-    code = "import sys, cai, cai.cli, cai.report; print('matplotlib' in sys.modules)"
+    code = "import sys, cai, cai.cli.commands, cai.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,5 +1,5 @@
-"""cai.rows and cai.steps: a run's store is read once per export and per report, `Run.diff` reads the one record
-it shows, and steps keep their stored text while their kinds are typed."""
+"""cai.read.rows and cai.store.steps: a run's store is read once per export and per report, `Run.diff` reads the one
+record it shows, and steps keep their stored text while their kinds are typed."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 
 import cai
 from cai.errors import InputError
-from cai.export import export_run
-from cai.hf import write_hf
+from cai.read.export import export_run
+from cai.read.hf import write_hf
 from cai.report.data import gather
-from cai.steps import Kind, Step
 from cai.store import Store
+from cai.store.steps import Kind, Step
 from reliability import KEY
 
 PROMPTS = [f"How do I do task number {i}?" for i in range(4)]

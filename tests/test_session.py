@@ -12,8 +12,8 @@ import pytest
 
 from batch_servers import BatchServer
 from cai import batch
-from cai.lock import LOCK_NAME, RunLock
 from cai.store import DB_NAME
+from cai.store.lock import LOCK_NAME, RunLock
 from helpers import cai, read_jsonl, write_prompts
 from reliability import KEY, one_line_error
 from test_migrations import old_run

@@ -1,8 +1,8 @@
 import json
 
-from cai.config import GenConfig, Request, cache_key
+from cai.calls import GenConfig, Request, cache_key
 from cai.constitution import load
-from cai.stages import (
+from cai.core.stages import (
     VERDICT_SCHEMA,
     clean_revision,
     critique_request,

@@ -1,4 +1,5 @@
-"""`cai.votes` and `cai constitution import-votes`: public votes on statements become a constitution layer."""
+"""`cai.constitution.votes` and `cai constitution import-votes`: public votes on statements become a constitution
+layer."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from cai.cli.votes import import_votes as import_votes_cmd
 from cai.constitution import load
+from cai.constitution.votes import MIN_AGREE, MIN_VOTES, import_votes, read_votes, select
 from cai.errors import InputError
 from cai.limits import VOTES_BYTES
-from cai.votes import MIN_AGREE, MIN_VOTES, import_votes, read_votes, select
-from cai.votes_cli import import_votes as import_votes_cmd
 
 DATA = Path(__file__).parent / "data"
 POLIS = DATA / "polis"
@@ -44,7 +45,8 @@ CSV_DESIGN = {"s1": (None, []), "s2": ("divisive", ["urban"]), "s3": ("too_few_v
 
 
 def polis_tallies() -> tuple[dict[str, dict[str, list[int]]], dict[str, int]]:
-    """Independently of cai.votes: per comment, per group ("" = no group) [agree, disagree, pass]; moderation."""
+    """Independently of cai.constitution.votes: per comment, per group ("" = no group) [agree, disagree, pass];
+    moderation."""
     with open(POLIS / "participants-votes.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     with open(POLIS / "comments.csv", newline="") as f:

@@ -17,9 +17,9 @@ __all__ = ["Run", "__version__", "arun", "compare", "open_run", "run"]
 
 if TYPE_CHECKING:
     from cai.api import arun, compare, open_run, run
-    from cai.runfolder import Run
+    from cai.read.run import Run
 
-_LAZY = {"arun": "cai.api", "run": "cai.api", "open_run": "cai.api", "compare": "cai.api", "Run": "cai.runfolder"}
+_LAZY = {"arun": "cai.api", "run": "cai.api", "open_run": "cai.api", "compare": "cai.api", "Run": "cai.read.run"}
 
 
 def __getattr__(name: str) -> Any:

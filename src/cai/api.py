@@ -9,7 +9,7 @@ Nothing here prints (unless `progress=True`), installs a signal handler or exits
 exceptions from `cai.errors`. To stop a run, cancel its task (or interrupt `cai.run`); what was
 committed is kept and the same call resumes.
 
-This module is the composition layer: the core (`cai.runs`, `cai.pipeline`, `cai.export`, ...) never
+This module is the composition layer: the core (`cai.runs`, `cai.core.pipeline`, `cai.read.export`, ...) never
 imports a plugin, and neither does this layer: scorers, labelers, runners and manifest sections come from the
 plugin registry (`cai.plugins`) by name, e.g. the "rbr" scorer that `rbr=True` builds, the "ray" runner, and rbr's
 refusal metrics in the manifest of runs whose inputs carry `expected` (`manifest_extras`).
@@ -28,16 +28,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
-from cai import explore, plugins
-from cai.engine import Engine
+from cai import plugins
+from cai.core.engine import Engine
+from cai.core.prices import load_prices
+from cai.core.progress import Progress
 from cai.errors import InputError
-from cai.export import ManifestExtra
 from cai.options import RunOptions
-from cai.prices import load_prices
-from cai.progress import Progress
 from cai.providers.local_slots import set_local_slots
 from cai.providers.local_weights import local_requantize as local_requantize_mode
-from cai.runfolder import Run
+from cai.read import explore
+from cai.read.export import ManifestExtra
+from cai.read.run import Run
 from cai.runs import Runner, execute, normalize_out
 from cai.settings import RunSettings
 
@@ -198,5 +199,5 @@ def open_run(path: str | os.PathLike[str]) -> Run:
 
 def compare(a: Run | str | os.PathLike[str], b: Run | str | os.PathLike[str], by: str = "metric") -> pd.DataFrame:
     """Two runs (or run folders) over the same prompts side by side: violation rate, severity, lengths and
-    rewards per run and their difference (`by="prompt"`: one row per prompt). See `cai.explore.compare`."""
+    rewards per run and their difference (`by="prompt"`: one row per prompt). See `cai.read.explore.compare`."""
     return explore.compare(a if isinstance(a, Run) else open_run(a), b if isinstance(b, Run) else open_run(b), by)

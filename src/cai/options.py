@@ -5,7 +5,7 @@
 A key's type is what the library accepts; its `Option` says which settings field(s) it sets (`cai.settings`),
 its help text and its command-line form. The default and the bounds are the settings field's own, so
 `RunSettings.from_options` (the one place that resolves options into settings), the typer parameters of
-`cai run` and `cai batch submit` (`cai.options_cli`) and the keywords of `cai.arun` all come from here.
+`cai run` and `cai batch submit` (`cai.cli.options`) and the keywords of `cai.arun` all come from here.
 An option the caller did not give is absent (or None): it takes the field's default.
 """
 

@@ -9,7 +9,7 @@ An entry point is named `KIND.NAME` and points at the object that kind expects (
     "labeler.ai" = "cai.labels:ai_labeler"                         # (RunSettings, Constitution) -> Labeler
     "runner.ray" = "cai.cluster:ray_runner"                        # (ExecutionSettings) -> Runner
     "manifest.refusal" = "cai.rbr.metrics:refusal_metrics_extra"   # (Store, counts) -> dict for manifest.json
-    "exporter.hf" = "cai.hf:write_hf"             # (run_dir, dest, *, developer_as_system) -> {"rows": {...}, ...}
+    "exporter.hf" = "cai.read.hf:write_hf"             # (run_dir, dest, *, developer_as_system) -> {"rows": {...}, ...}
     "command.NAME" = "your_package:app"           # a typer.Typer (`cai NAME ...`) or a function (`cai NAME`)
 
 Nothing is imported until it is asked for (`load`), so `import cai` and `cai --help` stay light.

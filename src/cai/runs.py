@@ -5,75 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from cai import constitution as constitution_mod
-from cai.callcache import CallCache
-from cai.config import output_defaults, output_settings
-from cai.engine import Engine
-from cai.errors import ConfigMismatch, InputError, OutputError
-from cai.export import ManifestExtra, export_run
-from cai.lock import LOCK_NAME, RunLock
-from cai.pipeline import Pipeline, least_request_tokens
+from cai.calls import output_defaults, output_settings
+from cai.core.engine import Engine
+from cai.core.pipeline import Pipeline, least_request_tokens
+from cai.core.records import InputScan, scan_input, scanned_records
+from cai.core.scoring import Labeler, Scorer, make_labeler, make_scorer
+from cai.errors import ConfigMismatch, InputError
 from cai.providers import Model, get_model
 from cai.providers.local_slots import calls_in_flight
 from cai.providers.local_weights import resume_hint, set_local_requantize
-from cai.records import InputScan, scan_input, scanned_records
+from cai.read.export import ManifestExtra, export_run
 from cai.redact import clean_url, redact
-from cai.scoring import Labeler, Scorer, make_labeler, make_scorer
 from cai.settings import ExecutionSettings, RunSettings
-from cai.sqlite_io import leftovers
-from cai.store import DB_NAME, Store
+from cai.store import Store
+from cai.store.callcache import CallCache
+from cai.store.folder import locked_store
 
 
 def normalize_out(out: str | Path) -> Path:
     """`a/../b` → `b`, so creating the folder leaves no stray `a/`."""
     return Path(os.path.normpath(out))
-
-
-def prepare_dir(out: Path, restart: bool) -> None:
-    """Refuse a folder that holds other files; with `restart`, move an old run aside (never delete) once no
-    other process holds it. OutputError naming the folder if it cannot be created."""
-    if out.exists() and not out.is_dir():
-        raise InputError("--out exists and is not a folder", path=str(out))
-    if out.is_dir() and not Store.exists(out):
-        own = {LOCK_NAME, *(p.name for p in leftovers(out / DB_NAME))}  # a run killed before its store was made
-        if any(p.name not in own for p in out.iterdir()):
-            raise InputError("--out is a folder that is not a cai run (no run.sqlite); refusing to write "
-                             "into it", path=str(out))
-    if restart and Store.exists(out):
-        aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        with RunLock(out):  # a live run keeps its folder: RunLocked (exit 3)
-            try:
-                shutil.move(str(out), str(aside))
-            except OSError as e:
-                raise OutputError(f"cannot move the old run aside ({e.strerror})", path=str(out)) from e
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create the run folder ({e.strerror})", path=str(out)) from e
-
-
-@contextlib.contextmanager
-def locked_store(out: Path, restart: bool = False, *, create: bool = True) -> Iterator[Store]:
-    """Prepare `out`, hold its run lock for the whole block, and open (or create) its store: the one way a run's
-    store is opened for writing. `create=False` opens only the store of an existing run (InputError naming the
-    folder otherwise) and leaves the folder as it is."""
-    if not create or Store.exists(out) and not restart:
-        Store.open_run(out, readonly=True).close()  # a damaged or foreign store fails before anything is written
-    if create:
-        prepare_dir(out, restart)
-    with RunLock(out):
-        store = Store(out) if create and not Store.exists(out) else Store.open_run(out)
-        try:
-            yield store
-        finally:
-            store.close()
 
 
 INPUT_KEYS = ("input_sha256", "input_bytes", "input_lines")

@@ -4,7 +4,7 @@
     settings.loop.rounds, settings.generation.max_tokens, settings.models.specs()
 
 Fields that change what the models produce are marked OUTPUT (and `generation` contributes its
-`output_fields()`): the resume fingerprint is derived from them by `cai.config.output_settings`.
+`output_fields()`): the resume fingerprint is derived from them by `cai.calls.output_settings`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
-from cai.config import OUTPUT, GenConfig
+from cai.calls import OUTPUT, GenConfig
 from cai.errors import InputError
 from cai.options import (
     CandidatesFrom,
@@ -104,7 +104,7 @@ class ExecutionSettings(_Part):
     tpm: int | None = Field(None, ge=1)
     retry_failed: bool = False
     prices: str | None = None  # price table for the cost estimate (default: shipped)
-    cache: str | None = None  # a call cache shared by runs (cai.callcache); off by default
+    cache: str | None = None  # a call cache shared by runs (cai.store.callcache); off by default
     # Where the pipeline runs: in this process, or sharded to Ray actors (the `cai.cluster` plugin, `ray` extra).
     engine: Engine = "local"
     ray_address: str | None = None  # None: start (or join) a local Ray instance; "auto" or HOST:PORT: a cluster

@@ -9,7 +9,7 @@ import anthropic
 
 from cai.batch.apis import LIST_LIMIT, BatchBase, Found, Poll
 from cai.batch.ledger import Job, Outcome
-from cai.config import Completion, Request
+from cai.calls import Completion, Request
 from cai.providers.anthropic_api import AnthropicModel, completion
 from cai.providers.base import Model
 

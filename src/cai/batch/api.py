@@ -21,14 +21,14 @@ from cai.api import Prompts, _input_file, manifest_extras
 from cai.batch.apis import batch_api
 from cai.batch.job import PAUSED, BatchJob, TickReport
 from cai.batch.ledger import OPEN_STATES, Ledger
+from cai.core.records import InputRecord, scan_input, scanned_records
 from cai.errors import ConfigMismatch, InputError
-from cai.export import estimated_cost, export_run
-from cai.lock import running_pid
-from cai.records import InputRecord, scan_input, scanned_records
+from cai.read.export import estimated_cost, export_run
 from cai.redact import MASK, redact
 from cai.runs import admit, normalize_out, open_session, run_models
 from cai.settings import RunSettings
 from cai.store import Store
+from cai.store.lock import running_pid
 
 
 def _check_models(models: dict[str, Any], retries: int) -> None:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from cai.batch.ledger import Job, Outcome
-from cai.config import Completion, Request
+from cai.calls import Completion, Request
+from cai.core.retry import with_retries
 from cai.errors import InputError
 from cai.providers.base import Model, sdk_error
-from cai.retry import with_retries
 
 T = TypeVar("T")
 LIST_LIMIT = 500  # batches looked at when recovering a lost create (newest first)
@@ -77,7 +77,7 @@ class BatchBase:
         self.where = model.where
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """One batch-API call, retried on 429/5xx/timeouts (cai.retry), its SDK errors mapped to ProviderError."""
+        """One batch-API call, retried on 429/5xx/timeouts (cai.core.retry), its SDK errors mapped to ProviderError."""
         async def attempt() -> T:
             try:
                 return await fn()

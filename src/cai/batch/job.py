@@ -21,13 +21,13 @@ from typing import Any
 
 from cai.batch.apis import BatchAPI, batch_api
 from cai.batch.ledger import History, Job, Ledger, Outcome, error_of
-from cai.config import Completion, Request
+from cai.calls import Completion, Request
 from cai.constitution import Constitution
-from cai.engine import Engine
+from cai.core.engine import Engine
+from cai.core.pipeline import Pipeline
+from cai.core.records import InputRecord
 from cai.errors import EndpointDown, ProviderError
-from cai.pipeline import Pipeline
 from cai.providers import Model
-from cai.records import InputRecord
 from cai.runs import CALLS_IN_FLIGHT, RunPlugins
 from cai.settings import RunSettings
 from cai.store import Store

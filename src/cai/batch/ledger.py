@@ -1,4 +1,4 @@
-"""What a batch job keeps in the run's store (`cai.store_batch`): its provider batches and the requests in them
+"""What a batch job keeps in the run's store (`cai.store.batch`): its provider batches and the requests in them
 (one row per request sent, matched to results by `custom_id`).
 
 A job row is written, with its requests, before anything is sent to the provider (`creating`); the batch id
@@ -16,7 +16,7 @@ from typing import Any
 from cai.errors import ProviderError, RequestRejected
 from cai.providers.base import http_error
 from cai.store import Store
-from cai.store_batch import BatchTables
+from cai.store.batch import BatchTables
 
 # Job states: creating (stored, not yet known to be created), open (batch id stored), ended (results stored).
 OPEN_STATES = ("creating", "open")

@@ -11,7 +11,7 @@ from openai.types.chat import ChatCompletion
 
 from cai.batch.apis import LIST_LIMIT, BatchBase, Found, Poll
 from cai.batch.ledger import Job, Outcome
-from cai.config import Completion, Request
+from cai.calls import Completion, Request
 from cai.errors import ProviderError
 from cai.providers.base import Model
 from cai.providers.openai_api import STRUCTURED_MODES, OpenAIModel, mentions_format

@@ -19,10 +19,10 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from cai.cluster.worker import WRITES, Worker
-from cai.engine import Engine, RoleStats, Stats
+from cai.core.engine import Engine, RoleStats, Stats
+from cai.core.pipeline import Pipeline
+from cai.core.records import InputRecord
 from cai.errors import CaiError, InputError
-from cai.pipeline import Pipeline
-from cai.records import InputRecord
 from cai.store import Store
 
 MAX_WORKERS = 8  # the default number of workers at most (and the cluster's CPUs)

@@ -8,15 +8,15 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from cai.callcache import CallCache
-from cai.config import Completion
+from cai.calls import Completion
 from cai.constitution import Constitution
-from cai.engine import Engine, Stats
-from cai.pipeline import Pipeline
-from cai.records import InputRecord
+from cai.core.engine import Engine, Stats
+from cai.core.pipeline import Pipeline
+from cai.core.records import InputRecord
 from cai.runs import run_models
 from cai.settings import RunSettings
-from cai.steps import Step
+from cai.store.callcache import CallCache
+from cai.store.steps import Step
 
 # The store writes the driver replays, in order, on the run's store (the only Store methods a worker calls).
 WRITES = frozenset({"add_record", "add_step", "set_status", "add_error_row", "add_call"})

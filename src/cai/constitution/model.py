@@ -89,7 +89,7 @@ class ResponseType(BaseModel):
 
 
 class CheckRef(BaseModel):
-    """A deterministic check (registered in `cai.checks`) to compute for every response."""
+    """A deterministic check (registered in `cai.scoring.checks`) to compute for every response."""
 
     model_config = ConfigDict(extra="forbid")
 

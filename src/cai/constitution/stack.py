@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cai.checks import CHECKS
 from cai.constitution.model import (
     KIND_OF,
     SECTION_OF,
@@ -25,6 +24,7 @@ from cai.constitution.model import (
 )
 from cai.constitution.source import SINGULAR, Source, read, resolve
 from cai.errors import InputError
+from cai.scoring.checks import CHECKS
 
 # A later layer may restate a rule, add tags to it (the tags it gives are added) and change its metadata (which no
 # model is shown); changing any of these fields, switching it off, moving it out of `rules` or removing it weakens it.

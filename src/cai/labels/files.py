@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cai.core.records import iter_jsonl, message_list
 from cai.errors import InputError
 from cai.limits import LABELS_BYTES, check_size
-from cai.records import iter_jsonl, message_list
 
 
 def response_text(value: Any, field: str, path: str, line: int) -> str:

@@ -2,7 +2,7 @@
 
 One code path for labeling runs, labeling files and `cai judge-eval`. A pair is asked in both orders
 (each response once as (A)); P(first ≻ second) = (p_AB + 1 − p_BA) / 2, where p_XY is the judge's P(A) with X
-shown as (A). P(A) comes from `cai.choice`, the same path the rule-based grader uses: the answer token's top
+shown as (A). P(A) comes from `cai.core.choice`, the same path the rule-based grader uses: the answer token's top
 logprobs (mass of "A"-like tokens over A-like + B-like) when the model has them, else `votes` sampled answers.
 
 With `cot`, the judge reasons first and ends with "Answer: A|B"; P(A) is read at that answer token (or from
@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from cai.choice import A_B, ANSWER_MARKER, Reading, Usage, answer_after, ask, counted_call, p_first_at_answer
-from cai.config import GenConfig, Message, Request
-from cai.engine import Engine
+from cai.calls import GenConfig, Message, Request
+from cai.core.choice import A_B, ANSWER_MARKER, Reading, Usage, answer_after, ask, counted_call, p_first_at_answer
+from cai.core.engine import Engine
+from cai.core.stages import conversation, quote
 from cai.prompts import render
-from cai.stages import conversation, quote
 
 ONE_LETTER = "Answer with one letter: A or B."
 REASON_FIRST = ("First think it through in a few sentences: how well does each response meet this principle? "

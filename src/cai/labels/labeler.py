@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 from cai.constitution import Constitution, sample_comparison
-from cai.engine import Engine
+from cai.core.engine import Engine
 from cai.errors import InputError
 from cai.labels.judge import judge_pair
 from cai.labels.rank import Ranking, bradley_terry, oriented, rank
@@ -28,7 +28,7 @@ ROLE = "judge"
 
 
 class AILabeler:
-    """`cai.scoring.Labeler` for RunSettings with labeling on (or given LabelSettings directly)."""
+    """`cai.core.scoring.Labeler` for RunSettings with labeling on (or given LabelSettings directly)."""
 
     def __init__(self, labels: LabelSettings, judge: str, const: Constitution) -> None:
         if not const.comparisons:

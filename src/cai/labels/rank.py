@@ -3,7 +3,7 @@
 A comparison `(i, j, p)` is the judge's P(candidate i ≻ candidate j), p in [0, 1] (0.5 = undecided); it
 counts p wins for i over j and 1 − p for j over i. `rank` fits a Bradley–Terry model (K > 2) or uses the
 averaged labels directly (K = 2); `oriented` turns a ranking into winner-first pairs with their margins
-P − 0.5 (the exports keep those above a threshold: `cai.rows.kept_pairs`).
+P − 0.5 (the exports keep those above a threshold: `cai.read.rows.kept_pairs`).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def rank(k: int, comparisons: Sequence[Comparison],
 def oriented(ranking: Ranking, by: str) -> dict[str, Any]:
     """The ranking as a label step stores it: its method, scores, and every unordered pair {i, j} once,
     winner-first (the winner of an exact tie is the lower index) with its margin P(winner ≻ loser) − 0.5, ordered
-    by decreasing margin, then by (chosen, rejected). `cai.rows.kept_pairs` keeps those above `--min-margin`."""
+    by decreasing margin, then by (chosen, rejected). `cai.read.rows.kept_pairs` keeps those above `--min-margin`."""
     k, pairs = len(ranking.scores), []
     for i in range(k):
         for j in range(i + 1, k):

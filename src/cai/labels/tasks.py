@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cai import constitution as constitution_mod
-from cai.export import ManifestExtra, Sink, all_or_none, export_run, run_settings
 from cai.labels.files import read_candidates, read_pairs
 from cai.labels.labeler import ROLE, AILabeler
-from cai.rows import label_rows
+from cai.read.export import ManifestExtra, Sink, all_or_none, export_run, run_settings
+from cai.read.rows import label_rows
 from cai.runs import role_session
 from cai.settings import LabelSettings
-from cai.steps import Kind, Step, StoredRecord
 from cai.store import Store
+from cai.store.steps import Kind, Step, StoredRecord
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import anthropic
 
-from cai.config import Completion, Request
+from cai.calls import Completion, Request
 from cai.errors import AuthError
 from cai.providers.base import Model, sdk_error
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from cai import plugins
-from cai.config import Completion, Request
+from cai.calls import Completion, Request
 from cai.errors import (
     AuthError,
     ConnectFailed,

@@ -28,7 +28,7 @@ from typing import Any
 
 import llama_cpp
 
-from cai.config import Completion, Request
+from cai.calls import Completion, Request
 from cai.errors import InputError, RequestRejected
 from cai.providers.base import Model
 from cai.providers.local_engine import BatchEngine, WindowExceeded

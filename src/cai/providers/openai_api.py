@@ -8,7 +8,7 @@ from typing import Any
 
 import openai
 
-from cai.config import Completion, Request
+from cai.calls import Completion, Request
 from cai.errors import AuthError, ProviderError, TransientError
 from cai.providers.base import Model, sdk_error
 
@@ -47,7 +47,7 @@ class OpenAIModel(Model):
                     raise AuthError("OPENAI_API_KEY is not set (or pass --base-url for a local server)",
                                     provider=self.provider, model=self.name)
                 key = "no-key"
-            # Retries are owned by cai.retry, so the SDK makes exactly one attempt.
+            # Retries are owned by cai.core.retry, so the SDK makes exactly one attempt.
             url, query = self.sdk_url()
             self._client = openai.AsyncOpenAI(api_key=key, base_url=url, default_query=query, max_retries=0)
         return self._client

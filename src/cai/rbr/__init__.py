@@ -1,8 +1,8 @@
 """Rule-based rewards (RBR): grade responses with yes/no propositions, rules and deterministic checks.
 
-Pieces: `checks` (deterministic checks, re-exported from `cai.checks`), `rules` (propositions → class),
+Pieces: `checks` (deterministic checks, re-exported from `cai.scoring.checks`), `rules` (propositions → class),
 `grader` (P(yes) from logprobs, votes or one joint call), `reward` (weights, reward), `score`
-(`score_response` and `feedback_text`), `scorer` (`RbrScorer`, the `cai.scoring.Scorer` the pipeline
+(`score_response` and `feedback_text`), `scorer` (`RbrScorer`, the `cai.core.scoring.Scorer` the pipeline
 calls), `fit` (hinge-ranking weight fitting), `evaluate` (grader vs human labels), `metrics`
 (Not-Unsafe / Not-Overrefuse of a run, and `refusal_metrics_extra`, the manifest hook), `refusal_grader` (the
 three-way refusal question asked of a grader), `refusal_eval` (refusal classification vs people's labels),
@@ -25,7 +25,7 @@ __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    """Import the hooks on first use, so `import cai.rbr.cli` stays light."""
+    """Import the hooks on first use, so `import cai.cli.rbr` stays light."""
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'cai.rbr' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.constitution import Constitution
-from cai.engine import Engine
+from cai.core.engine import Engine
 from cai.errors import InputError
 from cai.rbr.reward import Weights
 from cai.rbr.rules import classify

@@ -20,11 +20,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cai.core.records import iter_jsonl, message_list
 from cai.errors import InputError
-from cai.export import writing
-from cai.records import iter_jsonl, message_list
-from cai.steps import draft_and_final
+from cai.read.export import writing
 from cai.store import Store
+from cai.store.steps import draft_and_final
 
 if TYPE_CHECKING:
     from cai.constitution import Constitution

@@ -1,7 +1,7 @@
 """The grader: P(yes) for each proposition about a (conversation, response), and the response type.
 
 Every request goes through `Engine.call(role, request)`, so it is cached in the run store and a
-re-run resumes. Separate questions are asked through `cai.choice` (options `YES_NO`). Each score records
+re-run resumes. Separate questions are asked through `cai.core.choice` (options `YES_NO`). Each score records
 how it was obtained (`method`):
 
 * `logprobs`: one call with max_tokens=1, temperature=0, top_logprobs=10; P(yes) = mass of yes-like
@@ -22,13 +22,13 @@ import math
 import re
 from typing import Any, Literal
 
-from cai import choice
-from cai.choice import YES_NO, Usage, answer_of, counted_call
-from cai.config import GenConfig, Message, Request
+from cai.calls import GenConfig, Message, Request
 from cai.constitution import Constitution
-from cai.engine import Engine
+from cai.core import choice
+from cai.core.choice import YES_NO, Usage, answer_of, counted_call
+from cai.core.engine import Engine
+from cai.core.stages import conversation, quote
 from cai.prompts import render
-from cai.stages import conversation, quote
 
 Mode = Literal["separate", "joint"]
 MODES: tuple[str, ...] = ("separate", "joint")
@@ -47,7 +47,7 @@ def proposition_messages(messages: list[Message], response: str, question: str) 
 
 
 async def ask(engine: Engine, role: str, msgs: tuple[Message, ...], votes: int, usage: Usage) -> dict[str, Any]:
-    """`{"p_yes", "method"}` for one yes/no question (`cai.choice.ask`)."""
+    """`{"p_yes", "method"}` for one yes/no question (`cai.core.choice.ask`)."""
     r = await choice.ask(engine, role, msgs, votes, usage, YES_NO)
     return {"p_yes": r["p"], "method": r["method"]}
 

@@ -6,7 +6,7 @@
 Both are computed for the drafts and for the final responses of finished records. A refusal is a full or a
 partial refusal, decided by one `method`:
 
-* `checks` (default): the deterministic three-way classifier (`cai.refusal`, the `refusal` check);
+* `checks` (default): the deterministic three-way classifier (`cai.scoring.refusal`, the `refusal` check);
 * `grader`: the same three-way question asked of a grader model (`cai.rbr.refusal_grader`), whose readings
   the caller passes in;
 * `both`: the figures of each (`by_method`) and how often they agree; the top-level figures are the checks';
@@ -22,11 +22,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cai.config import prompt_text
+from cai.calls import prompt_text
 from cai.errors import InputError
-from cai.refusal import FULL_COMPLIANCE, classify
-from cai.steps import draft_and_final
+from cai.scoring.refusal import FULL_COMPLIANCE, classify
 from cai.store import Store
+from cai.store.steps import draft_and_final
 
 REFUSAL_PROPOSITION = "inability_to_comply"
 THRESHOLD = 0.5
@@ -136,7 +136,7 @@ def run_refusal_metrics(run_dir: Path, graded: list[dict[str, Any]] | None = Non
 
 
 def refusal_metrics_extra(store: Store, counts: dict[str, int]) -> dict[str, Any]:
-    """A `cai.export.ManifestExtra`: `refusal_metrics` when some exported input rows carry `expected`."""
+    """A `cai.read.export.ManifestExtra`: `refusal_metrics` when some exported input rows carry `expected`."""
     if not counts.get("with_expected"):
         return {}
     return {"refusal_metrics": run_refusal_metrics(store.run_dir)}

@@ -1,6 +1,6 @@
 """Refusal classification against people's labels: `cai rbr refusal-eval`'s rows and figures.
 
-A labelled row is `{prompt, completion, label}` with `label` one of `cai.refusal.LABELS` (optional `id`,
+A labelled row is `{prompt, completion, label}` with `label` one of `cai.scoring.refusal.LABELS` (optional `id`,
 `source_model`, `type`). Binary figures count a refusal as full or partial refusal (the positive class);
 three-way figures compare the labels themselves. Undefined ratios (nothing predicted positive, no positive
 label) are None.
@@ -12,11 +12,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cai.config import prompt_text
+from cai.calls import prompt_text
+from cai.core.records import iter_jsonl
 from cai.errors import InputError
 from cai.rbr.data import parse_row
-from cai.records import iter_jsonl
-from cai.refusal import FULL_COMPLIANCE, LABELS, PARTIAL_REFUSAL, classify, explain
+from cai.scoring.refusal import FULL_COMPLIANCE, LABELS, PARTIAL_REFUSAL, classify, explain
 
 
 def read_labelled(path: Path, limit: int | None = None) -> list[dict[str, Any]]:

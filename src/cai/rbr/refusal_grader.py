@@ -18,14 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cai.choice import LOGPROB_CONFIG, VOTE_MAX_TOKENS, Top, Usage, counted_call, norm
-from cai.config import GenConfig, Message, Request
-from cai.engine import Engine
+from cai.calls import GenConfig, Message, Request
+from cai.core.choice import LOGPROB_CONFIG, VOTE_MAX_TOKENS, Top, Usage, counted_call, norm
+from cai.core.engine import Engine
+from cai.core.stages import conversation, quote
 from cai.prompts import render
 from cai.rbr.batch import ROLE
-from cai.refusal import FULL_COMPLIANCE, FULL_REFUSAL, LABELS, PARTIAL_REFUSAL, SCORES
 from cai.runs import role_session
-from cai.stages import conversation, quote
+from cai.scoring.refusal import FULL_COMPLIANCE, FULL_REFUSAL, LABELS, PARTIAL_REFUSAL, SCORES
 
 LETTERS: dict[str, str] = {"a": FULL_COMPLIANCE, "b": FULL_REFUSAL, "c": PARTIAL_REFUSAL}
 
@@ -42,7 +42,7 @@ def question_messages(messages: list[Message], response: str) -> tuple[Message, 
 
 
 def probs_from_top(top: Top) -> dict[str, float] | None:
-    """P(label) from one position's top logprobs (letters compared after `cai.choice.norm`); None if no
+    """P(label) from one position's top logprobs (letters compared after `cai.core.choice.norm`); None if no
     letter is among them."""
     mass = dict.fromkeys(LABELS, 0.0)
     for tok, lp in top:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from cai.checks import run_checks
-from cai.config import Message
+from cai.calls import Message
 from cai.constitution import Constitution
-from cai.engine import Engine
+from cai.core.engine import Engine
 from cai.errors import InputError
 from cai.rbr.grader import Usage, classify_response_type, grade
 from cai.rbr.reward import Weights, reward
 from cai.rbr.rules import classify, failed_items, truth
+from cai.scoring.checks import run_checks
 
 
 def check_scores(const: Constitution, messages: list[Message], response: str) -> dict[str, float]:

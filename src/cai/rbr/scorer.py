@@ -1,4 +1,4 @@
-"""Rule-based rewards as a `cai.scoring.Scorer`: what `cai run --rbr` and `cai.run(..., rbr=True)` use.
+"""Rule-based rewards as a `cai.core.scoring.Scorer`: what `cai run --rbr` and `cai.run(..., rbr=True)` use.
 
 `cai.rbr` registers `rbr_scorer` as the "rbr" scorer on import; the core builds it through the registry.
 """
@@ -9,7 +9,7 @@ from typing import Any
 
 from cai import constitution as constitution_mod
 from cai.constitution import Constitution
-from cai.engine import Engine
+from cai.core.engine import Engine
 from cai.errors import InputError
 from cai.rbr.reward import Weights, load_weights
 from cai.rbr.score import feedback_text, score_response

@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 
 from cai.errors import InputError
-from cai.export import write_file, writing
+from cai.read.export import write_file, writing
+from cai.read.run import Run
 from cai.report.data import gather
 from cai.report.page import render
 from cai.report.plots import make_plots
-from cai.runfolder import Run
 
 __all__ = ["write_report", "render_report", "REPORT_NAME"]
 

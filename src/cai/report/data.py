@@ -1,8 +1,8 @@
 """What a report shows, read from a run folder: the overview numbers and one compact row per record.
 
-Everything comes from one pass over a read-only snapshot of the store (`cai.rows.run_rows`, the rows the
+Everything comes from one pass over a read-only snapshot of the store (`cai.read.rows.run_rows`, the rows the
 exports and `Run` tables are made of), so a report can be made while `cai run` writes the folder. Statistics
-per principle and per round are `cai.explore.CritiqueStats` fed in that pass; those of AI preference labels
+per principle and per round are `cai.read.explore.CritiqueStats` fed in that pass; those of AI preference labels
 (`LabelStats`) come from the same comparison rows as `Run.labels()` and labels.jsonl.
 """
 
@@ -13,20 +13,20 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from cai import explore
-from cai.config import prompt_text
+from cai.calls import prompt_text
+from cai.core.prices import call_price, cost, load_prices
 from cai.errors import CaiError
-from cai.export import run_settings
-from cai.prices import call_price, cost, load_prices
-from cai.rows import RecordRows, RowOptions, run_rows
+from cai.read import explore
+from cai.read.export import run_settings
+from cai.read.rows import RecordRows, RowOptions, run_rows
 from cai.settings import LabelSettings, RunSettings
-from cai.steps import Kind, StoredRecord
 from cai.store import Store
+from cai.store.steps import Kind, StoredRecord
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cai.runfolder import Run
+    from cai.read.run import Run
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Grade:
 
 @dataclass
 class LabelStats:
-    """AI preference labels of the done records, from their comparison rows (`cai.rows.label_rows`)."""
+    """AI preference labels of the done records, from their comparison rows (`cai.read.rows.label_rows`)."""
 
     comparisons: int
     records: int  # done records with at least one comparison
@@ -80,7 +80,8 @@ class LabelStats:
 
 def label_stats(rows: list[dict[str, Any]], pairs: int = 0, near_ties: int = 0,
                 settings: LabelSettings | None = None) -> LabelStats | None:
-    """The statistics of comparison rows (`cai.rows.LabelRows.comparisons`, `Run.labels()` rows); None for no rows."""
+    """The statistics of comparison rows (`cai.read.rows.LabelRows.comparisons`, `Run.labels()` rows); None for
+    no rows."""
     if not rows:
         return None
     settings = settings or LabelSettings()
@@ -225,7 +226,7 @@ def record_row(rows: RecordRows, principle_index: dict[str, int], error: str | N
 
 def gather(run: Run) -> ReportData:
     """Read the run in one pass over its store: the per-record rows, the plots' series, the label statistics
-    and the per-principle and per-round statistics (`cai.explore.CritiqueStats`)."""
+    and the per-principle and per-round statistics (`cai.read.explore.CritiqueStats`)."""
     manifest, status = run.manifest, run.status()
     data = ReportData(name=run.path.resolve().name, manifest=manifest, status=status,
                       overview=overview(manifest, status), records=[], principles=[])

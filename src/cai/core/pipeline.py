@@ -12,15 +12,13 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from cai.config import GenConfig
+from cai.calls import GenConfig
 from cai.constitution import Constitution, Principle, sample_principles
-from cai.engine import Deferred, Engine
-from cai.errors import ProviderError
-from cai.pacing import estimate_tokens
-from cai.records import InputRecord, iter_records
-from cai.scoring import Labeler, Scorer
-from cai.settings import RunSettings
-from cai.stages import (
+from cai.core.engine import Deferred, Engine
+from cai.core.pacing import estimate_tokens
+from cai.core.records import InputRecord, iter_records
+from cai.core.scoring import Labeler, Scorer
+from cai.core.stages import (
     Authority,
     clean_revision,
     critique_request,
@@ -29,8 +27,10 @@ from cai.stages import (
     repair_request,
     revise_request,
 )
-from cai.steps import Kind, Step
+from cai.errors import ProviderError
+from cai.settings import RunSettings
 from cai.store import RecordSink, RecordWriteFailed
+from cai.store.steps import Kind, Step
 
 Done = dict[tuple[Kind, int], Step]  # a record's stored steps by (kind, round)
 
@@ -45,7 +45,7 @@ def critic_config(settings: RunSettings) -> GenConfig:
 
 
 def least_request_tokens(settings: RunSettings, const: Constitution) -> int:
-    """A floor on the --tpm estimate (`cai.pacing.estimate_tokens`) of the largest request every record makes:
+    """A floor on the --tpm estimate (`cai.core.pacing.estimate_tokens`) of the largest request every record makes:
     its draft asks for max_tokens, and with rounds its critique is at least that of an empty prompt and draft
     under the constitution's shortest principle."""
     need = settings.generation.max_tokens

@@ -15,9 +15,9 @@ from cai import plugins
 from cai.settings import RunSettings
 
 if TYPE_CHECKING:  # for annotations only
-    from cai.config import Message
+    from cai.calls import Message
     from cai.constitution import Constitution
-    from cai.engine import Engine
+    from cai.core.engine import Engine
 
 
 class Scorer(Protocol):
@@ -49,7 +49,7 @@ def make_scorer(name: str, settings: RunSettings, const: Constitution) -> Scorer
 class Labeler(Protocol):
     """Labels a prompt's candidate responses (AI preference labels). The pipeline calls `label` once per record
     with two or more candidates and stores what it returns as the record's `label` step; the exports read it
-    (`cai.rows.label_rows`):
+    (`cai.read.rows.label_rows`):
 
         {"judge": spec, "cot": bool,
          "candidates": [{"source": "draft"|"sample"|"revision"|..., "n": int, "response": str, "reward"?}, ...],

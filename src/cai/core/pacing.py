@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from cai.config import Request
+from cai.calls import Request
 from cai.errors import InputError
 
 

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from cai.sqlite_io import rollback
+from cai.store.sqlite_io import rollback
 
 Migration = Callable[[sqlite3.Connection], None]
 TABLE_SQL = "CREATE TABLE IF NOT EXISTS _migrations(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

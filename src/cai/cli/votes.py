@@ -1,5 +1,5 @@
-"""`cai constitution import-votes`: a thin command over `cai.votes` (cai.cli registers it). The library is
-imported inside the command, so that `cai --help` starts fast."""
+"""`cai constitution import-votes`: a thin command over `cai.constitution.votes` (cai.cli.commands registers it).
+The library is imported inside the command, so that `cai --help` starts fast."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cai.clikit import emit, fails_cleanly, say
+from cai.cli.kit import emit, fails_cleanly, say
 
 
 @fails_cleanly
@@ -32,8 +32,8 @@ def import_votes(
 
     Example: cai constitution import-votes polis-export/ -o constitution/public.yaml
     """
+    from cai.constitution.votes import read_votes, select, write_layer
     from cai.errors import InputError
-    from cai.votes import read_votes, select, write_layer
 
     result = select(read_votes(path), min_votes=min_votes, min_agree=min_agree)
     if result.kept:

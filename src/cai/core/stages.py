@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cai.config import GenConfig, Request
+from cai.calls import GenConfig, Request
 from cai.constitution import Constitution, Principle
 from cai.prompts import fewshot, render
 

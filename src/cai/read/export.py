@@ -11,7 +11,7 @@ Shapes (TRL conversational):
 A pair is written only if the final response is non-empty and differs from the draft. With --rbr, pairs
 also carry "reward_chosen" and "reward_rejected" (rewards of the final response and of the draft), and
 --min-reward-margin x drops pairs whose reward did not improve by x. Parquet files hold the same rows in
-nested columns with a fixed schema per run (see cai.parquet and docs/export.md).
+nested columns with a fixed schema per run (see cai.read.parquet and docs/export.md).
 
 `developer_as_system` (export() and export_run(); None means the run's `system_role_for_developer` setting,
 default False) writes `developer` turns as `system` turns in sft `messages` and pairs `prompt`, since most
@@ -40,16 +40,16 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from cai import __version__
+from cai.core.prices import call_price, cost, load_prices
 from cai.errors import InputError, OutputError
-from cai.prices import call_price, cost, load_prices
-from cai.rows import DROP_REASONS, RowOptions, reward_pair, run_rows
+from cai.read.rows import DROP_REASONS, RowOptions, reward_pair, run_rows
 from cai.settings import IOSettings, RunSettings
 from cai.store import Store
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from cai import parquet
+    from cai.read import parquet
 
 EXPORTS = ("sft", "pairs", "critiques")
 LABELS = "labels"  # every comparison of a run with AI preference labels (`labels.jsonl`)
@@ -83,8 +83,8 @@ def temp_file(path: Path) -> tuple[int, Path]:
 
 
 def _parquet() -> ModuleType:
-    """`cai.parquet`, imported on first use: pyarrow adds ~50 MB of RSS that JSONL runs never need."""
-    return importlib.import_module("cai.parquet")
+    """`cai.read.parquet`, imported on first use: pyarrow adds ~50 MB of RSS that JSONL runs never need."""
+    return importlib.import_module("cai.read.parquet")
 
 
 class Sink:
@@ -263,7 +263,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 def estimated_cost(store: Store, settings: RunSettings) -> float | None:
-    """USD for every call the run paid for, by the price of each role's model (`cai.prices.call_rates`: cached
+    """USD for every call the run paid for, by the price of each role's model (`cai.core.prices.call_rates`: cached
     and cache-write prompt tokens at their prices, batch calls at the batch price); None if a price is unknown."""
     try:
         prices = load_prices(settings.execution.prices)

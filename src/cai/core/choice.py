@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Literal, TypedDict
 
-from cai.config import Completion, GenConfig, Message, Request
-from cai.engine import Engine
+from cai.calls import Completion, GenConfig, Message, Request
+from cai.core.engine import Engine
 
 Top = list[tuple[str, float]]  # one position's (token, logprob) entries
 LOGPROB_CONFIG = GenConfig(max_tokens=1, temperature=0.0, top_logprobs=10, seed=0)

@@ -1,4 +1,4 @@
-"""`cai constitution list | show | validate | schema | diff`: thin commands over `cai.constitution` (cai.cli
+"""`cai constitution list | show | validate | schema | diff`: thin commands over `cai.constitution` (cai.cli.commands
 registers them, beside `import-votes`). The library is imported inside the commands, so that `cai --help`
 starts fast."""
 
@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cai.clikit import fails_cleanly, say
+from cai.cli.kit import fails_cleanly, say
 
 HELP = {"help_option_names": ["-h", "--help"]}
 constitution_app = typer.Typer(no_args_is_help=True, context_settings=HELP,
@@ -126,8 +126,8 @@ def constitution_schema(
 
     Example: cai constitution schema -o constitution.schema.json
     """
-    from cai.constitution_tools import json_schema
-    from cai.export import write_json
+    from cai.constitution.tools import json_schema
+    from cai.read.export import write_json
 
     schema = json_schema()
     if output is None:
@@ -151,7 +151,7 @@ def constitution_diff(
     Example: cai constitution diff model-spec examples/constitution/team.yaml
     """
     from cai.constitution import load
-    from cai.constitution_tools import diff, diff_lines
+    from cai.constitution.tools import diff, diff_lines
 
     d = diff(load(a), load(b))
     if as_json:

@@ -12,16 +12,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cai import explore
-from cai.config import prompt_text
+from cai.calls import prompt_text
 from cai.constitution import Constitution
 from cai.constitution import load as load_constitution
 from cai.errors import CaiError, InputError
-from cai.export import ManifestExtra, export_run, run_settings
-from cai.rows import LABEL_COLUMNS, LABELED_PAIR_COLUMNS, RecordRows, RowOptions, frame, labeled_run, run_rows
-from cai.status import run_status
-from cai.steps import StoredRecord
+from cai.read import explore
+from cai.read.export import ManifestExtra, export_run, run_settings
+from cai.read.rows import LABEL_COLUMNS, LABELED_PAIR_COLUMNS, RecordRows, RowOptions, frame, labeled_run, run_rows
+from cai.read.status import run_status
 from cai.store import Store
+from cai.store.steps import StoredRecord
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,7 +65,7 @@ class Run:
         return run_status(self.path)
 
     def record_rows(self, done_only: bool = False, developer_as_system: bool = False) -> Iterator[RecordRows]:
-        """Each (done) record's rows (`cai.rows.RecordRows`: sft, pairs, critiques, labels, grades) as the exports
+        """Each (done) record's rows (`cai.read.rows.RecordRows`: sft, pairs, critiques, labels, grades) as the exports
         make them, with the run's margins, from one pass over one read-only snapshot."""
         store = self._store()
         try:
@@ -171,7 +171,7 @@ class Run:
                                     "tokens_cache_write", "batch", "created", "shared", "text", "structured"])
 
     def stored_records(self) -> Iterator[StoredRecord]:
-        """The stored records in input order, each with its steps (`cai.steps.StoredRecord`), from one
+        """The stored records in input order, each with its steps (`cai.store.steps.StoredRecord`), from one
         read-only snapshot."""
         store = self._store()
         try:
@@ -202,10 +202,10 @@ class Run:
                     continue
         return None
 
-    # -- exploring (cai.explore) ----------------------------------------------------------
+    # -- exploring (cai.read.explore) ----------------------------------------------------------
     def principle_stats(self) -> pd.DataFrame:
         """Per principle: tags, kind, layer, times sampled, violation rate, mean severity, unparsed, mean
-        length change after revision and (with rewards) mean reward change. See `cai.explore`."""
+        length change after revision and (with rewards) mean reward change. See `cai.read.explore`."""
         return explore.principle_stats(self)
 
     def rounds(self) -> pd.DataFrame:
@@ -229,14 +229,14 @@ class Run:
         Takes the run lock: RunLocked (exit 3) while another process writes the run."""
         if format not in ("jsonl", "parquet"):
             raise InputError(f"format must be jsonl or parquet, not {format!r}")
-        from cai.runs import locked_store  # here: a Run that only reads leaves the run machinery unloaded
+        from cai.store.folder import locked_store
 
         with locked_store(self.path, create=False) as store:
             return export_run(store, format, developer_as_system=developer_as_system, extras=self.manifest_extras)
 
     def to_datasets(self) -> Any:
-        """sft and pairs as a `datasets.DatasetDict` in TRL's conversational columns (see `cai.hf`); needs the
+        """sft and pairs as a `datasets.DatasetDict` in TRL's conversational columns (see `cai.read.hf`); needs the
         'hf' extra. Reads only, like the tables."""
-        from cai.hf import dataset_dict  # here: cai.hf loads pyarrow, which a Run leaves unloaded until asked
+        from cai.read.hf import dataset_dict  # here: cai.read.hf loads pyarrow, which a Run leaves unloaded until asked
 
         return dataset_dict(self.path)

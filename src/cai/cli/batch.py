@@ -1,6 +1,6 @@
-"""`cai batch …`: submit, tick, status, cancel. A thin layer over `cai.batch`; cai.cli mounts `batch_app` and
-adds `submit` with `add_submit()`: `cai batch submit` takes the loop options of `cai run` (`cai.options`).
-The library is imported inside the commands (as in cai.cli), so that `cai --help` starts fast.
+"""`cai batch …`: submit, tick, status, cancel. A thin layer over `cai.batch`; cai.cli.commands mounts `batch_app`
+and adds `submit` with `add_submit()`: `cai batch submit` takes the loop options of `cai run` (`cai.options`).
+The library is imported inside the commands (as in cai.cli.commands), so that `cai --help` starts fast.
 
 Exit codes (for cron): 0 progress made or nothing more to do, 1 records failed in this pass, 2 bad input or
 configuration, 3 another cai process holds the run folder, 4 the provider's batch API is unusable right now
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cai.clikit import emit, fails_cleanly, run_async, say
-from cai.options_cli import given, signature
+from cai.cli.kit import emit, fails_cleanly, run_async, say
+from cai.cli.options import given, signature
 
 if TYPE_CHECKING:
     from cai.batch.job import TickReport
@@ -68,7 +68,7 @@ def _finish(report: TickReport, as_json: bool) -> None:
 
 def add_submit() -> None:
     """Add `cai batch submit`: the options of `cai run` that mean something for a batch job (`cai.options`), under
-    the same names, defaults and help. cai.cli calls it after `cai run`, so that it is listed last."""
+    the same names, defaults and help. cai.cli.commands calls it after `cai run`, so that it is listed last."""
 
     def submit(ctx: typer.Context, input: Path, as_json: bool, **options: Any) -> None:
         from cai.batch.api import asubmit

@@ -1,11 +1,11 @@
 """A run's records as rows: the one read model of the exports (JSONL, Parquet, the Hugging Face folder), the
-`Run` tables, `cai.explore` and the report.
+`Run` tables, `cai.read.explore` and the report.
 
 `run_rows` reads the store once, a record at a time, and gives each record's `RecordRows`: its sft row, its
 revision pair (or why it was dropped), its critiques (each with the revision that answered it), its rewards,
 and, in a run with AI preference labels, its AI-labeled pairs above the margin (`kept_pairs`, the one place
 the margin cut is made), its comparisons and its near-ties. The columns of every export are declared here
-(`columns`); `cai.parquet` gives them their types, and `frame` makes a DataFrame of rows.
+(`columns`); `cai.read.parquet` gives them their types, and `frame` makes a DataFrame of rows.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from cai.settings import LabelSettings, RunSettings
-from cai.steps import Kind, Step, StoredRecord, draft_and_final, rewards_by_round
+from cai.store.steps import Kind, Step, StoredRecord, draft_and_final, rewards_by_round
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -211,7 +211,7 @@ def kept_pairs(ranked: list[dict[str, Any]], min_margin: float) -> tuple[list[di
 
 def label_rows(rec: StoredRecord, labels: LabelSettings, developer_as_system: bool = False) -> LabelRows:
     """The AI-labeled pairs (`kept_pairs` of the `labels.rank_by` ranking), comparisons and near-ties of a
-    record's latest `label` step (see `cai.scoring.Labeler`). No label step: nothing."""
+    record's latest `label` step (see `cai.core.scoring.Labeler`). No label step: nothing."""
     step = next((s for s in reversed(rec.steps) if s.kind is Kind.LABEL), None)
     if step is None:
         return LabelRows()

@@ -7,9 +7,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from cai.cmdline import resume_command, retry_command
-from cai.lock import running_pid
+from cai.read.cmdline import resume_command, retry_command
 from cai.store import Store
+from cai.store.lock import running_pid
 
 
 def _in_cwd(command: str, cwd: str | None) -> str:

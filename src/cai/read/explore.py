@@ -16,20 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cai.config import prompt_text
+from cai.calls import prompt_text
 from cai.errors import InputError
-from cai.rows import GRADE_COLUMNS, Critique, RecordRows, frame, record_rows
+from cai.read.rows import GRADE_COLUMNS, Critique, RecordRows, frame, record_rows
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from cai.constitution import Constitution, Principle
-    from cai.steps import StoredRecord
+    from cai.store.steps import StoredRecord
 
 
 
 class Run(Protocol):
-    """What these functions read of a run (`cai.runfolder.Run` is one)."""
+    """What these functions read of a run (`cai.read.run.Run` is one)."""
 
     path: Path
 

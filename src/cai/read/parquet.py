@@ -12,7 +12,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cai.rows import columns
+from cai.read.rows import columns
 
 ROWS_PER_GROUP = 1000  # rows buffered before they are written out as one row group
 
@@ -25,7 +25,7 @@ LABEL = pa.struct([("principle", pa.string()), ("p_chosen_first", pa.float64()),
 VERDICT = pa.struct([("critique", pa.string()), ("violates", pa.bool_()), ("severity", pa.int64())])
 
 
-#: every export column's type (the columns themselves, and their order, are `cai.rows.columns`)
+#: every export column's type (the columns themselves, and their order, are `cai.read.rows.columns`)
 TYPES = {
     "sft": {"id": pa.string(), "messages": MESSAGES},
     "pairs": {"id": pa.string(), "prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, "metadata": METADATA,
@@ -41,7 +41,7 @@ TYPES = {
 
 
 def schema(export: str, rewards: bool = False, labels: bool = False) -> pa.Schema:
-    """The columns of `export` (sft, pairs, critiques or labels; `cai.rows.columns`) with their types; `rewards`
+    """The columns of `export` (sft, pairs, critiques or labels; `cai.read.rows.columns`) with their types; `rewards`
     adds the pairs' reward columns, `labels` (a run with AI preference labels) their score, source and label
     columns."""
     types = TYPES[export] if export in TYPES else {}

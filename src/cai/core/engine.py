@@ -6,13 +6,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cai.callcache import CallCache
-from cai.config import Completion, Request, cache_key
+from cai.calls import Completion, Request, cache_key
+from cai.core.pacing import AIMDLimiter, Pacer, estimate_tokens
+from cai.core.retry import with_retries
 from cai.errors import ConnectFailed, EndpointDown, NotFound, RateLimited
-from cai.pacing import AIMDLimiter, Pacer, estimate_tokens
 from cai.providers.base import Model
-from cai.retry import with_retries
 from cai.store import RecordSink
+from cai.store.callcache import CallCache
 
 
 @dataclass

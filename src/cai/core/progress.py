@@ -1,4 +1,4 @@
-"""Progress on stderr (rich) and the cost estimate of an invocation by a price table (`cai.prices`)."""
+"""Progress on stderr (rich) and the cost estimate of an invocation by a price table (`cai.core.prices`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from cai.engine import Engine
-from cai.prices import call_price
-from cai.prices import cost as priced
+from cai.core.engine import Engine
+from cai.core.prices import call_price
+from cai.core.prices import cost as priced
 
 
 def cost(engine: Engine, prices: dict[str, dict[str, float]]) -> float | None:

@@ -1,7 +1,7 @@
 """`cai rbr …`: grade responses, evaluate the grader, fit weights, refusal metrics and refusal evaluation.
 
-`rbr_app` is a typer sub-app; cai.cli mounts it as `cai rbr`. This module must not import cai.cli
-(cai.cli imports it). Results go to stdout (`--json` for JSON); progress, summaries and errors to stderr.
+`rbr_app` is a typer sub-app; cai.cli.commands mounts it as `cai rbr`. This module must not import cai.cli.commands
+(cai.cli.commands imports it). Results go to stdout (`--json` for JSON); progress, summaries and errors to stderr.
 Heavy modules are imported inside the commands so that `cai --help` starts fast.
 """
 
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from cai.clikit import emit, fails_cleanly, run_async, say
+from cai.cli.kit import emit, fails_cleanly, run_async, say
 from cai.errors import InputError
 from cai.rbr.data import write_rows
 
@@ -107,8 +107,8 @@ def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: 
            mode: GraderMode, votes: int, out: Optional[Path], limit: Optional[int], concurrency: int,
            quiet: bool, cache: Optional[Path] = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Grade the rows of `target` with progress on stderr; returns (graded rows, stats)."""
-    from cai.prices import load_prices
-    from cai.progress import Progress
+    from cai.core.prices import load_prices
+    from cai.core.progress import Progress
     from cai.rbr.batch import default_out, run_grading
     from cai.rbr.data import read_input
 
@@ -276,8 +276,8 @@ def fit_cmd(
 def _ask_refusals(items: list[tuple[list[dict[str, str]], str]], *, grader: str, base_url: Optional[str], votes: int,
                   out: Path, concurrency: int, cache: Optional[Path], quiet: bool) -> tuple[list[Any], dict[str, Any]]:
     """The grader's three-way refusal readings of (messages, response) items, with progress on stderr."""
-    from cai.prices import load_prices
-    from cai.progress import Progress
+    from cai.core.prices import load_prices
+    from cai.core.progress import Progress
     from cai.rbr.refusal_grader import grade_refusals
 
     progress = Progress(quiet=quiet, prices=load_prices())

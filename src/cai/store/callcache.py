@@ -1,6 +1,6 @@
 """A call cache shared by many runs (`cai run --cache PATH`, `cai.run(..., cache=PATH)`).
 
-Keyed exactly like a run's own calls (`cai.config.cache_key`: the model's identity and the request's
+Keyed exactly like a run's own calls (`cai.calls.cache_key`: the model's identity and the request's
 output-affecting fields), so a second run that asks an identical question (the same draft under another
 constitution, say) takes the answer from here instead of paying for it again. A run copies every hit
 into its own store (marked `shared`), so the run stays complete without the cache and resumes the same.
@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from cai.config import Completion
+from cai.calls import Completion
 from cai.errors import InputError, OutputError
 
 TABLE = "cai_shared_calls"

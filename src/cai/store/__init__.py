@@ -16,7 +16,7 @@ every waiter gets the error, and the engine sends no further model call.
 
 A store is created whole (`sqlite_io.create`): a killed creation leaves none, and a file that holds nothing yet
 (e.g. from a creation an older cai was killed in) is taken for a new run, never a damaged one. A store an older
-cai made is brought up to date by `cai.migrations` when opened for writing; a read-only open reads it as it is.
+cai made is brought up to date by `cai.store.migrations` when opened for writing; a read-only open reads it as it is.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from cai import migrations
-from cai.config import Completion
+from cai.calls import Completion
 from cai.errors import DamagedStore, InputError, OutputError
 from cai.redact import redact
-from cai.sqlite_io import connect, open_store, rollback, store_wide
-from cai.steps import Step, StoredRecord
+from cai.store import migrations
+from cai.store.sqlite_io import connect, open_store, rollback, store_wide
+from cai.store.steps import Step, StoredRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -1,5 +1,5 @@
-"""`cai label` and `cai judge-eval`: thin commands over `cai.labels.tasks` (cai.cli registers them). The library
-is imported inside the commands, so that `cai --help` starts fast."""
+"""`cai label` and `cai judge-eval`: thin commands over `cai.labels.tasks` (cai.cli.commands registers them).
+The library is imported inside the commands, so that `cai --help` starts fast."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cai.clikit import emit, fails_cleanly, run_async, say
+from cai.cli.kit import emit, fails_cleanly, run_async, say
 
 Judge = Annotated[Optional[str], typer.Option("--judge", "--model", help="Judge model: local, openai:NAME, "
                                                                          "anthropic:NAME (default for a run: "

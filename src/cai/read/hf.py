@@ -3,9 +3,9 @@ and the Hub read (`sft/` and `pairs/` Parquet files and a `README.md` dataset ca
 the same rows as an in-memory `datasets.DatasetDict`.
 
 Both read the run through a read-only store (no lock, nothing written to the run folder, safe while
-`cai run` writes it). Rows are the exports' rows (`cai.rows.run_rows`, done records in input order,
-`developer_as_system` as for `cai.export`) with the exports' Parquet schemas (`cai.parquet`). The card's
-numbers are the manifest's (`cai.export.manifest`), computed from the store as the files are written.
+`cai run` writes it). Rows are the exports' rows (`cai.read.rows.run_rows`, done records in input order,
+`developer_as_system` as for `cai.read.export`) with the exports' Parquet schemas (`cai.read.parquet`). The card's
+numbers are the manifest's (`cai.read.export.manifest`), computed from the store as the files are written.
 
 Files are written as the exports are: temp files next to them, renamed once all are complete; on a failure
 the temp files are deleted, and an OSError becomes one OutputError naming the path (exit 2).
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from cai import parquet
 from cai.errors import InputError, one_line
-from cai.export import Sink, all_or_none, drop_counts, manifest, run_settings, sweep, writing
-from cai.rows import RowOptions, labeled_run, run_rows
+from cai.read import parquet
+from cai.read.export import Sink, all_or_none, drop_counts, manifest, run_settings, sweep, writing
+from cai.read.rows import RowOptions, labeled_run, run_rows
 from cai.settings import ROLES
 from cai.store import Store
 

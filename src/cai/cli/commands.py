@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok, 1 the run had failed records, 2 bad usage, input, files or disk, 3 the run folder is
 in use by another cai process, 4 the model endpoint is unusable (unreachable, model not found),
-130 interrupted. `cai batch` adds 75: still waiting on the provider (see cai.batch_cli).
+130 interrupted. `cai batch` adds 75: still waiting on the provider (see cai.cli.batch).
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 
 from cai import __version__, plugins
-from cai.batch_cli import add_submit, batch_app
-from cai.clikit import OneLineErrors, emit, err, fails_cleanly, run_async, say
-from cai.cmdline import quote, resume_command, retry_command, summary_line
-from cai.constitution_cli import constitution_app
+from cai.cli.batch import add_submit, batch_app
+from cai.cli.constitution import constitution_app
+from cai.cli.kit import OneLineErrors, emit, err, fails_cleanly, run_async, say
+from cai.cli.labels import judge_eval, label
+from cai.cli.options import given, signature
+from cai.cli.rbr import rbr_app
+from cai.cli.votes import import_votes
 from cai.errors import Interrupted
-from cai.labels_cli import judge_eval, label
-from cai.options_cli import given, signature
-from cai.rbr.cli import rbr_app
-from cai.votes_cli import import_votes
+from cai.read.cmdline import quote, resume_command, retry_command, summary_line
 
 HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -58,8 +58,8 @@ def run(ctx: typer.Context, input: Path, as_json: bool, quiet: bool, **options: 
     Example: cai run examples/prompts.jsonl --out runs/demo --limit 4 --max-tokens 64
     """
     from cai.api import arun
-    from cai.prices import load_prices
-    from cai.progress import Progress
+    from cai.core.prices import load_prices
+    from cai.core.progress import Progress
     from cai.runs import normalize_out
 
     options = given(ctx, options)

@@ -17,8 +17,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cai import refusal as refusal_classifier
-from cai.config import Message, prompt_text
+from cai.calls import Message, prompt_text
+from cai.scoring import refusal as refusal_classifier
 
 CheckFn = Callable[..., list[float]]
 CHECKS: dict[str, CheckFn] = {}
@@ -115,7 +115,7 @@ def refusal_phrasing(prompts: list[list[Message]], completions: list[str], **_: 
 
 @check("refusal")
 def refusal(prompts: list[list[Message]], completions: list[str], **_: Any) -> list[float]:
-    """Three-way refusal classifier (`cai.refusal`): full refusal 1, partial refusal 0.5, compliance 0."""
+    """Three-way refusal classifier (`cai.scoring.refusal`): full refusal 1, partial refusal 0.5, compliance 0."""
     return [refusal_classifier.score(c, prompt_text(p)) for p, c in zip(prompts, completions)]
 
 

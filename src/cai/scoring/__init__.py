@@ -1,0 +1,1 @@
+"""Deterministic scoring checks and the refusal classifier."""
