@@ -64,3 +64,15 @@ def run_with_expected(run: Path, recs: list[tuple[str, str, str, str]]) -> None:
 
     asyncio.run(fill())
     store.close()
+
+
+def install_plugin(site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+    """A distribution `dist` in the folder `site` (put on sys.path): its modules and a dist-info folder whose
+    entry_points.txt registers `entry_points` in the `cai.plugins` group, as `pip install` would write it."""
+    for name, source in modules.items():
+        (site / f"{name}.py").write_text(source, encoding="utf-8")
+    info = site / f"{dist}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n", encoding="utf-8")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[cai.plugins]\n{lines}", encoding="utf-8")

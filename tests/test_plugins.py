@@ -13,21 +13,10 @@ import pytest
 from cai import plugins
 from cai.errors import InputError
 from cai.providers import Model, get_model
+from helpers import install_plugin
 
 BUILT_IN = {"provider": ["anthropic", "local", "openai"], "scorer": ["rbr"], "labeler": ["ai"], "runner": ["ray"],
             "manifest": ["refusal"], "exporter": ["hf"], "command": []}
-
-
-def install_plugin(site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
-    """A distribution `dist` in the folder `site` (put on sys.path): its modules and a dist-info folder whose
-    entry_points.txt registers `entry_points` in the `cai.plugins` group, as `pip install` would write it."""
-    for name, source in modules.items():
-        (site / f"{name}.py").write_text(source, encoding="utf-8")
-    info = site / f"{dist}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n", encoding="utf-8")
-    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[cai.plugins]\n{lines}", encoding="utf-8")
 
 
 @pytest.fixture
@@ -69,7 +58,7 @@ def test_an_unknown_name_is_one_line_naming_the_known_ones() -> None:
 
 def test_a_third_party_provider_registers_like_the_built_ins(site: Path) -> None:
     install_plugin(site, "cai_shout", {"provider.shout": "cai_shout:ShoutModel"}, {"cai_shout": (
-        "from cai.config import Completion\n"
+        "from cai.calls import Completion\n"
         "from cai.providers import Model\n\n"
         "class ShoutModel(Model):\n"
         "    provider = 'shout'\n\n"
