@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cai.store import DB_NAME, SCHEMA, Store, migrations
+from cai.store import DB_NAME, Store, migrations
 from cai.store.sqlite_io import create, leftovers
 from golden import CASES, GOLDEN, JSONL, OLD_STORE, cli, copy_inputs, old_store_server, run_args
 
@@ -124,7 +124,7 @@ def test_a_new_store_and_its_migrations_are_created_in_one_transaction(tmp_path:
 
     path = tmp_path / DB_NAME
     with pytest.raises(sqlite3.OperationalError):
-        create(path, SCHEMA, fails_after_recording)
+        create(path, migrations.SCHEMA, fails_after_recording)
     assert not path.exists()
     with contextlib.closing(sqlite3.connect(leftovers(path)[0])) as db:  # what was left holds nothing
         assert db.execute("SELECT name FROM sqlite_master").fetchall() == []

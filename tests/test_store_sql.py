@@ -17,8 +17,9 @@ import pytest
 
 import cai
 from cai.calls import Completion
-from cai.store import RecordSink, Store
+from cai.store import Store
 from cai.store.batch import BatchTables
+from cai.store.sink import RecordSink
 
 SRC = Path(cai.__file__).parent
 STORE = SRC / "store"  # the store package: the one place SQL may be

@@ -11,8 +11,8 @@ from cai.core.pacing import AIMDLimiter, Pacer, estimate_tokens
 from cai.core.retry import with_retries
 from cai.errors import ConnectFailed, EndpointDown, NotFound, RateLimited
 from cai.providers.base import Model
-from cai.store import RecordSink
 from cai.store.callcache import CallCache
+from cai.store.sink import RecordSink
 
 
 @dataclass

@@ -29,7 +29,7 @@ from cai.core.stages import (
 )
 from cai.errors import ProviderError
 from cai.settings import RunSettings
-from cai.store import RecordSink, RecordWriteFailed
+from cai.store.sink import RecordSink, RecordWriteFailed
 from cai.store.steps import Kind, Step
 
 Done = dict[tuple[Kind, int], Step]  # a record's stored steps by (kind, round)

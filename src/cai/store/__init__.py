@@ -31,57 +31,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cai.calls import Completion
 from cai.errors import DamagedStore, InputError, OutputError
 from cai.redact import redact
 from cai.store import migrations
+from cai.store.sink import RecordWriteFailed
 from cai.store.sqlite_io import connect, open_store, rollback, store_wide
 from cai.store.steps import Step, StoredRecord
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS records(idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, messages TEXT NOT NULL,
-  extra TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending', updated REAL);
-CREATE TABLE IF NOT EXISTS steps(record_id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
-  round INTEGER NOT NULL, data TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY(record_id, seq));
-CREATE TABLE IF NOT EXISTS calls(key TEXT PRIMARY KEY, role TEXT NOT NULL, model TEXT NOT NULL,
-  response TEXT NOT NULL, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, created REAL NOT NULL,
-  shared INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS errors(n INTEGER PRIMARY KEY AUTOINCREMENT, record_id TEXT NOT NULL, stage TEXT NOT NULL,
-  error_class TEXT NOT NULL, message TEXT NOT NULL, created REAL NOT NULL, resolved INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS invocations(n INTEGER PRIMARY KEY AUTOINCREMENT, pid INTEGER NOT NULL,
-  started REAL NOT NULL, ended REAL NOT NULL, command TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS input_lines(n INTEGER PRIMARY KEY, hash BLOB NOT NULL);
-"""
-TABLES = {"meta", "records", "steps", "calls", "errors"}  # every store has these (the others came with migrations)
 
 DB_NAME = "run.sqlite"
 Op = Callable[[sqlite3.Connection], None]
 # (op, future or None, its loop or None, the record the write belongs to or None)
 Item = tuple[Op, "asyncio.Future[None] | None", Any, "str | None"]
-
-
-class RecordSink(Protocol):
-    """What the pipeline and the engine use of a store: the reads that resume a record's work and the writes that
-    keep it. `Store` is one; a Ray worker's proxy, which hands its writes to the run's store, is another."""
-
-    @property
-    def broken(self) -> BaseException | None: ...
-    def statuses(self) -> dict[str, str]: ...
-    def steps(self, record_id: str) -> list[Step]: ...
-    def get_call(self, key: str) -> Completion | None: ...
-    def check_record(self, rid: str) -> None: ...
-    def add_record(self, idx: int, rid: str, messages: list[dict[str, str]], extra: dict[str, Any]) -> None: ...
-    def add_step(self, rid: str, seq: int, kind: str, rnd: int, data: dict[str, Any],
-                 status: str | None = None) -> None: ...
-    def set_status(self, rid: str, status: str) -> None: ...
-    def add_error(self, rid: str, stage: str, error: BaseException) -> None: ...
-    def add_call(self, key: str, role: str, model: str, comp: Completion, record: str | None = None,
-                 shared: bool = False) -> None: ...
-    async def flush(self) -> None: ...
-    async def keep_up(self) -> None: ...
 
 
 class Store:
@@ -100,7 +63,7 @@ class Store:
         self._writer: threading.Thread | None = None
         self._invocation: int | None = None
         try:
-            self._read = open_store(self.path, SCHEMA, TABLES, readonly, migrations.record_all)
+            self._read = open_store(self.path, migrations.SCHEMA, migrations.TABLES, readonly, migrations.record_all)
             if not readonly:
                 migrations.migrate(self._read)  # a store an older cai made; a read-only open writes nothing
         except sqlite3.DatabaseError as e:
@@ -412,10 +375,6 @@ class Store:
     def error_count(self, open_only: bool = True) -> int:
         where = "WHERE resolved=0" if open_only and self._resolved_col else ""
         return self._read.execute(f"SELECT COUNT(*) FROM errors {where}").fetchone()[0]
-
-
-class RecordWriteFailed(Exception):
-    """A write of this record failed in the store (its error row is written); the record stops."""
 
 
 def _record_error(c: sqlite3.Connection, rid: str, stage: str, error_class: str, message: str) -> None:

@@ -17,6 +17,24 @@ from collections.abc import Callable
 
 from cai.store.sqlite_io import rollback
 
+# The schema of a new store; every change since the first version is a migration below.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records(idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, messages TEXT NOT NULL,
+  extra TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending', updated REAL);
+CREATE TABLE IF NOT EXISTS steps(record_id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+  round INTEGER NOT NULL, data TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY(record_id, seq));
+CREATE TABLE IF NOT EXISTS calls(key TEXT PRIMARY KEY, role TEXT NOT NULL, model TEXT NOT NULL,
+  response TEXT NOT NULL, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, created REAL NOT NULL,
+  shared INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS errors(n INTEGER PRIMARY KEY AUTOINCREMENT, record_id TEXT NOT NULL, stage TEXT NOT NULL,
+  error_class TEXT NOT NULL, message TEXT NOT NULL, created REAL NOT NULL, resolved INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS invocations(n INTEGER PRIMARY KEY AUTOINCREMENT, pid INTEGER NOT NULL,
+  started REAL NOT NULL, ended REAL NOT NULL, command TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS input_lines(n INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+"""
+TABLES = {"meta", "records", "steps", "calls", "errors"}  # every store has these (the others came with migrations)
+
 Migration = Callable[[sqlite3.Connection], None]
 TABLE_SQL = "CREATE TABLE IF NOT EXISTS _migrations(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
 
