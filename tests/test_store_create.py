@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cai.store import DB_NAME, SCHEMA
+from cai.store import DB_NAME
+from cai.store.migrations import SCHEMA
 from helpers import write_prompts
 from reliability import assert_complete, cai_run, env, one_line_error, stub_args
 
