@@ -3,6 +3,7 @@ package's do, nothing loads before it is asked for, and an unknown name is one l
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -68,3 +69,18 @@ def test_a_third_party_provider_registers_like_the_built_ins(site: Path) -> None
     assert plugins.names("provider") == ["anthropic", "local", "openai", "shout"]
     model = get_model("shout:loud")
     assert model.spec == "shout:loud" and type(model).__module__ == "cai_shout"
+
+
+def test_a_command_plugin_that_breaks_or_clashes_is_skipped_with_a_line(site: Path) -> None:
+    install_plugin(site, "cai_cmds", {"command.status": "cai_cmds:status", "command.broken": "cai_cmds_gone:x",
+                                      "command.hello": "cai_cmds:hello"}, {"cai_cmds": (
+        "def status() -> None:\n    print('not cai status')\n\n\n"
+        "def hello(name: str) -> None:\n    print(f'hello {name}')\n")})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    cai = [sys.executable, "-m", "cai"]
+    out = subprocess.run([*cai, "hello", "you"], capture_output=True, text=True, env=env)
+    assert (out.returncode, out.stdout) == (0, "hello you\n")
+    assert "skipped the command plugin 'status': cai has a command of that name" in out.stderr
+    assert "skipped the command plugin 'broken': ModuleNotFoundError" in out.stderr
+    status = subprocess.run([*cai, "status", str(site / "nowhere")], capture_output=True, text=True, env=env)
+    assert status.returncode == 2 and "not cai status" not in status.stdout

@@ -201,8 +201,14 @@ def status(
 
 def add_plugin_commands(target: typer.Typer) -> None:
     """Add every installed `command.NAME` plugin (`cai.plugins`) as `cai NAME`: a typer.Typer as a command group, a
-    function as one command. One that cannot be loaded is skipped with a line on stderr; cai itself still works."""
+    function as one command. One that cannot be loaded, or that would replace a command of cai's, is skipped with a
+    line on stderr; cai itself still works."""
+    taken = {c.name or (c.callback.__name__ if c.callback else "") for c in target.registered_commands}
+    taken |= {g.name or "" for g in target.registered_groups}
     for name in plugins.names("command"):
+        if name in taken:
+            say(f"cai: skipped the command plugin {name!r}: cai has a command of that name")
+            continue
         try:
             obj = plugins.load("command", name)
         except Exception as e:  # noqa: BLE001 - a broken third-party plugin must not take every command down
