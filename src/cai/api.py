@@ -147,7 +147,7 @@ async def arun(prompts: Prompts, *, progress: bool | Callable[[dict[str, int]], 
                                                or local_requantize_mode()}, input=path, out=normalize_out(folder))
         if settings.execution.local_slots is not None:
             set_local_slots(settings.execution.local_slots)
-        runner = _runner(settings)
+        runner, extras = _runner(settings), manifest_extras()
         sink: ProgressSink | None
         if progress is True:
             sink = Progress(prices=price_table)
@@ -158,11 +158,11 @@ async def arun(prompts: Prompts, *, progress: bool | Callable[[dict[str, int]], 
         try:
             manifest = await execute(settings, restart=restart, command=command,
                                      on_start=sink.start if sink else None, on_done=sink.record_done if sink else None,
-                                     manifest_extras=manifest_extras(), runner=runner)
+                                     manifest_extras=extras, runner=runner)
         finally:
             if isinstance(sink, Progress):
                 sink.stop()
-        return Run(settings.io.out, invocation=manifest["this_invocation"], manifest_extras=manifest_extras())
+        return Run(settings.io.out, invocation=manifest["this_invocation"], manifest_extras=extras)
 
 
 def _runner(settings: RunSettings) -> Runner | None:
