@@ -76,7 +76,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence request logging
         pass
 
-    def _read_body(self) -> bytes:
+    def _read_body(self) -> bytes | None:
+        """The request body; None when the client went away before sending all of it (such a request is never
+        processed, counted or answered, as by a real server)."""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             chunks = []
             while True:
@@ -86,13 +88,19 @@ class _Handler(BaseHTTPRequestHandler):
                         pass
                     break
                 chunks.append(self.rfile.read(size))
+                if len(chunks[-1]) < size:
+                    return None
                 self.rfile.readline()
             return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        body = self.rfile.read(length) if length else b""
+        return body if len(body) == length else None
 
     def _dispatch(self, method: str) -> None:
         body = self._read_body() if method == "POST" else b""
+        if body is None:
+            self.close_connection = True
+            return
         try:
             self.server.app.handle(self, method, self.path.split("?", 1)[0], body)
         except (BrokenPipeError, ConnectionResetError):

@@ -340,3 +340,23 @@ def test_embedded_anthropic_server(anthropic_embedded: EmbeddedAnthropicServer):
     assert t.content[0].type == "tool_use" and t.content[0].name == "answer"
     assert isinstance(t.content[0].input["ok"], bool)
     assert anthropic_embedded.count("/v1/messages") - before == 2
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_request_cut_off_mid_body_is_not_counted(stub_server, framing):
+    """A client killed while sending a body (as a Ray worker is) never had its request processed: the server
+    neither counts nor answers it, and the next whole request is counted as usual."""
+    import socket
+
+    body = json.dumps({"model": "stub", "messages": MSGS}).encode()
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    if framing == "length":
+        raw = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:10]
+    else:
+        raw = (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + f"{len(body):x}\r\n".encode() + body[:10]
+    with socket.create_connection(("127.0.0.1", stub_server.port)) as s:
+        s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(1024) == b""  # closed without an answer
+    chat(oai(stub_server))
+    assert stub_server.count() == 1 and isinstance(stub_server.requests[0]["body"], dict)
