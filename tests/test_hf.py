@@ -107,8 +107,9 @@ def test_export_hf_writes_a_dataset_that_loads_as_trl_data(tmp_path, stub_server
     ex = m["exports"]
     assert (ex["sft"], ex["pairs"], ex["pairs_dropped_unchanged"]) == (3, 2, 1)
     assert prov["sft rows"] == str(ex["sft"]) and prov["pairs"] == str(ex["pairs"])
-    assert prov["pairs dropped"] == (f"{ex['pairs_dropped']} (unchanged {ex['pairs_dropped_unchanged']}, empty "
-                                     f"{ex['pairs_dropped_empty']}, reward margin {ex['pairs_dropped_margin']})")
+    assert prov["pairs kept out"] == f"{ex['pairs_dropped']} (unchanged {ex['pairs_dropped_unchanged']})"
+    assert prov["sft rows kept out"] == "0 (none)" and prov["quality gate"] == m["quality"]["gate"] == "default"
+    assert "## Quality" in body and "`quality`" in body
     assert prov["records"] == f"{m['records']['total']} (done {m['records']['done']})"
     assert {k: prov[f"{k} model"] for k in m["models"]} == m["models"]
     assert prov["constitution"] == f"{m['constitution']['name']} (sha256 {m['constitution']['sha256']})"
@@ -128,8 +129,8 @@ def test_to_datasets_gives_the_rows_of_the_folder(tmp_path, stub_server):
     run = make_run(tmp_path, stub_server)
     dd = run.to_datasets()
     assert isinstance(dd, datasets.DatasetDict) and list(dd) == ["sft", "pairs"]
-    assert dd["pairs"].column_names == ["id", "prompt", "chosen", "rejected", "metadata"]
-    assert dd["sft"].column_names == ["id", "messages"]
+    assert dd["pairs"].column_names == ["id", "prompt", "chosen", "rejected", "metadata", "quality"]
+    assert dd["sft"].column_names == ["id", "messages", "quality"]
     assert_trl_pairs(list(dd["pairs"]))
     info = write_hf(run.path, tmp_path / "out")
     assert info["rows"] == {"sft": 3, "pairs": 3} and info["pairs_dropped"] == 0
@@ -168,7 +169,7 @@ def test_a_config_without_rows_is_left_out_and_an_empty_run_refused(tmp_path, st
     assert json.loads(res.stdout)["rows"] == {"sft": 3, "pairs": 0}
     assert not (out / "pairs" / DATA_FILE).exists()  # stale, and `datasets` cannot load an empty split
     front, prov, body = card(out)
-    assert [c["config_name"] for c in front["configs"]] == ["sft"] and prov["pairs dropped"].startswith("3 (")
+    assert [c["config_name"] for c in front["configs"]] == ["sft"] and prov["pairs kept out"] == "3 (unchanged 3)"
     assert "every pair was dropped" in body
     assert load(out, "sft", tmp_path).num_rows == 3
     assert run.to_datasets()["pairs"].num_rows == 0  # in memory an empty split is fine

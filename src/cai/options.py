@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypedDict, get_args
 
 Format = Literal["jsonl", "parquet"]
+QualityGate = Literal["strict", "default", "off"]
 GraderMode = Literal["separate", "joint"]
 CandidatesFrom = Literal["samples", "revisions", "samples+revisions"]
 RankBy = Literal["judge", "rbr", "judge+rbr"]
@@ -124,6 +125,9 @@ class RunOptions(TypedDict, total=False):
     rbr_feedback: Annotated[bool, Option("Give the reviser the failed propositions/checks.", "scoring.feedback")]
     min_reward_margin: Annotated[float | None, Option("Drop pairs whose reward improved by less.",
                                                       "export.min_reward_margin", needs_rbr=True)]
+    quality_gate: Annotated[QualityGate, Option(
+        "Which quality flags keep a pair or sft row out of the exports (see docs/export.md); an export setting: "
+        "changing it on a finished run rewrites the exports without a model call.", "export.quality_gate")]
     candidates: Annotated[int, Option("AI preference labels: responses sampled per prompt (the draft and K-1 "
                                       "more); 2 or more are judged pairwise.", "loop.candidates")]
     candidates_from: Annotated[CandidatesFrom, Option(

@@ -307,6 +307,8 @@ async def admit(store: Store, settings: RunSettings, models: dict[str, Model], c
     store.set_meta("base_urls", {r: clean_url(m.base_url or m.default_base_url or "") or None
                                  for r, m in models.items()})
     store.set_meta("constitution", constitution_meta(settings, const))
+    store.set_meta("principle_texts", {p.id: [t for t in (p.critique, p.revision, p.statement) if t]
+                                       for p in const.principles})  # what the quality gate's `leak` looks for
     store.set_meta("input", input_info)
 
 

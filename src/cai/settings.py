@@ -22,6 +22,7 @@ from cai.options import (
     Format,
     GraderMode,
     Option,
+    QualityGate,
     RankBy,
     Requantize,
     declared,
@@ -144,6 +145,7 @@ class ExportSettings(_Part):
     format: Format = "jsonl"
     system_role_for_developer: bool = False  # write `developer` turns as `system` in sft and pairs
     min_reward_margin: float | None = None  # with scoring: drop pairs whose reward improved by less
+    quality_gate: QualityGate = "default"  # which quality flags keep a row out of pairs and sft
 
 
 class RunSettings(_Part):

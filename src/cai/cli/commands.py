@@ -176,6 +176,7 @@ def status(
     Example: cai status runs/demo --json
     """
     from cai.api import open_run
+    from cai.read.quality import kept_text
 
     info = open_run(run_dir).status()
     if as_json:
@@ -187,6 +188,10 @@ def status(
                   f"{c['not_started']} not started (of {c['input']})", markup=False, highlight=False)
         for role, t in info["tokens"].items():
             err.print(f"  {role}: {t['calls']} calls, {t['tokens_in']} in, {t['tokens_out']} out", markup=False)
+        if info["exports"]:
+            gate = (info["quality"] or {}).get("gate")
+            err.print(f"  exports: {kept_text(info['exports'], info['quality'])}"
+                      + (f" (quality gate: {gate})" if gate else ""), markup=False, highlight=False)
         for e in info["errors"]:
             mark = " (resolved: the record later succeeded)" if e["resolved"] else ""
             err.print(f"  failed {e['id']} at {e['stage']}: {e['error_class']}: {e['message']}{mark}",

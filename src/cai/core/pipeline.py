@@ -160,7 +160,8 @@ class Pipeline:
             req = draft_request(rec.messages, cfg)
             comp = await _staged("draft", self.engine.call("generator", req, rec.id, ("draft", 0)))
             response = comp.text.strip()
-            self._add(rec, Step(next(seq), Kind.DRAFT, 0, {"response": response}))
+            self._add(rec, Step(next(seq), Kind.DRAFT, 0, {"response": response,
+                                                            "finish_reason": comp.finish_reason}))
         score = await self._grade(rec, response, 0, done, seq)
         candidates = [{"source": "draft", "n": 0, "response": response, "score": score}]
         for rnd, principle in enumerate(principles, start=1):
@@ -178,7 +179,7 @@ class Pipeline:
                 comp = await _staged("revise", self.engine.call("reviser", req, rec.id, ("revise", rnd)))
                 revised = clean_revision(comp.text, response)
                 data = {"principle": principle.id, "before": response, "response": revised or response,
-                        "empty": not revised, "feedback": feedback}
+                        "empty": not revised, "feedback": feedback, "finish_reason": comp.finish_reason}
                 self._add(rec, Step(next(seq), Kind.REVISE, rnd, data))
                 response = data["response"]
             score = await self._grade(rec, response, rnd, done, seq)
@@ -204,7 +205,7 @@ class Pipeline:
                     sample_cfg = cfg.model_copy(update={"seed": (cfg.seed or 0) + n})
                     comp = await _staged("candidate", self.engine.call("generator", draft_request(
                         rec.messages, sample_cfg), rec.id, ("candidate", n)))
-                    step = {"response": comp.text.strip()}
+                    step = {"response": comp.text.strip(), "finish_reason": comp.finish_reason}
                     if self.scorer is not None:
                         step["score"] = await _staged("grade", self.scorer.score(
                             self.engine, rec.messages, step["response"], rec.extra))

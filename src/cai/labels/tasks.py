@@ -15,7 +15,7 @@ from cai import constitution as constitution_mod
 from cai.labels.files import read_candidates, read_pairs
 from cai.labels.labeler import ROLE, AILabeler
 from cai.read.export import ManifestExtra, Sink, all_or_none, export_run, run_settings
-from cai.read.rows import label_rows
+from cai.read.rows import RowOptions, label_rows
 from cai.runs import role_session
 from cai.settings import LabelSettings
 from cai.store import Store
@@ -100,7 +100,7 @@ async def label_file(path: Path, out: Path, labels: LabelSettings, judge: str, *
         for name in ("pairs", "labels"):
             sinks[name] = Sink(out / f"{name}.jsonl")
         for rec in recs:
-            got = label_rows(rec, labels)
+            got = label_rows(rec, RowOptions(labels=labels))
             near += got.near_ties
             for row in got.pairs:
                 sinks["pairs"].add(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from cai.read.quality import kept_text
 from cai.redact import redact
 
 # Options that must not be repeated when a run is resumed (they would move the run aside, or retry only).
@@ -34,8 +35,7 @@ def summary_line(manifest: dict[str, Any]) -> str:
     """`wrote runs/x/: …` with counts, failures, retries, 429s, unparsed verdicts, tokens, time and cost."""
     ex, inv, rec = manifest["exports"], manifest["this_invocation"], manifest["records"]
     tokens = sum(t["tokens_in"] + t["tokens_out"] for t in manifest["tokens"].values())
-    parts = [f"wrote {manifest['out']}/: {ex['sft']} sft, {ex['pairs']} pairs ({ex['pairs_dropped']} dropped), "
-             f"{ex['critiques']} critiques",
+    parts = [f"wrote {manifest['out']}/: {kept_text(ex, manifest.get('quality'))}, {ex['critiques']} critiques",
              f"{rec.get('done', 0)} done, {rec.get('failed', 0)} failed",
              f"{_plural(inv['calls'], 'call', 'calls')} ({inv['cached']} cached"
              + (f", {inv['shared_cache_hits']} from --cache" if inv.get("shared_cache_hits") else "") + "), "

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from cai import __version__
 from cai.core.prices import call_price, cost, load_prices
 from cai.errors import InputError, OutputError
+from cai.read.quality import Tally
 from cai.read.rows import DROP_REASONS, RowOptions, reward_pair, run_rows
 from cai.settings import IOSettings, RunSettings
 from cai.store import Store
@@ -195,17 +196,24 @@ def sweep(run_dir: Path, names: Sequence[str] | None = None) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def drop_counts(dropped: Counter[str]) -> dict[str, int]:
-    """The manifest's `pairs_dropped_<reason>` counts and their sum `pairs_dropped`."""
+def drop_counts(dropped: Counter[str], sft_dropped: Counter[str] | None = None) -> dict[str, int]:
+    """The manifest's `pairs_dropped_<reason>` counts (each pair kept out under its first reason) and their sum
+    `pairs_dropped`; with `sft_dropped`, the same for sft rows (`sft_dropped_<flag>` where non-zero)."""
     counts = {f"pairs_dropped_{k}": dropped[k] for k in DROP_REASONS}
     counts["pairs_dropped"] = sum(counts.values())
+    if sft_dropped is not None:
+        counts.update({f"sft_dropped_{k}": n for k, n in sft_dropped.items() if n})
+        counts["sft_dropped"] = sum(sft_dropped.values())
     return counts
 
 
-def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None = None) -> dict[str, int]:
-    """Rebuild every export from the store in one pass; returns the counts, also kept in the manifest."""
+def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None = None,
+           tally: Tally | None = None) -> dict[str, int]:
+    """Rebuild every export from the store in one pass; returns the counts, also kept in the manifest.
+    `tally`, if given, gets the quality gate's counts of every row."""
     settings = run_settings(store)
     opts = RowOptions.of_run(store, settings, developer_as_system)
+    tally = tally if tally is not None else Tally(opts.quality_gate)
     ext = "parquet" if fmt == "parquet" else "jsonl"
     sweep(store.run_dir)
     sinks: dict[str, Sink] = {}
@@ -229,6 +237,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
                 sinks["sft"].add(rows.sft)
             if rows.pair is None and rows.dropped:
                 dropped[rows.dropped] += 1
+            rows.tally(tally)
             for c in rows.critique_rows:
                 sinks["critiques"].add(c)
             for row in rows.pairs:
@@ -243,7 +252,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
             with writing(stale):
                 stale.unlink(missing_ok=True)
     counts = {name: sink.count for name, sink in sinks.items()}
-    counts.update(drop_counts(dropped))
+    counts.update(drop_counts(dropped, tally.dropped["sft"]))
     if rbr["graded"]:
         counts["rbr_graded"], counts["rbr_improved"] = rbr["graded"], rbr["improved"]
     counts["with_expected"] = expected
@@ -279,9 +288,10 @@ def estimated_cost(store: Store, settings: RunSettings) -> float | None:
     return round(total, 6)
 
 
-def manifest(store: Store, export_counts: dict[str, int]) -> dict[str, Any]:
-    """manifest.json content: versions, models and their endpoints, settings, hashes, counts, tokens, cost,
-    open errors, unparsed verdicts, start/end time and wall time (killed invocations included). No keys."""
+def manifest(store: Store, export_counts: dict[str, int], quality: dict[str, Any] | None = None) -> dict[str, Any]:
+    """manifest.json content: versions, models and their endpoints, settings, hashes, counts, the quality gate's
+    counts (`quality`, see `cai.read.quality.Tally.summary`), tokens, cost, open errors, unparsed verdicts,
+    start/end time and wall time (killed invocations included). No keys."""
     statuses = store.counts()
     settings = run_settings(store)
     invocations = store.invocations()
@@ -296,6 +306,7 @@ def manifest(store: Store, export_counts: dict[str, int]) -> dict[str, Any]:
         "input": store.get_meta("input", {}),
         "records": {"total": sum(statuses.values()), **statuses},
         "exports": export_counts,
+        **({"quality": quality} if quality is not None else {}),
         "tokens": store.token_totals(),
         "tokens_batch": store.token_totals(batch=True),  # the part of `tokens` sent through a provider batch API
         "call_cache": {"path": settings.execution.cache,
@@ -316,8 +327,9 @@ def export_run(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | 
                extras: Sequence[ManifestExtra] = ()) -> dict[str, Any]:
     """Rebuild the exports and write manifest.json; returns the manifest. Each of `extras` adds its keys
     after the core's, in order (the composition layer passes plugins' hooks, e.g. rbr's refusal metrics)."""
-    counts = export(store, fmt, developer_as_system=developer_as_system)
-    data = manifest(store, counts)
+    tally = Tally(run_settings(store).export.quality_gate)
+    counts = export(store, fmt, developer_as_system=developer_as_system, tally=tally)
+    data = manifest(store, counts, tally.summary())
     for extra in extras:
         data.update(extra(store, counts))
     write_json(store.run_dir / "manifest.json", data)

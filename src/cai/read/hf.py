@@ -25,6 +25,7 @@ import yaml
 from cai.errors import InputError, one_line
 from cai.read import parquet
 from cai.read.export import Sink, all_or_none, drop_counts, manifest, run_settings, sweep, writing
+from cai.read.quality import Tally, counts_text
 from cai.read.rows import RowOptions, labeled_run, run_rows
 from cai.settings import ROLES
 from cai.store import Store
@@ -41,19 +42,22 @@ _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000
 
 
 def _rows(store: Store, developer_as_system: bool | None, add: Callable[[str, dict[str, Any]], None]
-          ) -> dict[str, int]:
+          ) -> tuple[dict[str, int], Tally]:
     """Pass every sft and pair row of the run's done records to `add(config, row)` (one pass over the store);
-    returns the counts, keyed as the manifest's `exports`."""
+    returns the counts, keyed as the manifest's `exports`, and the quality gate's counts."""
     counts = dict.fromkeys(CONFIGS, 0)
     dropped: Counter[str] = Counter()
-    for rows in run_rows(store, RowOptions.of_run(store, run_settings(store), developer_as_system)):
+    opts = RowOptions.of_run(store, run_settings(store), developer_as_system)
+    tally = Tally(opts.quality_gate)
+    for rows in run_rows(store, opts):
+        rows.tally(tally)
         for name, row in [("sft", rows.sft)] + [("pairs", p) for p in rows.pairs]:
             if row:
                 add(name, row)
                 counts[name] += 1
         if rows.pair is None and rows.dropped:
             dropped[rows.dropped] += 1
-    return {**counts, **drop_counts(dropped)}
+    return {**counts, **drop_counts(dropped, tally.dropped["sft"])}, tally
 
 
 def _size_category(n: int) -> str:
@@ -78,6 +82,9 @@ def _text(value: Any) -> str:
 def card(name: str, info: dict[str, Any], rewards: bool) -> str:
     """The dataset card (README.md) for manifest `info` whose `exports` counts the rows written."""
     ex, settings = info["exports"], info["settings"]
+    quality = info.get("quality") or {}
+    dropped = {k.removeprefix("pairs_dropped_"): v for k, v in ex.items() if k.startswith("pairs_dropped_")}
+    sft_dropped = {k.removeprefix("sft_dropped_"): v for k, v in ex.items() if k.startswith("sft_dropped_")}
     front = {"pretty_name": name,
              "configs": [{"config_name": c, "data_files": [{"split": "train", "path": f"{c}/{DATA_FILE}"}]}
                          for c in CONFIGS if ex[c]],
@@ -95,8 +102,9 @@ def card(name: str, info: dict[str, Any], rewards: bool) -> str:
             ("rounds", loop["rounds"]), ("stop when clean", "yes" if loop["stop_when_clean"] else "no"),
             ("seed", info["seed"]), ("records", f"{info['records']['total']} ({records})"),
             ("sft rows", ex["sft"]), ("pairs", ex["pairs"]),
-            ("pairs dropped", f"{ex['pairs_dropped']} (unchanged {ex['pairs_dropped_unchanged']}, empty "
-                              f"{ex['pairs_dropped_empty']}, reward margin {ex['pairs_dropped_margin']})"),
+            ("pairs kept out", f"{ex['pairs_dropped']} ({counts_text(dropped) or 'none'})"),
+            ("sft rows kept out", f"{ex.get('sft_dropped', 0)} ({counts_text(sft_dropped) or 'none'})"),
+            ("quality gate", quality.get("gate", "not recorded")),
             ("tokens", tokens), ("estimated cost (USD)", "unknown" if cost is None else cost),
             ("cai version", info["cai_version"]), ("last run ended (UTC)", info["ended"])]
     table = "\n".join(f"| {k} | {_text(v)} |" for k, v in rows)
@@ -121,9 +129,10 @@ license: unknown  # fill in before publishing: the prompts' license and the mode
 Constitutional-AI feedback data written by cai {info["cai_version"]}: two configurations, one `train` split
 each, in TRL's conversational format (lists of `{{"role", "content"}}` messages):
 
-- `sft` ({ex["sft"]} rows): `id`, `messages` (the prompt's turns, then the final revision as the assistant turn).
+- `sft` ({ex["sft"]} rows): `id`, `messages` (the prompt's turns, then the final revision as the assistant turn),
+  `quality` (see below).
 - `pairs` ({ex["pairs"]} rows{no_pairs}): `id`, `prompt` (the prompt's turns, the last one the user's), `chosen`
-  and `rejected` (one assistant turn each), `metadata` (`principles`, `rounds`, `violations`){reward_cols}.
+  and `rejected` (one assistant turn each), `metadata` (`principles`, `rounds`, `violations`), `quality`{reward_cols}.
 
 ```python
 from datasets import load_dataset
@@ -139,6 +148,16 @@ has enough), the critic judged the current response against it (whether it viola
 severely, and why), and the reviser rewrote the response to answer the critique{stop_text}. The final
 revision is `chosen` and the draft is `rejected`; `metadata` lists each round's principle and verdict. A
 pair is kept only when the final revision is non-empty and differs from the draft.{reward_text}
+
+## Quality
+
+Every row carries `quality`, the flags cai's quality gate found (deterministic checks, no model call):
+`truncated` (a response cut off at the token limit), `degenerate` (repetition loops), `leak` (the revision
+talks about the conversation or repeats the critique instead of answering), `new_refusal` (the revision refuses
+a prompt the draft answered and that should be answered), and, with rewards or AI labels, `worse_by_reward`
+and `worse_by_judge`. This dataset was written with the gate at `{_text(quality.get("gate", "default"))}`,
+which kept out rows flagged {_text(", ".join(quality.get("keeps_out") or []) or "with nothing")}; the table
+below counts what it kept out.
 
 ## Provenance
 
@@ -175,11 +194,11 @@ def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None =
         with all_or_none({}) as sinks:
             for name, path in paths.items():
                 sinks[name] = Sink(path, parquet.schema(name, rewards=rewards, labels=labeled), keep_empty=False)
-            counts = _rows(store, developer_as_system, lambda name, row: sinks[name].add(row))
+            counts, tally = _rows(store, developer_as_system, lambda name, row: sinks[name].add(row))
             if not counts["sft"]:
                 raise InputError("no finished record yet: nothing to write", path=str(run_dir))
             sinks[README] = Sink(readme)  # last: the card goes in place once the data files are
-            sinks[README].write(card(run_dir.resolve().name, manifest(store, counts), rewards))
+            sinks[README].write(card(run_dir.resolve().name, manifest(store, counts, tally.summary()), rewards))
     finally:
         store.close()
     files = {n: str(p) for n, p in paths.items() if counts[n]}
@@ -200,7 +219,7 @@ def dataset_dict(run_dir: Path, *, developer_as_system: bool | None = None) -> d
         settings = run_settings(store)
         rewards, labeled = settings.scoring is not None, labeled_run(store, settings)
         rows: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
-        _rows(store, developer_as_system, lambda name, row: rows[name].append(row))
+        _rows(store, developer_as_system, lambda name, row: rows[name].append(row))  # counts not needed
     finally:
         store.close()
     schemas = {name: parquet.schema(name, rewards=rewards, labels=labeled) for name in CONFIGS}

@@ -22,13 +22,15 @@ METADATA = pa.struct([("principles", pa.list_(pa.string())), ("rounds", pa.int64
 LABEL = pa.struct([("principle", pa.string()), ("p_chosen_first", pa.float64()), ("p_chosen_second", pa.float64()),
                    ("margin", pa.float64()), ("rank_by", pa.string()), ("method", pa.string()),
                    ("judge", pa.string())])
+FLAGS = pa.list_(pa.string())  # a row's quality flags (`cai.read.quality`)
 VERDICT = pa.struct([("critique", pa.string()), ("violates", pa.bool_()), ("severity", pa.int64())])
 
 
 #: every export column's type (the columns themselves, and their order, are `cai.read.rows.columns`)
 TYPES = {
-    "sft": {"id": pa.string(), "messages": MESSAGES},
+    "sft": {"id": pa.string(), "messages": MESSAGES, "quality": FLAGS},
     "pairs": {"id": pa.string(), "prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, "metadata": METADATA,
+              "quality": FLAGS,
               "reward_chosen": pa.float64(), "reward_rejected": pa.float64(), "score_chosen": pa.float64(),
               "score_rejected": pa.float64(), "source": pa.string(), "label": LABEL},
     "labels": {"id": pa.string(), "a": pa.int64(), "b": pa.int64(), "source_a": pa.string(), "source_b": pa.string(),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from cai.read import quality
 from cai.settings import LabelSettings, RunSettings
 from cai.store.steps import Kind, Step, StoredRecord, draft_and_final, rewards_by_round
 
@@ -32,8 +33,8 @@ def frame(rows: list[dict[str, Any]], columns: list[str] | None) -> pd.DataFrame
     return pd.DataFrame(rows, columns=columns)
 
 
-SFT_COLUMNS = ["id", "messages"]
-PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected", "metadata"]
+SFT_COLUMNS = ["id", "messages", "quality"]
+PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected", "metadata", "quality"]
 REWARD_COLUMNS = ["reward_chosen", "reward_rejected"]  # pairs of a run with rule-based rewards
 LABELED_PAIR_COLUMNS = ["score_chosen", "score_rejected", "source", "label"]  # pairs of a run with AI labels
 CRITIQUE_COLUMNS = ["id", "round", "principle", "layer", "kind", "critique", "verdict", "parsed", "rule_override",
@@ -43,7 +44,7 @@ LABEL_COLUMNS = ["id", "a", "b", "source_a", "source_b", "response_a", "response
                  "p", "method", "judge"]
 #: `Run.grades()`: one row per (record, graded response, proposition or check)
 GRADE_COLUMNS = ["id", "round", "step", "response_type", "kind", "name", "p_yes", "method", "score", "reward"]
-DROP_REASONS = ("unchanged", "empty", "margin")  # why a done record has no revision pair
+DROP_REASONS = quality.REASONS  # why a done record has no revision pair (the first that applies)
 
 
 def columns(export: str, rewards: bool = False, labels: bool = False) -> list[str]:
@@ -70,11 +71,15 @@ def labeled_run(store: Store, settings: RunSettings) -> bool:
 @dataclass(frozen=True)
 class RowOptions:
     """How a run's rows are made: the `--min-reward-margin` cut of revision pairs, the label settings of a run
-    with AI preference labels (None for a run without), and whether developer turns are written as system."""
+    with AI preference labels (None for a run without), whether developer turns are written as system, the
+    `--quality-gate` level and the texts of the run's principles by id (what the gate's `leak` check looks
+    for)."""
 
     min_reward_margin: float | None = None
     labels: LabelSettings | None = None
     developer_as_system: bool = False
+    quality_gate: str = "default"
+    principle_texts: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def of_run(cls, store: Store, settings: RunSettings, developer_as_system: bool | None = None) -> RowOptions:
@@ -82,7 +87,8 @@ class RowOptions:
         if developer_as_system is None:
             developer_as_system = settings.export.system_role_for_developer
         labels = (settings.labels or LabelSettings()) if labeled_run(store, settings) else None
-        return cls(settings.export.min_reward_margin, labels, developer_as_system)
+        return cls(settings.export.min_reward_margin, labels, developer_as_system, settings.export.quality_gate,
+                   store.get_meta("principle_texts", {}) or {})
 
 
 @dataclass(frozen=True)
@@ -101,11 +107,14 @@ class LabelRows:
     pairs: list[dict[str, Any]] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     near_ties: int = 0
+    verdicts: list[tuple[str, quality.Verdict]] = field(default_factory=list)  # (pair id, verdict), kept or not
 
 
 @dataclass
 class RecordRows:
-    """What one record yields (see the module docstring); `dropped` is why a record has no revision pair."""
+    """What one record yields (see the module docstring); `dropped` is why a record has no revision pair (the
+    first reason), `pair_verdict` and `sft_verdict` the quality gate's flags of both rows (None without a
+    final response)."""
 
     record: StoredRecord
     draft: str | None
@@ -116,6 +125,17 @@ class RecordRows:
     critiques: list[Critique]
     rewards: dict[int, float]
     labels: LabelRows | None  # None: not a run with AI preference labels (or the record is not done)
+    pair_verdict: quality.Verdict | None = None
+    sft_verdict: quality.Verdict | None = None
+
+    def tally(self, tally: quality.Tally) -> None:
+        """Add this record's rows to the quality gate's counts."""
+        if self.pair_verdict is not None:
+            tally.add("pairs", self.record.id, self.pair_verdict)
+        if self.sft_verdict is not None:
+            tally.add("sft", self.record.id, self.sft_verdict)
+        for pid, verdict in self.labels.verdicts if self.labels is not None else ():
+            tally.add("ai_label_pairs", pid, verdict)
 
     @property
     def critique_rows(self) -> list[dict[str, Any]]:
@@ -169,28 +189,33 @@ def record_rows(rec: StoredRecord, opts: RowOptions = RowOptions()) -> RecordRow
     """The rows of one record (labels only for a done record of a labeled run)."""
     draft, final = draft_and_final(rec.steps)
     rewards = rewards_by_round(rec.steps)
-    labels = label_rows(rec, opts.labels, opts.developer_as_system) if opts.labels and rec.done else None
+    labels = label_rows(rec, opts) if opts.labels and rec.done else None
     if draft is None or final is None:
         return RecordRows(rec, draft, final, None, None, None, [], rewards, labels)
     crits = _critiques(rec)
-    prompt = developer_as_system_turns(rec.messages) if opts.developer_as_system else rec.messages
-    sft = {"id": rec.id, "messages": [*prompt, {"role": "assistant", "content": final}]}
-    dropped = "empty" if not final.strip() or not draft.strip() else ("unchanged" if final == draft else None)
+    ev = quality.evidence(rec, [c.row["critique"] for c in crits], [c.row["principle"] for c in crits],
+                          opts.principle_texts, rewards)
     reward, margin = reward_pair(rewards), opts.min_reward_margin
-    if reward and dropped is None and margin is not None and \
-            reward["reward_chosen"] - reward["reward_rejected"] < margin:
-        dropped = "margin"
+    below = bool(reward and margin is not None and reward["reward_chosen"] - reward["reward_rejected"] < margin)
+    pv, sv = quality.pair_verdict(ev, opts.quality_gate, below), quality.sft_verdict(ev, opts.quality_gate)
+    prompt = developer_as_system_turns(rec.messages) if opts.developer_as_system else rec.messages
+    sft = None
+    if sv.kept:
+        sft = {"id": rec.id, "messages": [*prompt, {"role": "assistant", "content": final}],
+               "quality": list(sv.flags)}
     pair = None
-    if dropped is None:
+    if pv.kept:
         pair = {"id": rec.id, "prompt": prompt,
                 "chosen": [{"role": "assistant", "content": final}],
                 "rejected": [{"role": "assistant", "content": draft}],
                 "metadata": {"principles": [c.row["principle"] for c in crits], "rounds": len(crits),
                              "violations": [bool(c.step.verdict["violates"]) if c.step.verdict else None
-                                            for c in crits]}}
+                                            for c in crits]},
+                "quality": list(pv.flags)}
         if reward:
             pair.update(reward)
-    return RecordRows(rec, draft, final, sft, pair, dropped, crits, rewards, labels)
+    dropped = pv.out[0] if pv.out else None
+    return RecordRows(rec, draft, final, sft, pair, dropped, crits, rewards, labels, pv, sv)
 
 
 def run_rows(store: Store, opts: RowOptions, done_only: bool = True) -> Iterator[RecordRows]:
@@ -209,37 +234,46 @@ def kept_pairs(ranked: list[dict[str, Any]], min_margin: float) -> tuple[list[di
     return kept, len(ranked) - len(kept)
 
 
-def label_rows(rec: StoredRecord, labels: LabelSettings, developer_as_system: bool = False) -> LabelRows:
-    """The AI-labeled pairs (`kept_pairs` of the `labels.rank_by` ranking), comparisons and near-ties of a
-    record's latest `label` step (see `cai.core.scoring.Labeler`). No label step: nothing."""
+def label_rows(rec: StoredRecord, opts: RowOptions) -> LabelRows:
+    """The AI-labeled pairs (`kept_pairs` of the `labels.rank_by` ranking that the quality gate keeps),
+    comparisons and near-ties of a record's latest `label` step (see `cai.core.scoring.Labeler`). No label
+    step: nothing."""
     step = next((s for s in reversed(rec.steps) if s.kind is Kind.LABEL), None)
-    if step is None:
+    labels = opts.labels
+    if step is None or labels is None:
         return LabelRows()
+    developer_as_system = opts.developer_as_system
     data, rank_by = step.data, labels.rank_by
     cands, judge = data["candidates"], data.get("judge")
     comps = {(c["a"], c["b"]): c for c in data["comparisons"]}
     ranking = (data.get("rankings") or {}).get(rank_by) or {}
     kept, near = kept_pairs(ranking.get("pairs", []), labels.min_margin)
     prompt = developer_as_system_turns(rec.messages) if developer_as_system else rec.messages
-    pairs = []
+    pairs, verdicts = [], []
     for p in kept:
         i, j = p["chosen"], p["rejected"]
+        pid = f"{rec.id}:{cands[i]['source']}{cands[i]['n']}>{cands[j]['source']}{cands[j]['n']}"
+        verdict = quality.pair_verdict(quality.label_evidence(rec, cands[i], cands[j]), opts.quality_gate)
+        verdicts.append((pid, verdict))
+        if not verdict.kept:
+            continue
         c = comps.get((i, j)) or comps.get((j, i)) or {}
         flip = (i, j) not in comps  # the comparison showed the rejected one as (A)
         # P(chosen wins) when it was shown as (A), and when it was shown as (B)
         p_first, p_second = ((c["p_ba"], 1 - c["p_ab"]) if flip else (c["p_ab"], 1 - c["p_ba"])) if c else (None, None)
         pairs.append({
-            "id": f"{rec.id}:{cands[i]['source']}{cands[i]['n']}>{cands[j]['source']}{cands[j]['n']}",
+            "id": pid,
             "prompt": prompt, "chosen": [{"role": "assistant", "content": cands[i]["response"]}],
             "rejected": [{"role": "assistant", "content": cands[j]["response"]}],
             "score_chosen": p["score_chosen"], "score_rejected": p["score_rejected"], "source": "ai_label",
             "label": {"principle": c.get("principle"), "p_chosen_first": p_first, "p_chosen_second": p_second,
-                      "margin": p["margin"], "rank_by": rank_by, "method": c.get("method"), "judge": judge}})
+                      "margin": p["margin"], "rank_by": rank_by, "method": c.get("method"), "judge": judge},
+            "quality": list(verdict.flags)})
     rows = [{"id": rec.id, "a": c["a"], "b": c["b"], "source_a": cands[c["a"]]["source"],
              "source_b": cands[c["b"]]["source"], "response_a": cands[c["a"]]["response"],
              "response_b": cands[c["b"]]["response"], "principle": c["principle"], "p_ab": c["p_ab"],
              "p_ba": c["p_ba"], "p": c["p"], "method": c["method"], "judge": judge} for c in data["comparisons"]]
-    return LabelRows(pairs, rows, near)
+    return LabelRows(pairs, rows, near, verdicts)
 
 
 def grade_rows(rec: StoredRecord) -> list[dict[str, Any]]:

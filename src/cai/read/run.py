@@ -91,10 +91,25 @@ class Run:
             rows.append({"id": rec.id, "status": rec.status, "prompt": prompt_text(rec.messages),
                          "messages": rec.messages, "draft": r.draft, "final": r.final, "rounds": len(r.critiques),
                          "violations": sum(bool(c.step.verdict and c.step.verdict["violates"]) for c in r.critiques),
-                         "pair_dropped": r.dropped})
+                         "pair_dropped": r.dropped,
+                         "pair_quality": list(r.pair_verdict.flags) if r.pair_verdict else None,
+                         "sft_quality": list(r.sft_verdict.flags) if r.sft_verdict else None})
             rows[-1].update({k: v for k, v in rec.extra.items() if k not in rows[-1]})
-        return frame(rows, columns=None if rows else ["id", "status", "prompt", "messages", "draft",
-                                                              "final", "rounds", "violations", "pair_dropped"])
+        return frame(rows, columns=None if rows else ["id", "status", "prompt", "messages", "draft", "final",
+                                                      "rounds", "violations", "pair_dropped", "pair_quality",
+                                                      "sft_quality"])
+
+    def quality(self) -> pd.DataFrame:
+        """The quality gate's verdict on every row it looked at, kept or not: id (a pair's or record's), part
+        (pairs, sft or ai_label_pairs), flags, kept, and out (the reasons that kept it out, first one first);
+        see docs/export.md."""
+        rows = []
+        for r in self.record_rows(done_only=True):
+            found = [("pairs", r.record.id, r.pair_verdict), ("sft", r.record.id, r.sft_verdict)]
+            found += [("ai_label_pairs", pid, v) for pid, v in (r.labels.verdicts if r.labels else [])]
+            rows += [{"id": rid, "part": part, "flags": list(v.flags), "kept": v.kept, "out": list(v.out)}
+                     for part, rid, v in found if v is not None]
+        return frame(rows, columns=["id", "part", "flags", "kept", "out"])
 
     def critiques(self) -> pd.DataFrame:
         """One row per critique: id, round, principle, its layer and kind, critique, violates, severity,
@@ -125,7 +140,7 @@ class Run:
                              "rejected_text": pair["rejected"][0]["content"], **meta})
         if rows:
             return frame(rows, columns=None)
-        columns = ["id", "prompt", "chosen", "rejected", "prompt_text", "chosen_text", "rejected_text"]
+        columns = ["id", "prompt", "chosen", "rejected", "quality", "prompt_text", "chosen_text", "rejected_text"]
         return frame([], columns=columns + (LABELED_PAIR_COLUMNS if self._labeled() else []))
 
     def labels(self) -> pd.DataFrame:
@@ -137,15 +152,15 @@ class Run:
         return frame(rows, columns=LABEL_COLUMNS)
 
     def sft(self, developer_as_system: bool = False) -> pd.DataFrame:
-        """SFT rows as exported (`messages`) plus prompt_text and completion (the final response)."""
+        """SFT rows as exported (`messages`, `quality`) plus prompt_text and completion (the final response)."""
         rows = []
         for r in self.record_rows(done_only=True, developer_as_system=developer_as_system):
             if r.sft is None:
                 continue
             msgs = r.sft["messages"]
-            rows.append({"id": r.sft["id"], "messages": msgs, "prompt_text": prompt_text(msgs[:-1]),
-                         "completion": msgs[-1]["content"]})
-        return frame(rows, columns=["id", "messages", "prompt_text", "completion"])
+            rows.append({"id": r.sft["id"], "messages": msgs, "quality": r.sft["quality"],
+                         "prompt_text": prompt_text(msgs[:-1]), "completion": msgs[-1]["content"]})
+        return frame(rows, columns=["id", "messages", "quality", "prompt_text", "completion"])
 
     def errors(self) -> pd.DataFrame:
         """Every error row: id, stage, error_class, message, resolved (the record later succeeded)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -19,9 +20,21 @@ def _in_cwd(command: str, cwd: str | None) -> str:
     return command
 
 
+def _exported(run_dir: Path) -> dict[str, Any]:
+    """The export counts and the quality gate's counts of manifest.json, as the last export wrote them (None
+    each before the first export, or if the manifest cannot be read)."""
+    try:
+        data = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    return {"exports": data.get("exports"), "quality": data.get("quality")}
+
+
 def run_status(run_dir: Path) -> dict[str, Any]:
     """Counts that add up (done + in progress + failed + not started = input records), open and resolved
-    errors, the pid of a live writer, and the last invocation's resume and retry commands."""
+    errors, the pid of a live writer, the last export's counts and quality gate counts (`exports`, `quality`),
+    and the last invocation's resume and retry commands."""
     store = Store.open_run(run_dir, readonly=True)
     try:
         counts = store.counts()
@@ -38,6 +51,7 @@ def run_status(run_dir: Path) -> dict[str, Any]:
             "errors": store.errors(last=20), "resume": None, "retry_failed": None}
     finally:
         store.close()
+    info.update(_exported(run_dir))
     last = next((i for i in reversed(invocations) if i["command"].get("argv")), None)
     if last is not None:
         argv, cwd = last["command"]["argv"], last["command"].get("cwd")

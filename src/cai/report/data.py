@@ -18,7 +18,9 @@ from cai.core.prices import call_price, cost, load_prices
 from cai.errors import CaiError
 from cai.read import explore
 from cai.read.export import run_settings
+from cai.read.quality import Tally
 from cai.read.rows import RecordRows, RowOptions, run_rows
+from cai.report.quality import QualityStats
 from cai.settings import LabelSettings, RunSettings
 from cai.store import Store
 from cai.store.steps import Kind, StoredRecord
@@ -127,6 +129,7 @@ class ReportData:
     severities: list[tuple[int, int | None]] = field(default_factory=list)
     #: AI preference labels (runs with --candidates K); None when the run has no comparison
     labels: LabelStats | None = None
+    quality: QualityStats | None = None
     principle_stats: pd.DataFrame | None = None
     rounds: pd.DataFrame | None = None
     summary: pd.DataFrame | None = None
@@ -237,6 +240,7 @@ def gather(run: Run) -> ReportData:
     stats = explore.CritiqueStats()
     try:
         settings = run_settings(store)
+        data.quality = QualityStats(Tally(settings.export.quality_gate))
         lab = settings.labels or LabelSettings()
         # labels of every done record (as Run.labels() and the exports), with the run's label settings
         opts = replace(RowOptions.of_run(store, settings, developer_as_system=False), labels=lab)
@@ -248,6 +252,8 @@ def gather(run: Run) -> ReportData:
             data.records.append(record_row(rows, index, errors.get(rec.id) if not rec.done else None))
             _series(data, rows)
             stats.add(rows)
+            if rec.done:
+                data.quality.add(rows)
             if rows.labels is not None:
                 comparisons += rows.labels.comparisons
                 ai_pairs += len(rows.labels.pairs)

@@ -19,8 +19,10 @@ from importlib import resources
 from typing import Any
 
 from cai import __version__
+from cai.read.quality import PARTS
 from cai.report.data import ReportData
 from cai.report.plots import Plot
+from cai.report.quality import PART_NAMES, QualityStats
 
 _ASSETS = resources.files("cai.report").joinpath("assets")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -174,6 +176,33 @@ def labels_html(data: ReportData, plot: Plot | None) -> str:
     return "\n".join(parts)
 
 
+def quality_html(stats: QualityStats | None) -> str:
+    """The section (empty for a run with no done record): the gate, a table of flags, an example per flag."""
+    if stats is None or not stats.tally.seen:
+        return ""
+    summary = stats.tally.summary()
+    kept = "; ".join(f"{summary[p]['kept']:,} of {summary[p]['rows']:,} {PART_NAMES[p]} kept"
+                     for p in PARTS if p in summary)
+    parts = ['<section id="quality">\n<h2>Quality</h2>',
+             f'<p data-stat="gate">Quality gate <b>{esc(summary["gate"])}</b> (keeps out: '
+             f'{esc(", ".join(summary["keeps_out"]) or "nothing")}; a pair with an empty or unchanged side is '
+             f'always kept out): {esc(kept)}. Each cell: rows flagged / rows kept out under that flag first. '
+             'See docs/export.md for what each flag means.</p>']
+    rows = stats.table()
+    if rows:
+        parts.append(table(["flag", *stats.parts], rows, "quality-flags"))
+        parts.append("<h3>One example each</h3>")
+        for flag in (r[0] for r in rows):
+            ex = stats.examples.get(flag)
+            if ex is not None:
+                parts.append(f'<details class="quality-example" data-flag="{esc(flag)}"><summary>{esc(flag)}: '
+                             f'{esc(ex.id)} ({esc(PART_NAMES[ex.part])})</summary><pre>{esc(ex.text)}</pre></details>')
+    else:
+        parts.append('<p class="note">No row was flagged.</p>')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
 def plots_html(plots: list[Plot]) -> str:
     """Drawn plots as figures; omitted ones as one-line notes."""
     out = []
@@ -197,11 +226,13 @@ def render(data: ReportData, plots: list[Plot]) -> str:
     # the label plot, when drawn, sits in the labels section; its omission note stays with the other plots
     label_plot = next((p for p in plots if p.key == "ai-preference-labels" and p.svg is not None), None)
     labels = labels_html(data, label_plot)
+    quality = quality_html(data.quality)
     slots = {
         "csp": esc(csp), "title": esc(f"cai report: {data.name}"), "css": asset("report.css"),
         "generated": esc(f"made {datetime.now(UTC).isoformat(timespec='seconds')} by cai {__version__}"),
         "overview": overview_html(data), "plots": plots_html([p for p in plots if p is not label_plot]),
         "labels": labels, "nav_labels": ' · <a href="#labels">AI preference labels</a>' if labels else "",
+        "quality": quality, "nav_quality": ' · <a href="#quality">Quality</a>' if quality else "",
         "data": script_json(blob), "script": script,
     }
     return _SLOT.sub(lambda m: slots[m.group(1)], asset("report.html"))  # one pass: no slot inside a slot's value
