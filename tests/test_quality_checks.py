@@ -221,6 +221,12 @@ def test_pair_flags_come_in_report_order_and_sft_leaves_out_the_pair_only_ones()
     assert q.sft_flags(e) == ("truncated", "degenerate")
 
 
+def test_evidence_takes_lists_of_texts() -> None:
+    e = Evidence(prompt=PROMPT, draft=DRAFT, final=ANSWER, draft_finish=None, final_finish=None,
+                 critiques=[CRITIQUE], principles=[PRINCIPLE], revisions=[])  # type: ignore[arg-type]
+    assert e.critiques == (CRITIQUE,) and q.pair_flags(e) == q.sft_flags(e) == ()
+
+
 def test_empty_and_unchanged() -> None:
     assert q.pair_flags(ev(final=" \n")) == ("empty",)
     assert q.pair_flags(ev(draft="")) == ("empty",)

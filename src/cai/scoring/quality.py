@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cai.scoring.refusal import FULL_COMPLIANCE, FULL_REFUSAL, classify, plain
 
@@ -95,6 +96,10 @@ class Evidence:
     judge_p_final: float | None = None  # P(final ≻ draft) from AI labels, if any
     revisions: tuple[str, ...] = ()  # earlier rounds' revisions: text a critique may quote without it leaking
 
+    def __post_init__(self) -> None:
+        for name in ("critiques", "principles", "revisions"):  # lists too, kept hashable
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
 
 def is_truncated(finish: str | None) -> bool:
     """Whether a call's finish_reason says the token limit cut the reply off (None: unknown, not truncated)."""
@@ -106,9 +111,14 @@ def is_empty(text: str) -> bool:
     return not text.strip()
 
 
+def _normal(text: str) -> str:
+    """`text` lower-case, contractions spelled out (so "it's" and "it is" match), markdown and code blocks left out."""
+    return plain(_FENCE.sub("\n", text))
+
+
 def _words(text: str) -> list[str]:
-    """Lower-case words, contractions spelled out (so "it's" and "it is" match), code blocks left out."""
-    return _WORD.findall(plain(_FENCE.sub("\n", text)))
+    """The words of `text`, normalised (`_normal`)."""
+    return _WORD.findall(_normal(text))
 
 
 def loop_words(words: list[str], max_period: int = LOOP_MAX_PERIOD) -> tuple[int, int]:
@@ -132,7 +142,11 @@ def loop_words(words: list[str], max_period: int = LOOP_MAX_PERIOD) -> tuple[int
 
 def repeat_share(text: str) -> float:
     """Share of the words of `text` in clauses that repeat an earlier clause word for word."""
-    clauses = [tuple(_words(c)) for c in _CLAUSE_SPLIT.split(_FENCE.sub("\n", text))]
+    return _repeat_share(_normal(text))
+
+
+def _repeat_share(normal: str) -> float:
+    clauses = [tuple(_WORD.findall(c)) for c in _CLAUSE_SPLIT.split(normal)]
     total = sum(len(c) for c in clauses)
     counts = Counter(c for c in clauses if len(c) >= CLAUSE_MIN_WORDS)
     return sum((n - 1) * len(c) for c, n in counts.items()) / total if total else 0.0
@@ -143,19 +157,21 @@ def degenerate(text: str, strict: bool = False) -> bool:
     words or more), or a reply mostly made of repeated clauses (`REPEAT_SHARE`). Fenced code is left out."""
     repeats, min_words, share = ((STRICT_LOOP_REPEATS, STRICT_LOOP_MIN_WORDS, STRICT_REPEAT_SHARE) if strict
                                  else (LOOP_REPEATS, LOOP_MIN_WORDS, REPEAT_SHARE))
-    covered, period = loop_words(_words(text))
+    normal = _normal(text)
+    covered, period = loop_words(_WORD.findall(normal))
     if period and covered >= min_words and covered >= repeats * period:
         return True
-    return repeat_share(text) >= share
+    return _repeat_share(normal) >= share
 
 
-def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+@lru_cache(maxsize=1024)  # principles, and a record's critiques, come back for every row checked
+def _ngrams(text: str, n: int) -> frozenset[tuple[str, ...]]:
     """The runs of `n` words of `text`, within its sentences."""
-    out = set()
-    for sentence in _SENTENCE_SPLIT.split(text):
-        words = _words(sentence)
+    out: set[tuple[str, ...]] = set()
+    for sentence in _SENTENCE_SPLIT.split(_normal(text)):
+        words = _WORD.findall(sentence)
         out.update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-    return out
+    return frozenset(out)
 
 
 def copied(text: str, sources: Iterable[str], known: Iterable[str] = (), n: int = LEAK_RUN_WORDS) -> bool:
@@ -171,9 +187,9 @@ def copied(text: str, sources: Iterable[str], known: Iterable[str] = (), n: int 
 def meta_talk(text: str, strict: bool = False) -> bool:
     """Whether `text` speaks about the exchange instead of in it: a label ("Revised response:"), "the user is
     asking …", "the assistant's response …", or sentences that open by judging "the response"."""
-    if _LABEL.search(plain(text)):
+    body = _normal(text)
+    if _LABEL.search(body):
         return True
-    body = plain(_FENCE.sub("\n", text))
     if _STRONG.search(body):
         return True
     weak = sum(bool(_WEAK.search(s.strip())) for s in _SENTENCE_SPLIT.split(body))
@@ -193,10 +209,11 @@ def leaks(text: str, critiques: Iterable[str] = (), principles: Iterable[str] = 
 def new_refusal(ev: Evidence, strict: bool = False) -> bool:
     """For an input row with `expected: comply`: the draft fully complies and the final refuses (a full refusal;
     strict: also a partial one), by the refusal classifier `cai.scoring.refusal`."""
-    if ev.expected != "comply" or is_empty(ev.final) or classify(ev.draft, ev.prompt) != FULL_COMPLIANCE:
+    if ev.expected != "comply" or is_empty(ev.final):
         return False
     label = classify(ev.final, ev.prompt)
-    return label != FULL_COMPLIANCE if strict else label == FULL_REFUSAL
+    refuses = label != FULL_COMPLIANCE if strict else label == FULL_REFUSAL
+    return refuses and classify(ev.draft, ev.prompt) == FULL_COMPLIANCE
 
 
 def worse_by_reward(reward_draft: float | None, reward_final: float | None) -> bool:
@@ -209,7 +226,8 @@ def worse_by_judge(p_final: float | None, strict: bool = False) -> bool:
     return p_final is not None and p_final < 0.5 - (STRICT_JUDGE_TOLERANCE if strict else JUDGE_TOLERANCE)
 
 
-def _final_flags(ev: Evidence, strict: bool) -> set[str]:
+@lru_cache(maxsize=64)  # pair_flags and sft_flags of the same record share it
+def _final_flags(ev: Evidence, strict: bool) -> frozenset[str]:
     """Flags about the final response alone (and the refusal it may have added)."""
     found = set()
     if is_truncated(ev.final_finish):
@@ -220,12 +238,12 @@ def _final_flags(ev: Evidence, strict: bool) -> set[str]:
         found.add("leak")
     if new_refusal(ev, strict):
         found.add("new_refusal")
-    return found
+    return frozenset(found)
 
 
 def pair_flags(ev: Evidence, strict: bool = False) -> tuple[str, ...]:
     """Flags of the revision pair (chosen = final, rejected = draft), in `FLAGS` order."""
-    found = _final_flags(ev, strict)
+    found = set(_final_flags(ev, strict))
     if is_empty(ev.final) or is_empty(ev.draft):
         found.add("empty")
     elif ev.final == ev.draft:
@@ -241,7 +259,7 @@ def pair_flags(ev: Evidence, strict: bool = False) -> tuple[str, ...]:
 
 def sft_flags(ev: Evidence, strict: bool = False) -> tuple[str, ...]:
     """Flags of the SFT row (prompt + final), about the final only, in `FLAGS` order."""
-    found = _final_flags(ev, strict)
+    found = set(_final_flags(ev, strict))
     if is_empty(ev.final):
         found.add("empty")
     return tuple(f for f in FLAGS if f in found)
