@@ -4,6 +4,7 @@ examples and on tricky negatives (lists, code, HTTP talk, refrains, short answer
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,7 @@ LOOPS = [
     "I can help. " + "It's not helpful, and it's not helpful, and " * 4,
     "You should ask. They will know. " * 4,  # a cycle of two sentences
     "no " * 14,
+    "Drink water, and you should rest. Eat well, and you should rest. Sleep, so you should rest. You should rest.",
     "The answer is simple. The response is inappropriate. Here it is. The response is inappropriate. "
     "Let me say. The response is inappropriate. The response is inappropriate.",  # mostly one clause, apart
 ]
@@ -252,3 +254,12 @@ def test_kept() -> None:
     assert q.kept(("worse_by_reward",), "default") and not q.kept(("worse_by_reward",), "strict")
     with pytest.raises(KeyError):
         q.kept((), "lenient")
+
+
+def test_the_docs_example_prints_what_its_comments_say(capsys: pytest.CaptureFixture[str]) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "export.md").read_text(encoding="utf-8")
+    section = doc.split("## Quality gate", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/export.md", "exec"), {})  # the documented example, run as written
+    said = [line.split("# ", 1)[1].strip() for line in code.splitlines() if line.startswith("print(")]
+    assert capsys.readouterr().out.splitlines() == said

@@ -55,6 +55,7 @@ REWARD_TOLERANCE = 0.0
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 _FENCE = re.compile(r"```.*?(?:```|\Z)", re.S)
 _CLAUSE_SPLIT = re.compile(r"[.!?;:,\n]+")
+_LEADING = re.compile(r"^\W*(?:(?:and|but|or|so|then|also|because)\b\W*)+")  # "…, and X" repeats X
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?:])\s+|\n+")
 _QUOTED = re.compile(r'"[^"\n]{1,400}"|\u201c[^\u201d\n]{1,400}\u201d|(?<!\w)\'[^\'\n]{1,400}\'(?!\w)'
                      r"|\u2018[^\u2019\n]{1,400}\u2019")
@@ -146,7 +147,7 @@ def repeat_share(text: str) -> float:
 
 
 def _repeat_share(normal: str) -> float:
-    clauses = [tuple(_WORD.findall(c)) for c in _CLAUSE_SPLIT.split(normal)]
+    clauses = [tuple(_WORD.findall(_LEADING.sub("", c))) for c in _CLAUSE_SPLIT.split(normal)]
     total = sum(len(c) for c in clauses)
     counts = Counter(c for c in clauses if len(c) >= CLAUSE_MIN_WORDS)
     return sum((n - 1) * len(c) for c, n in counts.items()) / total if total else 0.0
