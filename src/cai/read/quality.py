@@ -50,7 +50,8 @@ def _judge_p_final(rec: StoredRecord, final_round: int) -> float | None:
 
 def evidence(rec: StoredRecord, critiques: Sequence[str], principles: Sequence[str],
              texts: Mapping[str, Sequence[str]], rewards: Mapping[int, float]) -> checks.Evidence:
-    """What the checks are told about a record's draft and final response (its revision pair and sft row)."""
+    """What the checks are told about a record's draft and final response (its revision pair and sft row): the
+    critiques and principle texts of its rounds, and its earlier revisions (which a later critique may quote)."""
     draft = next((s for s in rec.steps if s.kind is Kind.DRAFT), None)
     revisions = rec.of(Kind.REVISE)
     last = revisions[-1] if revisions else draft
@@ -60,7 +61,8 @@ def evidence(rec: StoredRecord, critiques: Sequence[str], principles: Sequence[s
         critiques=tuple(critiques), principles=tuple(t for p in principles for t in texts.get(p, ())),
         expected=(rec.extra or {}).get("expected"),
         reward_draft=rewards.get(0) if rewards else None, reward_final=rewards[max(rewards)] if rewards else None,
-        judge_p_final=_judge_p_final(rec, revisions[-1].round if revisions else 0))
+        judge_p_final=_judge_p_final(rec, revisions[-1].round if revisions else 0),
+        revisions=tuple(s.response or "" for s in revisions[:-1]))
 
 
 def label_evidence(rec: StoredRecord, chosen: Mapping[str, Any], rejected: Mapping[str, Any]) -> checks.Evidence:
