@@ -16,7 +16,7 @@ import typer
 from cai import __version__, plugins
 from cai.cli.batch import add_submit, batch_app
 from cai.cli.constitution import constitution_app
-from cai.cli.kit import OneLineErrors, emit, err, fails_cleanly, run_async, say
+from cai.cli.kit import OneLineErrors, emit, err, fails_cleanly, renamed, run_async, say
 from cai.cli.labels import judge_eval, label
 from cai.cli.options import given, signature
 from cai.cli.rbr import rbr_app
@@ -149,9 +149,11 @@ def export_cmd(
 @app.command("report")
 @fails_cleanly
 def report_cmd(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. runs/demo.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the HTML "
-                                                              "(default RUN_DIR/report.html).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the HTML "
+                                                                          "(default RUN_DIR/report.html).")] = None,
+    old_out: Annotated[Optional[Path], typer.Option("--out", hidden=True, metavar="FILE")] = None,
 ) -> None:
     """Write one self-contained HTML report of a run: overview, plots, and every record with its critiques
     and word diffs (no network needed to view it). Reads the run read-only, also while it is being written.
@@ -160,7 +162,7 @@ def report_cmd(
     """
     from cai.report import write_report
 
-    path = write_report(run_dir, out)
+    path = write_report(run_dir, renamed(ctx, "old_out", "output"))
     err.print(f"wrote {path}", markup=False, highlight=False)
 
 
