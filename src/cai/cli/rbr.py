@@ -145,7 +145,9 @@ def grade_cmd(
     """Grade responses: P(yes) per proposition, check scores, class and reward for each.
 
     \b
-    Example: cai rbr grade runs/demo --grader openai:gpt-4o-mini --grader-mode joint -o graded.jsonl
+    Example:
+      cai rbr grade runs/demo --grader openai:gpt-4o-mini --grader-mode joint \\
+        -o graded.jsonl
     """
     from cai.rbr.batch import default_out
 
@@ -302,7 +304,9 @@ def metrics_cmd(
     """Not-Unsafe and Not-Overrefuse of a run's drafts and final responses.
 
     \b
-    Example: cai rbr metrics runs/xstest --refusal-method both --grader openai:gpt-4o-mini --json
+    Example:
+      cai rbr metrics runs/xstest --refusal-method both \\
+        --grader openai:gpt-4o-mini --json
     """
     from cai.rbr.data import read_graded
     from cai.rbr.metrics import SOURCES, expected_records, metrics_lines, run_refusal_metrics
