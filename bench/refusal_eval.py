@@ -1,11 +1,11 @@
 """Refusal classifier figures per `source_model` of a labelled file (the cross-model check of docs/rbr.md).
 
 Each model's completions are scored on their own, so the figures of a model the rules were not developed on
-are that model's held-out figures. `--method grader` asks `--model` instead (slow on the embedded model: use
+are that model's held-out figures. `--method grader` asks `--grader` instead (slow on the embedded model: use
 `--limit` with `--seed` for a seeded sample).
 
     python bench/refusal_eval.py ../shared/data/xstest_completions_dev.jsonl
-    python bench/refusal_eval.py FILE --method grader --model local --limit 60 --seed 0 --json
+    python bench/refusal_eval.py FILE --method grader --grader local --limit 60 --seed 0 --json
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("file", nargs="?", type=Path, default=DEFAULT)
     ap.add_argument("--method", choices=("checks", "grader"), default="checks")
-    ap.add_argument("--model", default="local")
+    ap.add_argument("--grader", "--model", dest="grader", default="local",
+                    help="grader model for --method grader (--model: its old name, as in cai rbr refusal-eval)")
     ap.add_argument("--limit", type=int, help="a seeded random sample of this many rows per source_model")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         sub = [r for r in rows if (r["source_model"] or "-") == name]
         if args.limit and len(sub) > args.limit:
             sub = random.Random(args.seed).sample(sub, args.limit)
-        pred, stats = predict(sub, args.method, args.model)
+        pred, stats = predict(sub, args.method, args.grader)
         result = evaluate(sub, pred)
         out[name] = {"binary": result["binary"], "three_way": {k: result["three_way"][k] for k in
                                                                 ("accuracy", "macro_f1", "recall")}, **stats}

@@ -99,7 +99,7 @@ def test_judge_eval_measures_agreement_and_position_bias(env, tmp_path):
         {"id": f"r{i}", "prompt": f"Question {i}?", "chosen": [{"role": "assistant", "content": f"GOOD {i}"}],
          "rejected": f"BAD {i}", "section": "s1" if i < 2 else "s2"} for i in range(4)])
     with StubServer(logprobs_fn=scripted(0.9, 0.6)) as srv:
-        r = cai("judge-eval", rows, "--model", "openai:stub", "--base-url", srv.url, "--out", tmp_path / "je", "--json")
+        r = cai("judge-eval", rows, "--judge", "openai:stub", "--base-url", srv.url, "--out", tmp_path / "je", "--json")
     info = json.loads(r.stdout)
     assert info["agreement"] == 1.0 and info["undecided"] == 0 and info["by_tag"]["s1"]["pairs"] == 2
     # GOOD first: A wins (0.9); BAD first: B wins (P(A) = 0.4): the first-shown option won half the asks
@@ -107,7 +107,7 @@ def test_judge_eval_measures_agreement_and_position_bias(env, tmp_path):
     assert info["mean_confidence"] == pytest.approx(((0.9 + 1 - 0.4) / 2) - 0.5)
 
     with StubServer(reply_fn=lambda kind, body: "A") as srv:  # always the first-shown option
-        r = cai("judge-eval", rows, "--model", "anthropic:stub", "--base-url", srv.anthropic_url, "--votes", "1",
+        r = cai("judge-eval", rows, "--judge", "anthropic:stub", "--base-url", srv.anthropic_url, "--votes", "1",
                 "--out", tmp_path / "je2", "--json")
     info = json.loads(r.stdout)
     assert info["undecided"] == 4 and info["agreement"] is None
@@ -185,7 +185,7 @@ def test_a_rows_file_over_the_size_limit_is_refused_before_it_is_read(env, tmp_p
     big = tmp_path / "rows.jsonl"
     with big.open("wb") as fh:
         fh.truncate(LABELS_BYTES + 1)  # sparse: nothing written to disk
-    r = cai(command, big, "--out", tmp_path / "out", *(["--model", "openai:x"] if command == "judge-eval" else []))
+    r = cai(command, big, "--out", tmp_path / "out", *(["--judge", "openai:x"] if command == "judge-eval" else []))
     assert r.exit_code == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == f"error: {big}: {LABELS_BYTES + 1:,} bytes, over the 512 MiB limit for a labels file"
     assert not (tmp_path / "out").exists()
@@ -212,7 +212,7 @@ def test_judge_eval_on_the_dev_pairs_with_the_embedded_model(tmp_path):
     pairs = SHARED / "modelspec_pairs_dev.jsonl"
     if not pairs.is_file():
         pytest.skip(f"no dev pairs at {pairs} (the shared dev data is not beside this checkout)")
-    r = cai_run("judge-eval", pairs, "--model", "local", "--limit", "6",
+    r = cai_run("judge-eval", pairs, "--judge", "local", "--limit", "6",
                 "--out", tmp_path / "je", "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 import cai
 from cai.cli import app
 from cai.errors import InputError
-from cai.options import INPUT, NOT_OPTIONS, RunOptions, declared
+from cai.options import INPUT, NOT_OPTIONS, PANELS, RunOptions, declared
 from cai.settings import RunSettings, option_field
 from helpers import cai as cai_cli
 
@@ -62,6 +62,14 @@ def test_every_option_is_a_cai_run_option_and_a_library_keyword_and_the_reverse(
     assert hints["options"] == typing.Unpack[RunOptions] and set(RunOptions.__annotations__) == names
     assert typing.get_type_hints(cai.run)["options"] == typing.Unpack[RunOptions]
     assert set(cai.arun.__annotations__) - {"prompts", "progress", "command", "options", "return"} == set()
+
+
+def test_every_option_is_in_a_panel_of_cai_run_help():
+    """A new option lands in the panel of the settings part it sets; one that sets none (or a part without a
+    panel) names its panel in its declaration."""
+    for name, (_, opt) in declared().items():
+        assert opt.help_panel in PANELS, f"{name}: give it panel= (one of {PANELS})"
+        assert command_params("run")[name].rich_help_panel == opt.help_panel
 
 
 def _members(kind: Any) -> set[Any]:

@@ -118,7 +118,7 @@ def test_refusal_eval_user_errors_are_one_line_exit_2(tmp_path, content, message
 def test_refusal_eval_option_errors_exit_2(tmp_path):
     path = labelled(tmp_path / "l.jsonl")
     for args, message in [((tmp_path / "none.jsonl",), "file not found"), ((tmp_path,), "not a folder"),
-                          ((path, "--model", "local"), "--model is used with --method grader"),
+                          ((path, "--grader", "local"), "--grader is used with --method grader"),
                           ((path, "--method", "votes"), "--method")]:
         res = rbr("refusal-eval", *args)
         assert res.exit_code == 2 and message in res.stderr, (args, res.stderr)
@@ -145,7 +145,7 @@ def test_refusal_eval_grader_by_logprobs_is_cached(tmp_path, stub_server, monkey
         return [[("B", -0.1), ("A", -2.0)] if REFUSE in text else [("A", -0.1), ("C", -3.0)]]
 
     stub_server.logprobs_fn = letters
-    args = ["refusal-eval", path, "--method", "grader", "--model", "openai:stub", "--base-url", stub_server.url,
+    args = ["refusal-eval", path, "--method", "grader", "--grader", "openai:stub", "--base-url", stub_server.url,
             "--out", tmp_path / "store", "--json", "--quiet"]
     res = rbr(*args)
     assert res.exit_code == 0, res.output

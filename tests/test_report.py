@@ -258,7 +258,7 @@ def test_cli_errors_are_one_line(tmp_path, stub_server):
     assert len(res.stderr.strip().splitlines()) == 1
     run = stub_run(stub_server, tmp_path, 3)
     (tmp_path / "file").write_text("")
-    res = cai_cli("report", run, "--out", tmp_path / "file" / "report.html")
+    res = cai_cli("report", run, "-o", tmp_path / "file" / "report.html")
     assert res.exit_code == 2 and "cannot write report" in res.stderr and "file/report.html" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     with pytest.raises(InputError):

@@ -33,7 +33,8 @@ class Option:
     parameter's default is None). `needs_rbr`: refused without `rbr` (it compares rewards). `batch`: also an
     option of `cai batch submit`. `path`: a file path (the settings keep it as a string). `flags`: typer's
     parameter declarations where they are not `--name`. `min`: the command line's lower bound where it is
-    stricter than the field's."""
+    stricter than the field's. `panel`: its panel of `cai run --help` (one of PANELS) where it is not the one of
+    the settings part it sets (`help_panel`)."""
 
     help: str | None
     to: str = ""
@@ -45,6 +46,12 @@ class Option:
     path: bool = False
     flags: tuple[str, ...] = ()
     min: float | None = None
+    panel: str = ""
+
+    @property
+    def help_panel(self) -> str:
+        """The panel of `cai run --help` (and `cai batch submit --help`) that lists the option."""
+        return self.panel or (PART_PANELS.get(self.targets[0].split(".")[0], "") if self.targets else "")
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -55,6 +62,11 @@ class Option:
         return any(t.split(".")[0] == part for t in self.targets)
 
 
+#: The panels of `cai run --help`, in order; an option is in the one of the settings part it sets (PART_PANELS)
+#: unless its declaration names another.
+PANELS = ("Models", "Loop", "Execution", "Rewards", "Labels", "Export")
+PART_PANELS = {"models": "Models", "generation": "Models", "loop": "Loop", "io": "Execution",
+               "execution": "Execution", "scoring": "Rewards", "labels": "Labels", "export": "Export"}
 _NO_BATCH = {"batch": False}  # pacing, retries of failed records, the engine and the embedded model
 
 
@@ -83,7 +95,7 @@ class RunOptions(TypedDict, total=False):
     concurrency: Annotated[int, Option("Records in flight.", "execution.concurrency", **_NO_BATCH)]
     limit: Annotated[int | None, Option("Only the first N prompts.", "io.limit")]
     max_retries: Annotated[int, Option("Retries per call on 429/5xx/timeouts.", "execution.max_retries")]
-    timeout: Annotated[float, Option("Seconds per call attempt.", "generation.timeout", min=0.01)]
+    timeout: Annotated[float, Option("Seconds per call attempt.", "generation.timeout", min=0.01, panel="Execution")]
     rpm: Annotated[int | None, Option("Max requests per minute per endpoint.", "execution.rpm", **_NO_BATCH)]
     tpm: Annotated[int | None, Option("Max (estimated) tokens per minute per endpoint.", "execution.tpm",
                                       **_NO_BATCH)]
@@ -91,7 +103,7 @@ class RunOptions(TypedDict, total=False):
     system_role_for_developer: Annotated[bool, Option(
         "Write `developer` turns of prompts as `system` in sft and pairs (most chat templates reject a developer "
         "role).", "export.system_role_for_developer", flags=("--system-role-for-developer/--keep-developer-role",))]
-    restart: Annotated[bool, Option("Move an existing run aside and start afresh.", default=False)]
+    restart: Annotated[bool, Option("Move an existing run aside and start afresh.", default=False, panel="Execution")]
     retry_failed: Annotated[bool, Option("Retry only the records that failed.", "execution.retry_failed", **_NO_BATCH)]
     prices: Annotated[PathArg | None, Option("Price table JSON for the cost estimate.", "execution.prices",
                                              path=True)]
@@ -111,7 +123,7 @@ class RunOptions(TypedDict, total=False):
         "to Q8_0 in cai's cache folder, a file of your own as it is; q8_0 or q4_0: requantized; off: as the file "
         "has them (see docs/local.md).", "models.local_requantize", **_NO_BATCH)]
     rbr: Annotated[bool, Option("Rule-based rewards: grade the draft and each revision, tell the reviser what "
-                                "failed, put rewards on the pairs.", default=False)]
+                                "failed, put rewards on the pairs.", default=False, panel="Rewards")]
     scorer: Annotated[str, Option("With --rbr: the scorer plugin that grades each response (an installed "
                                   "'scorer.NAME' of cai.plugins; see docs/architecture.md).", "scoring.scorer")]
     grader: Annotated[str | None, Option("Model that grades propositions (default: the critic).", "scoring.grader")]
@@ -119,25 +131,29 @@ class RunOptions(TypedDict, total=False):
                                                    "them, else rbr-safety).", "scoring.constitution")]
     grader_mode: Annotated[GraderMode, Option("A call per proposition, or one structured call per response.",
                                               "scoring.mode")]
-    votes: Annotated[int, Option("Sampled answers per question without logprobs.", "scoring.votes labels.votes")]
+    votes: Annotated[int, Option("Sampled answers per question when the grader or judge has no logprobs.",
+                                 "scoring.votes labels.votes")]
     weights: Annotated[PathArg | None, Option("Reward weights JSON (default: shipped).", "scoring.weights",
                                               path=True)]
     rbr_feedback: Annotated[bool, Option("Give the reviser the failed propositions/checks.", "scoring.feedback")]
-    min_reward_margin: Annotated[float | None, Option("Drop pairs whose reward improved by less.",
-                                                      "export.min_reward_margin", needs_rbr=True)]
+    min_reward_margin: Annotated[float | None, Option(
+        "Revision pairs (with --rbr): keep one only if its reward improved by at least this, in reward units "
+        "(default: keep all). Labeled pairs: --min-margin.", "export.min_reward_margin", needs_rbr=True)]
     quality_gate: Annotated[QualityGate, Option(
         "Which quality flags keep a pair or sft row out of the exports (see docs/export.md); an export setting: "
         "changing it on a finished run rewrites the exports without a model call.", "export.quality_gate")]
     candidates: Annotated[int, Option("AI preference labels: responses sampled per prompt (the draft and K-1 "
-                                      "more); 2 or more are judged pairwise.", "loop.candidates")]
+                                      "more); 2 or more are judged pairwise.", "loop.candidates", panel="Labels")]
     candidates_from: Annotated[CandidatesFrom, Option(
-        "Candidates to judge: the samples, the draft and its revisions, or both.", "loop.candidates_from")]
+        "Candidates to judge: the samples, the draft and its revisions, or both.", "loop.candidates_from",
+        panel="Labels")]
     labeler: Annotated[str, Option("The labeler plugin that labels the candidates (an installed 'labeler.NAME' of "
                                    "cai.plugins; see docs/architecture.md).", "labels.labeler")]
     judge: Annotated[str | None, Option("Model that judges candidates (default: the critic).", "labels.judge")]
     cot: Annotated[bool, Option("The judge reasons before answering (labels clamped to [0.4, 0.6]).", "labels.cot")]
-    min_margin: Annotated[float | None, Option("Keep a labeled pair only if P(chosen ≻ rejected) - 0.5 exceeds "
-                                               "this (default 0).", "labels.min_margin", shown=False)]
+    min_margin: Annotated[float | None, Option(
+        "Labeled pairs (with --candidates): keep one only if P(chosen ≻ rejected) - 0.5 exceeds this, 0 to 0.5 "
+        "(default 0). Revision pairs: --min-reward-margin.", "labels.min_margin", shown=False, panel="Export")]
     rank_by: Annotated[RankBy | None, Option("Rank candidates by the judge (default), the RBR reward, or both "
                                              "(needs --rbr).", "labels.rank_by", shown=False)]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from cai import constitution as constitution_mod
 from cai.api import Prompts, _input_file, manifest_extras
-from cai.batch.apis import batch_api
+from cai.batch.apis import batch_api, refuse_without_batch_api
 from cai.batch.job import PAUSED, BatchJob, TickReport
 from cai.batch.ledger import OPEN_STATES, Ledger
 from cai.core.records import InputRecord, scan_input, scanned_records
@@ -29,6 +29,16 @@ from cai.runs import admit, normalize_out, open_session, run_models
 from cai.settings import RunSettings
 from cai.store import Store
 from cai.store.lock import running_pid
+
+
+def _role_specs(settings: RunSettings) -> dict[str, str]:
+    """The model spec of every role the settings name (a plugin's own models are checked once it is built)."""
+    specs = settings.models.specs()
+    if settings.scoring is not None and settings.scoring.grader:
+        specs["grader"] = settings.scoring.grader
+    if settings.labels is not None and settings.labels.judge:
+        specs["judge"] = settings.labels.judge
+    return specs
 
 
 def _check_models(models: dict[str, Any], retries: int) -> None:
@@ -56,6 +66,7 @@ async def asubmit(prompts: Prompts, *, out: str | os.PathLike[str] | None = None
     `cancel` goes on. Further passes: `tick`."""
     with _input_file(prompts, out) as (path, folder):
         settings = RunSettings.from_options(input=path, out=normalize_out(folder), **options)
+        refuse_without_batch_api(_role_specs(settings), {k for k, v in options.items() if v is not None})
         const = constitution_mod.load(settings.loop.constitution)
         scan = await asyncio.to_thread(scan_input, settings.io.input, settings.io.limit)
         models, plugins = run_models(settings, const)

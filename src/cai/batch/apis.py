@@ -110,6 +110,19 @@ class BatchBase:
 ADAPTERS = {"openai": "cai.batch.openai_batch", "anthropic": "cai.batch.anthropic_batch"}
 
 
+def refuse_without_batch_api(specs: dict[str, str], given: set[str]) -> None:
+    """InputError for the first role whose model spec (`local`, `openai:NAME`, …) names a provider without a batch
+    API; `given`: the model options the caller gave (a role none of them set has the default model, local)."""
+    for role, spec in specs.items():
+        if spec.split(":", 1)[0] in ADAPTERS:
+            continue
+        if not given & {"model", role}:
+            raise InputError(f"a batch job needs --model openai:NAME or anthropic:NAME: the default model, {spec} "
+                             "(the embedded one), has no batch API (use cai run for it)")
+        raise InputError(f"a batch job needs openai: or anthropic: models; {spec} (the {role}) has no batch API "
+                         "(use cai run for it)")
+
+
 def batch_api(model: Model, max_retries: int) -> BatchAPI:
     """The batch adapter for `model`; InputError for a model whose provider has no batch API (local)."""
     module = ADAPTERS.get(model.provider)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cai.cli.kit import emit, fails_cleanly, run_async, say
-from cai.cli.options import given, signature
+from cai.cli.options import PanelCommand, given, signature
 
 if TYPE_CHECKING:
     from cai.batch.job import TickReport
@@ -82,10 +82,11 @@ def add_submit() -> None:
     submit.__signature__ = signature(batch=True)  # type: ignore[attr-defined]
     submit.__doc__ = ("Validate the prompts as `cai run` does and submit the next stage of every record not yet "
                       "done as one provider batch per model; returns at once. Takes every loop option of `cai run`; "
-                      "a prompts file that only grew adds its new rows.\n\n"
-                      "Example: cai batch submit prompts.jsonl --model openai:gpt-4o-mini --out runs/nightly "
-                      "--rounds 1")
-    batch_app.command("submit")(fails_cleanly(submit))
+                      "a prompts file that only grew adds its new rows. Needs openai: or anthropic: models "
+                      "(--model): local, the default of cai run, has no batch API.\n\n"
+                      "\b\nExample:\n  cai batch submit prompts.jsonl --model openai:gpt-4o-mini \\\n"
+                      "    --out runs/nightly --rounds 1")
+    batch_app.command("submit", cls=PanelCommand)(fails_cleanly(submit))
 
 
 @batch_app.command()

@@ -16,9 +16,9 @@ import typer
 from cai import __version__, plugins
 from cai.cli.batch import add_submit, batch_app
 from cai.cli.constitution import constitution_app
-from cai.cli.kit import OneLineErrors, emit, err, fails_cleanly, run_async, say
+from cai.cli.kit import OneLineErrors, emit, err, fails_cleanly, renamed, run_async, say
 from cai.cli.labels import judge_eval, label
-from cai.cli.options import given, signature
+from cai.cli.options import PanelCommand, given, signature
 from cai.cli.rbr import rbr_app
 from cai.cli.votes import import_votes
 from cai.errors import Interrupted
@@ -28,7 +28,7 @@ HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   context_settings=HELP,
                   help="Make AI-feedback training data: draft, critique against a constitution, revise, export.\n\n"
-                       "Example: cai run examples/prompts.jsonl --out runs/demo --limit 6 --max-tokens 64\n\n"
+                       "\b\nExample:\n  cai run examples/prompts.jsonl --out runs/demo --limit 6 --max-tokens 64\n\n"
                        "Exit codes: 0 ok, 1 some records failed, 2 bad usage, input, files or disk, 3 the run "
                        "folder is in use by another cai process, 4 the model endpoint is unusable, 130 interrupted.")
 app.add_typer(constitution_app, name="constitution")
@@ -55,7 +55,9 @@ Format = Annotated[Literal["jsonl", "parquet"], typer.Option(help="Export format
 def run(ctx: typer.Context, input: Path, as_json: bool, quiet: bool, **options: Any) -> None:
     """Draft, critique and revise every prompt; write sft/pairs/critiques and a manifest.
 
-    Example: cai run examples/prompts.jsonl --out runs/demo --limit 4 --max-tokens 64
+    \b
+    Example:
+      cai run examples/prompts.jsonl --out runs/demo --limit 4 --max-tokens 64
     """
     from cai.api import arun
     from cai.core.prices import load_prices
@@ -92,7 +94,7 @@ def run(ctx: typer.Context, input: Path, as_json: bool, quiet: bool, **options: 
 
 
 run.__signature__ = signature()  # type: ignore[attr-defined]
-app.command()(fails_cleanly(run))
+app.command(cls=PanelCommand)(fails_cleanly(run))
 add_submit()
 app.command("label")(label)
 app.command("judge-eval")(judge_eval)
@@ -149,9 +151,11 @@ def export_cmd(
 @app.command("report")
 @fails_cleanly
 def report_cmd(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. runs/demo.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the HTML "
-                                                              "(default RUN_DIR/report.html).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the HTML "
+                                                                          "(default RUN_DIR/report.html).")] = None,
+    old_out: Annotated[Optional[Path], typer.Option("--out", hidden=True, metavar="FILE")] = None,
 ) -> None:
     """Write one self-contained HTML report of a run: overview, plots, and every record with its critiques
     and word diffs (no network needed to view it). Reads the run read-only, also while it is being written.
@@ -160,7 +164,7 @@ def report_cmd(
     """
     from cai.report import write_report
 
-    path = write_report(run_dir, out)
+    path = write_report(run_dir, renamed(ctx, "old_out", "output"))
     err.print(f"wrote {path}", markup=False, highlight=False)
 
 

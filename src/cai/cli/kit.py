@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from cai.errors import CaiError, Interrupted, one_line
+from cai.errors import CaiError, InputError, Interrupted, one_line
 from cai.redact import redact
 
 # soft_wrap: long lines (paths, URLs, commands to copy) are never hard-wrapped, terminal or not.
@@ -32,6 +32,21 @@ INTERRUPTED = "interrupted; run the same command again to resume (committed step
 def say(text: str) -> None:
     """`text` on stderr as it is: no markup, no highlighting, never hard-wrapped (paths in it must copy-paste)."""
     err.print(text, markup=False, highlight=False)
+
+
+def renamed(ctx: typer.Context, old: str, new: str) -> Any:
+    """The value of the parameter `new`, or of `old`, its hidden old spelling: given, the old one prints one
+    deprecation line on stderr; both given with different values is an InputError."""
+    if getattr(ctx.get_parameter_source(old), "name", "DEFAULT") == "DEFAULT":
+        return ctx.params[new]
+    params = {p.name: p for p in ctx.command.params}
+    spell_old = "/".join(params[old].opts) + (f" {params[old].metavar}" if params[old].metavar else "")
+    spell_new = "/".join(sorted(params[new].opts, key=len))
+    say(f"cai: {spell_old} is deprecated for {ctx.command_path}; use {spell_new}")
+    given_new = getattr(ctx.get_parameter_source(new), "name", "DEFAULT") != "DEFAULT"
+    if given_new and ctx.params[new] != ctx.params[old]:
+        raise InputError(f"give {spell_new} once ({params[old].opts[0]} is its old spelling)")
+    return ctx.params[old]
 
 
 def fails_cleanly(fn: F) -> F:

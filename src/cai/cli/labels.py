@@ -8,11 +8,11 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from cai.cli.kit import emit, fails_cleanly, run_async, say
+from cai.cli.kit import emit, fails_cleanly, renamed, run_async, say
 
-Judge = Annotated[Optional[str], typer.Option("--judge", "--model", help="Judge model: local, openai:NAME, "
-                                                                         "anthropic:NAME (default for a run: "
-                                                                         "its critic; else local).")]
+Judge = Annotated[Optional[str], typer.Option("--judge", help="Judge model: local, openai:NAME, anthropic:NAME "
+                                                              "(default for a run: its critic; else local).")]
+OldModel = Annotated[Optional[str], typer.Option("--model", hidden=True, metavar="SPEC")]
 BaseUrl = Annotated[Optional[str], typer.Option(help="OpenAI-compatible or Anthropic base URL.")]
 Cot = Annotated[bool, typer.Option(help="The judge reasons before answering (labels clamped to [0.4, 0.6]).")]
 Votes = Annotated[int, typer.Option(min=1, help="Sampled answers per order when the judge has no logprobs.")]
@@ -24,8 +24,10 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON t
 
 @fails_cleanly
 def label(
+    ctx: typer.Context,
     target: Annotated[Path, typer.Argument(help="A run folder, or a .jsonl file of `prompt` + `responses`.")],
     judge: Judge = None,
+    model: OldModel = None,
     out: Annotated[Optional[Path], typer.Option(help="For a file: where labels.jsonl, pairs.jsonl and the call "
                                                      "store go (default runs/label-<file name>).")] = None,
     cot: Cot = False,
@@ -47,6 +49,7 @@ def label(
     from cai.labels.tasks import label_file, label_run
     from cai.settings import LabelSettings
 
+    judge = renamed(ctx, "model", "judge")
     labels = LabelSettings(judge=judge, cot=cot, votes=votes, min_margin=min_margin, rank_by=rank_by)
     if target.is_dir():
         from cai.api import manifest_extras
@@ -70,9 +73,11 @@ def label(
 
 @fails_cleanly
 def judge_eval(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="A .jsonl of `prompt`, `chosen`, `rejected` (optional `section`, "
                                               "`tags`).")],
     judge: Judge = None,
+    model: OldModel = None,
     out: Annotated[Optional[Path], typer.Option(help="Store folder keeping the judge's calls (default "
                                                      "runs/judge-eval-<file name>).")] = None,
     cot: Cot = False,
@@ -86,11 +91,12 @@ def judge_eval(
     """How often the judge prefers the known-better response (both orders, as labeling asks), per section and
     tag, its position bias and the undecided pairs.
 
-    Example: cai judge-eval ../shared/data/modelspec_pairs_dev.jsonl --model local
+    Example: cai judge-eval ../shared/data/modelspec_pairs_dev.jsonl --judge local
     """
     from cai.labels.tasks import judge_eval as evaluate
     from cai.settings import LabelSettings
 
+    judge = renamed(ctx, "model", "judge")
     folder = out or Path("runs") / f"judge-eval-{file.stem}"
     info = run_async(evaluate(file, folder, judge or "local", LabelSettings(cot=cot, votes=votes),
                               constitution=constitution, base_url=base_url, concurrency=concurrency, limit=limit))

@@ -15,8 +15,9 @@ from typing import Annotated, Any, Optional, Union, get_args, get_origin
 
 import typer
 from annotated_types import Ge, Gt, Le
+from typer.core import TyperCommand
 
-from cai.options import INPUT, Option, declared
+from cai.options import INPUT, PANELS, Option, declared
 from cai.settings import option_field
 
 
@@ -42,12 +43,15 @@ def _bounds(opt: Option) -> dict[str, Any]:
     return {**out, "min": opt.min} if opt.min is not None else out
 
 
-def _parameter(name: str, kind: Any, opt: Option) -> inspect.Parameter:
+def _parameter(name: str, kind: Any, opt: Option, batch: bool) -> inspect.Parameter:
     default = opt.default if not opt.targets else option_field(opt.targets[0]).default if opt.shown else None
+    help = opt.help
+    if batch and opt.shorthand:  # the models' default, local, has no batch API (cai.batch.apis)
+        default, help = None, f"{help} A batch job needs openai: or anthropic:."
     kind = Path if opt.path else _cli_type(kind)
     if default is None:
         kind = Optional[kind]  # noqa: UP045 (typer reads Optional)
-    info = typer.Option(*opt.flags, help=opt.help, **_bounds(opt))
+    info = typer.Option(*opt.flags, help=help, rich_help_panel=opt.help_panel, **_bounds(opt))
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                              annotation=Annotated[kind, info])
 
@@ -64,8 +68,29 @@ def signature(batch: bool = False) -> inspect.Signature:
     return inspect.Signature([
         inspect.Parameter("ctx", arg, annotation=typer.Context),
         inspect.Parameter("input", arg, annotation=Annotated[Path, typer.Argument(help=INPUT.help)]),
-        *(_parameter(name, kind, opt) for name, (kind, opt) in declared().items() if opt.batch or not batch),
+        *(_parameter(name, kind, opt, batch) for name, (kind, opt) in declared().items() if opt.batch or not batch),
         *own])
+
+
+class PanelCommand(TyperCommand):
+    """`cai run` and `cai batch submit`: `--help` lists the run options in their panels (`cai.options.PANELS`,
+    typer's `rich_help_panel`), then the command's own options."""
+
+    def format_options(self, ctx: typer.Context, formatter: Any) -> None:
+        args: list[tuple[str, str]] = []
+        panels: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            if (record := param.get_help_record(ctx)) is None:
+                continue
+            if param.param_type_name == "argument":
+                args.append(record)
+            else:
+                panels.setdefault(getattr(param, "rich_help_panel", None) or "Options", []).append(record)
+        order = ["Arguments", *PANELS, *(p for p in panels if p not in PANELS)]
+        for title in order:
+            if rows := args if title == "Arguments" else panels.get(title):
+                with formatter.section(title):
+                    formatter.write_dl(rows)
 
 
 def given(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from cai.cli.kit import emit, fails_cleanly, run_async, say
+from cai.cli.kit import emit, fails_cleanly, renamed, run_async, say
 from cai.errors import InputError
 from cai.rbr.data import write_rows
 
@@ -60,7 +60,7 @@ class GroupBy(StrEnum):
 
 Grader = Annotated[str, typer.Option("--grader", help="Grader model: local, local:PATH.gguf, openai:NAME, "
                                                       "anthropic:NAME.")]
-OldModel = Annotated[Optional[str], typer.Option("--model", hidden=True, help="Old name of --grader.")]
+OldModel = Annotated[Optional[str], typer.Option("--model", hidden=True, metavar="SPEC")]
 BaseUrl = Annotated[Optional[str], typer.Option(help="OpenAI-compatible or Anthropic base URL.")]
 ConstOpt = Annotated[str, typer.Option("--constitution", help="Shipped name or YAML path with RBR sections.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(help="Weights JSON (default: the shipped rbr_weights.json).")]
@@ -77,15 +77,6 @@ CacheOpt = Annotated[Optional[Path], typer.Option(help="Call cache shared with r
 ConcOpt = Annotated[int, typer.Option(min=1, help="Responses graded at once (1 for the local model).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
 QuietOpt = Annotated[bool, typer.Option(help="No progress on stderr.")]
-
-
-def _grader_of(grader: str, model: Optional[str]) -> str:
-    """`--grader`, or the hidden old name `--model` when only that was given."""
-    if model is None:
-        return grader
-    if grader not in ("local", model):
-        raise InputError("give the grader model once, with --grader (--model is its old name)")
-    return model
 
 
 def _setup(constitution: str, weights: Optional[Path]) -> tuple[Any, Any]:
@@ -140,6 +131,7 @@ def _usage_line(stats: dict[str, Any]) -> str:
 @rbr_app.command("grade")
 @fails_cleanly
 def grade_cmd(
+    ctx: typer.Context,
     target: Annotated[Path, typer.Argument(help="JSONL of {prompt, response|completion, response_type?} rows, "
                                                 "or a run folder (its drafts and final responses).")],
     grader: Grader = "local", model: OldModel = None, base_url: BaseUrl = None,
@@ -153,11 +145,13 @@ def grade_cmd(
     """Grade responses: P(yes) per proposition, check scores, class and reward for each.
 
     \b
-    Example: cai rbr grade runs/demo --grader openai:gpt-4o-mini --grader-mode joint -o graded.jsonl
+    Example:
+      cai rbr grade runs/demo --grader openai:gpt-4o-mini --grader-mode joint \\
+        -o graded.jsonl
     """
     from cai.rbr.batch import default_out
 
-    graded, stats = _grade(target, grader=_grader_of(grader, model), base_url=base_url,
+    graded, stats = _grade(target, grader=renamed(ctx, "model", "grader"), base_url=base_url,
                            constitution=constitution, weights=weights, mode=grader_mode, votes=votes, out=out,
                            limit=limit, concurrency=concurrency, quiet=quiet, cache=cache)
     path = output or (out or default_out(target)) / "graded.jsonl"
@@ -198,6 +192,7 @@ def _print_eval(result: dict[str, Any]) -> None:
 @rbr_app.command("eval")
 @fails_cleanly
 def eval_cmd(
+    ctx: typer.Context,
     gold: Annotated[Path, typer.Argument(help="JSONL rows {prompt, completion, response_type, "
                                               "propositions: {name: bool}}.")],
     grader: Grader = "local", model: OldModel = None, base_url: BaseUrl = None,
@@ -217,7 +212,7 @@ def eval_cmd(
 
     if gold.is_dir():
         raise InputError("eval needs a JSONL gold file, not a folder", path=str(gold))
-    graded, stats = _grade(gold, grader=_grader_of(grader, model), base_url=base_url,
+    graded, stats = _grade(gold, grader=renamed(ctx, "model", "grader"), base_url=base_url,
                            constitution=constitution, weights=weights, mode=grader_mode, votes=votes, out=out,
                            limit=limit, concurrency=concurrency, quiet=quiet, cache=cache)
     if not any(g.get("labels") for g in graded):
@@ -309,7 +304,9 @@ def metrics_cmd(
     """Not-Unsafe and Not-Overrefuse of a run's drafts and final responses.
 
     \b
-    Example: cai rbr metrics runs/xstest --refusal-method both --grader openai:gpt-4o-mini --json
+    Example:
+      cai rbr metrics runs/xstest --refusal-method both \\
+        --grader openai:gpt-4o-mini --json
     """
     from cai.rbr.data import read_graded
     from cai.rbr.metrics import SOURCES, expected_records, metrics_lines, run_refusal_metrics
@@ -341,12 +338,14 @@ def metrics_cmd(
 @rbr_app.command("refusal-eval")
 @fails_cleanly
 def refusal_eval_cmd(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="JSONL rows {prompt, completion, label: full_compliance | "
                                               "full_refusal | partial_refusal}, optional source_model, type.")],
     method: Annotated[EvalMethod, typer.Option(help="checks: the deterministic refusal classifier; grader: "
-                                                    "the three-way question asked of --model.")] = EvalMethod.checks,
-    model: Annotated[Optional[str], typer.Option("--model", "--grader", help="Grader model for --method grader "
-                                                                            "(default local).")] = None,
+                                                    "the three-way question asked of --grader.")] = EvalMethod.checks,
+    grader: Annotated[Optional[str], typer.Option("--grader", help="Grader model for --method grader "
+                                                                   "(default local).")] = None,
+    model: OldModel = None,
     base_url: BaseUrl = None, votes: VotesOpt = 3, out: RefusalOut = None, limit: LimitOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write every row with its "
                                                    "prediction and the sentences or probabilities behind it.")] = None,
@@ -360,15 +359,16 @@ def refusal_eval_cmd(
     from cai.rbr.refusal_eval import classify_rows, evaluate, predictions, read_labelled, report_lines
     from cai.rbr.refusal_grader import default_out
 
-    if model is not None and method is EvalMethod.checks:
-        raise InputError("--model is used with --method grader")
+    grader = renamed(ctx, "model", "grader")
+    if grader is not None and method is EvalMethod.checks:
+        raise InputError("--grader is used with --method grader")
     rows = read_labelled(file, limit)
     extra: dict[str, Any] = {"method": method.value}
     readings = None
     if method is EvalMethod.checks:
         pred = classify_rows(rows)
     else:
-        readings, stats = _ask_refusals([(r["prompt"], r["response"]) for r in rows], grader=model or "local",
+        readings, stats = _ask_refusals([(r["prompt"], r["response"]) for r in rows], grader=grader or "local",
                                         base_url=base_url, votes=votes, out=out or default_out(file),
                                         concurrency=concurrency, cache=cache, quiet=quiet)
         pred = [x["label"] for x in readings]
