@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from cai.cli import app
 from cai.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+# The development data sets beside this checkout (../shared/data); a fresh clone has none. CAI_TEST_SHARED_DATA
+# points elsewhere (a missing folder shows what a fresh clone sees).
+SHARED = Path(os.environ.get("CAI_TEST_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+
+def shared_file(name: str) -> Path:
+    """The file `name` of the shared development data, or the calling test skipped with the reason."""
+    path = SHARED / name
+    if not path.is_file():
+        pytest.skip(f"no {name} at {path} (the shared development data is not beside this checkout)")
+    return path
 
 
 def cai(*args: str, env: dict[str, str] | None = None) -> Any:

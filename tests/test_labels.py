@@ -13,7 +13,7 @@ import pytest
 
 from cai.limits import LABELS_BYTES
 from cai.store.steps import Kind
-from helpers import REPO, SHARED, cai, read_jsonl
+from helpers import REPO, cai, read_jsonl, shared_file
 from reliability import KEY, cai_run, one_line_error
 from servers import StubServer
 
@@ -209,9 +209,7 @@ def test_candidates_on_the_embedded_model(tmp_path):
 def test_judge_eval_on_the_dev_pairs_with_the_embedded_model(tmp_path):
     """The dev pairs (GOOD vs BAD responses from the Model Spec), the first 6, judged by the embedded model: the
     figures are whatever the 135M model gives; the arithmetic must hold."""
-    pairs = SHARED / "modelspec_pairs_dev.jsonl"
-    if not pairs.is_file():
-        pytest.skip(f"no dev pairs at {pairs} (the shared dev data is not beside this checkout)")
+    pairs = shared_file("modelspec_pairs_dev.jsonl")
     r = cai_run("judge-eval", pairs, "--judge", "local", "--limit", "6",
                 "--out", tmp_path / "je", "--json")
     assert r.returncode == 0, r.stderr

@@ -1,7 +1,6 @@
 """`cai rbr eval` on a small slice of the dev gold set with the embedded model (slow)."""
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -11,15 +10,15 @@ from cai.constitution import RBR_CLASSES, load
 from cai.providers import get_model
 from cai.providers.local import _engines
 from cai.providers.local_slots import set_local_slots
+from helpers import shared_file
 
-GOLD = Path(__file__).resolve().parents[2] / "shared" / "data" / "rbr_gold_dev.jsonl"
+GOLD = "rbr_gold_dev.jsonl"  # of the shared development data (helpers.shared_file)
 
 
 @pytest.mark.slow
 def test_eval_on_gold_slice_with_embedded_model(tmp_path):
-    if not GOLD.is_file():
-        pytest.skip(f"no gold set at {GOLD}")
-    args = ["eval", str(GOLD), "--grader", "local", "--limit", "3", "--out", str(tmp_path / "store"),
+    gold = shared_file(GOLD)
+    args = ["eval", str(gold), "--grader", "local", "--limit", "3", "--out", str(tmp_path / "store"),
             "--output", str(tmp_path / "graded.jsonl"), "--json", "--quiet"]
     res = CliRunner().invoke(rbr_app, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -48,11 +47,10 @@ def test_eval_on_gold_slice_with_embedded_model(tmp_path):
 def test_eval_sends_a_responses_questions_to_the_batched_engine_together(tmp_path):
     """With slots, rbr eval keeps one response's questions in flight together: the engine decodes several at
     once and copies the evaluated response into the other questions' slots."""
-    if not GOLD.is_file():
-        pytest.skip(f"no gold set at {GOLD}")
+    gold = shared_file(GOLD)
     set_local_slots(5)  # a slot count no other test uses, so the engine's stats are this test's
     try:
-        args = ["eval", str(GOLD), "--grader", "local", "--limit", "1", "--out", str(tmp_path / "store"), "--json",
+        args = ["eval", str(gold), "--grader", "local", "--limit", "1", "--out", str(tmp_path / "store"), "--json",
                 "--quiet"]
         res = CliRunner().invoke(rbr_app, args, catch_exceptions=False)
     finally:

@@ -1,7 +1,6 @@
 """RBR constitution sections, rule combination, class assignment, checks, weights and metrics."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,9 @@ from cai.rbr.reward import load_weights, reward
 from cai.rbr.rules import classify, failed_items, truth
 from cai.rbr.score import assemble, feedback_text
 from cai.scoring.checks import CHECKS, check, run_checks
+from helpers import shared_file
 
-GOLD = Path(__file__).resolve().parents[2] / "shared" / "data" / "rbr_gold_dev.jsonl"
+GOLD = "rbr_gold_dev.jsonl"  # of the shared development data (helpers.shared_file)
 U = [{"role": "user", "content": "hi"}]
 
 
@@ -39,10 +39,9 @@ def test_rbr_safety_loads():
 
 
 def test_rbr_safety_propositions_are_the_gold_set_labels():
-    if not GOLD.is_file():
-        pytest.skip(f"no gold set at {GOLD}")
+    gold = shared_file(GOLD)
     ids = {p.id for p in const().propositions}
-    for line in GOLD.read_text().splitlines():
+    for line in gold.read_text().splitlines():
         if line.strip():
             assert set(json.loads(line)["propositions"]) == ids
 
