@@ -84,7 +84,8 @@ def test_jsonl_bytes_are_unchanged(tmp_path):
     run_export(run)
     assert (run / "sft.jsonl").read_text(encoding="utf-8") == (
         '{"id": "r0", "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user"'
-        ', "content": "Où est la gare ?"}, {"role": "assistant", "content": "final 0: isxr ojiqfolnb"}], "quality": []}\n'
+        ', "content": "Où est la gare ?"}, {"role": "assistant", "content": "final 0: isxr ojiqfolnb"}]'
+        ', "quality": []}\n'
         '{"id": "r1", "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user"'
         ', "content": "Où est la gare ?"}, {"role": "assistant"'
         ', "content": "final 1: giweogz czwzmhhdi"}], "quality": []}\n')
