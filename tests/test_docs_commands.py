@@ -55,7 +55,7 @@ RUNNABLE: dict[str, int] = {
     "cai constitution diff model-spec examples/constitution/team.yaml": 1,  # they differ
     "cai label runs/demo": 0,
     "cai label rows.jsonl --judge openai:gpt-4o-mini": 0,
-    "cai judge-eval runs/demo/pairs.jsonl --model openai:gpt-4o-mini --json": 0,
+    "cai judge-eval runs/demo/pairs.jsonl --judge openai:gpt-4o-mini --json": 0,
     "cai rbr refusal-eval bench/data/refusal_written_d.jsonl": 0,
     "cai rbr refusal-eval bench/data/refusal_written_c.jsonl --json": 0,
 }

@@ -136,12 +136,12 @@ class RunOptions(TypedDict, total=False):
     weights: Annotated[PathArg | None, Option("Reward weights JSON (default: shipped).", "scoring.weights",
                                               path=True)]
     rbr_feedback: Annotated[bool, Option("Give the reviser the failed propositions/checks.", "scoring.feedback")]
-    min_reward_margin: Annotated[float | None, Option(
-        "Revision pairs (with --rbr): keep one only if its reward improved by at least this, in reward units "
-        "(default: keep all). Labeled pairs: --min-margin.", "export.min_reward_margin", needs_rbr=True)]
     quality_gate: Annotated[QualityGate, Option(
         "Which quality flags keep a pair or sft row out of the exports (see docs/export.md); an export setting: "
         "changing it on a finished run rewrites the exports without a model call.", "export.quality_gate")]
+    min_reward_margin: Annotated[float | None, Option(
+        "Revision pairs (with --rbr): keep one only if its reward improved by at least this, in reward units "
+        "(default: keep all). Labeled pairs: --min-margin.", "export.min_reward_margin", needs_rbr=True)]
     candidates: Annotated[int, Option("AI preference labels: responses sampled per prompt (the draft and K-1 "
                                       "more); 2 or more are judged pairwise.", "loop.candidates", panel="Labels")]
     candidates_from: Annotated[CandidatesFrom, Option(
