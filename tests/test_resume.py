@@ -214,3 +214,22 @@ def test_sigterm_and_sigint_exit_130_with_resume_command(tmp_path, stub_server):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert [r["id"] for r in read_jsonl(out / "sft.jsonl")] == [f"p{i}" for i in range(30)]
+
+
+def test_a_resumed_run_keeps_its_export_format_unless_format_is_given(tmp_path, stub_server):
+    inp = write_prompts(tmp_path / "in.jsonl", ["a?", "b?"])
+    out = tmp_path / "r"
+
+    def exports() -> list[str]:
+        return sorted(p.name for p in out.iterdir() if p.suffix in (".jsonl", ".parquet"))
+
+    assert run(stub_server, inp, out, "--format", "parquet").exit_code == 0
+    parquet = ["critiques.parquet", "pairs.parquet", "sft.parquet"]
+    assert exports() == parquet
+    again = run(stub_server, inp, out, "--json")  # a plain re-run: the run's own format
+    assert again.exit_code == 0, again.stderr
+    assert exports() == parquet and json.loads(again.stdout)["settings"]["export"]["format"] == "parquet"
+    assert run(stub_server, inp, out, "--format", "jsonl").exit_code == 0  # given: it switches
+    assert exports() == ["critiques.jsonl", "pairs.jsonl", "sft.jsonl"]
+    assert run(stub_server, inp, out).exit_code == 0  # and the run keeps the new one
+    assert exports() == ["critiques.jsonl", "pairs.jsonl", "sft.jsonl"]

@@ -264,7 +264,7 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
             raise InputError(f"{n} calls of this run are with a provider batch: `cai batch tick` stores their answers "
                              "(or `cai batch cancel` stops them); running it now would pay for them twice",
                              path=str(store.run_dir))
-        await admit(store, settings, models, const, scan, plugins)
+        settings = await admit(store, settings, models, const, scan, plugins)
         store.begin_invocation([redact(a) for a in command or []], os.getcwd())
         if on_start:
             on_start(scan.records, engine)
@@ -294,9 +294,11 @@ def check_tpm(settings: RunSettings, const: constitution_mod.Constitution) -> No
 
 
 async def admit(store: Store, settings: RunSettings, models: dict[str, Model], const: constitution_mod.Constitution,
-                scan: InputScan, plugins: RunPlugins) -> None:
+                scan: InputScan, plugins: RunPlugins) -> RunSettings:
     """Check this invocation against the run's fingerprint (a new run stores it; the input may have grown)
-    and store what the run is: settings, models, base URLs, constitution and input."""
+    and store what the run is: settings, models, base URLs, constitution and input. Returns the settings to run
+    with: on a resumed run, what the caller did not give and the run keeps (`RunSettings.resumed`)."""
+    settings = settings.resumed(store.get_meta("settings"))
     layers = {x.name: x.sha256 for x in const.layers} if len(const.layers) > 1 else None
     fp = fingerprint(settings, {r: m.identity() for r, m in models.items()}, const.sha256, scan.sha256,
                      plugins.fingerprint(), input_bytes=scan.bytes, input_lines=scan.lines, layers=layers)
@@ -310,6 +312,7 @@ async def admit(store: Store, settings: RunSettings, models: dict[str, Model], c
     store.set_meta("principle_texts", {p.id: [t for t in (p.critique, p.revision, p.statement) if t]
                                        for p in const.principles})  # what the quality gate's `leak` looks for
     store.set_meta("input", input_info)
+    return settings
 
 
 def constitution_meta(settings: RunSettings, const: constitution_mod.Constitution) -> dict[str, Any]:

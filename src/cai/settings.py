@@ -187,6 +187,14 @@ class RunSettings(_Part):
             raise InputError(f"rank_by {settings.labels.rank_by} needs rule-based rewards (--rbr)")
         return settings
 
+    def resumed(self, stored: dict[str, Any] | None) -> RunSettings:
+        """These settings for a run that stored `stored` (meta `settings`; None on a new run): the export format
+        the caller did not give is the run's own, so a plain re-run keeps the files the run was started with."""
+        if stored is None or "format" in self.export.model_fields_set:
+            return self
+        fmt = RunSettings.from_stored(stored).export.format
+        return self.model_copy(update={"export": self.export.model_copy(update={"format": fmt})})
+
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> RunSettings:
         """The settings a run stored (meta `settings`); runs from before the nesting stored them flat."""

@@ -74,7 +74,7 @@ async def asubmit(prompts: Prompts, *, out: str | os.PathLike[str] | None = None
         async with open_session(normalize_out(settings.io.out), models, settings.execution,
                                 restart=restart) as session:
             store = session.store
-            await admit(store, settings, models, const, scan, plugins)
+            settings = await admit(store, settings, models, const, scan, plugins)
             store.set_meta(PAUSED, False)
             store.begin_invocation([redact(a) for a in command or []], os.getcwd())
             try:
