@@ -54,7 +54,8 @@ def manifest_extras() -> tuple[ManifestExtra, ...]:
 
 
 class ProgressSink(Protocol):
-    """What `progress=` may also be: `start(total, engine)` once, then `record_done(status)` per record."""
+    """What `progress=` may also be: `start(total, engine)` once, then `record_done(status)` per record (and, if it
+    has one, `record_started()` as each record begins in this process)."""
 
     def start(self, total: int, engine: Engine) -> None: ...
 
@@ -134,8 +135,9 @@ async def arun(prompts: Prompts, *, progress: bool | Callable[[dict[str, int]], 
     `local_slots`: sequences the embedded model decodes together in this process (1: one at a time; default
     CAI_LOCAL_SLOTS, else 1). `local_requantize`: the weights a local model loads (`auto`: the shipped GGUF as Q8_0,
     a file of your own as it is; `q8_0`, `q4_0`, `off`; default CAI_LOCAL_REQUANTIZE, else auto; docs/local.md).
-    `progress`: True prints the CLI's progress line on stderr, a function gets a dict of counts after each
-    record. `command` is recorded
+    `progress`: True prints the CLI's progress on stderr (on a terminal, one line updated in place; otherwise a
+    line every `log_every` seconds, as text or `log_format="json"`); False (the default) prints nothing, whatever
+    `log_every` and `log_format` say; a function gets a dict of counts after each record. `command` is recorded
     for `cai status`'s resume command (the CLI passes its argv). Re-running the same call resumes.
     """
     restart = bool(options.pop("restart", None))
@@ -155,10 +157,13 @@ async def arun(prompts: Prompts, *, progress: bool | Callable[[dict[str, int]], 
             sink = _Callback(progress)  # type: ignore[arg-type]
         else:
             sink = progress or None  # type: ignore[assignment]
+        if isinstance(sink, Progress):  # it reports as the run's options say
+            sink.every, sink.format = settings.execution.log_every, settings.execution.log_format
         try:
             manifest = await execute(settings, restart=restart, command=command,
                                      on_start=sink.start if sink else None, on_done=sink.record_done if sink else None,
-                                     manifest_extras=extras, runner=runner)
+                                     on_begin=getattr(sink, "record_started", None), manifest_extras=extras,
+                                     runner=runner)
         finally:
             if isinstance(sink, Progress):
                 sink.stop()

@@ -22,6 +22,7 @@ CandidatesFrom = Literal["samples", "revisions", "samples+revisions"]
 RankBy = Literal["judge", "rbr", "judge+rbr"]
 Engine = Literal["local", "ray"]
 Requantize = Literal["auto", "q8_0", "q4_0", "off"]
+LogFormat = Literal["text", "json"]
 PathArg = str | os.PathLike[str]
 
 
@@ -156,6 +157,11 @@ class RunOptions(TypedDict, total=False):
         "(default 0). Revision pairs: --min-reward-margin.", "labels.min_margin", shown=False, panel="Export")]
     rank_by: Annotated[RankBy | None, Option("Rank candidates by the judge (default), the RBR reward, or both "
                                              "(needs --rbr).", "labels.rank_by", shown=False)]
+    log_every: Annotated[float, Option("Seconds between progress lines when stderr is not a terminal (cron, CI, "
+                                       "nohup, a notebook's log).", "execution.log_every", min=0.01, **_NO_BATCH)]
+    log_format: Annotated[LogFormat, Option("Progress lines as text, or json: one JSON object per line for log "
+                                            "collectors (also on a terminal), the closing summary too.",
+                                            "execution.log_format", **_NO_BATCH)]
 
 
 #: The prompts: the argument of `cai run` and `cai batch submit`, the first positional of `cai.arun`.

@@ -244,7 +244,7 @@ class Runner(Protocol):
 
 async def execute(settings: RunSettings, *, restart: bool = False, command: list[str] | None = None,
                   on_start: Callable[[int, Engine], None] | None = None,
-                  on_done: Callable[[str], None] | None = None,
+                  on_done: Callable[[str], None] | None = None, on_begin: Callable[[], None] | None = None,
                   manifest_extras: Sequence[ManifestExtra] = (), runner: Runner | None = None) -> dict[str, Any]:
     """Validate everything, run the loop (here, or with `runner`), export; returns the manifest plus
     `this_invocation`.
@@ -269,13 +269,14 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
         if on_start:
             on_start(scan.records, engine)
         pipeline = Pipeline(settings, const, store, engine, on_done, plugins.scorer, records=scan.records,
-                            source=scanned_records(scan), labeler=plugins.labeler)
+                            source=scanned_records(scan), labeler=plugins.labeler, on_begin=on_begin)
         try:
             counts = await (runner.run(pipeline, engine) if runner is not None else pipeline.run())
         finally:
             store.end_invocation()
         result = await asyncio.to_thread(export_run, store, settings.export.format, extras=manifest_extras)
         result["this_invocation"] = {**counts, "calls": engine.stats.calls,
+                                     "tokens_in": engine.stats.tokens_in, "tokens_out": engine.stats.tokens_out,
                                      "cached": engine.stats.total("cached"),
                                      "shared_cache_hits": engine.stats.total("shared"),
                                      "call_cache": engine.cache.report() if engine.cache is not None else None,

@@ -21,6 +21,7 @@ from cai.options import (
     Engine,
     Format,
     GraderMode,
+    LogFormat,
     Option,
     QualityGate,
     RankBy,
@@ -113,6 +114,10 @@ class ExecutionSettings(_Part):
     # Sequences the embedded (`local`) model decodes together: 1 is the single-sequence path; None leaves the
     # process's setting (CAI_LOCAL_SLOTS, else 1; cai.providers.local_slots). Ray workers read CAI_LOCAL_SLOTS.
     local_slots: int | None = Field(None, ge=1, le=64)
+    # Progress lines when stderr is not a terminal: every `log_every` s, as text or JSON. Not stored (excluded from
+    # the run's settings and manifest): how one invocation reports, not what the run is.
+    log_every: float = Field(30.0, gt=0, exclude=True)
+    log_format: LogFormat = Field("text", exclude=True)
 
 
 class ScoringSettings(_Part):

@@ -7,6 +7,7 @@ in use by another cai process, 4 the model endpoint is unusable (unreachable, mo
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -22,7 +23,7 @@ from cai.cli.options import PanelCommand, given, signature
 from cai.cli.rbr import rbr_app
 from cai.cli.votes import import_votes
 from cai.errors import Interrupted
-from cai.read.cmdline import quote, resume_command, retry_command, summary_line
+from cai.read.cmdline import quote, resume_command, retry_command, run_summary, summary_line
 
 HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -82,7 +83,8 @@ def run(ctx: typer.Context, input: Path, as_json: bool, quiet: bool, **options: 
     failed = manifest["records"].get("failed", 0)
     if as_json:
         emit(manifest)
-    err.print(summary_line(manifest), markup=False, highlight=False)
+    summary = run_summary(manifest)
+    say(json.dumps({"event": "summary", **summary}) if progress.format == "json" else summary_line(summary))
     cache_report = manifest["this_invocation"].get("call_cache") or {}
     if cache_report.get("failed"):
         err.print(f"warning: stopped writing the call cache ({cache_report['failed']}); the run is complete",

@@ -31,18 +31,35 @@ def _plural(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
-def summary_line(manifest: dict[str, Any]) -> str:
-    """`wrote runs/x/: …` with counts, failures, retries, 429s, unparsed verdicts, tokens, time and cost."""
+def run_summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The figures of `cai run`'s closing line, from its manifest (with `out` and `this_invocation`): what the run
+    folder holds now (exports, records, unparsed verdicts) and what this invocation did (calls, tokens, time,
+    cost). A zero-call resume reports 0 calls and 0 tokens, not the run's totals."""
     ex, inv, rec = manifest["exports"], manifest["this_invocation"], manifest["records"]
-    tokens = sum(t["tokens_in"] + t["tokens_out"] for t in manifest["tokens"].values())
-    parts = [f"wrote {manifest['out']}/: {kept_text(ex, manifest.get('quality'))}, {ex['critiques']} critiques",
-             f"{rec.get('done', 0)} done, {rec.get('failed', 0)} failed",
-             f"{_plural(inv['calls'], 'call', 'calls')} ({inv['cached']} cached"
-             + (f", {inv['shared_cache_hits']} from --cache" if inv.get("shared_cache_hits") else "") + "), "
-             f"{_plural(inv['retries'], 'retry', 'retries')}, {inv.get('rate_limited', 0)} rate-limited (429)",
-             _plural(manifest.get("unparsed_verdicts", 0), "unparsed verdict", "unparsed verdicts"),
-             f"{tokens} tokens, {inv['elapsed_s']:.1f}s"]
-    cost = inv.get("estimated_cost_usd")
-    if cost:
-        parts[-1] += f", ~${cost:.4f}"
-    return "; ".join(parts)
+    return {
+        "out": manifest["out"],
+        "exports": dict(ex),
+        "quality": manifest.get("quality"),
+        "records": {"done": rec.get("done", 0), "failed": rec.get("failed", 0)},
+        "unparsed_verdicts": manifest.get("unparsed_verdicts", 0),
+        "this_invocation": {
+            "calls": inv["calls"], "cached": inv["cached"], "shared_cache_hits": inv.get("shared_cache_hits", 0),
+            "retries": inv["retries"], "rate_limited": inv.get("rate_limited", 0),
+            "tokens": inv.get("tokens_in", 0) + inv.get("tokens_out", 0), "elapsed_s": inv["elapsed_s"],
+            "estimated_cost_usd": inv.get("estimated_cost_usd")},
+    }
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """`wrote runs/x/: …`: the run's exports (what was kept and kept out, `kept_text`), records and unparsed
+    verdicts, then this invocation's calls, retries, 429s, tokens, time and cost (`run_summary` gives them)."""
+    ex, rec, inv = summary["exports"], summary["records"], summary["this_invocation"]
+    shared = f", {inv['shared_cache_hits']} from --cache" if inv["shared_cache_hits"] else ""
+    cost = f", ~${inv['estimated_cost_usd']:.4f}" if inv["estimated_cost_usd"] else ""
+    return "; ".join([
+        f"wrote {summary['out']}/: {kept_text(ex, summary.get('quality'))}, {ex['critiques']} critiques",
+        f"{rec['done']} done, {rec['failed']} failed",
+        _plural(summary["unparsed_verdicts"], "unparsed verdict", "unparsed verdicts"),
+        f"this invocation: {_plural(inv['calls'], 'call', 'calls')} ({inv['cached']} cached{shared}), "
+        f"{_plural(inv['retries'], 'retry', 'retries')}, {inv['rate_limited']} rate-limited (429), "
+        f"{inv['tokens']} tokens, {inv['elapsed_s']:.1f}s{cost}"])
