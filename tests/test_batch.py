@@ -323,6 +323,27 @@ def test_status_shows_stages_batches_and_cost(batch_server, keys, tmp_path):
     assert info["batches"][0]["batch_id"] == b.id and info["batches"][0]["age_s"] >= 0
 
 
+def test_tick_and_status_print_the_same_cost_at_every_step(batch_server, keys, tmp_path):
+    """A finished job's tick said "estimated cost so far unknown" while `cai batch status` gave the figure."""
+    srv, out = batch_server, tmp_path / "job"
+    table = tmp_path / "prices.json"
+    table.write_text(json.dumps({"openai:stub": {"input": 2.0, "output": 8.0, "batch_input": 1.0,
+                                                 "batch_output": 4.0}}))
+    batch.submit(prompts(tmp_path, 2), out=out, model="openai:stub", base_url=srv.url, prices=str(table), **LIB)
+    costs = []
+    for finish in (False, True, True, True, False):  # waiting, three stages stored, then a finished job's tick
+        if finish:
+            srv.finish_all()
+        tick = cai_run("batch", "tick", out, env=keys)
+        status = cai_run("batch", "status", out, env=keys)
+        assert tick.returncode in (0, EXIT_WAITING) and status.returncode == 0, tick.stderr + status.stderr
+        said = [line.split("estimated cost so far ")[1][:7] for line in (tick.stderr, status.stderr)]
+        assert said[0] == said[1] and said[0].startswith("$"), (tick.stderr, status.stderr)
+        costs.append(said[0])
+    assert "nothing to do" in tick.stderr and costs[0] == "$0.0000" and costs[-1] == costs[-2] != costs[0]
+    assert batch.tick(out).estimated_cost_usd == batch.status(out)["estimated_cost_usd"] > 0
+
+
 def test_a_local_model_or_a_plain_run_folder_is_refused_in_one_line(keys, tmp_path):
     p = prompts(tmp_path, 2)
     r = cai_run("batch", "submit", p, "--out", tmp_path / "job", env=keys)

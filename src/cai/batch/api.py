@@ -23,7 +23,7 @@ from cai.batch.job import PAUSED, BatchJob, TickReport
 from cai.batch.ledger import OPEN_STATES, Ledger
 from cai.core.records import InputRecord, scan_input, scanned_records
 from cai.errors import ConfigMismatch, InputError
-from cai.read.export import estimated_cost, export_run
+from cai.read.export import estimated_cost, export_run, run_settings
 from cai.redact import MASK, redact
 from cai.runs import admit, normalize_out, open_session, run_models
 from cai.settings import RunSettings
@@ -46,10 +46,16 @@ def _check_models(models: dict[str, Any], retries: int) -> None:
         batch_api(model, retries)  # InputError for a model without a batch API
 
 
+def cost_so_far(store: Store) -> float | None:
+    """The job's estimated USD so far: every call it paid for, batch calls at the batch price, by the price table
+    the run stored (`estimated_cost`; None if a price is unknown). The one figure `tick` and `status` report."""
+    return estimated_cost(store, run_settings(store))
+
+
 async def _finish(job: BatchJob, report: TickReport, settings: RunSettings) -> TickReport:
     """Export like `cai run` once every record is done or failed (again only when something changed); the
     cost so far."""
-    report.estimated_cost_usd = estimated_cost(job.store, settings)
+    report.estimated_cost_usd = cost_so_far(job.store)
     if report.complete and (report.progressed or not (job.store.run_dir / "manifest.json").exists()):
         report.manifest = await asyncio.to_thread(export_run, job.store, settings.export.format,
                                                   extras=manifest_extras())
@@ -124,7 +130,8 @@ async def atick(out: str | os.PathLike[str], *, command: list[str] | None = None
     async with _open_job(out) as (job, settings):
         records = [InputRecord(idx=i, id=r, messages=m, extra=e) for i, r, m, e in job.ledger.pending_records()]
         if not records and not job.ledger.jobs(*OPEN_STATES) and (job.store.run_dir / "manifest.json").exists():
-            return TickReport(str(job.store.run_dir), complete=True)  # a finished job: nothing to do, nothing written
+            # a finished job: nothing to do, nothing written
+            return TickReport(str(job.store.run_dir), complete=True, estimated_cost_usd=cost_so_far(job.store))
         job.store.begin_invocation([redact(a) for a in command or []], os.getcwd())
         try:
             return await _finish(job, await job.advance(source=records), settings)
@@ -149,7 +156,6 @@ def status(out: str | os.PathLike[str]) -> dict[str, Any]:
         if not ledger.exists():
             raise InputError("not a batch job (start one with `cai batch submit`)", path=str(run_dir))
         now, counts = time.time(), store.counts()
-        settings = RunSettings.from_stored(store.get_meta("settings"))
         jobs = ledger.jobs()
         return {
             "out": str(run_dir), "running_pid": running_pid(Path(run_dir)),
@@ -165,7 +171,7 @@ def status(out: str | os.PathLike[str]) -> dict[str, Any]:
             "open_batches": sum(j.state in OPEN_STATES for j in jobs),
             "requests": ledger.request_counts(),
             "tokens": store.token_totals(batch=True),
-            "estimated_cost_usd": estimated_cost(store, settings),
+            "estimated_cost_usd": cost_so_far(store),
             "invocations": len(store.invocations()),  # the submits and ticks so far
         }
     finally:

@@ -33,6 +33,11 @@ RunDir = Annotated[Path, typer.Argument(help="The job's run folder, e.g. runs/ni
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
 
 
+def _cost(usd: float | None) -> str:
+    """The job's cost so far as `cai batch tick` and `cai batch status` print it (`cai.batch.api.cost_so_far`)."""
+    return "unknown (no price for a model)" if usd is None else f"${usd:.4f}"
+
+
 def _summary(r: TickReport) -> str:
     parts = []
     if r.recovered:
@@ -47,9 +52,8 @@ def _summary(r: TickReport) -> str:
     if r.paused:
         parts.append("cancelled: no new batches until `cai batch submit`")
     head = "; ".join(parts) or (f"waiting on {r.open_batches} batch(es)" if r.open_batches else "nothing to do")
-    cost = "unknown" if r.estimated_cost_usd is None else f"${r.estimated_cost_usd:.4f}"
     tail = (f"{r.done_now} done and {r.failed_now} failed in this pass, {r.waiting} waiting, "
-            f"{r.open_batches} batch(es) open, estimated cost so far {cost}")
+            f"{r.open_batches} batch(es) open, estimated cost so far {_cost(r.estimated_cost_usd)}")
     if r.manifest is not None:
         ex = r.manifest["exports"]
         tail += f"; complete: wrote {ex['sft']} sft, {ex['pairs']} pairs, {ex['critiques']} critiques"
@@ -117,10 +121,9 @@ def status_cmd(run_dir: RunDir, as_json: AsJson = False) -> None:
         return
     c = info["records"]
     state = "cancelled" if info["paused"] else "complete" if not c["waiting"] and not info["open_batches"] else "open"
-    cost = info["estimated_cost_usd"]
     say(f"{run_dir}: {state}; {c['done']} done, {c['failed']} failed, {c['waiting']} waiting (of {c['input']}); "
         f"{info['invocations']} invocations (submits and ticks); estimated cost so far "
-        + (f"${cost:.4f}" if cost is not None else "unknown (no price for a model)"))
+        f"{_cost(info['estimated_cost_usd'])}")
     for s in info["stages"]:
         say(f"  in flight: {s['requests']} {s['stage']}" + (f" round {s['round']}" if s["round"] else ""))
     for b in info["batches"]:
