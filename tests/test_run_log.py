@@ -96,3 +96,18 @@ def test_text_progress_lines_and_a_long_log_every_that_does_not_hold_the_exit(tm
     proc = cai_proc(*run_args(stub_server, inp, tmp_path / "r2"), "--log-every", "3600")
     _, err = proc.communicate()
     assert proc.returncode == 0 and len(err.splitlines()) == 1 and err.startswith("wrote "), err
+
+
+def test_the_library_prints_nothing_unless_asked_whatever_the_log_options(tmp_path, stub_server, capfd,
+                                                                           monkeypatch):
+    import cai as lib
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    stub_server.latency = 0.02
+    r = lib.run(["a?", "b?"], out=tmp_path / "r", model="openai:stub", base_url=stub_server.url, rounds=1,
+                max_tokens=16, log_every=0.01, log_format="json")
+    assert capfd.readouterr() == ("", "")
+    assert r.invocation["calls"] == 6 and r.invocation["tokens_in"] > 0 and r.invocation["tokens_out"] > 0
+    again = lib.run(["a?", "b?"], out=tmp_path / "r", model="openai:stub", base_url=stub_server.url, rounds=1,
+                    max_tokens=16)
+    assert (again.invocation["calls"], again.invocation["tokens_in"], again.invocation["tokens_out"]) == (0, 0, 0)
