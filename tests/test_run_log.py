@@ -11,7 +11,7 @@ from helpers import cai, write_prompts
 from reliability import KEY, cai_proc
 
 ARGS = ["--rounds", "1", "--max-tokens", "16", "--max-retries", "0"]
-FIELDS = {"event", "elapsed_s", "records", "done", "failed", "in_flight", "rate_per_s", "calls", "tokens_in",
+FIELDS = {"event", "elapsed_s", "records", "skipped", "done", "failed", "in_flight", "rate_per_s", "calls", "tokens_in",
           "tokens_out", "retries", "rate_limited", "unparsed", "estimated_cost_usd", "eta_s"}
 
 
@@ -76,12 +76,14 @@ def test_a_run_logged_to_a_pipe_prints_json_progress_lines_on_time_then_the_summ
     assert last["exports"]["sft"] == 6 and last["out"] == str(tmp_path / "r")
 
 
-def test_text_progress_lines_and_a_long_log_every_that_does_not_hold_the_exit(tmp_path, stub_server):
+def test_text_progress_lines_of_a_resumed_run_and_a_long_log_every_that_does_not_hold_the_exit(tmp_path, stub_server):
     inp = write_prompts(tmp_path / "in.jsonl", ["a?", "b?", "c?"])
-    stub_server.hold_after(2)
+    first = cai(*run_args(stub_server, inp, tmp_path / "r"), "--limit", "1", env={"OPENAI_API_KEY": KEY})
+    assert first.exit_code == 0 and stub_server.count() == 3, first.stderr
+    stub_server.hold_after(5)  # the resumed run skips the first record; its second gets two answers, then waits
     proc = cai_proc(*run_args(stub_server, inp, tmp_path / "r"), "--concurrency", "1", "--log-every", "0.2")
     try:
-        stub_server.wait_for_requests(3, until=lambda: proc.poll() is not None)
+        stub_server.wait_for_requests(6, until=lambda: proc.poll() is not None)
         held = next(line for line in proc.stderr if " · calls 2 · " in line)  # printed while nothing finishes
         stub_server.resume()
         assert proc.wait() == 0
@@ -90,7 +92,7 @@ def test_text_progress_lines_and_a_long_log_every_that_does_not_hold_the_exit(tm
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert held.startswith("records 0/3 · 0.00/s · in flight 1 · calls 2 · tokens "), held
+    assert held.startswith("records 1/3 · 0.00/s · skipped 1 · in flight 1 · calls 2 · tokens "), held
     # A run far shorter than --log-every prints no progress line and ends as soon as it is done (the timer is a
     # daemon that stop() ends at once): the closing line is its only one.
     proc = cai_proc(*run_args(stub_server, inp, tmp_path / "r2"), "--log-every", "3600")

@@ -55,7 +55,8 @@ def manifest_extras() -> tuple[ManifestExtra, ...]:
 
 class ProgressSink(Protocol):
     """What `progress=` may also be: `start(total, engine)` once, then `record_done(status)` per record (and, if it
-    has one, `record_started()` as each record begins in this process)."""
+    has them, `record_started()` as each record begins in this process and `record_skipped()` for each record
+    this invocation leaves alone: done before, or not failed with `retry_failed`)."""
 
     def start(self, total: int, engine: Engine) -> None: ...
 
@@ -162,7 +163,8 @@ async def arun(prompts: Prompts, *, progress: bool | Callable[[dict[str, int]], 
         try:
             manifest = await execute(settings, restart=restart, command=command,
                                      on_start=sink.start if sink else None, on_done=sink.record_done if sink else None,
-                                     on_begin=getattr(sink, "record_started", None), manifest_extras=extras,
+                                     on_begin=getattr(sink, "record_started", None),
+                                     on_skip=getattr(sink, "record_skipped", None), manifest_extras=extras,
                                      runner=runner)
         finally:
             if isinstance(sink, Progress):

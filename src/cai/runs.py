@@ -245,13 +245,15 @@ class Runner(Protocol):
 async def execute(settings: RunSettings, *, restart: bool = False, command: list[str] | None = None,
                   on_start: Callable[[int, Engine], None] | None = None,
                   on_done: Callable[[str], None] | None = None, on_begin: Callable[[], None] | None = None,
+                  on_skip: Callable[[], None] | None = None,
                   manifest_extras: Sequence[ManifestExtra] = (), runner: Runner | None = None) -> dict[str, Any]:
     """Validate everything, run the loop (here, or with `runner`), export; returns the manifest plus
     `this_invocation`.
 
     Everything a user can get wrong is checked before the run folder is created. `command` is the
     invocation as typed (stored, so `cai status` can print a runnable resume command). No signal handler
-    is installed: cancelling the task stops the run (what is committed is kept).
+    is installed: cancelling the task stops the run (what is committed is kept). `on_start(records, engine)` is
+    called once the run is admitted, then the Pipeline's `on_skip`, `on_begin` and `on_done` per record.
     """
     const = constitution_mod.load(settings.loop.constitution)
     scan = await asyncio.to_thread(scan_input, settings.io.input, settings.io.limit)
@@ -269,7 +271,8 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
         if on_start:
             on_start(scan.records, engine)
         pipeline = Pipeline(settings, const, store, engine, on_done, plugins.scorer, records=scan.records,
-                            source=scanned_records(scan), labeler=plugins.labeler, on_begin=on_begin)
+                            source=scanned_records(scan), labeler=plugins.labeler, on_begin=on_begin,
+                            on_skip=on_skip)
         try:
             counts = await (runner.run(pipeline, engine) if runner is not None else pipeline.run())
         finally:

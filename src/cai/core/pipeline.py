@@ -59,10 +59,11 @@ def least_request_tokens(settings: RunSettings, const: Constitution) -> int:
 
 class Pipeline:
     """Runs records through the loop. `on_begin()` is called as each record begins in this process, `on_done(status)`
-    as each record finishes; `scorer` (if any) grades the draft and each revision; `labeler` (if any) labels the
-    candidates (`loop.candidates` samples and/or the draft with its revisions) once the loop is done. `records` (if
-    given) caps the input at the records validated before the run: rows appended to the file while it runs wait for
-    the next invocation (which checks them).
+    as each record finishes, `on_skip()` for each input record this invocation leaves alone; `scorer` (if any)
+    grades the draft and each revision; `labeler` (if any) labels the candidates (`loop.candidates` samples and/or
+    the draft with its revisions) once the loop is done. `records` (if given) caps the input at the records
+    validated before the run: rows appended to the file while it runs wait for the next invocation (which checks
+    them).
     `source` (if given) replaces the input file (e.g. the records a run already stored).
 
     With an engine that defers calls (a batch job), a record goes as far as the answers it has and then waits
@@ -71,7 +72,8 @@ class Pipeline:
     def __init__(self, settings: RunSettings, const: Constitution, store: RecordSink, engine: Engine,
                  on_done: Callable[[str], None] | None = None, scorer: Scorer | None = None,
                  records: int | None = None, source: Iterable[InputRecord] | None = None,
-                 labeler: Labeler | None = None, on_begin: Callable[[], None] | None = None) -> None:
+                 labeler: Labeler | None = None, on_begin: Callable[[], None] | None = None,
+                 on_skip: Callable[[], None] | None = None) -> None:
         self.s = settings
         self.records = records
         self.source = source
@@ -83,6 +85,7 @@ class Pipeline:
         self.engine = engine
         self.on_done = on_done or (lambda status: None)
         self.on_begin = on_begin or (lambda: None)
+        self.on_skip = on_skip or (lambda: None)
         self.fatal: BaseException | None = None
         self.counts = {"done": 0, "failed": 0, "skipped": 0, "waiting": 0}
 
@@ -98,6 +101,7 @@ class Pipeline:
                 yield rec, status is not None
             else:
                 self.counts["skipped"] += 1
+                self.on_skip()
 
     async def run(self) -> dict[str, int]:
         """`concurrency` workers take the next record as soon as they finish one (as a bare loop

@@ -52,6 +52,7 @@ class Progress:
         self.done = 0  # records finished, failed ones included
         self.failed = 0
         self.started = 0  # records begun (a runner that does not report them leaves it 0: in flight unknown)
+        self.skipped = 0  # records of the input this invocation leaves alone (done before)
         self.engine: Engine | None = None
         self.created = self.t0 = time.monotonic()
         self.live: Live | None = None
@@ -76,6 +77,9 @@ class Progress:
     def record_started(self) -> None:
         self.started += 1
 
+    def record_skipped(self) -> None:
+        self.skipped += 1
+
     def record_done(self, status: str) -> None:
         self.done += 1
         self.failed += status == "failed"
@@ -95,16 +99,17 @@ class Progress:
             self.console.print(self.line(), markup=False, highlight=False)
 
     def figures(self) -> dict[str, Any]:
-        """This invocation so far: `records` (the input's), `done` and `failed` (finished), `in_flight` (None if the
-        runner does not report records it begins), `rate_per_s` (finished records), calls, tokens, retries, 429s,
-        unparsed verdicts, `estimated_cost_usd` (None: no price) and `eta_s` (None: not known yet)."""
+        """This invocation so far: `records` (the input's), `skipped` (left alone: done before), `done` and `failed`
+        (finished now), `in_flight` (None if the runner does not report records it begins), `rate_per_s` (finished
+        records), calls, tokens, retries, 429s, unparsed verdicts, `estimated_cost_usd` (None: no price) and
+        `eta_s` (None: not known yet)."""
         elapsed = max(time.monotonic() - self.t0, 1e-9)
         rate = self.done / elapsed
-        remaining = self.total - self.done
+        remaining = self.total - self.skipped - self.done
         out: dict[str, Any] = {
-            "elapsed_s": round(elapsed, 3), "records": self.total, "done": self.done - self.failed,
-            "failed": self.failed, "in_flight": self.started - self.done if self.started else None,
-            "rate_per_s": round(rate, 4)}
+            "elapsed_s": round(elapsed, 3), "records": self.total, "skipped": self.skipped,
+            "done": self.done - self.failed, "failed": self.failed,
+            "in_flight": self.started - self.done if self.started else None, "rate_per_s": round(rate, 4)}
         st = self.engine.stats if self.engine is not None else None
         out.update({"calls": st.calls if st else 0, "tokens_in": st.tokens_in if st else 0,
                     "tokens_out": st.tokens_out if st else 0, "retries": st.retries if st else 0,
@@ -115,9 +120,9 @@ class Progress:
 
     def render(self) -> Text:
         f = self.figures()
-        parts = [f"records {f['done'] + f['failed']}/{f['records']}", f"{f['rate_per_s']:.2f}/s"]
-        parts += [f"{label} {f[key]}" for label, key in (("failed", "failed"), ("in flight", "in_flight"))
-                  if f[key]]
+        parts = [f"records {f['skipped'] + f['done'] + f['failed']}/{f['records']}", f"{f['rate_per_s']:.2f}/s"]
+        parts += [f"{label} {f[key]}" for label, key in (("skipped", "skipped"), ("failed", "failed"),
+                                                         ("in flight", "in_flight")) if f[key]]
         parts += [f"calls {f['calls']}", f"tokens {f['tokens_in']}→{f['tokens_out']}"]
         parts += [f"{label} {f[key]}" for label, key in (("retries", "retries"), ("429s", "rate_limited"),
                                                          ("unparsed", "unparsed")) if f[key]]
