@@ -30,7 +30,7 @@ def test_a_zero_call_resume_reports_this_invocations_figures(tmp_path, stub_serv
     again = cai(*run_args(stub_server, inp, tmp_path / "r"), env={"OPENAI_API_KEY": KEY})
     assert again.exit_code == 0, again.stderr
     closing = again.stderr.splitlines()[-1]
-    assert closing.startswith(f"wrote {tmp_path / 'r'}/: 2 sft, 2 pairs (0 dropped), 2 critiques; 2 done, 0 failed")
+    assert closing.startswith(f"wrote {tmp_path / 'r'}/: 2 sft, 2 pairs, 2 critiques; 2 done, 0 failed")
     assert "this invocation: 0 calls (0 cached), 0 retries, 0 rate-limited (429), 0 tokens, " in closing
 
 

@@ -33,6 +33,7 @@ from cai.options import (
 from cai.prompts import fewshot, fewshot_path
 
 ROLES = ("generator", "critic", "reviser")
+KEPT_ON_RESUME = ("format",)  # export settings a resumed run keeps unless the caller gives them (`RunSettings.resumed`)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -193,12 +194,14 @@ class RunSettings(_Part):
         return settings
 
     def resumed(self, stored: dict[str, Any] | None) -> RunSettings:
-        """These settings for a run that stored `stored` (meta `settings`; None on a new run): the export format
-        the caller did not give is the run's own, so a plain re-run keeps the files the run was started with."""
-        if stored is None or "format" in self.export.model_fields_set:
+        """These settings for a run that stored `stored` (meta `settings`; None on a new run): each export field of
+        KEPT_ON_RESUME the caller did not give is the run's own, so a plain re-run keeps the files the run was
+        started with."""
+        kept = [f for f in KEPT_ON_RESUME if f not in self.export.model_fields_set]
+        if stored is None or not kept:
             return self
-        fmt = RunSettings.from_stored(stored).export.format
-        return self.model_copy(update={"export": self.export.model_copy(update={"format": fmt})})
+        was = RunSettings.from_stored(stored).export
+        return self.model_copy(update={"export": self.export.model_copy(update={f: getattr(was, f) for f in kept})})
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> RunSettings:
