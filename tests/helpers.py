@@ -46,11 +46,11 @@ def check_trl_shapes(run: Path) -> dict[str, list[dict[str, Any]]]:
     """Every export exists and has the documented TRL conversational shape."""
     out = {name: read_jsonl(run / f"{name}.jsonl") for name in ("sft", "pairs", "critiques")}
     for row in out["sft"]:
-        assert set(row) == {"id", "messages"}
+        assert set(row) == {"id", "messages", "quality"} and isinstance(row["quality"], list)
         assert row["messages"][-1]["role"] == "assistant"
         assert all(set(m) == {"role", "content"} for m in row["messages"])
     for row in out["pairs"]:
-        assert set(row) == {"id", "prompt", "chosen", "rejected", "metadata"}
+        assert set(row) == {"id", "prompt", "chosen", "rejected", "metadata", "quality"}
         assert row["prompt"][-1]["role"] == "user"
         assert [m["role"] for m in row["chosen"]] == ["assistant"] == [m["role"] for m in row["rejected"]]
         assert row["chosen"][0]["content"].strip() and row["chosen"][0]["content"] != row["rejected"][0]["content"]

@@ -104,6 +104,8 @@ def test_changing_the_gate_rewrites_the_exports_without_a_call(srv, tmp_path):
     pairs = {p["id"]: p["quality"] for p in read_jsonl(off.path / "pairs.jsonl")}
     assert pairs == {"bread": [], "tyres": ["degenerate"], "kettle": ["leak"], "fence": ["truncated"]}
     assert len(ids(off.path / "sft.jsonl")) == 4 and off.manifest["exports"]["pairs_dropped"] == 0
+    plain = run(srv, tmp_path / "r")  # a plain re-run keeps the run's gate
+    assert plain.manifest["quality"]["gate"] == "off" and len(ids(plain.path / "pairs.jsonl")) == 4
     again = run(srv, tmp_path / "r", quality_gate="default")
     assert srv.count() == calls and again.manifest["exports"] == first.manifest["exports"]
 

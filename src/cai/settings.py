@@ -33,7 +33,8 @@ from cai.options import (
 from cai.prompts import fewshot, fewshot_path
 
 ROLES = ("generator", "critic", "reviser")
-KEPT_ON_RESUME = ("format",)  # export settings a resumed run keeps unless the caller gives them (`RunSettings.resumed`)
+# export settings a resumed run keeps unless the caller gives them (`RunSettings.resumed`)
+KEPT_ON_RESUME = ("format", "quality_gate", "system_role_for_developer", "min_reward_margin")
 M = TypeVar("M", bound=BaseModel)
 
 
