@@ -126,6 +126,19 @@ def test_a_wrong_choice_exits_2_naming_the_choices(tmp_path):
     assert not (tmp_path / "w.json").exists()
 
 
+def test_no_training_pairs_suggests_group_by_type_only_when_it_was_not_given(tmp_path):
+    """One class everywhere: nothing to pair either way; the hint names the way out that is left."""
+    graded = tmp_path / "g.jsonl"
+    graded.write_text("".join(json.dumps({"prompt": f"p{i}", "response": "r", "response_type": "T", "class": "ideal",
+                                          "propositions": {"x": {"p_yes": 0.9}}}) + "\n" for i in range(4)))
+    res = rbr("fit", graded, "-o", tmp_path / "w.json", "--holdout", "0")
+    assert res.exit_code == 2 and "no training pairs" in res.stderr and "try --group-by type" in res.stderr
+    res = rbr("fit", graded, "-o", tmp_path / "w.json", "--holdout", "0", "--group-by", "type")
+    assert res.exit_code == 2 and "no training pairs" in res.stderr, res.stderr
+    assert "--group-by" not in res.stderr and "same response type with different classes" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "w.json").exists()
+
+
 def test_group_help_has_an_example():
     for runner_app, args in ((rbr_app, ["--help"]), (app, ["rbr", "--help"])):
         res = CliRunner().invoke(runner_app, args)
