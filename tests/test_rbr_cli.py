@@ -170,6 +170,22 @@ def test_grade_progress_and_summary_go_to_stderr(stub_server, tmp_path, monkeypa
     assert quiet.exit_code == 0 and not any(line.startswith("records ") for line in quiet.stderr.splitlines())
 
 
+def test_grade_says_once_which_store_folder_it_created(stub_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.chdir(tmp_path)
+    stub_server.logprobs_fn = lambda body: [[("No", -0.1)]]
+    rows = write_rows(tmp_path / "rows.jsonl", 2)
+    args = ["grade", rows, "--grader", "openai:stub", "--base-url", stub_server.url, "--quiet"]
+    first = rbr(*args)
+    assert first.exit_code == 0, first.output
+    created = [line for line in first.stderr.splitlines() if line.startswith("created ")]
+    assert created == [f"created {Path('runs') / 'rbr-rows'}: the store of the grader's calls (a rerun reuses "
+                       "them; --out picks another folder)"], first.stderr
+    assert (tmp_path / "runs" / "rbr-rows" / "run.sqlite").exists()
+    again = rbr(*args)
+    assert again.exit_code == 0 and "created " not in again.stderr
+
+
 def test_long_paths_on_stderr_are_not_wrapped(stub_server, tmp_path):
     """stderr is a pipe (rich would wrap at 80 columns): printed paths stay on one line to copy-paste."""
     stub_server.logprobs_fn = lambda body: [[("No", -0.1)]]
