@@ -336,6 +336,7 @@ async def admit(store: Store, settings: RunSettings, models: dict[str, Model], c
     input_info = input_meta(settings, scan, before)
     store.set_meta("settings", _safe_settings(settings))
     store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
+    store.set_meta("model_files", {r: f for r, m in models.items() if (f := m.model_file()) is not None})
     store.set_meta("base_urls", {r: clean_url(m.base_url or m.default_base_url or "") or None
                                  for r, m in models.items()})
     store.set_meta("constitution", constitution_meta(settings, const))
