@@ -170,6 +170,7 @@ def overview(manifest: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]
     cache = manifest.get("call_cache") or {}
     return {
         "models": manifest.get("models") or {}, "base_urls": manifest.get("base_urls") or {},
+        "model_files": manifest.get("model_files") or {},
         "constitution": manifest.get("constitution") or {}, "records": status["records"],
         "running_pid": status.get("running_pid"),
         "tokens": {role: {**t, "cost_usd": costs.get(role)} for role, t in tokens.items()},

@@ -154,8 +154,11 @@ def rewards(data: ReportData) -> Plot:
     for rtype, d, f in data.rewards:
         by_type[rtype].append((d, f))
     types = sorted(by_type)
-    fig = _figure(7.5, 3.2)
-    ax, bx = fig.subplots(1, 2, width_ratios=[2.2, 1])
+    ch = data.pair_reward_changes
+    # the pairs panel only when exported pairs carry rewards; the figure's width follows its panels
+    width = 1.6 + 0.9 * len(types)
+    fig = _figure(width + (2.6 if ch else 0.0), 3.2)
+    ax, bx = fig.subplots(1, 2, width_ratios=[width, 2.6]) if ch else (fig.add_subplot(), None)
     xs = range(len(types))
     for off, which, i in ((-0.2, "draft", 0), (0.2, "final", 1)):
         ax.bar([x + off for x in xs], [statistics.fmean(v[i] for v in by_type[t]) for t in types], width=0.4,
@@ -165,16 +168,15 @@ def rewards(data: ReportData) -> Plot:
     ax.set_ylabel("mean reward", fontsize=8)
     ax.legend(fontsize=7, frameon=False)
     _style(ax)
-    ch = data.pair_reward_changes
     improved, same, worse = sum(c > 0 for c in ch), sum(c == 0 for c in ch), sum(c < 0 for c in ch)
-    bx.bar(["improved", "same", "worse"], [improved, same, worse],
-           color=[COLORS["ok"], UNPARSED_COLOR, COLORS["violates"]])
-    bx.set_title("pairs: final vs draft reward", fontsize=8)
-    _style(bx)
+    if bx is not None:
+        bx.bar(["improved", "same", "worse"], [improved, same, worse],
+               color=[COLORS["ok"], UNPARSED_COLOR, COLORS["violates"]])
+        bx.set_title("pairs: final vs draft reward", fontsize=8)
+        _style(bx)
     plot.svg = to_svg(fig, plot.key)
-    share = f"{improved / len(ch):.0%}" if ch else "n/a"
-    plot.caption = (f"Reward improved in {improved} of {len(ch)} exported pairs ({share}); "
-                    f"{len(data.rewards)} graded records.")
+    plot.caption = (f"Reward improved in {improved} of {len(ch)} exported pairs ({improved / len(ch):.0%}); "
+                    if ch else "No exported pair carries rewards; ") + f"{len(data.rewards)} graded records."
     return plot
 
 
