@@ -306,6 +306,14 @@ def test_the_reward_plot_draws_only_the_panels_with_data():
     assert width[0] < width[1]
 
 
+def test_the_length_scatter_is_as_tall_as_the_severity_plot_beside_it():
+    data = ReportData(name="x", manifest={}, status={}, overview={}, records=[], principles=[],
+                      lengths=[(120, 180)], severities=[(1, 2), (1, None)])
+    heights = [float(re.search(r'<svg[^>]*height="([\d.]+)pt"', p.svg).group(1))
+               for p in (plots.length_change(data), plots.severity_by_round(data))]
+    assert heights[0] == heights[1]
+
+
 def test_cli_errors_are_one_line(tmp_path, stub_server):
     res = cai_cli("report", tmp_path)
     assert res.exit_code == 2 and res.stderr.startswith("error: ") and "not a cai run" in res.stderr
