@@ -47,7 +47,7 @@ class LabelStats:
     judges: list[str]
     #: |p − 0.5| per comparison: 0 = undecided, 0.5 = certain
     confidences: list[float]
-    #: single-order asks (two per comparison) whose first-shown option won (P(A) > 0.5), lost (< 0.5), tied (= 0.5)
+    #: single-order asks (two per comparison) whose first-shown option won, lost, or neither (`leaning` of P(A))
     first_wins: int
     second_wins: int
     ties: int
