@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -46,6 +47,20 @@ def test_diff_names_what_was_added_removed_and_changed_by_id(tmp_path):
     assert d["principles"]["changed"][first["id"]]["critique"]["to"].endswith("Also check tone.")
     same = cai("constitution", "diff", "default", "default")
     assert same.exit_code == 0 and "(no differences)" in same.stdout
+
+
+def test_diff_exit_codes_are_documented_and_kept(tmp_path):
+    """0 the same, 1 they differ (with or without --json), 2 a missing file: in --help, in the docs, and as run."""
+    docs = (Path(__file__).parents[1] / "docs" / "constitution.md").read_text()
+    for text in (cai("constitution", "diff", "--help").stdout, docs):
+        flat = " ".join(text.split())
+        assert "0 the same" in flat or "0 when the two are the same" in flat, text
+        assert "1 they differ" in flat or "1 when they differ" in flat
+    assert cai("constitution", "diff", "model-spec", "model-spec", "--json").exit_code == 0
+    assert cai("constitution", "diff", "default", "model-spec").exit_code == 1
+    assert cai("constitution", "diff", "default", "model-spec", "--json").exit_code == 1
+    missing = cai("constitution", "diff", "default", tmp_path / "nope.yaml")
+    assert missing.exit_code == 2 and "nope.yaml" in missing.stderr and missing.stdout == ""
 
 
 def test_validate_reports_every_problem_with_its_line(tmp_path):

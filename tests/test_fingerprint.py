@@ -50,7 +50,7 @@ def test_a_new_output_field_refuses_a_changed_resume_without_other_changes(tmp_p
     try:
         check_fingerprint(store, fp(make(40)), make(40))
         check_fingerprint(store, fp(make(40)), make(40))
-        with pytest.raises(ConfigMismatch, match="different top_k"):
+        with pytest.raises(ConfigMismatch, match=r"was made with top_k=40; now 50 \("):
             check_fingerprint(store, fp(make(50)), make(50))
     finally:
         store.close()
@@ -84,12 +84,35 @@ def test_a_field_added_later_at_its_default_still_resumes_an_older_run(tmp_path)
         settings = RunSettings(io=IO)
         check_fingerprint(store, fp(settings), settings)
         changed = RunSettings(io=IO, generation=GenConfig(top_logprobs=5))
-        with pytest.raises(ConfigMismatch, match="different top_logprobs"):
+        with pytest.raises(ConfigMismatch, match="was made with top_logprobs="):
             check_fingerprint(store, fp(changed), changed)
         nested = WithLoopTopK(io=IO)  # a nested field added later, at its default, resumes too
         check_fingerprint(store, fp(nested), nested)
     finally:
         store.close()
+
+
+def test_a_mismatch_names_the_changed_field_and_both_values_on_one_line(tmp_path):
+    settings = RunSettings(io=IO)
+    models = {"generator": {"provider": "openai", "model": "g", "base_url": None},
+              "critic": {"provider": "openai", "model": "a", "base_url": None}}
+    store = Store(tmp_path)
+    try:
+        check_fingerprint(store, fingerprint(settings, models, "c" * 64, "i" * 64), settings)
+        other = {**models, "critic": {**models["critic"], "model": "b"}}
+        with pytest.raises(ConfigMismatch) as nested:
+            check_fingerprint(store, fingerprint(settings, other, "c" * 64, "i" * 64), settings)
+        changed = RunSettings(io=IO, generation=GenConfig(max_tokens=17))
+        with pytest.raises(ConfigMismatch) as plain:
+            check_fingerprint(store, fingerprint(changed, models, "c" * 64, "i" * 64), changed)
+    finally:
+        store.close()
+    max_tokens = settings.generation.max_tokens
+    for err, said in ((nested, "this run was made with models.critic=openai:a; now openai:b ("),
+                      (plain, f"this run was made with max_tokens={max_tokens}; now 17 (")):
+        text = str(err.value)
+        assert text.startswith(f"{tmp_path}: {said}") and "--restart" in text and "\n" not in text, text
+        assert "{" not in text and "a different" not in text
 
 
 def test_settings_are_built_once_from_flat_options():
@@ -134,4 +157,4 @@ def test_only_output_settings_refuse_to_resume(tmp_path, stub_server, change, re
     res = cai("run", inp, "--out", tmp_path / "r", *stub_args(stub_server), *change, env={"OPENAI_API_KEY": KEY})
     assert res.exit_code == (2 if refused else 0), res.stderr
     if refused:
-        assert "this run was started with a different" in res.stderr
+        assert "this run was made with " in res.stderr and "; now " in res.stderr

@@ -209,7 +209,7 @@ def test_an_older_run_with_a_changed_file_is_refused_as_before(tmp_path, stub_se
         fh.write(rows("jsonl", NEW, start=3))
     res = run(stub_server, inp, out)
     assert res.exit_code == 2 and stub_server.count() == 3 * CALLS
-    assert one_line_error(res.stderr).startswith(f"error: {out}: this run was started with a different input_sha256")
+    assert one_line_error(res.stderr).startswith(f"error: {out}: this run was made with input_sha256=")
 
 
 # -- the check itself, without a model -----------------------------------------------------------------
@@ -255,7 +255,7 @@ def test_other_settings_are_still_compared_first(tmp_path):
     try:
         check(store, inp)
         inp.write_bytes(b"changed?\n")
-        with pytest.raises(ConfigMismatch, match="different constitution_sha256"):
+        with pytest.raises(ConfigMismatch, match="was made with constitution_sha256="):
             check_fingerprint(store, input_fp(inp, "d" * 64), RunSettings(io=IO), scan_input(inp))
     finally:
         store.close()

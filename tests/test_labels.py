@@ -114,6 +114,20 @@ def test_judge_eval_measures_agreement_and_position_bias(env, tmp_path):
     assert info["position_bias"] == {"first_shown_wins": 1.0, "orders_disagree": 1.0}
 
 
+def test_a_judge_that_always_picks_the_first_shown_answer_decides_nothing(env, tmp_path):
+    """P(A) = 0.9 in both orders averages to 0.49999999999999994: float noise, not a preference."""
+    rows = write_rows(tmp_path / "pairs.jsonl", [
+        {"id": f"r{i}", "prompt": f"Question {i}?", "chosen": f"GOOD {i}", "rejected": f"BAD {i}"} for i in range(2)])
+    first = [[("A", math.log(0.9)), ("B", math.log(0.1))]]
+    with StubServer(logprobs_fn=lambda body: first) as srv:
+        r = cai("judge-eval", rows, "--model", "openai:stub", "--base-url", srv.url, "--out", tmp_path / "je", "--json")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert (info["decided"], info["undecided"], info["agreement"]) == (0, 2, None)
+    assert info["position_bias"] == {"first_shown_wins": 1.0, "orders_disagree": 1.0}
+    assert info["methods"] == {"logprobs": 2}
+
+
 def test_a_run_with_candidates_labels_them_and_resumes_without_calls(env, tmp_path):
     prompts = write_rows(tmp_path / "p.jsonl", [{"id": f"p{i}", "prompt": f"Tell me about tides {i}."}
                                                 for i in range(3)])

@@ -16,6 +16,7 @@ import pytest
 from cai.errors import InputError, OutputError
 from cai.providers.local import LocalModel, default_model_path, extra_buffer_types
 from cai.providers.local_weights import (
+    _sha256,
     cache_files,
     file_sha256,
     local_requantize,
@@ -127,6 +128,26 @@ def test_a_file_of_your_own_loads_as_it_is_unless_asked(cache, tmp_path):
     model = LocalModel(str(own))
     assert model.path.parent == cache / "gguf" and model.identity()["requantized"] == {
         "from": file_sha256(own), "type": "q4_0"}
+
+
+def test_the_manifest_and_the_report_name_a_local_model_by_file_and_sha256(cache, tmp_path):
+    """`model_files` in manifest.json and the report's model column; the file is hashed once in the process (the
+    resume fingerprint's hash is the manifest's)."""
+    from cai.report import write_report
+
+    own = tmp_path / "mine.gguf"
+    own.write_bytes(default_model_path().read_bytes())
+    inp = write_prompts(tmp_path / "in.jsonl", ["Say hi."])
+    hashed = _sha256.cache_info().misses
+    res = cai("run", inp, "--out", tmp_path / "run", "--model", f"local:{own}", "--rounds", "0", "--max-tokens", "4",
+              "--quiet")
+    assert res.exit_code == 0, res.stderr
+    assert _sha256.cache_info().misses == hashed + 1
+    sha = file_sha256(own)
+    files = json.loads((tmp_path / "run" / "manifest.json").read_text())["model_files"]
+    assert files == {role: {"file": "mine.gguf", "sha256": sha} for role in ("critic", "generator", "reviser")}
+    page = write_report(tmp_path / "run").read_text()
+    assert f"<td>local:{own.resolve()} (sha256 {sha[:12]}…)</td>" in page
 
 
 def test_the_setting_and_its_environment_variable(cache, monkeypatch):

@@ -127,6 +127,19 @@ def test_a_wrong_choice_exits_2_naming_the_choices(tmp_path):
     assert not (tmp_path / "w.json").exists()
 
 
+def test_no_training_pairs_suggests_group_by_type_only_when_it_was_not_given(tmp_path):
+    """One class everywhere: nothing to pair either way; the hint names the way out that is left."""
+    graded = tmp_path / "g.jsonl"
+    graded.write_text("".join(json.dumps({"prompt": f"p{i}", "response": "r", "response_type": "T", "class": "ideal",
+                                          "propositions": {"x": {"p_yes": 0.9}}}) + "\n" for i in range(4)))
+    res = rbr("fit", graded, "-o", tmp_path / "w.json", "--holdout", "0")
+    assert res.exit_code == 2 and "no training pairs" in res.stderr and "try --group-by type" in res.stderr
+    res = rbr("fit", graded, "-o", tmp_path / "w.json", "--holdout", "0", "--group-by", "type")
+    assert res.exit_code == 2 and "no training pairs" in res.stderr, res.stderr
+    assert "--group-by" not in res.stderr and "same response type with different classes" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "w.json").exists()
+
+
 def test_group_help_has_an_example():
     for runner_app, args in ((rbr_app, ["--help"]), (app, ["rbr", "--help"])):
         res = CliRunner().invoke(runner_app, args)
@@ -156,6 +169,22 @@ def test_grade_progress_and_summary_go_to_stderr(stub_server, tmp_path, monkeypa
     quiet = rbr("grade", rows, "--grader", "openai:stub", "--base-url", stub_server.url, "--out", tmp_path / "s",
                 "--quiet")
     assert quiet.exit_code == 0 and not any(line.startswith("records ") for line in quiet.stderr.splitlines())
+
+
+def test_grade_says_once_which_store_folder_it_created(stub_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.chdir(tmp_path)
+    stub_server.logprobs_fn = lambda body: [[("No", -0.1)]]
+    rows = write_rows(tmp_path / "rows.jsonl", 2)
+    args = ["grade", rows, "--grader", "openai:stub", "--base-url", stub_server.url, "--quiet"]
+    first = rbr(*args)
+    assert first.exit_code == 0, first.output
+    created = [line for line in first.stderr.splitlines() if line.startswith("created ")]
+    assert created == [f"created {Path('runs') / 'rbr-rows'}: the store of the grader's calls (a rerun reuses "
+                       "them; --out picks another folder)"], first.stderr
+    assert (tmp_path / "runs" / "rbr-rows" / "run.sqlite").exists()
+    again = rbr(*args)
+    assert again.exit_code == 0 and "created " not in again.stderr
 
 
 def test_long_paths_on_stderr_are_not_wrapped(stub_server, tmp_path):

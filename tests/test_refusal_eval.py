@@ -162,6 +162,20 @@ def test_refusal_eval_grader_by_logprobs_is_cached(tmp_path, stub_server, monkey
     assert "sentences" not in rows[1] and 0 <= rows[1]["score"] <= 1
 
 
+def test_refusal_eval_says_which_store_folder_it_created(tmp_path, stub_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.chdir(tmp_path)
+    stub_server.logprobs_fn = lambda body: [[("A", -0.1)]]
+    args = ["refusal-eval", labelled(tmp_path / "l.jsonl"), "--method", "grader", "--model", "openai:stub",
+            "--base-url", stub_server.url, "--quiet"]
+    first = rbr(*args)
+    assert first.exit_code == 0, first.output
+    store = Path("runs") / "rbr-refusal-l"
+    assert [line for line in first.stderr.splitlines() if line.startswith("created ")] == [
+        f"created {store}: the store of the grader's calls (a rerun reuses them; --out picks another folder)"]
+    assert (tmp_path / store).is_dir() and "created " not in rbr(*args).stderr
+
+
 def test_refusal_eval_grader_by_votes_without_logprobs(tmp_path, stub_server, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
     stub_server.reply_fn = lambda kind, body: "C" if REFUSE in body["messages"][-1]["content"] else "Unsure"

@@ -19,8 +19,9 @@ import pytest
 import cai
 from cai.errors import InputError
 from cai.read.explore import word_diff
-from cai.report import write_report
-from cai.report.page import script_json
+from cai.report import plots, write_report
+from cai.report.data import ReportData
+from cai.report.page import duration, exports_rows, script_json
 from helpers import cai as cai_cli
 from reliability import cai_proc, cai_run, stub_args
 
@@ -250,6 +251,67 @@ def test_report_of_a_run_being_written(tmp_path, stub_server, browser):
         stub_server.resume()
         _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
+
+
+def test_an_unparsed_critique_says_unparsed_with_the_reply_folded(tmp_path, stub_server, browser):
+    stub_server.add_fault("notjson", times=2, when=lambda path, body: "response_format" in body)  # and its repair
+    run = stub_run(stub_server, tmp_path, 3, "--concurrency", "1")
+    crit = cai.open_run(run).critiques()
+    bad = crit[crit["violates"].isna()]
+    assert len(bad) == 1
+    rid, raw = str(bad["id"].iloc[0]), str(bad["critique"].iloc[0])
+    view = Page(browser, write_report(run))
+    view.page.click(f"#rec-list > li[data-id='{rid}'] .rec-head")
+    sec = view.page.locator(f"#rec-list > li[data-id='{rid}'] .round.unparsed")
+    assert sec.count() == 1
+    assert sec.locator(":scope > .text").first.text_content() == "unparsed"
+    folded = sec.locator("details.raw")
+    assert folded.get_attribute("open") is None and folded.locator(".text").text_content() == raw
+    assert not folded.locator(".text").is_visible()
+    folded.locator("summary").click()
+    assert folded.locator(".text").is_visible()
+    view.assert_clean()
+
+
+def test_overview_exports_table_and_durations(tmp_path, stub_server):
+    run = stub_run(stub_server, tmp_path, 4)
+    page = write_report(run).read_text(encoding="utf-8")
+    overview = page[page.index('id="overview"'):page.index("Every number in manifest.json")]
+    assert "pairs_dropped_empty" not in overview and "with_expected" not in overview
+    table = re.search(r'<table class="exports">(.*?)</table>', overview, re.S).group(1)
+    ex = cai.open_run(run).manifest["exports"]
+    assert f"<td>sft</td><td class=num>{ex['sft']}</td>" in table
+    assert f"<td>critiques</td><td class=num>{ex['critiques']}</td>" in table
+    assert f"<td>pairs dropped</td><td class=num>{ex['pairs_dropped']}</td>" in table
+    assert duration(42.0) == "42.0 s" and duration(125) == "2 min 05 s" and duration(3 * 3600 + 7 * 60) == \
+        "3 h 07 min" and duration(90000) == "1 d 1 h" and duration(None) == "–"
+    rows = exports_rows({"sft": 5, "pairs": 3, "pairs_dropped": 2, "pairs_dropped_empty": 0,
+                         "pairs_dropped_unchanged": 2, "pairs_ai_label": 1, "label_near_ties": 1, "rbr_graded": 4,
+                         "rbr_improved": 3, "new_count": 7})
+    assert rows == [["sft", 5, ""], ["pairs", 3, "1 of them AI-labeled (1 near-ties left out)"],
+                    ["pairs dropped", 2, "unchanged 2"], ["graded by rbr", 4, "reward improved in 3"],
+                    ["new count", 7, ""]]
+
+
+def test_the_reward_plot_draws_only_the_panels_with_data():
+    data = ReportData(name="x", manifest={}, status={}, overview={}, records=[], principles=[],
+                      rewards=[("Comply", 0.1, 0.4), ("Hard Refuse", -0.2, 0.3)])
+    alone = plots.rewards(data)
+    assert alone.svg is not None and "pairs: final vs draft reward" not in alone.svg
+    assert alone.caption == "No exported pair carries rewards; 2 graded records."
+    data.pair_reward_changes = [0.3, 0.0]
+    both = plots.rewards(data)
+    assert "pairs: final vs draft reward" in both.svg and both.caption.startswith("Reward improved in 1 of 2")
+    width = [float(re.search(r'<svg[^>]*width="([\d.]+)pt"', p.svg).group(1)) for p in (alone, both)]
+    assert width[0] < width[1]
+
+
+def test_the_length_scatter_is_as_tall_as_the_severity_plot_beside_it():
+    data = ReportData(name="x", manifest={}, status={}, overview={}, records=[], principles=[],
+                      lengths=[(120, 180)], severities=[(1, 2), (1, None)])
+    heights = [float(re.search(r'<svg[^>]*height="([\d.]+)pt"', p.svg).group(1))
+               for p in (plots.length_change(data), plots.severity_by_round(data))]
+    assert heights[0] == heights[1]
 
 
 def test_cli_errors_are_one_line(tmp_path, stub_server):

@@ -60,7 +60,8 @@ def test_min_reward_margin_drops_pairs_and_rerun_is_cached(tmp_path, stub_server
     assert changed.exit_code == 2 and "rbr" in changed.stderr
     without = cai("run", inp, "--out", tmp_path / "r", "--model", "openai:stub", "--base-url", stub_server.url,
                   "--rounds", "1", "--max-tokens", "16", "--quiet", env={"OPENAI_API_KEY": "k"})
-    assert without.exit_code == 2 and "different models" in without.stderr  # the grader role is gone
+    assert without.exit_code == 2, without.stderr  # the grader role is gone:
+    assert f"was made with models.grader=openai:stub at {stub_server.url}; now (not set)" in without.stderr
     assert stub_server.count() == n
 
 

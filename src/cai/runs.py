@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -125,9 +126,40 @@ def _mismatch(store: Store, field: str, old: dict[str, Any], fp: dict[str, Any])
                                   "moved aside)", path=str(store.run_dir))
     if field == "models" and (hint := resume_hint(old.get(field) or {}, fp.get(field) or {})):
         return ConfigMismatch(hint, path=str(store.run_dir))
-    return ConfigMismatch(f"this run was started with a different {field} "
-                          f"({old.get(field)!r} → {fp.get(field)!r}); use the same settings to resume, "
-                          "or --restart to start afresh (the old run is moved aside)", path=str(store.run_dir))
+    where, was, now = first_difference(field, old.get(field, ABSENT), fp.get(field, ABSENT))
+    return ConfigMismatch(f"this run was made with {where}={_shown(was)}; now {_shown(now)} (resume with the "
+                          "same settings, or use --restart to start afresh: the old run is moved aside)",
+                          path=str(store.run_dir))
+
+
+ABSENT = object()  # a fingerprint field or key missing on one side
+
+
+def first_difference(path: str, was: Any, now: Any) -> tuple[str, Any, Any]:
+    """The dotted path of the first value where `was` and `now` differ (descending into dicts, but not into a
+    model's identity), and its two values (`ABSENT` where one side lacks it)."""
+    if isinstance(was, dict) and isinstance(now, dict) and _model_spec(was) is None and _model_spec(now) is None:
+        for key in [*was, *(k for k in now if k not in was)]:
+            if was.get(key, ABSENT) != now.get(key, ABSENT):
+                return first_difference(f"{path}.{key}", was.get(key, ABSENT), now.get(key, ABSENT))
+    return path, was, now
+
+
+def _model_spec(value: Any) -> str | None:
+    """A model identity (`Model.identity`) as the user names it, PROVIDER:MODEL (at its base URL, if any)."""
+    if not isinstance(value, dict) or not {"provider", "model"} <= value.keys():
+        return None
+    url = value.get("base_url")
+    return f"{value['provider']}:{value['model']}" + (f" at {url}" if url else "")
+
+
+def _shown(value: Any) -> str:
+    """A fingerprint value on one line: a string as it is, a model as PROVIDER:MODEL, anything else as JSON."""
+    if value is ABSENT:
+        return "(not set)"
+    if isinstance(value, str):
+        return value
+    return _model_spec(value) or json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def input_meta(settings: RunSettings, scan: InputScan, before: int) -> dict[str, Any]:
@@ -310,6 +342,7 @@ async def admit(store: Store, settings: RunSettings, models: dict[str, Model], c
     input_info = input_meta(settings, scan, before)
     store.set_meta("settings", _safe_settings(settings))
     store.set_meta("models", {r: redact(m.spec) for r, m in models.items()})
+    store.set_meta("model_files", {r: f for r, m in models.items() if (f := m.model_file()) is not None})
     store.set_meta("base_urls", {r: clean_url(m.base_url or m.default_base_url or "") or None
                                  for r, m in models.items()})
     store.set_meta("constitution", constitution_meta(settings, const))

@@ -146,7 +146,8 @@ def constitution_diff(
 ) -> None:
     """Show what changes from A to B, by id: principles (objectives, rules and defaults included), comparisons and
     propositions added (+), removed (-) and changed (~, with the fields), and the other sections that differ.
-    Exits 1 if they differ.
+
+    Exit codes (like diff(1), for scripts and CI): 0 the same, 1 they differ, 2 a file is missing or invalid.
 
     Example: cai constitution diff model-spec examples/constitution/team.yaml
     """

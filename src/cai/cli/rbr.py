@@ -7,8 +7,10 @@ Heavy modules are imported inside the commands so that `cai --help` starts fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -94,6 +96,16 @@ def _setup(constitution: str, weights: Optional[Path]) -> tuple[Any, Any]:
     return const, load_weights(weights, const)
 
 
+@contextlib.contextmanager
+def _says_if_created(store: Path) -> Iterator[None]:
+    """One line on stderr when the grading created its store folder (by default `runs/rbr-…`); none when it
+    failed (a failure says one line)."""
+    existed = store.exists()
+    yield
+    if not existed and store.exists():
+        say(f"created {store}: the store of the grader's calls (a rerun reuses them; --out picks another folder)")
+
+
 def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: str, weights: Optional[Path],
            mode: GraderMode, votes: int, out: Optional[Path], limit: Optional[int], concurrency: int,
            quiet: bool, cache: Optional[Path] = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -107,14 +119,15 @@ def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: 
     rows = read_input(target, limit, const)
     progress = Progress(quiet=quiet, prices=load_prices())
     progress.every = PROGRESS_EVERY
-    try:
-        graded, stats = run_async(run_grading(
-            rows, out=out or default_out(target), model=grader, base_url=base_url, const=const, weights=w,
-            mode=mode.value, votes=votes, concurrency=concurrency, cache=str(cache) if cache else None,
-            on_start=progress.start,
-            on_done=progress.record_done))
-    finally:
-        progress.stop()
+    store = out or default_out(target)
+    with _says_if_created(store):
+        try:
+            graded, stats = run_async(run_grading(
+                rows, out=store, model=grader, base_url=base_url, const=const, weights=w, mode=mode.value,
+                votes=votes, concurrency=concurrency, cache=str(cache) if cache else None,
+                on_start=progress.start, on_done=progress.record_done))
+        finally:
+            progress.stop()
     stats["estimated_cost_usd"] = progress.summary()["estimated_cost_usd"]
     return graded, stats
 
@@ -277,12 +290,13 @@ def _ask_refusals(items: list[tuple[list[dict[str, str]], str]], *, grader: str,
 
     progress = Progress(quiet=quiet, prices=load_prices())
     progress.every = PROGRESS_EVERY
-    try:
-        return run_async(grade_refusals(items, out=out, model=grader, base_url=base_url, votes=votes,
-                                        concurrency=concurrency, cache=str(cache) if cache else None,
-                                        on_start=progress.start, on_done=progress.record_done))
-    finally:
-        progress.stop()
+    with _says_if_created(out):
+        try:
+            return run_async(grade_refusals(items, out=out, model=grader, base_url=base_url, votes=votes,
+                                            concurrency=concurrency, cache=str(cache) if cache else None,
+                                            on_start=progress.start, on_done=progress.record_done))
+        finally:
+            progress.stop()
 
 
 @rbr_app.command("metrics")

@@ -60,6 +60,17 @@ class Reading(TypedDict):
     method: Literal["logprobs", "votes", "none"]
 
 
+#: |P − 0.5| at or below this is undecided: float noise, not a preference (a judge that always picks the
+#: first-shown answer averages its two orders to 0.49999999999999994)
+UNDECIDED_WITHIN = 1e-9
+
+
+def leaning(p: float) -> int:
+    """1 when P(first) favours the first option, -1 the second, 0 when undecided (within `UNDECIDED_WITHIN`
+    of 0.5)."""
+    return 0 if abs(p - 0.5) <= UNDECIDED_WITHIN else 1 if p > 0.5 else -1
+
+
 def answer_of(text: str, options: Options) -> bool | None:
     """How the reply's first word reads: True (first option), False (second) or None."""
     words = text.split()

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cai.core.choice import leaning
+
 Comparison = tuple[int, int, float]
 
 
@@ -115,14 +117,15 @@ def rank(k: int, comparisons: Sequence[Comparison],
 
 def oriented(ranking: Ranking, by: str) -> dict[str, Any]:
     """The ranking as a label step stores it: its method, scores, and every unordered pair {i, j} once,
-    winner-first (the winner of an exact tie is the lower index) with its margin P(winner ≻ loser) − 0.5, ordered
-    by decreasing margin, then by (chosen, rejected). `cai.read.rows.kept_pairs` keeps those above `--min-margin`."""
+    winner-first with its margin P(winner ≻ loser) − 0.5 (a tie, within `UNDECIDED_WITHIN` of 0.5: margin 0,
+    the lower index first), ordered by decreasing margin, then by (chosen, rejected). `cai.read.rows.kept_pairs`
+    keeps those above `--min-margin`."""
     k, pairs = len(ranking.scores), []
     for i in range(k):
         for j in range(i + 1, k):
             p = ranking.prob(i, j)
-            w, l_ = (i, j) if p >= 0.5 else (j, i)
-            pairs.append({"chosen": w, "rejected": l_, "margin": round(abs(p - 0.5), 12),
+            w, l_ = (i, j) if leaning(p) >= 0 else (j, i)
+            pairs.append({"chosen": w, "rejected": l_, "margin": round(abs(p - 0.5), 12) if leaning(p) else 0.0,
                           "score_chosen": ranking.scores[w], "score_rejected": ranking.scores[l_]})
     pairs.sort(key=lambda x: (-x["margin"], x["chosen"], x["rejected"]))
     return {"by": by, "method": ranking.method, "scores": ranking.scores, "pairs": pairs}

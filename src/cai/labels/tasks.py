@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cai import constitution as constitution_mod
+from cai.core.choice import leaning
 from cai.labels.files import read_candidates, read_pairs
 from cai.labels.labeler import ROLE, AILabeler
 from cai.read.export import ManifestExtra, Sink, all_or_none, export_run, run_settings
@@ -115,25 +116,25 @@ def agreement(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Judge agreement with known preferences: p = P(chosen ≻ rejected) per row (0.5: undecided), overall and
     per section/tag; position bias: how often the option shown first won a single-order ask, and how often
     the two orders disagreed (both picked the same position, so the judge's pick followed the order)."""
-    decided = [r for r in results if r["p"] != 0.5]
-    asks = [p for r in results for p in (r["p_ab"], r["p_ba"]) if p != 0.5]
-    both = [r for r in results if r["p_ab"] != 0.5 and r["p_ba"] != 0.5]
+    decided = [r for r in results if leaning(r["p"])]
+    asks = [p for r in results for p in (r["p_ab"], r["p_ba"]) if leaning(p)]
+    both = [r for r in results if leaning(r["p_ab"]) and leaning(r["p_ba"])]
     by_tag: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         for tag in dict.fromkeys(r["tags"]):
             by_tag[tag].append(r)
 
     def agree(rows: list[dict[str, Any]]) -> float | None:
-        rows = [r for r in rows if r["p"] != 0.5]
-        return round(sum(r["p"] > 0.5 for r in rows) / len(rows), 4) if rows else None
+        rows = [r for r in rows if leaning(r["p"])]
+        return round(sum(leaning(r["p"]) > 0 for r in rows) / len(rows), 4) if rows else None
 
     return {
         "pairs": len(results), "decided": len(decided), "undecided": len(results) - len(decided),
         "agreement": agree(results),
         "by_tag": {t: {"pairs": len(rs), "agreement": agree(rs)} for t, rs in sorted(by_tag.items())},
         "position_bias": {
-            "first_shown_wins": round(sum(p > 0.5 for p in asks) / len(asks), 4) if asks else None,
-            "orders_disagree": round(sum((r["p_ab"] > 0.5) == (r["p_ba"] > 0.5) for r in both) / len(both), 4)
+            "first_shown_wins": round(sum(leaning(p) > 0 for p in asks) / len(asks), 4) if asks else None,
+            "orders_disagree": round(sum(leaning(r["p_ab"]) == leaning(r["p_ba"]) for r in both) / len(both), 4)
             if both else None},
         "mean_confidence": round(sum(abs(r["p"] - 0.5) for r in results) / len(results), 4) if results else None,
         "methods": dict(Counter(r["method"] for r in results)),

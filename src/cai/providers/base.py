@@ -59,6 +59,11 @@ class Model(ABC):
         """What names this model in a cache key (never a key or a timeout)."""
         return {"provider": self.provider, "model": self.name, "base_url": self.identity_url()}
 
+    def model_file(self) -> dict[str, Any] | None:
+        """The file this process loads the model from, for the manifest ({"file", "sha256", ...}); None for a
+        model behind an API."""
+        return None
+
     def sdk_url(self) -> tuple[str | None, dict[str, str] | None]:
         """The base URL and query parameters to give the SDK: the SDKs append their paths to the base URL as a
         string, so its query (e.g. `?api-key=…`) goes as `default_query` instead. Userinfo stays in the URL."""

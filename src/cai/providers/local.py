@@ -166,6 +166,9 @@ class LocalModel(Model):
         not; a requantized copy also names its source's hash and its type."""
         return self.weights.identity()
 
+    def model_file(self) -> dict[str, Any]:
+        return self.weights.file_info()
+
     @property
     def spec(self) -> str:
         return f"local:{self.name}" if self.name else "local"

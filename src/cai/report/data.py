@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from cai.calls import prompt_text
+from cai.core.choice import leaning
 from cai.core.prices import call_price, cost, load_prices
 from cai.errors import CaiError
 from cai.read import explore
@@ -48,7 +49,7 @@ class LabelStats:
     judges: list[str]
     #: |p − 0.5| per comparison: 0 = undecided, 0.5 = certain
     confidences: list[float]
-    #: single-order asks (two per comparison) whose first-shown option won (P(A) > 0.5), lost (< 0.5), tied (= 0.5)
+    #: single-order asks (two per comparison) whose first-shown option won, lost, or neither (`leaning` of P(A))
     first_wins: int
     second_wins: int
     ties: int
@@ -87,22 +88,21 @@ def label_stats(rows: list[dict[str, Any]], pairs: int = 0, near_ties: int = 0,
     if not rows:
         return None
     settings = settings or LabelSettings()
-    first = sum((r["p_ab"] > 0.5) + (r["p_ba"] > 0.5) for r in rows)
-    second = sum((r["p_ab"] < 0.5) + (r["p_ba"] < 0.5) for r in rows)
+    first = sum((leaning(r["p_ab"]) > 0) + (leaning(r["p_ba"]) > 0) for r in rows)
+    second = sum((leaning(r["p_ab"]) < 0) + (leaning(r["p_ba"]) < 0) for r in rows)
     by_principle: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_principle.setdefault(str(r["principle"]), []).append(r)
     principles = {
         name: [len(rs), sum(abs(r["p"] - 0.5) for r in rs) / len(rs),
-               sum((r["p_ab"] > 0.5) + (r["p_ba"] > 0.5) for r in rs) / (2 * len(rs))]
+               sum((leaning(r["p_ab"]) > 0) + (leaning(r["p_ba"]) > 0) for r in rs) / (2 * len(rs))]
         for name, rs in sorted(by_principle.items(), key=lambda kv: (-len(kv[1]), kv[0]))}
     return LabelStats(
         comparisons=len(rows), records=len({r["id"] for r in rows}),
         judges=sorted({str(r["judge"]) for r in rows if r.get("judge") is not None}),
         confidences=[abs(r["p"] - 0.5) for r in rows], first_wins=first, second_wins=second,
         ties=2 * len(rows) - first - second,
-        disagreements=sum((r["p_ab"] > 0.5 and r["p_ba"] > 0.5) or (r["p_ab"] < 0.5 and r["p_ba"] < 0.5)
-                          for r in rows),
+        disagreements=sum(leaning(r["p_ab"]) == leaning(r["p_ba"]) != 0 for r in rows),
         methods=dict(Counter(str(r["method"]) for r in rows).most_common()), principles=principles,
         pairs=pairs, near_ties=near_ties, min_margin=settings.min_margin, rank_by=settings.rank_by)
 
@@ -173,6 +173,7 @@ def overview(manifest: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]
     cache = manifest.get("call_cache") or {}
     return {
         "models": manifest.get("models") or {}, "base_urls": manifest.get("base_urls") or {},
+        "model_files": manifest.get("model_files") or {},
         "constitution": manifest.get("constitution") or {}, "records": status["records"],
         "running_pid": status.get("running_pid"),
         "tokens": {role: {**t, "cost_usd": costs.get(role)} for role, t in tokens.items()},

@@ -69,6 +69,60 @@ def table(headers: list[str], rows: list[list[Any]], cls: str = "") -> str:
     return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def duration(seconds: float | None) -> str:
+    """A duration for people: seconds under a minute, then minutes and seconds, hours and minutes, days and
+    hours (`–` for missing)."""
+    if seconds is None or math.isnan(seconds):
+        return "–"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    s = round(seconds)
+    days, rest = divmod(s, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s"
+
+
+def model_name(spec: str, file: dict[str, Any] | None) -> str:
+    """A role's model as the run named it, with the file and sha256 of a model loaded from a file."""
+    if not file:
+        return spec
+    name = str(file.get("file", "?"))
+    text = f"{spec if spec.endswith(name) else f'{spec}: {name}'} (sha256 {str(file.get('sha256', '?'))[:12]}…)"
+    if req := file.get("requantized"):
+        text += f", requantized to {req.get('type', '?')} (sha256 {str(req.get('sha256', '?'))[:12]}…)"
+    return text
+
+
+def exports_rows(counts: dict[str, Any]) -> list[list[Any]]:
+    """The manifest's export counts as (export, rows, detail) rows: the files first, then the dropped pairs with
+    their reasons, then any other count."""
+    rest = dict(counts)
+    reasons = {k.removeprefix("pairs_dropped_"): rest.pop(k) for k in list(rest) if k.startswith("pairs_dropped_")}
+    dropped = rest.pop("pairs_dropped", None)
+    ai, near = rest.pop("pairs_ai_label", None), rest.pop("label_near_ties", None)
+    graded, improved = rest.pop("rbr_graded", None), rest.pop("rbr_improved", None)
+    rows: list[list[Any]] = []
+    for name in ("sft", "pairs", "critiques", "labels"):
+        if name in rest:
+            detail = ""
+            if name == "pairs" and ai is not None:
+                detail = f"{ai:,} of them AI-labeled ({near or 0:,} near-ties left out)"
+            rows.append([name, rest.pop(name), detail])
+    if dropped is not None:
+        rows.append(["pairs dropped", dropped, ", ".join(f"{k} {v:,}" for k, v in reasons.items() if v)])
+    if graded is not None:
+        rows.append(["graded by rbr", graded, f"reward improved in {improved or 0:,}"])
+    if "with_expected" in rest:
+        rows.append(["with expected", rest.pop("with_expected"), "records whose input row has `expected`"])
+    rows += [[k.replace("_", " "), v, ""] for k, v in rest.items()]
+    return rows
+
+
 def _usd(x: float | None) -> str:
     return "unknown (a model has no price)" if x is None else f"${x:,.4f}"
 
@@ -89,10 +143,10 @@ def overview_html(data: ReportData) -> str:
                          + ("; layers, platform first: " + ", ".join(f"{x['name']} ({x['sha256'][:12]})"
                                                                      for x in const["layers"])
                             if len(const.get("layers") or []) > 1 else "")],
-        ["wall time", f"{fmt(o['wall_seconds'], 1)} s over {fmt(o['invocations'])} invocation(s)"
+        ["wall time", f"{duration(o['wall_seconds'])} over {fmt(o['invocations'])} invocation(s)"
                       f" ({o['started'] or '?'} → {o['ended'] or '?'})"],
         ["estimated cost", _usd(o["estimated_cost_usd"])],
-        ["exports", ", ".join(f"{k} {fmt(v)}" for k, v in ex.items()) or "none yet"],
+        *([] if ex else [["exports", "none yet"]]),
         ["unparsed verdicts", fmt(o["unparsed_verdicts"])],
         ["open errors", fmt(o["errors_open"])],
     ]
@@ -105,11 +159,13 @@ def overview_html(data: ReportData) -> str:
     for role in sorted(set(o["models"]) | set(o["tokens"])):
         t = o["tokens"].get(role) or {"calls": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": None}
         cost = "–" if t["cost_usd"] is None else _usd(t["cost_usd"])
-        models.append([role, o["models"].get(role, "?"), o["base_urls"].get(role) or "", t["calls"],
-                       t["tokens_in"], t["tokens_out"], cost])
-    parts = [f'<dl class="facts">{"".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)}</dl>',
-             "<h3>Models, tokens and cost per role</h3>",
-             table(["role", "model", "base URL", "calls", "tokens in", "tokens out", "est. cost"], models)]
+        models.append([role, model_name(o["models"].get(role, "?"), o["model_files"].get(role)),
+                       o["base_urls"].get(role) or "", t["calls"], t["tokens_in"], t["tokens_out"], cost])
+    parts = [f'<dl class="facts">{"".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)}</dl>']
+    if ex:
+        parts += ["<h3>Exports</h3>", table(["export", "rows", "detail"], exports_rows(ex), "exports")]
+    parts += ["<h3>Models, tokens and cost per role</h3>",
+              table(["role", "model", "base URL", "calls", "tokens in", "tokens out", "est. cost"], models)]
     parts += _stats_tables(data)
     return "\n".join(parts)
 

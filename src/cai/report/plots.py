@@ -20,6 +20,7 @@ from cai.report.data import ReportData
 COLORS = {"draft": "#9aa5b1", "final": "#2b7bb9", "violates": "#d9534f", "ok": "#5cb85c"}
 SEVERITY_COLORS = ["#5cb85c", "#f0c419", "#f0883e", "#d9534f"]
 UNPARSED_COLOR = "#bbbbbb"
+ROW_HEIGHT = 3.2  # inches: the plots that share a row of the page are this tall
 
 
 @dataclass
@@ -95,7 +96,7 @@ def severity_by_round(data: ReportData) -> Plot:
     for rnd, sev in data.severities:
         counts[rnd][sev] += 1
     rounds = sorted(counts)
-    fig = _figure(5.5, 3.2)
+    fig = _figure(5.5, ROW_HEIGHT)
     ax = fig.add_subplot()
     bottom = [0] * len(rounds)
     for sev, label, color in [*[(s, f"severity {s}", SEVERITY_COLORS[s]) for s in range(4)],
@@ -125,8 +126,9 @@ def length_change(data: ReportData) -> Plot:
         return plot
     draft = [d for d, _ in data.lengths]
     final = [f for _, f in data.lengths]
-    fig = _figure(4.6, 4.0)
+    fig = _figure(4.2, ROW_HEIGHT)  # as tall as the severity plot beside it, the square axes centred
     ax = fig.add_subplot()
+    ax.set_aspect("equal", adjustable="box")
     top = max(max(draft), max(final), 1) * 1.05
     ax.plot([0, top], [0, top], ls="--", lw=0.8, color="#888888", label="no change")
     ax.scatter(draft, final, s=20, alpha=0.7, color=COLORS["final"], edgecolors="none", label="record")
@@ -154,8 +156,11 @@ def rewards(data: ReportData) -> Plot:
     for rtype, d, f in data.rewards:
         by_type[rtype].append((d, f))
     types = sorted(by_type)
-    fig = _figure(7.5, 3.2)
-    ax, bx = fig.subplots(1, 2, width_ratios=[2.2, 1])
+    ch = data.pair_reward_changes
+    # the pairs panel only when exported pairs carry rewards; the figure's width follows its panels
+    width = 1.6 + 0.9 * len(types)
+    fig = _figure(width + (2.6 if ch else 0.0), ROW_HEIGHT)
+    ax, bx = fig.subplots(1, 2, width_ratios=[width, 2.6]) if ch else (fig.add_subplot(), None)
     xs = range(len(types))
     for off, which, i in ((-0.2, "draft", 0), (0.2, "final", 1)):
         ax.bar([x + off for x in xs], [statistics.fmean(v[i] for v in by_type[t]) for t in types], width=0.4,
@@ -165,16 +170,15 @@ def rewards(data: ReportData) -> Plot:
     ax.set_ylabel("mean reward", fontsize=8)
     ax.legend(fontsize=7, frameon=False)
     _style(ax)
-    ch = data.pair_reward_changes
     improved, same, worse = sum(c > 0 for c in ch), sum(c == 0 for c in ch), sum(c < 0 for c in ch)
-    bx.bar(["improved", "same", "worse"], [improved, same, worse],
-           color=[COLORS["ok"], UNPARSED_COLOR, COLORS["violates"]])
-    bx.set_title("pairs: final vs draft reward", fontsize=8)
-    _style(bx)
+    if bx is not None:
+        bx.bar(["improved", "same", "worse"], [improved, same, worse],
+               color=[COLORS["ok"], UNPARSED_COLOR, COLORS["violates"]])
+        bx.set_title("pairs: final vs draft reward", fontsize=8)
+        _style(bx)
     plot.svg = to_svg(fig, plot.key)
-    share = f"{improved / len(ch):.0%}" if ch else "n/a"
-    plot.caption = (f"Reward improved in {improved} of {len(ch)} exported pairs ({share}); "
-                    f"{len(data.rewards)} graded records.")
+    plot.caption = (f"Reward improved in {improved} of {len(ch)} exported pairs ({improved / len(ch):.0%}); "
+                    if ch else "No exported pair carries rewards; ") + f"{len(data.rewards)} graded records."
     return plot
 
 
@@ -186,7 +190,7 @@ def refusal(data: ReportData) -> Plot:
     if not m or all((m.get(w) or {}).get(k) is None for w in ("draft", "final") for k, _, _ in metrics):
         plot.note = "No refusal plot: no finished input row carries `expected` (comply or refuse)."
         return plot
-    fig = _figure(5.0, 3.2)
+    fig = _figure(5.0, ROW_HEIGHT)
     ax = fig.add_subplot()
     for off, which in ((-0.2, "draft"), (0.2, "final")):
         rates, label = m.get(which) or {}, which
@@ -216,7 +220,7 @@ def ai_preference_labels(data: ReportData) -> Plot:
     if lab is None:
         plot.note = "No AI preference-label plot: the run has no AI preference labels (run with --candidates K)."
         return plot
-    fig = _figure(5.5, 3.2)
+    fig = _figure(5.5, ROW_HEIGHT)
     ax = fig.add_subplot()
     bins = [i / 20 for i in range(11)]  # 0, 0.05, ..., 0.5
     ax.hist(lab.confidences, bins=bins, color=COLORS["final"], edgecolor="white")

@@ -162,7 +162,15 @@
       sec.appendChild(el("div", "label", "round " + c[0] + " · " + names[c[1]]));
       sec.appendChild(el("div", "verdict", c[2] === 1 ? "violates · severity " + c[3]
         : c[2] === 0 ? "no violation (severity " + c[3] + ")" : "unparsed verdict (the raw critique was used)"));
-      block(sec, "critique", c[4]);
+      if (c[2] === 1 || c[2] === 0) {
+        block(sec, "critique", c[4]);
+      } else {  // no verdict could be read from the critic's reply: say so, and keep the reply one click away
+        block(sec, "critique", "unparsed");
+        var raw = el("details", "raw");
+        raw.appendChild(el("summary", null, "the critic's reply as it came"));
+        raw.appendChild(el("div", "text", c[4]));
+        sec.appendChild(raw);
+      }
       if (c[5] === null || c[5] === undefined) {
         sec.appendChild(el("p", null, "Not revised in this round."));
       } else {
