@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from helpers import cai, check_trl_shapes, write_prompts
 
 PROMPTS = ["How do I bake a simple loaf of bread?", "Tell me how to get into my neighbour's wifi without asking."]
 SMALL = ["--rounds", "1", "--max-tokens", "24", "--quiet"]
+UNGATED = [*SMALL, "--quality-gate", "off"]  # every row written, with its flags (24 tokens cut most replies)
 
 
 def structured_modes(run) -> set[str]:
@@ -27,7 +29,7 @@ def structured_modes(run) -> set[str]:
 def test_embedded_cli_end_to_end(tmp_path):
     inp = write_prompts(tmp_path / "in.jsonl", PROMPTS)
     run = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "cai", "run", str(inp), "--out", str(run), *SMALL, "--json"],
+    proc = subprocess.run([sys.executable, "-m", "cai", "run", str(inp), "--out", str(run), *UNGATED, "--json"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
@@ -38,6 +40,9 @@ def test_embedded_cli_end_to_end(tmp_path):
     assert [r["id"] for r in out["sft"]] == ["p0", "p1"]
     assert len(out["critiques"]) == 2
     assert len(out["pairs"]) + summary["exports"]["pairs_dropped"] == 2
+    quality = summary["quality"]
+    assert quality["gate"] == "off" and quality["sft"]["rows"] == quality["sft"]["kept"] == 2
+    assert quality["sft"]["flagged"] == dict(Counter(f for r in out["sft"] for f in r["quality"]))
     # One round: each record's critique holds its draft (before) and final (after). A record has a pair
     # exactly when the two differ and neither is empty, with the final chosen over the draft.
     crit = {c["id"]: c for c in out["critiques"]}
@@ -48,14 +53,14 @@ def test_embedded_cli_end_to_end(tmp_path):
         assert (p["chosen"][0]["content"], p["rejected"][0]["content"]) == (crit[p["id"]]["after"],
                                                                             crit[p["id"]]["before"])
     sft = pd.read_json(run / "sft.jsonl", lines=True)
-    assert list(sft.columns) == ["id", "messages"] and list(sft["id"]) == ["p0", "p1"]
+    assert list(sft.columns) == ["id", "messages", "quality"] and list(sft["id"]) == ["p0", "p1"]
     tokens = summary["tokens"]
     assert set(tokens) == {"generator", "critic", "reviser"}
     assert all(t["tokens_in"] > 0 and t["tokens_out"] > 0 for t in tokens.values())
     assert structured_modes(run) == {"grammar"}
     # A finished run, run again, makes no model call and rewrites identical exports.
     before = (run / "sft.jsonl").read_text()
-    again = cai("run", inp, "--out", run, *SMALL, "--json")
+    again = cai("run", inp, "--out", run, *SMALL, "--json")  # keeps the run's gate
     assert again.exit_code == 0, again.stderr
     assert json.loads(again.stdout)["this_invocation"]["calls"] == 0
     assert (run / "sft.jsonl").read_text() == before
@@ -68,17 +73,18 @@ def test_local_generator_and_critic_with_a_served_reviser_always_pair(tmp_path, 
     inp = write_prompts(tmp_path / "in.jsonl", PROMPTS)
     run = tmp_path / "mixed"
     res = cai("run", inp, "--out", run, "--generator", "local", "--critic", "local", "--reviser", "openai:stub",
-              "--base-url", stub_server.url, *SMALL, "--json", env={"OPENAI_API_KEY": "k"})
+              "--base-url", stub_server.url, *UNGATED, "--json", env={"OPENAI_API_KEY": "k"})
     assert res.exit_code == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["models"] == {"generator": "local", "critic": "local", "reviser": "openai:stub"}
+    assert summary["quality"]["pairs"]["flagged"].keys() <= {"truncated"}  # a draft cut at 24 tokens, if any
     assert stub_server.count("/chat/completions") == stub_server.count() == 2  # one revision per record
     out = check_trl_shapes(run)
     assert [p["id"] for p in out["pairs"]] == ["p0", "p1"]
     revised = {p["id"]: p["chosen"][0]["content"] for p in out["pairs"]}
     assert all(len(t.split()) == 12 and all(w.startswith("w") for w in t.split()) for t in revised.values())
     pairs = pd.read_json(run / "pairs.jsonl", lines=True)
-    assert list(pairs.columns) == ["id", "prompt", "chosen", "rejected", "metadata"]
+    assert list(pairs.columns) == ["id", "prompt", "chosen", "rejected", "metadata", "quality"]
     assert list(pairs["id"]) == ["p0", "p1"]
     assert structured_modes(run) == {"grammar"}
 
