@@ -94,6 +94,23 @@ def test_the_summary_line_says_what_was_kept_out(srv, tmp_path):
     line = next(x for x in r.stderr.splitlines() if x.startswith("wrote "))
     assert "1 sft (3 kept out: truncated 1, degenerate 1, leak 1), 1 pairs (3 kept out: truncated 1, " \
            "degenerate 1, leak 1)" in line
+    assert "--quality-gate off" not in r.stderr  # some rows were kept: no hint
+
+
+def test_a_run_whose_every_row_is_kept_out_says_how_to_see_them(srv, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps(PROMPTS[1]) + "\n")  # a revision that loops
+    args = ["run", inp, "--out", tmp_path / "r", "--model", "openai:stub", "--base-url", srv.url, "--rounds", "1",
+            "--max-tokens", "16", "--quiet"]
+    r = cli(*args)
+    assert r.exit_code == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert "0 sft (1 kept out: degenerate 1), 0 pairs (1 kept out: degenerate 1)" in lines[-2]
+    assert lines[-1].startswith("the quality gate kept out every row") and "--quality-gate off" in lines[-1]
+    calls = srv.count()
+    r = cli(*args, "--quality-gate", "off")
+    assert r.exit_code == 0 and srv.count() == calls and "kept out every row" not in r.stderr
+    assert [p["quality"] for p in read_jsonl(tmp_path / "r" / "pairs.jsonl")] == [["degenerate"]]
 
 
 def test_changing_the_gate_rewrites_the_exports_without_a_call(srv, tmp_path):

@@ -23,7 +23,7 @@ from cai.cli.options import PanelCommand, given, signature
 from cai.cli.rbr import rbr_app
 from cai.cli.votes import import_votes
 from cai.errors import Interrupted
-from cai.read.cmdline import quote, resume_command, retry_command, run_summary, summary_line
+from cai.read.cmdline import gate_hint, quote, resume_command, retry_command, run_summary, summary_line
 
 HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -85,6 +85,9 @@ def run(ctx: typer.Context, input: Path, as_json: bool, quiet: bool, **options: 
         emit(manifest)
     summary = run_summary(manifest)
     say(json.dumps({"event": "summary", **summary}) if progress.format == "json" else summary_line(summary))
+    hint = gate_hint(manifest)
+    if hint and progress.format != "json":
+        say(hint)
     cache_report = manifest["this_invocation"].get("call_cache") or {}
     if cache_report.get("failed"):
         err.print(f"warning: stopped writing the call cache ({cache_report['failed']}); the run is complete",

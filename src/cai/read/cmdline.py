@@ -63,3 +63,14 @@ def summary_line(summary: dict[str, Any]) -> str:
         f"this invocation: {_plural(inv['calls'], 'call', 'calls')} ({inv['cached']} cached{shared}), "
         f"{_plural(inv['retries'], 'retry', 'retries')}, {inv['rate_limited']} rate-limited (429), "
         f"{inv['tokens']} tokens, {inv['elapsed_s']:.1f}s{cost}"])
+
+
+def gate_hint(manifest: dict[str, Any]) -> str | None:
+    """A line for a run whose quality gate kept out every row it looked at (e.g. the embedded model's replies,
+    cut off at a small --max-tokens), saying how to see them; None otherwise."""
+    quality = manifest.get("quality") or {}
+    looked = [quality[p] for p in ("pairs", "sft") if p in quality]
+    if not looked or quality.get("gate") == "off" or any(p["kept"] for p in looked):
+        return None
+    return ("the quality gate kept out every row; the summary says why. Add --quality-gate off to write them "
+            "with their flags (no model call), or see docs/export.md")
