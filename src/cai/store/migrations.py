@@ -80,15 +80,16 @@ def applied(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
 
 
-def pending(conn: sqlite3.Connection) -> list[Migration]:
-    """The migrations the store has not recorded, in the list's order."""
+def pending(conn: sqlite3.Connection, migrations: tuple[Migration, ...] | None = None) -> list[Migration]:
+    """The `migrations` (None: the run store's) the store has not recorded, in the list's order."""
     done = set(applied(conn))
-    return [m for m in MIGRATIONS if m.__name__ not in done]
+    return [m for m in (MIGRATIONS if migrations is None else migrations) if m.__name__ not in done]
 
 
-def record_all(conn: sqlite3.Connection) -> None:
-    """Record every migration as applied, in the caller's transaction (a new store, whose schema has them all)."""
-    _record(conn, MIGRATIONS)
+def record_all(conn: sqlite3.Connection, migrations: tuple[Migration, ...] | None = None) -> None:
+    """Record every migration (None: the run store's) as applied, in the caller's transaction (a new store, whose
+    schema has them all)."""
+    _record(conn, MIGRATIONS if migrations is None else migrations)
 
 
 def _record(conn: sqlite3.Connection, migrations: tuple[Migration, ...] | list[Migration]) -> None:
@@ -98,14 +99,15 @@ def _record(conn: sqlite3.Connection, migrations: tuple[Migration, ...] | list[M
                      [(m.__name__, now) for m in migrations])
 
 
-def migrate(conn: sqlite3.Connection) -> list[str]:
-    """Apply and record the migrations the store lacks, in order, in one transaction (all or none); the names
-    applied. Writes nothing when none is missing. `conn` is a writer in autocommit mode."""
-    if not pending(conn):
+def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] | None = None) -> list[str]:
+    """Apply and record the `migrations` (None: the run store's; the review decisions file has its own) the store
+    lacks, in order, in one transaction (all or none); the names applied. Writes nothing when none is missing.
+    `conn` is a writer in autocommit mode."""
+    if not pending(conn, migrations):
         return []
     conn.execute("BEGIN IMMEDIATE")  # the write lock; another opener may have migrated since the check
     try:
-        todo = pending(conn)
+        todo = pending(conn, migrations)
         for migration in todo:
             migration(conn)
         _record(conn, todo)
