@@ -21,6 +21,7 @@ from cai.cli.kit import OneLineErrors, emit, err, fails_cleanly, renamed, run_as
 from cai.cli.labels import judge_eval, label
 from cai.cli.options import PanelCommand, given, signature
 from cai.cli.rbr import rbr_app
+from cai.cli.review import review_app
 from cai.cli.votes import import_votes
 from cai.errors import Interrupted
 from cai.read.cmdline import gate_hint, quote, resume_command, retry_command, run_summary, summary_line
@@ -36,6 +37,7 @@ app.add_typer(constitution_app, name="constitution")
 constitution_app.command("import-votes")(import_votes)
 app.add_typer(rbr_app, name="rbr")
 app.add_typer(batch_app, name="batch")
+app.add_typer(review_app, name="review")
 
 
 def _version(value: bool) -> None:

@@ -1,7 +1,8 @@
 """`Run`: a run folder read as pandas DataFrames (flat columns), its status and manifest, and its exports.
 
 Reads open a read-only snapshot of `run.sqlite` per call: safe while another process writes the run,
-no lock taken, nothing written. `export()` is the one method that writes; it takes the run lock.
+no lock taken, nothing written. `export()` writes the exports under the run lock; `review()` and
+`import_reviews()` write only people's decisions, to their own file (`cai.store.reviews`), without it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ from cai.calls import prompt_text
 from cai.constitution import Constitution
 from cai.constitution import load as load_constitution
 from cai.errors import CaiError, InputError
-from cai.read import explore
+from cai.read import explore, reviews
 from cai.read.export import ManifestExtra, export_run, run_settings
-from cai.read.rows import LABEL_COLUMNS, LABELED_PAIR_COLUMNS, RecordRows, RowOptions, frame, labeled_run, run_rows
+from cai.read.rows import (
+    LABEL_COLUMNS,
+    LABELED_PAIR_COLUMNS,
+    RecordRows,
+    RowOptions,
+    frame,
+    labeled_run,
+    record_rows,
+    run_rows,
+)
 from cai.read.status import run_status
 from cai.store import Store
 from cai.store.steps import StoredRecord
@@ -216,6 +226,52 @@ class Run:
                 except CaiError:
                     continue
         return None
+
+    # -- people's review decisions (cai.read.reviews, docs/review.md) --------------------------
+    def reviews(self) -> pd.DataFrame:
+        """Every review decision, oldest first: id, item (critique or pair), round (critiques), pair (an AI-labeled
+        pair's id), decision, reviewer, edit, note, time (UTC) and stale (about text the run no longer has)."""
+        return reviews.reviews_frame(self.path, reviews.Items(self.record_rows()))
+
+    def review(self, id: str, decision: str, *, reviewer: str, round: int | None = None, pair: str | None = None,
+               edit: str | None = None, note: str | None = None) -> None:
+        """Record one decision (it replaces the reviewer's earlier one on the item). No run lock: fine while the
+        run is being written. InputError for an unknown record, round or pair, or a decision not for the item."""
+        from cai.store.reviews import ReviewStore
+
+        items = reviews.Items(self._rows_of(id))
+        d = reviews.decide(items, id=id, item="critique" if round is not None else "pair", round=round, pair=pair,
+                           decision=decision, reviewer=reviewer, edit=edit, note=note)
+        with ReviewStore(self.path) as store:
+            store.save([d])
+
+    def import_reviews(self, path: str | os.PathLike[str]) -> int:
+        """Store the decisions of a JSONL file (docs/review.md), all or none: every line is checked first
+        (InputError naming the file and line). The number of decisions added or changed (0 the second time)."""
+        from cai.store.reviews import ReviewStore
+
+        decisions = reviews.read_jsonl(Path(path), reviews.Items(self.record_rows()))
+        with ReviewStore(self.path) as store:
+            return store.save(decisions)
+
+    def export_reviews(self, path: str | os.PathLike[str]) -> int:
+        """Write every decision to a JSONL file (docs/review.md); the number written."""
+        from cai.read.export import write_file
+        from cai.store.reviews import ReviewStore
+
+        with ReviewStore(self.path, readonly=True) as store:
+            lines = [json.dumps(reviews.to_json(d), ensure_ascii=False) + "\n" for d in store.decisions()]
+        write_file(Path(path), "".join(lines).encode("utf-8"), "review decisions")
+        return len(lines)
+
+    def _rows_of(self, record_id: str) -> list[RecordRows]:
+        """The rows of one record (none if the run has no such record)."""
+        store = self._store()
+        try:
+            rec = store.record(record_id)
+            return [] if rec is None else [record_rows(rec, RowOptions.of_run(store, run_settings(store)))]
+        finally:
+            store.close()
 
     # -- exploring (cai.read.explore) ----------------------------------------------------------
     def principle_stats(self) -> pd.DataFrame:
