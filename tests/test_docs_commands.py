@@ -54,6 +54,8 @@ RUNNABLE: dict[str, int] = {
     "cai constitution validate --stack model-spec examples/constitution/team.yaml examples/constitution/user.yaml": 0,
     "cai constitution diff model-spec examples/constitution/team.yaml": 1,  # they differ
     "cai label runs/demo": 0,
+    "cai review import runs/demo reviews.jsonl": 0,
+    "cai review export runs/demo -o reviews.jsonl": 0,
     "cai label rows.jsonl --judge openai:gpt-4o-mini": 0,
     "cai judge-eval runs/demo/pairs.jsonl --judge openai:gpt-4o-mini --json": 0,
     "cai rbr refusal-eval bench/data/refusal_written_d.jsonl": 0,
@@ -244,6 +246,9 @@ def workdir(stub: StubServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (work / "labelled.jsonl").write_text("\n".join(labelled[:20]) + "\n", encoding="utf-8")
     responses = {"prompt": "Name a colour.", "responses": ["Blue.", "Red, like a fire engine."]}
     (work / "rows.jsonl").write_text(json.dumps(responses) + "\n", encoding="utf-8")
+    first = json.loads(rows[0])["id"]  # a decision on the first critique of runs/demo (docs/review.md)
+    decision = {"id": first, "item": "critique", "round": 1, "decision": "agree", "reviewer": "ann"}
+    (work / "reviews.jsonl").write_text(json.dumps(decision) + "\n", encoding="utf-8")
     for name, prompts in (("x", "prompts.jsonl"), ("demo", "prompts.jsonl"), ("xstest", "xstest.jsonl")):
         made = cai("run", work / prompts, "--model", "openai:stub", "--base-url", stub.url, "--out",
                    work / "runs" / name, "--quiet", env={"OPENAI_API_KEY": "sk-test"})
