@@ -185,3 +185,34 @@ def test_a_bad_import_line_is_named_and_nothing_is_stored(tmp_path, stub_server)
         assert res.exit_code == 2
         assert one_line_error(res.stderr) == f"error: {bad}:3: {message}"
         assert table(run) == [], "a bad file stored a decision"
+
+
+def test_an_ai_labeled_pair_is_named_by_its_pair_id(tmp_path, monkeypatch) -> None:
+    from servers import StubServer
+    from test_labels import scripted
+
+    def by_seed(kind: str, body: dict) -> str | None:  # samples differ by their seed; seed 1's is GOOD
+        if body.get("response_format"):
+            return None
+        return f"{'GOOD ' if body.get('seed') == 1 else ''}Tides answer {body.get('seed')}: the moon pulls."
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out = tmp_path / "lab"
+    with StubServer(logprobs_fn=scripted(), reply_fn=by_seed) as srv:
+        made = cai_cli("run", write_prompts(tmp_path / "p.jsonl", ["Tell me about tides."]), "--out", out,
+                       "--model", "openai:stub", "--base-url", srv.url, "--rounds", "1", "--max-tokens", "16",
+                       "--candidates", "3", "--quality-gate", "off", "--quiet")
+        assert made.exit_code == 0, made.stderr
+    view = cai.open_run(out)
+    pair_ids = [p for p in view.pairs()["id"] if ":" in p]
+    assert len(pair_ids) == 2 and all(p.startswith("p0:") for p in pair_ids)
+    view.review("p0", "rejected", reviewer="ann", pair=pair_ids[0], edit="The moon.")
+    view.review("p0", "both_bad", reviewer="ann", pair=pair_ids[1])
+    assert table(out) == [("p0", "pair", None, pair_ids[0], "rejected", "ann", "The moon.", None, False),
+                          ("p0", "pair", None, pair_ids[1], "both_bad", "ann", None, None, False)]
+    with pytest.raises(InputError, match="record 'p0' has no AI-labeled pair 'p0:x0>y1'"):
+        view.review("p0", "tie", reviewer="ann", pair="p0:x0>y1")
+    exported = tmp_path / "out.jsonl"
+    assert view.export_reviews(exported) == 2
+    assert [(d["id"], d["item"], d.get("pair"), "round" in d) for d in read_jsonl(exported)] == [
+        ("p0", "pair", pair_ids[0], False), ("p0", "pair", pair_ids[1], False)]
