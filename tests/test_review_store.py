@@ -216,3 +216,25 @@ def test_an_ai_labeled_pair_is_named_by_its_pair_id(tmp_path, monkeypatch) -> No
     assert view.export_reviews(exported) == 2
     assert [(d["id"], d["item"], d.get("pair"), "round" in d) for d in read_jsonl(exported)] == [
         ("p0", "pair", pair_ids[0], False), ("p0", "pair", pair_ids[1], False)]
+
+
+def test_review_stats_reads_the_runs_decisions(tmp_path, stub_server) -> None:
+    run = make_run(tmp_path, stub_server)
+    view = cai.open_run(run)
+    crits = view.critiques()
+    crit = crits[crits["round"] == 1].set_index("id")
+    for rid in ("p0", "p1", "p2"):
+        view.review(rid, "agree" if rid != "p2" else "disagree", reviewer="ann", round=1)
+        view.review(rid, "chosen" if rid == "p0" else "rejected", reviewer="ann")
+    res = cai_cli("review", "stats", run, "--json")
+    assert res.exit_code == 0, res.stderr
+    stats = json.loads(res.stdout)
+    assert stats["decisions"] == {"total": 6, "used": 6, "stale": 0, "superseded": 0, "unmatched": 0}
+    flagged = {rid for rid in ("p0", "p1", "p2") if crit.loc[rid, "violates"]}
+    agreed_flagged = len(flagged - {"p2"})
+    assert stats["critic"]["overall"]["violates"]["n"] == len(flagged)
+    assert stats["critic"]["overall"]["violates"]["k"] == agreed_flagged
+    assert stats["revision"]["preferred_revision"] == {**stats["revision"]["preferred_revision"], "k": 1, "n": 3}
+    text = cai_cli("review", "stats", run)
+    assert text.exit_code == 0 and "6 decisions used (0 stale" in text.stderr
+    assert "revision pairs where people preferred the revision: 1 of 3 (33%" in text.stderr

@@ -1,6 +1,6 @@
-"""`cai review import | export`: people's review decisions as JSONL, thin commands over `cai.read.run.Run`
-(cai.cli.commands registers the group). The library is imported inside the commands, so that `cai --help`
-starts fast."""
+"""`cai review import | export | stats`: people's review decisions as JSONL, thin commands over `cai.read.run.Run`
+(cai.cli.commands registers the group), and `cai review stats` over `cai.review.stats`. The library is imported
+inside the commands, so that `cai --help` starts fast."""
 
 from __future__ import annotations
 
@@ -50,3 +50,36 @@ def review_export(
 
     n = open_run(run_dir).export_reviews(output)
     say(f"wrote {output}: {n} decision{'s' if n != 1 else ''}")
+
+
+@review_app.command("stats")
+@fails_cleanly
+def review_stats(
+    run_dir: RunDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every figure as JSON.")] = False,
+) -> None:
+    """How far people agree with the critic, the judge and each other, from the run's current decisions
+    (stale ones left out and counted). See docs/review_stats.md.
+
+    Example: cai review stats runs/demo --json
+    """
+    from cai.api import open_run
+    from cai.cli.kit import emit
+    from cai.review.stats import review_stats as compute
+
+    run = open_run(run_dir)
+    stats = compute(run.reviews(), run.critiques(), run.pairs())
+    if as_json:
+        emit(stats)
+        return
+    d = stats["decisions"]
+    say(f"{run_dir}: {d['used']} decisions used ({d['stale']} stale, {d['superseded']} superseded, "
+        f"{d['unmatched']} about items the run no longer has)")
+    figures = [(f"the critic's {name.replace('_', ' ')} verdicts people agreed with", part)
+               for name, part in stats["critic"]["overall"].items()]
+    figures += [("revision pairs where people preferred the revision", stats["revision"]["preferred_revision"]),
+                ("AI-labeled pairs where the judge agreed with people", stats["judge"]["agreement"])]
+    for what, part in figures:
+        if part["n"]:
+            low, high = part["ci95"]
+            say(f"  {what}: {part['k']} of {part['n']} ({part['share']:.0%}, 95% CI {low:.0%}–{high:.0%})")
