@@ -196,14 +196,15 @@ def sweep(run_dir: Path, names: Sequence[str] | None = None) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def drop_counts(dropped: Counter[str], sft_dropped: Counter[str] | None = None) -> dict[str, int]:
-    """The manifest's `pairs_dropped_<reason>` counts (each pair kept out under its first reason) and their sum
-    `pairs_dropped`; with `sft_dropped`, the same for sft rows (`sft_dropped_<flag>` where non-zero)."""
-    counts = {f"pairs_dropped_{k}": dropped[k] for k in DROP_REASONS}
+def drop_counts(tally: Tally) -> dict[str, int]:
+    """The manifest's `pairs_dropped_<reason>` counts of revision pairs (each kept out under its first reason,
+    from the quality gate's `tally`) and their sum `pairs_dropped`; the same for sft rows (`sft_dropped_<flag>`
+    where non-zero, and `sft_dropped`)."""
+    pairs, sft = tally.dropped["pairs"], tally.dropped["sft"]
+    counts = {f"pairs_dropped_{k}": pairs[k] for k in DROP_REASONS}
     counts["pairs_dropped"] = sum(counts.values())
-    if sft_dropped is not None:
-        counts.update({f"sft_dropped_{k}": n for k, n in sft_dropped.items() if n})
-        counts["sft_dropped"] = sum(sft_dropped.values())
+    counts.update({f"sft_dropped_{k}": n for k, n in sft.items() if n})
+    counts["sft_dropped"] = sum(sft.values())
     return counts
 
 
@@ -217,7 +218,6 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
     ext = "parquet" if fmt == "parquet" else "jsonl"
     sweep(store.run_dir)
     sinks: dict[str, Sink] = {}
-    dropped: Counter[str] = Counter()
     rbr = {"graded": 0, "improved": 0}
     labeled = Counter({"pairs_ai_label": 0, "label_near_ties": 0})
     expected = 0
@@ -235,8 +235,6 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
                 rbr["improved"] += rewards["reward_chosen"] > rewards["reward_rejected"]
             if rows.sft:
                 sinks["sft"].add(rows.sft)
-            if rows.pair is None and rows.dropped:
-                dropped[rows.dropped] += 1
             rows.tally(tally)
             for c in rows.critique_rows:
                 sinks["critiques"].add(c)
@@ -252,7 +250,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
             with writing(stale):
                 stale.unlink(missing_ok=True)
     counts = {name: sink.count for name, sink in sinks.items()}
-    counts.update(drop_counts(dropped, tally.dropped["sft"]))
+    counts.update(drop_counts(tally))
     if rbr["graded"]:
         counts["rbr_graded"], counts["rbr_improved"] = rbr["graded"], rbr["improved"]
     counts["with_expected"] = expected

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +45,6 @@ def _rows(store: Store, developer_as_system: bool | None, add: Callable[[str, di
     """Pass every sft and pair row of the run's done records to `add(config, row)` (one pass over the store);
     returns the counts, keyed as the manifest's `exports`, and the quality gate's counts."""
     counts = dict.fromkeys(CONFIGS, 0)
-    dropped: Counter[str] = Counter()
     opts = RowOptions.of_run(store, run_settings(store), developer_as_system)
     tally = Tally(opts.quality_gate)
     for rows in run_rows(store, opts):
@@ -55,9 +53,7 @@ def _rows(store: Store, developer_as_system: bool | None, add: Callable[[str, di
             if row:
                 add(name, row)
                 counts[name] += 1
-        if rows.pair is None and rows.dropped:
-            dropped[rows.dropped] += 1
-    return {**counts, **drop_counts(dropped, tally.dropped["sft"])}, tally
+    return {**counts, **drop_counts(tally)}, tally
 
 
 def _size_category(n: int) -> str:

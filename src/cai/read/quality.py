@@ -111,23 +111,20 @@ def sft_verdict(ev: checks.Evidence, gate: str) -> Verdict:
 @dataclass
 class Tally:
     """Counts of the gate over a run's rows: per part (`PARTS`), rows seen, kept, every flag, and the rows kept
-    out by their first reason. `examples` keeps the first row id of each flag, per part."""
+    out by their first reason."""
 
     gate: str
     seen: Counter[str] = field(default_factory=Counter)
     kept: Counter[str] = field(default_factory=Counter)
     flagged: dict[str, Counter[str]] = field(default_factory=lambda: {p: Counter() for p in PARTS})
     dropped: dict[str, Counter[str]] = field(default_factory=lambda: {p: Counter() for p in PARTS})
-    examples: dict[str, dict[str, str]] = field(default_factory=lambda: {p: {} for p in PARTS})
 
-    def add(self, part: str, row_id: str, verdict: Verdict) -> None:
+    def add(self, part: str, verdict: Verdict) -> None:
         self.seen[part] += 1
         self.kept[part] += verdict.kept
         self.flagged[part].update(verdict.flags)
         if verdict.out:
             self.dropped[part][verdict.out[0]] += 1
-        for f in verdict.flags:
-            self.examples[part].setdefault(f, row_id)
 
     def summary(self) -> dict[str, Any]:
         """The manifest's `quality` section."""

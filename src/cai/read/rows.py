@@ -131,11 +131,11 @@ class RecordRows:
     def tally(self, tally: quality.Tally) -> None:
         """Add this record's rows to the quality gate's counts."""
         if self.pair_verdict is not None:
-            tally.add("pairs", self.record.id, self.pair_verdict)
+            tally.add("pairs", self.pair_verdict)
         if self.sft_verdict is not None:
-            tally.add("sft", self.record.id, self.sft_verdict)
-        for pid, verdict in self.labels.verdicts if self.labels is not None else ():
-            tally.add("ai_label_pairs", pid, verdict)
+            tally.add("sft", self.sft_verdict)
+        for _, verdict in self.labels.verdicts if self.labels is not None else ():
+            tally.add("ai_label_pairs", verdict)
 
     @property
     def critique_rows(self) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from cai.read.rows import (
     record_rows,
     run_rows,
 )
-from cai.read.status import run_status
+from cai.read.status import read_manifest, run_status
 from cai.store import Store
 from cai.store.steps import StoredRecord
 
@@ -65,10 +65,7 @@ class Run:
     @property
     def manifest(self) -> dict[str, Any]:
         """manifest.json as written by the last export ({} before the first)."""
-        try:
-            return json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
+        return read_manifest(self.path)
 
     def status(self) -> dict[str, Any]:
         """What `cai status --json` prints: counts that add up, tokens, errors, a live writer's pid."""

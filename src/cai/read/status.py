@@ -20,11 +20,19 @@ def _in_cwd(command: str, cwd: str | None) -> str:
     return command
 
 
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """manifest.json as written by the last export ({} before the first)."""
+    try:
+        return json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
 def _exported(run_dir: Path) -> dict[str, Any]:
     """The export counts and the quality gate's counts of manifest.json, as the last export wrote them (None
     each before the first export, or if the manifest cannot be read)."""
     try:
-        data = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+        data = read_manifest(run_dir)
     except (OSError, ValueError):
         data = {}
     data = data if isinstance(data, dict) else {}
