@@ -94,12 +94,14 @@ def test_jsonl_bytes_are_unchanged(tmp_path):
         ', "content": "Où est la gare ?"}], "chosen": [{"role": "assistant"'
         ', "content": "final 0: isxr ojiqfolnb"}], "rejected": [{"role": "assistant"'
         ', "content": "draft 0: tkgnkuhm nhtqg"}], "metadata": {"principles": ["be-specific"]'
-        ', "rounds": 1, "violations": [true]}, "quality": [], "reward_chosen": 0.75, "reward_rejected": 0.25}\n'
+        ', "rounds": 1, "violations": [true]}, "quality": [], "source": "revision", "review": null'
+        ', "reward_chosen": 0.75, "reward_rejected": 0.25}\n'
         '{"id": "r1", "prompt": [{"role": "developer", "content": "Be brief."}, {"role": "user"'
         ', "content": "Où est la gare ?"}], "chosen": [{"role": "assistant"'
         ', "content": "final 1: giweogz czwzmhhdi"}], "rejected": [{"role": "assistant"'
         ', "content": "draft 1: cv pv"}], "metadata": {"principles": ["be-specific"], "rounds": 1'
-        ', "violations": [null]}, "quality": [], "reward_chosen": 0.75, "reward_rejected": 0.25}\n')
+        ', "violations": [null]}, "quality": [], "source": "revision", "review": null, "reward_chosen": 0.75'
+        ', "reward_rejected": 0.25}\n')
     assert (run / "critiques.jsonl").read_text(encoding="utf-8") == (
         '{"id": "r0", "round": 1, "principle": "be-specific", "layer": null, "kind": null'
         ', "critique": "too vague 0", "verdict": {"critique": "too vague 0", "violates": true, "severity": 2}'

@@ -129,7 +129,8 @@ def test_to_datasets_gives_the_rows_of_the_folder(tmp_path, stub_server):
     run = make_run(tmp_path, stub_server)
     dd = run.to_datasets()
     assert isinstance(dd, datasets.DatasetDict) and list(dd) == ["sft", "pairs"]
-    assert dd["pairs"].column_names == ["id", "prompt", "chosen", "rejected", "metadata", "quality"]
+    assert dd["pairs"].column_names == ["id", "prompt", "chosen", "rejected", "metadata", "quality", "source",
+                                        "review"]
     assert dd["sft"].column_names == ["id", "messages", "quality"]
     assert_trl_pairs(list(dd["pairs"]))
     info = write_hf(run.path, tmp_path / "out")

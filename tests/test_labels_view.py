@@ -153,7 +153,7 @@ def test_a_run_without_labels_has_no_labels_section(tmp_path, stub_server):
     labels = run.labels()
     assert labels.empty and list(labels.columns) == COLUMNS
     pairs = run.pairs()
-    assert not {"source", "label", "score_chosen", "score_rejected"} & set(pairs.columns)
+    assert not {"label", "score_chosen", "score_rejected"} & set(pairs.columns) and set(pairs["source"]) == {"revision"}
     assert list(pairs["id"]) == [r["id"] for r in read_jsonl(run.path / "pairs.jsonl")]
     page = render_report(run)
     assert 'id="labels"' not in page and "AI preference labels</h2>" not in page and 'href="#labels"' not in page

@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 PKG = "cai"
-PLUGINS = ("cai.rbr", "cai.labels", "cai.batch", "cai.cluster", "cai.report")
+PLUGINS = ("cai.rbr", "cai.labels", "cai.batch", "cai.cluster", "cai.report", "cai.review")
 
 
 def _is_cli(module: str) -> bool:

@@ -1,4 +1,4 @@
-"""How far people agree (`cai.review.stats`, `cai.review.measures`): each measure against published worked
+"""How far people agree (`cai.read.review_stats`, `cai.read.measures`): each measure against published worked
 examples, and `review_stats` on a small set of decisions against numbers worked out by hand."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from cai.errors import InputError
-from cai.review.measures import cohen_kappa, krippendorff_alpha, observed_agreement, share, wilson
-from cai.review.stats import review_stats
+from cai.read.measures import cohen_kappa, krippendorff_alpha, observed_agreement, share, wilson
+from cai.read.review_stats import review_stats
 
 
 @pytest.mark.parametrize(("k", "n", "low", "high"), [

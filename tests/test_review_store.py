@@ -108,6 +108,12 @@ def test_reviewing_works_while_a_cai_run_holds_the_run(tmp_path, stub_server) ->
     assert proc.returncode == 0, err
     assert table(run) == [("p0", "pair", None, None, "rejected", "ann", "Fixed.", None, False),
                           ("p0", "critique", 1, None, "agree", "bob", None, None, False)]
+    final = cai.open_run(run).records().set_index("id").loc["p0", "final"]
+    pair = next(p for p in read_jsonl(run / "pairs.jsonl") if p["id"] == "p0")  # the run's own export applied it
+    # flipped (the final revision is now the rejected side) and the better side edited
+    assert (pair["chosen"][0]["content"], pair["rejected"][0]["content"], pair["source"]) == \
+        ("Fixed.", final, "human_edit")
+    assert json.loads((run / "manifest.json").read_text())["reviews"]["applied"] == 1
 
 
 def test_decisions_move_aside_on_restart_and_go_stale_on_other_text(tmp_path, stub_server) -> None:

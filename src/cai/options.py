@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, TypedDict, get_args
 
 Format = Literal["jsonl", "parquet"]
 QualityGate = Literal["strict", "default", "off"]
+ReviewMode = Literal["apply", "only", "ignore"]
+ReviewPolicy = Literal["majority", "unanimous", "latest"]
 GraderMode = Literal["separate", "joint"]
 CandidatesFrom = Literal["samples", "revisions", "samples+revisions"]
 RankBy = Literal["judge", "rbr", "judge+rbr"]
@@ -140,6 +142,12 @@ class RunOptions(TypedDict, total=False):
     quality_gate: Annotated[QualityGate, Option(
         "Which quality flags keep a pair or sft row out of the exports (see docs/export.md); an export setting: "
         "changing it on a finished run rewrites the exports without a model call.", "export.quality_gate")]
+    reviews: Annotated[ReviewMode, Option(
+        "People's review decisions (cai review; docs/review.md): apply them to the pairs and sft rows, write only "
+        "the pairs people decided, or ignore them. An export setting, like --quality-gate.", "export.reviews")]
+    review_policy: Annotated[ReviewPolicy, Option(
+        "Where reviewers differ on a pair: the decision of more than half of them, of all of them (else the pair "
+        "is dropped), or the latest one.", "export.review_policy")]
     min_reward_margin: Annotated[float | None, Option(
         "Revision pairs (with --rbr): keep one only if its reward improved by at least this, in reward units "
         "(default: keep all). Labeled pairs: --min-margin.", "export.min_reward_margin", needs_rbr=True)]

@@ -26,6 +26,8 @@ from cai.options import (
     QualityGate,
     RankBy,
     Requantize,
+    ReviewMode,
+    ReviewPolicy,
     declared,
     needs_rbr,
     option,
@@ -34,7 +36,8 @@ from cai.prompts import fewshot, fewshot_path
 
 ROLES = ("generator", "critic", "reviser")
 # export settings a resumed run keeps unless the caller gives them (`RunSettings.resumed`)
-KEPT_ON_RESUME = ("format", "quality_gate", "system_role_for_developer", "min_reward_margin")
+KEPT_ON_RESUME = ("format", "quality_gate", "system_role_for_developer", "min_reward_margin", "reviews",
+                  "review_policy")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -153,6 +156,8 @@ class ExportSettings(_Part):
     system_role_for_developer: bool = False  # write `developer` turns as `system` in sft and pairs
     min_reward_margin: float | None = None  # with scoring: drop pairs whose reward improved by less
     quality_gate: QualityGate = "default"  # which quality flags keep a row out of pairs and sft
+    reviews: ReviewMode = "apply"  # people's review decisions: apply them, keep only decided pairs, or ignore them
+    review_policy: ReviewPolicy = "majority"  # which decision wins where reviewers differ
 
 
 class RunSettings(_Part):

@@ -19,11 +19,12 @@ from cai.cli.batch import add_submit, batch_app
 from cai.cli.constitution import constitution_app
 from cai.cli.kit import OneLineErrors, emit, err, fails_cleanly, renamed, run_async, say
 from cai.cli.labels import judge_eval, label
-from cai.cli.options import PanelCommand, given, signature
+from cai.cli.options import PanelCommand, given, run_option, signature
 from cai.cli.rbr import rbr_app
 from cai.cli.review import review_app
 from cai.cli.votes import import_votes
 from cai.errors import Interrupted
+from cai.options import ReviewMode, ReviewPolicy
 from cai.read.cmdline import gate_hint, quote, resume_command, retry_command, run_summary, summary_line
 
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -124,6 +125,8 @@ def export_cmd(
         "--to", metavar="<NAME DEST>", help="Instead, write the run with the exporter plugin NAME into DEST (an "
                                             "installed 'exporter.NAME' of cai.plugins, e.g. hf; --hf DEST is --to hf "
                                             "DEST). Only reads the run.")] = None,
+    reviews: Annotated[Optional[ReviewMode], run_option("reviews")] = None,
+    review_policy: Annotated[Optional[ReviewPolicy], run_option("review_policy")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest (with --hf: the summary) as JSON.")
                        ] = False,
 ) -> None:
@@ -142,17 +145,23 @@ def export_cmd(
             raise InputError("--format is for the run's own exports; --hf always writes Parquet" if to is None
                              else "--format is for the run's own exports; --to writes its exporter's own format")
         name, dest = ("hf", hf) if hf is not None else to  # type: ignore[misc]
-        info = plugins.load("exporter", name)(run_dir, dest, developer_as_system=system_role_for_developer)
+        given_reviews = {k: v for k, v in (("reviews", reviews), ("review_policy", review_policy)) if v is not None}
+        info = plugins.load("exporter", name)(run_dir, dest, developer_as_system=system_role_for_developer,
+                                              **given_reviews)
         if as_json:
             emit(info)
         rows = ", ".join(f"{n} {kind}" for kind, n in info["rows"].items())
         say(f"wrote {dest}/: {rows} and a dataset card (README.md)" if name == "hf" else f"wrote {dest}: {rows}")
         return
-    manifest = open_run(run_dir).export(format, developer_as_system=system_role_for_developer)
+    from cai.read.decisions import reviewed_text
+
+    manifest = open_run(run_dir).export(format, developer_as_system=system_role_for_developer, reviews=reviews,
+                                        review_policy=review_policy)
     if as_json:
         emit(manifest)
     ex = manifest["exports"]
-    err.print(f"wrote {run_dir}/: {ex['sft']} sft, {ex['pairs']} pairs, {ex['critiques']} critiques", markup=False)
+    err.print(f"wrote {run_dir}/: {ex['sft']} sft, {ex['pairs']} pairs, {ex['critiques']} critiques"
+              + reviewed_text(manifest.get("reviews")), markup=False)
 
 
 @app.command("report")
@@ -187,6 +196,7 @@ def status(
     Example: cai status runs/demo --json
     """
     from cai.api import open_run
+    from cai.read.decisions import reviewed_text
     from cai.read.quality import kept_text
 
     info = open_run(run_dir).status()
@@ -202,7 +212,8 @@ def status(
         if info["exports"]:
             gate = (info["quality"] or {}).get("gate")
             err.print(f"  exports: {kept_text(info['exports'], info['quality'])}"
-                      + (f" (quality gate: {gate})" if gate else ""), markup=False, highlight=False)
+                      + (f" (quality gate: {gate})" if gate else "") + reviewed_text(info.get("reviews")),
+                      markup=False, highlight=False)
         for e in info["errors"]:
             mark = " (resolved: the record later succeeded)" if e["resolved"] else ""
             err.print(f"  failed {e['id']} at {e['stage']}: {e['error_class']}: {e['message']}{mark}",

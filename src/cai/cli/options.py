@@ -72,6 +72,13 @@ def signature(batch: bool = False) -> inspect.Signature:
         *own])
 
 
+def run_option(name: str) -> Any:
+    """The typer.Option of the run option `name` for a command that reads a finished run (`cai export`): its
+    declared flags and help; not given, the run's own setting holds."""
+    opt = declared()[name][1]
+    return typer.Option(*opt.flags, help=f"{opt.help} Default: the run's setting.")
+
+
 class PanelCommand(TyperCommand):
     """`cai run` and `cai batch submit`: `--help` lists the run options in their panels (`cai.options.PANELS`,
     typer's `rich_help_panel`), then the command's own options."""

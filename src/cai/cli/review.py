@@ -1,5 +1,5 @@
 """`cai review import | export | stats`: people's review decisions as JSONL, thin commands over `cai.read.run.Run`
-(cai.cli.commands registers the group), and `cai review stats` over `cai.review.stats`. The library is imported
+(cai.cli.commands registers the group), and `cai review stats` over `cai.read.review_stats`. The library is imported
 inside the commands, so that `cai --help` starts fast."""
 
 from __future__ import annotations
@@ -65,10 +65,8 @@ def review_stats(
     """
     from cai.api import open_run
     from cai.cli.kit import emit
-    from cai.review.stats import review_stats as compute
 
-    run = open_run(run_dir)
-    stats = compute(run.reviews(), run.critiques(), run.pairs())
+    stats = open_run(run_dir).review_stats()
     if as_json:
         emit(stats)
         return

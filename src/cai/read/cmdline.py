@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from cai.read.decisions import reviewed_text
 from cai.read.quality import kept_text
 from cai.redact import redact
 
@@ -40,6 +41,7 @@ def run_summary(manifest: dict[str, Any]) -> dict[str, Any]:
         "out": manifest["out"],
         "exports": dict(ex),
         "quality": manifest.get("quality"),
+        "reviews": manifest.get("reviews"),
         "records": {"done": rec.get("done", 0), "failed": rec.get("failed", 0)},
         "unparsed_verdicts": manifest.get("unparsed_verdicts", 0),
         "this_invocation": {
@@ -57,7 +59,8 @@ def summary_line(summary: dict[str, Any]) -> str:
     shared = f", {inv['shared_cache_hits']} from --cache" if inv["shared_cache_hits"] else ""
     cost = f", ~${inv['estimated_cost_usd']:.4f}" if inv["estimated_cost_usd"] else ""
     return "; ".join([
-        f"wrote {summary['out']}/: {kept_text(ex, summary.get('quality'))}, {ex['critiques']} critiques",
+        f"wrote {summary['out']}/: {kept_text(ex, summary.get('quality'))}, {ex['critiques']} critiques"
+        + reviewed_text(summary.get("reviews")),
         f"{rec['done']} done, {rec['failed']} failed",
         _plural(summary["unparsed_verdicts"], "unparsed verdict", "unparsed verdicts"),
         f"this invocation: {_plural(inv['calls'], 'call', 'calls')} ({inv['cached']} cached{shared}), "

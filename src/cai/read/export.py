@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from cai import __version__
 from cai.core.prices import call_price, cost, load_prices
 from cai.errors import InputError, OutputError
+from cai.read.decisions import ReviewTally
 from cai.read.quality import Tally
 from cai.read.rows import DROP_REASONS, RowOptions, reward_pair, run_rows
 from cai.settings import IOSettings, RunSettings
@@ -209,12 +210,15 @@ def drop_counts(tally: Tally) -> dict[str, int]:
 
 
 def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None = None,
-           tally: Tally | None = None) -> dict[str, int]:
+           tally: Tally | None = None, reviews: str | None = None, review_policy: str | None = None,
+           reviewed: dict[str, Any] | None = None) -> dict[str, int]:
     """Rebuild every export from the store in one pass; returns the counts, also kept in the manifest.
-    `tally`, if given, gets the quality gate's counts of every row."""
+    `tally`, if given, gets the quality gate's counts of every row; `reviewed`, if given, the manifest's
+    `reviews` section (what people's decisions did, under `reviews` and `review_policy`: None for the run's)."""
     settings = run_settings(store)
-    opts = RowOptions.of_run(store, settings, developer_as_system)
+    opts = RowOptions.of_run(store, settings, developer_as_system, reviews, review_policy)
     tally = tally if tally is not None else Tally(opts.quality_gate)
+    review_tally = ReviewTally(opts.reviews.mode, opts.reviews.policy)
     ext = "parquet" if fmt == "parquet" else "jsonl"
     sweep(store.run_dir)
     sinks: dict[str, Sink] = {}
@@ -235,7 +239,7 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
                 rbr["improved"] += rewards["reward_chosen"] > rewards["reward_rejected"]
             if rows.sft:
                 sinks["sft"].add(rows.sft)
-            rows.tally(tally)
+            rows.tally(tally, review_tally)
             for c in rows.critique_rows:
                 sinks["critiques"].add(c)
             for row in rows.pairs:
@@ -256,6 +260,8 @@ def export(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None
     counts["with_expected"] = expected
     if opts.labels:
         counts.update(labeled)
+    if reviewed is not None:
+        reviewed.update(review_tally.summary(opts.reviews))
     return counts
 
 
@@ -286,11 +292,13 @@ def estimated_cost(store: Store, settings: RunSettings) -> float | None:
     return round(total, 6)
 
 
-def manifest(store: Store, export_counts: dict[str, int], quality: dict[str, Any] | None = None) -> dict[str, Any]:
+def manifest(store: Store, export_counts: dict[str, int], quality: dict[str, Any] | None = None,
+             reviews: dict[str, Any] | None = None) -> dict[str, Any]:
     """manifest.json content: versions, models and their endpoints (`model_files`: the file and sha256 of each
     model loaded from a file), settings, hashes, counts, the quality gate's counts (`quality`, see
-    `cai.read.quality.Tally.summary`), tokens, cost, open errors, unparsed verdicts, start/end time and wall time
-    (killed invocations included). No keys."""
+    `cai.read.quality.Tally.summary`), what people's review decisions did (`reviews`, see
+    `cai.read.decisions.ReviewTally.summary`), tokens, cost, open errors, unparsed verdicts, start/end time and
+    wall time (killed invocations included). No keys."""
     statuses = store.counts()
     settings = run_settings(store)
     invocations = store.invocations()
@@ -307,6 +315,7 @@ def manifest(store: Store, export_counts: dict[str, int], quality: dict[str, Any
         "records": {"total": sum(statuses.values()), **statuses},
         "exports": export_counts,
         **({"quality": quality} if quality is not None else {}),
+        **({"reviews": reviews} if reviews is not None else {}),
         "tokens": store.token_totals(),
         "tokens_batch": store.token_totals(batch=True),  # the part of `tokens` sent through a provider batch API
         "call_cache": {"path": settings.execution.cache,
@@ -324,12 +333,14 @@ def manifest(store: Store, export_counts: dict[str, int], quality: dict[str, Any
 
 
 def export_run(store: Store, fmt: str = "jsonl", *, developer_as_system: bool | None = None,
-               extras: Sequence[ManifestExtra] = ()) -> dict[str, Any]:
+               extras: Sequence[ManifestExtra] = (), reviews: str | None = None,
+               review_policy: str | None = None) -> dict[str, Any]:
     """Rebuild the exports and write manifest.json; returns the manifest. Each of `extras` adds its keys
     after the core's, in order (the composition layer passes plugins' hooks, e.g. rbr's refusal metrics)."""
-    tally = Tally(run_settings(store).export.quality_gate)
-    counts = export(store, fmt, developer_as_system=developer_as_system, tally=tally)
-    data = manifest(store, counts, tally.summary())
+    tally, reviewed = Tally(run_settings(store).export.quality_gate), {}
+    counts = export(store, fmt, developer_as_system=developer_as_system, tally=tally, reviews=reviews,
+                    review_policy=review_policy, reviewed=reviewed)
+    data = manifest(store, counts, tally.summary(), reviewed)
     for extra in extras:
         data.update(extra(store, counts))
     write_json(store.run_dir / "manifest.json", data)

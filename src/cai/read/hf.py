@@ -23,6 +23,7 @@ import yaml
 
 from cai.errors import InputError, one_line
 from cai.read import parquet
+from cai.read.decisions import ReviewTally
 from cai.read.export import Sink, all_or_none, drop_counts, manifest, run_settings, sweep, writing
 from cai.read.quality import Tally, counts_text
 from cai.read.rows import RowOptions, labeled_run, run_rows
@@ -40,20 +41,22 @@ _SIZES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000
           (10_000_000, "1M<n<10M")]
 
 
-def _rows(store: Store, developer_as_system: bool | None, add: Callable[[str, dict[str, Any]], None]
-          ) -> tuple[dict[str, int], Tally]:
+def _rows(store: Store, developer_as_system: bool | None, add: Callable[[str, dict[str, Any]], None],
+          reviews: str | None = None, review_policy: str | None = None
+          ) -> tuple[dict[str, int], Tally, dict[str, Any]]:
     """Pass every sft and pair row of the run's done records to `add(config, row)` (one pass over the store);
-    returns the counts, keyed as the manifest's `exports`, and the quality gate's counts."""
+    returns the counts, keyed as the manifest's `exports`, the quality gate's counts and the manifest's
+    `reviews` section (what people's decisions did, `cai.read.decisions`)."""
     counts = dict.fromkeys(CONFIGS, 0)
-    opts = RowOptions.of_run(store, run_settings(store), developer_as_system)
-    tally = Tally(opts.quality_gate)
+    opts = RowOptions.of_run(store, run_settings(store), developer_as_system, reviews, review_policy)
+    tally, reviewed = Tally(opts.quality_gate), ReviewTally(opts.reviews.mode, opts.reviews.policy)
     for rows in run_rows(store, opts):
-        rows.tally(tally)
+        rows.tally(tally, reviewed)
         for name, row in [("sft", rows.sft)] + [("pairs", p) for p in rows.pairs]:
             if row:
                 add(name, row)
                 counts[name] += 1
-    return {**counts, **drop_counts(tally)}, tally
+    return {**counts, **drop_counts(tally)}, tally, reviewed.summary(opts.reviews)
 
 
 def _size_category(n: int) -> str:
@@ -73,6 +76,31 @@ def _text(value: Any) -> str:
     Markdown's emphasis, code, link and table characters backslash-escaped. Every user-controlled string
     (the run folder's name, model names, constitution and layer names) goes through this."""
     return _MARKUP.sub(r"\\\1", html.escape(one_line(str(value)), quote=False))
+
+
+def _review_row(reviews: dict[str, Any] | None) -> str:
+    if not reviews or not reviews.get("applied"):
+        return "none"
+    return (f"{reviews['applied']} pairs decided ({reviews['mode']}, {reviews['policy']}): {reviews['flipped']} "
+            f"flipped, {reviews['edited']} edited, {reviews['dropped']} dropped; {reviews['stale']} stale decisions")
+
+
+def _review_text(reviews: dict[str, Any] | None) -> str:
+    """The card's paragraph on what people decided (the manifest's `reviews` section)."""
+    if not reviews or reviews.get("mode") == "ignore":
+        return ("People's review decisions were not applied: every pair is as the models made it (`source` "
+                "`revision` or `ai_label`, `review` null).")
+    if not reviews.get("applied"):
+        return ("No person has reviewed these pairs: every pair is as the models made it (`source` `revision` or "
+                "`ai_label`, `review` null).")
+    only = (" Only the pairs people decided were written." if reviews["mode"] == "only" else "")
+    return (f"People reviewed {reviews['applied']} of these pairs (where reviewers differed, the "
+            f"`{_text(reviews['policy'])}` policy decided): {reviews['flipped']} were flipped (the other side was "
+            f"better), {reviews['edited']} had their better side corrected by hand, and {reviews['dropped']} were "
+            "dropped (a tie, both bad, or reviewers who disagreed). A pair people decided has `source` `human` (or "
+            "`human_edit` when corrected) and `review` (`decision`, `reviewers`); it is written as they decided "
+            f"even where the quality gate flagged it.{only} Decisions about text that has since changed were not "
+            f"applied ({reviews['stale']}).")
 
 
 def card(name: str, info: dict[str, Any], rewards: bool) -> str:
@@ -101,6 +129,7 @@ def card(name: str, info: dict[str, Any], rewards: bool) -> str:
             ("pairs kept out", f"{ex['pairs_dropped']} ({counts_text(dropped) or 'none'})"),
             ("sft rows kept out", f"{ex.get('sft_dropped', 0)} ({counts_text(sft_dropped) or 'none'})"),
             ("quality gate", quality.get("gate", "not recorded")),
+            ("people's review", _review_row(info.get("reviews"))),
             ("tokens", tokens), ("estimated cost (USD)", "unknown" if cost is None else cost),
             ("cai version", info["cai_version"]), ("last run ended (UTC)", info["ended"])]
     table = "\n".join(f"| {k} | {_text(v)} |" for k, v in rows)
@@ -128,7 +157,8 @@ each, in TRL's conversational format (lists of `{{"role", "content"}}` messages)
 - `sft` ({ex["sft"]} rows): `id`, `messages` (the prompt's turns, then the final revision as the assistant turn),
   `quality` (see below).
 - `pairs` ({ex["pairs"]} rows{no_pairs}): `id`, `prompt` (the prompt's turns, the last one the user's), `chosen`
-  and `rejected` (one assistant turn each), `metadata` (`principles`, `rounds`, `violations`), `quality`{reward_cols}.
+  and `rejected` (one assistant turn each), `metadata` (`principles`, `rounds`, `violations`), `quality`,
+  `source` and `review` (see below){reward_cols}.
 
 ```python
 from datasets import load_dataset
@@ -155,6 +185,10 @@ and `worse_by_judge`. This dataset was written with the gate at `{_text(quality.
 which kept out rows flagged {_text(", ".join(quality.get("keeps_out") or []) or "with nothing")}; the table
 below counts what it kept out.
 
+## People's review
+
+{_review_text(info.get("reviews"))}
+
 ## Provenance
 
 | | |
@@ -168,10 +202,12 @@ Not set (`license: unknown`). The dataset holds your prompts and text written by
 """
 
 
-def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None = None) -> dict[str, Any]:
+def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None = None, reviews: str | None = None,
+             review_policy: str | None = None) -> dict[str, Any]:
     """Write the run's sft and pairs as a Hugging Face dataset folder in `out_dir` (created if missing):
     `sft/` and `pairs/` Parquet files and a README.md dataset card. A config without rows gets no file and no
     `configs` entry (`datasets` cannot load an empty split); InputError if the run has no done record yet.
+    `reviews` and `review_policy`: what people's decisions do (None: the run's settings; docs/review.md).
     Returns {"out", "files", "rows", "pairs_dropped"}. OutputError naming the path if it cannot be written."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     store = Store.open_run(run_dir, readonly=True)
@@ -190,11 +226,13 @@ def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None =
         with all_or_none({}) as sinks:
             for name, path in paths.items():
                 sinks[name] = Sink(path, parquet.schema(name, rewards=rewards, labels=labeled), keep_empty=False)
-            counts, tally = _rows(store, developer_as_system, lambda name, row: sinks[name].add(row))
+            counts, tally, reviewed = _rows(store, developer_as_system, lambda name, row: sinks[name].add(row),
+                                            reviews, review_policy)
             if not counts["sft"]:
                 raise InputError("no finished record yet: nothing to write", path=str(run_dir))
             sinks[README] = Sink(readme)  # last: the card goes in place once the data files are
-            sinks[README].write(card(run_dir.resolve().name, manifest(store, counts, tally.summary()), rewards))
+            info = manifest(store, counts, tally.summary(), reviewed)
+            sinks[README].write(card(run_dir.resolve().name, info, rewards))
     finally:
         store.close()
     files = {n: str(p) for n, p in paths.items() if counts[n]}
@@ -202,9 +240,11 @@ def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None =
             "pairs_dropped": counts["pairs_dropped"]}
 
 
-def dataset_dict(run_dir: Path, *, developer_as_system: bool | None = None) -> datasets.DatasetDict:
+def dataset_dict(run_dir: Path, *, developer_as_system: bool | None = None, reviews: str | None = None
+                 ) -> datasets.DatasetDict:
     """The run's rows as a `datasets.DatasetDict` with `sft` (id, messages) and `pairs` (id, prompt, chosen,
-    rejected, metadata, and rewards with --rbr), the columns and types of the Parquet exports. Needs the
+    rejected, metadata, quality, source, review, and rewards with --rbr), the columns and types of the Parquet
+    exports; `reviews` as for `write_hf`. Needs the
     optional `datasets` package (the `hf` extra): InputError without it."""
     try:
         import datasets  # an optional extra, imported only here
@@ -215,7 +255,7 @@ def dataset_dict(run_dir: Path, *, developer_as_system: bool | None = None) -> d
         settings = run_settings(store)
         rewards, labeled = settings.scoring is not None, labeled_run(store, settings)
         rows: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
-        _rows(store, developer_as_system, lambda name, row: rows[name].append(row))  # counts not needed
+        _rows(store, developer_as_system, lambda name, row: rows[name].append(row), reviews)  # counts not needed
     finally:
         store.close()
     schemas = {name: parquet.schema(name, rewards=rewards, labels=labeled) for name in CONFIGS}

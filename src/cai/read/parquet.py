@@ -23,6 +23,7 @@ LABEL = pa.struct([("principle", pa.string()), ("p_chosen_first", pa.float64()),
                    ("margin", pa.float64()), ("rank_by", pa.string()), ("method", pa.string()),
                    ("judge", pa.string())])
 FLAGS = pa.list_(pa.string())  # a row's quality flags (`cai.read.quality`)
+REVIEW = pa.struct([("decision", pa.string()), ("reviewers", pa.int64())])  # what people decided (cai.read.decisions)
 VERDICT = pa.struct([("critique", pa.string()), ("violates", pa.bool_()), ("severity", pa.int64())])
 
 
@@ -30,9 +31,9 @@ VERDICT = pa.struct([("critique", pa.string()), ("violates", pa.bool_()), ("seve
 TYPES = {
     "sft": {"id": pa.string(), "messages": MESSAGES, "quality": FLAGS},
     "pairs": {"id": pa.string(), "prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, "metadata": METADATA,
-              "quality": FLAGS,
+              "quality": FLAGS, "source": pa.string(), "review": REVIEW,
               "reward_chosen": pa.float64(), "reward_rejected": pa.float64(), "score_chosen": pa.float64(),
-              "score_rejected": pa.float64(), "source": pa.string(), "label": LABEL},
+              "score_rejected": pa.float64(), "label": LABEL},
     "labels": {"id": pa.string(), "a": pa.int64(), "b": pa.int64(), "source_a": pa.string(), "source_b": pa.string(),
                "response_a": pa.string(), "response_b": pa.string(), "principle": pa.string(), "p_ab": pa.float64(),
                "p_ba": pa.float64(), "p": pa.float64(), "method": pa.string(), "judge": pa.string()},

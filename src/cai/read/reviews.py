@@ -10,8 +10,6 @@ decision whose item is gone or whose hash differs from the item's current one is
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cai.errors import InputError
+from cai.read.decisions import text_hash
 from cai.read.rows import RecordRows, frame
 from cai.store.reviews import ReviewStore, StoredDecision
 
@@ -33,13 +32,9 @@ COLUMNS = ["id", "item", "round", "pair", "decision", "reviewer", "edit", "note"
 Key = tuple[str, str, int, str]  # (item, record id, round or 0, pair id or "")
 
 
-def text_hash(*texts: str) -> str:
-    """The sha256 (hex) of `texts` taken together (as a JSON list: no two lists of texts share one)."""
-    return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
 class Items:
-    """The reviewable items of some records (`add`), each with the hash of its current text."""
+    """The reviewable items of some records (`add`: their rows as the models made them, people's decisions
+    ignored), each with the hash of its current text."""
 
     def __init__(self, rows: Iterable[RecordRows] = ()) -> None:
         self.hashes: dict[Key, str] = {}
@@ -186,3 +181,27 @@ def reviews_frame(run_dir: Path, items: Items) -> pd.DataFrame:
     df = frame(rows, COLUMNS)
     df["round"] = df["round"].astype("Int64")  # None for pairs, not NaN in a float column
     return df
+
+
+class StatsInputs:
+    """What the agreement figures (`cai.read.review_stats`) read from a run's rows, gathered in the caller's one
+    pass over the store (`add` each record's rows as the models made them): the items, with their current
+    hashes; the critiques and their verdicts; the pairs of done records with their source and AI label."""
+
+    def __init__(self) -> None:
+        self.items = Items()
+        self.critiques: list[dict[str, Any]] = []
+        self.pairs: list[dict[str, Any]] = []
+
+    def add(self, r: RecordRows) -> None:
+        self.items.add(r)
+        self.critiques += [{"id": c["id"], "round": c["round"], "principle": c["principle"],
+                            "violates": (c["verdict"] or {}).get("violates")} for c in r.critique_rows]
+        if r.record.done:
+            self.pairs += [{"id": p["id"], "source": p["source"], "label": p.get("label")} for p in r.pairs]
+
+    def stats(self, run_dir: Path) -> dict[str, Any]:
+        """Every figure of docs/review_stats.md, from the run folder's decisions (`Run.review_stats`)."""
+        from cai.read.review_stats import review_stats
+
+        return review_stats(reviews_frame(run_dir, self.items), self.critiques, self.pairs)

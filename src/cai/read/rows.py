@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from cai.read import quality
+from cai.read.decisions import Outcome, Reviews, ReviewTally, apply, text_hash
 from cai.settings import LabelSettings, RunSettings
 from cai.store.steps import Kind, Step, StoredRecord, draft_and_final, rewards_by_round
 
@@ -34,9 +35,11 @@ def frame(rows: list[dict[str, Any]], columns: list[str] | None) -> pd.DataFrame
 
 
 SFT_COLUMNS = ["id", "messages", "quality"]
-PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected", "metadata", "quality"]
+#: `source`: revision, ai_label, human (people decided the pair) or human_edit (and corrected its better side);
+#: `review`: None, or what people decided (`cai.read.decisions`)
+PAIR_COLUMNS = ["id", "prompt", "chosen", "rejected", "metadata", "quality", "source", "review"]
 REWARD_COLUMNS = ["reward_chosen", "reward_rejected"]  # pairs of a run with rule-based rewards
-LABELED_PAIR_COLUMNS = ["score_chosen", "score_rejected", "source", "label"]  # pairs of a run with AI labels
+LABELED_PAIR_COLUMNS = ["score_chosen", "score_rejected", "label"]  # pairs of a run with AI labels
 CRITIQUE_COLUMNS = ["id", "round", "principle", "layer", "kind", "critique", "verdict", "parsed", "rule_override",
                     "before", "after"]
 #: labels.jsonl and `Run.labels()`: one row per comparison of two candidates
@@ -80,15 +83,20 @@ class RowOptions:
     developer_as_system: bool = False
     quality_gate: str = "default"
     principle_texts: dict[str, list[str]] = field(default_factory=dict)
+    reviews: Reviews = field(default_factory=lambda: Reviews("ignore"))
 
     @classmethod
-    def of_run(cls, store: Store, settings: RunSettings, developer_as_system: bool | None = None) -> RowOptions:
-        """The run's own options (`developer_as_system` None: the run's `system_role_for_developer`)."""
+    def of_run(cls, store: Store, settings: RunSettings, developer_as_system: bool | None = None,
+               reviews: str | None = None, review_policy: str | None = None) -> RowOptions:
+        """The run's own options; `developer_as_system`, `reviews` (apply, only or ignore) and `review_policy`
+        None: the run's settings. People's decisions are read from the run folder once, here."""
         if developer_as_system is None:
             developer_as_system = settings.export.system_role_for_developer
         labels = (settings.labels or LabelSettings()) if labeled_run(store, settings) else None
+        decisions = Reviews.load(store.run_dir, reviews or settings.export.reviews,
+                                 review_policy or settings.export.review_policy)
         return cls(settings.export.min_reward_margin, labels, developer_as_system, settings.export.quality_gate,
-                   store.get_meta("principle_texts", {}) or {})
+                   store.get_meta("principle_texts", {}) or {}, decisions)
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,7 @@ class LabelRows:
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     near_ties: int = 0
     verdicts: list[tuple[str, quality.Verdict]] = field(default_factory=list)  # (pair id, verdict), kept or not
+    reviewed: list[tuple[str, ...]] = field(default_factory=list)  # what people's decisions did to each pair
 
 
 @dataclass
@@ -127,15 +136,25 @@ class RecordRows:
     labels: LabelRows | None  # None: not a run with AI preference labels (or the record is not done)
     pair_verdict: quality.Verdict | None = None
     sft_verdict: quality.Verdict | None = None
+    #: what people's decisions did to the revision pair and the sft row (`cai.read.decisions.EFFECTS`)
+    reviewed: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    overruled: int = 0  # rows people kept that the gate kept out
 
-    def tally(self, tally: quality.Tally) -> None:
-        """Add this record's rows to the quality gate's counts."""
+    def tally(self, tally: quality.Tally, reviews: ReviewTally | None = None) -> None:
+        """Add this record's rows to the quality gate's counts (and to `reviews`, what decisions did)."""
         if self.pair_verdict is not None:
             tally.add("pairs", self.pair_verdict)
         if self.sft_verdict is not None:
             tally.add("sft", self.sft_verdict)
         for _, verdict in self.labels.verdicts if self.labels is not None else ():
             tally.add("ai_label_pairs", verdict)
+        if reviews is None:
+            return
+        for part, effects in self.reviewed.items():
+            reviews.add(part, effects)
+        for effects in self.labels.reviewed if self.labels is not None else ():
+            reviews.add("ai_label_pairs", effects)
+        reviews.overruled_gate += self.overruled
 
     @property
     def critique_rows(self) -> list[dict[str, Any]]:
@@ -150,7 +169,7 @@ class RecordRows:
         rows = []
         if self.pair:
             rows.append({**self.pair, "score_chosen": self.pair.get("reward_chosen"),
-                         "score_rejected": self.pair.get("reward_rejected"), "source": "revision", "label": None})
+                         "score_rejected": self.pair.get("reward_rejected"), "label": None})
         return rows + self.labels.pairs
 
     @cached_property
@@ -186,7 +205,8 @@ def _critiques(rec: StoredRecord) -> list[Critique]:
 
 
 def record_rows(rec: StoredRecord, opts: RowOptions = RowOptions()) -> RecordRows:
-    """The rows of one record (labels only for a done record of a labeled run)."""
+    """The rows of one record (labels only for a done record of a labeled run), as people's decisions leave them
+    (`opts.reviews`, see `cai.read.decisions`)."""
     draft, final = draft_and_final(rec.steps)
     rewards = rewards_by_round(rec.steps)
     labels = label_rows(rec, opts) if opts.labels and rec.done else None
@@ -199,23 +219,50 @@ def record_rows(rec: StoredRecord, opts: RowOptions = RowOptions()) -> RecordRow
     below = bool(reward and margin is not None and reward["reward_chosen"] - reward["reward_rejected"] < margin)
     pv, sv = quality.pair_verdict(ev, opts.quality_gate, below), quality.sft_verdict(ev, opts.quality_gate)
     prompt = developer_as_system_turns(rec.messages) if opts.developer_as_system else rec.messages
-    sft = None
-    if sv.kept:
-        sft = {"id": rec.id, "messages": [*prompt, {"role": "assistant", "content": final}],
-               "quality": list(sv.flags)}
-    pair = None
-    if pv.kept:
-        pair = {"id": rec.id, "prompt": prompt,
-                "chosen": [{"role": "assistant", "content": final}],
-                "rejected": [{"role": "assistant", "content": draft}],
-                "metadata": {"principles": [c.row["principle"] for c in crits], "rounds": len(crits),
-                             "violations": [bool(c.step.verdict["violates"]) if c.step.verdict else None
-                                            for c in crits]},
-                "quality": list(pv.flags)}
-        if reward:
-            pair.update(reward)
-    dropped = pv.out[0] if pv.out else None
-    return RecordRows(rec, draft, final, sft, pair, dropped, crits, rewards, labels, pv, sv)
+    outcome = opts.reviews.outcome(rec.id, "", text_hash(final, draft)) if rec.done and draft != final else None
+    out = RecordRows(rec, draft, final, None, None, pv.out[0] if pv.out else None, crits, rewards, labels, pv, sv)
+    out.sft = _reviewed_sft(out, prompt, outcome, opts.reviews.mode)
+    pair = {"id": rec.id, "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": final}],
+            "rejected": [{"role": "assistant", "content": draft}],
+            "metadata": {"principles": [c.row["principle"] for c in crits], "rounds": len(crits),
+                         "violations": [bool(c.step.verdict["violates"]) if c.step.verdict else None
+                                        for c in crits]},
+            "quality": list(pv.flags), "source": "revision", "review": None, **(reward or {})}
+    if outcome is not None:
+        out.reviewed["pairs"] = outcome.effects
+        out.pair = apply(pair, outcome)
+        out.overruled += out.pair is not None and not pv.kept
+    elif pv.kept and opts.reviews.mode == "only":
+        out.reviewed["pairs"] = ("unreviewed",)
+    elif pv.kept:
+        out.pair = pair
+    return out
+
+
+def _reviewed_sft(rows: RecordRows, prompt: list[dict[str, str]], outcome: Outcome | None, mode: str
+                  ) -> dict[str, Any] | None:
+    """The record's sft row: its final answer where the gate keeps it; where people decided its revision pair,
+    the answer they preferred (their edit, or the draft when they flipped the pair), none for `both_bad`; under
+    `only`, none for a record whose revision pair people did not keep."""
+    sv, answer = rows.sft_verdict, rows.final
+    assert sv is not None and answer is not None and rows.draft is not None
+    if outcome is not None and outcome.keeps:
+        if outcome.edit is not None:
+            effect, answer = "edited", outcome.edit
+        elif outcome.decision == "rejected":
+            effect, answer = "from_draft", rows.draft
+        else:
+            effect = "kept"
+        rows.reviewed["sft"] = (effect,)
+        rows.overruled += not sv.kept
+    elif not sv.kept:
+        return None
+    elif mode == "only" or (outcome is not None and outcome.decision == "both_bad"):
+        rows.reviewed["sft"] = ("dropped",)
+        return None
+    return {"id": rows.record.id, "messages": [*prompt, {"role": "assistant", "content": answer}],
+            "quality": list(sv.flags)}
 
 
 def run_rows(store: Store, opts: RowOptions, done_only: bool = True) -> Iterator[RecordRows]:
@@ -249,7 +296,7 @@ def label_rows(rec: StoredRecord, opts: RowOptions) -> LabelRows:
     ranking = (data.get("rankings") or {}).get(rank_by) or {}
     kept, near = kept_pairs(ranking.get("pairs", []), labels.min_margin)
     prompt = developer_as_system_turns(rec.messages) if developer_as_system else rec.messages
-    pairs, verdicts = [], []
+    pairs, verdicts, reviewed = [], [], []
     for p in kept:
         i, j = p["chosen"], p["rejected"]
         pid = f"{rec.id}:{cands[i]['source']}{cands[i]['n']}>{cands[j]['source']}{cands[j]['n']}"
@@ -261,19 +308,28 @@ def label_rows(rec: StoredRecord, opts: RowOptions) -> LabelRows:
         flip = (i, j) not in comps  # the comparison showed the rejected one as (A)
         # P(chosen wins) when it was shown as (A), and when it was shown as (B)
         p_first, p_second = ((c["p_ba"], 1 - c["p_ab"]) if flip else (c["p_ab"], 1 - c["p_ba"])) if c else (None, None)
-        pairs.append({
+        row = {
             "id": pid,
             "prompt": prompt, "chosen": [{"role": "assistant", "content": cands[i]["response"]}],
             "rejected": [{"role": "assistant", "content": cands[j]["response"]}],
             "score_chosen": p["score_chosen"], "score_rejected": p["score_rejected"], "source": "ai_label",
             "label": {"principle": c.get("principle"), "p_chosen_first": p_first, "p_chosen_second": p_second,
                       "margin": p["margin"], "rank_by": rank_by, "method": c.get("method"), "judge": judge},
-            "quality": list(verdict.flags)})
+            "quality": list(verdict.flags), "review": None}
+        outcome = opts.reviews.outcome(rec.id, pid, text_hash(cands[i]["response"], cands[j]["response"]))
+        if outcome is not None:
+            reviewed.append(outcome.effects)
+            row = apply(row, outcome)
+        elif opts.reviews.mode == "only":
+            reviewed.append(("unreviewed",))
+            row = None
+        if row is not None:
+            pairs.append(row)
     rows = [{"id": rec.id, "a": c["a"], "b": c["b"], "source_a": cands[c["a"]]["source"],
              "source_b": cands[c["b"]]["source"], "response_a": cands[c["a"]]["response"],
              "response_b": cands[c["b"]]["response"], "principle": c["principle"], "p_ab": c["p_ab"],
              "p_ba": c["p_ba"], "p": c["p"], "method": c["method"], "judge": judge} for c in data["comparisons"]]
-    return LabelRows(pairs, rows, near, verdicts)
+    return LabelRows(pairs, rows, near, verdicts, reviewed)
 
 
 def grade_rows(rec: StoredRecord) -> list[dict[str, Any]]:

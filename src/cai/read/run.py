@@ -71,12 +71,14 @@ class Run:
         """What `cai status --json` prints: counts that add up, tokens, errors, a live writer's pid."""
         return run_status(self.path)
 
-    def record_rows(self, done_only: bool = False, developer_as_system: bool = False) -> Iterator[RecordRows]:
+    def record_rows(self, done_only: bool = False, developer_as_system: bool = False, reviews: str | None = None
+                    ) -> Iterator[RecordRows]:
         """Each (done) record's rows (`cai.read.rows.RecordRows`: sft, pairs, critiques, labels, grades) as the exports
-        make them, with the run's margins, from one pass over one read-only snapshot."""
+        make them, with the run's margins, from one pass over one read-only snapshot. `reviews` (apply, only or
+        ignore; None: the run's setting) says what people's decisions do to the rows."""
         store = self._store()
         try:
-            opts = RowOptions.of_run(store, run_settings(store), developer_as_system)
+            opts = RowOptions.of_run(store, run_settings(store), developer_as_system, reviews)
             yield from run_rows(store, opts, done_only)
         finally:
             store.close()
@@ -132,14 +134,15 @@ class Run:
         return frame(rows, columns=["id", "round", "principle", "layer", "kind", "critique", "violates", "severity",
                                     "rule_override", "parsed", "before", "after"])
 
-    def pairs(self) -> pd.DataFrame:
+    def pairs(self, reviews: str | None = None) -> pd.DataFrame:
         """Preference pairs as exported (TRL message lists) plus flat text columns: prompt_text, chosen_text,
-        rejected_text, principles, rounds, violations (and rewards with --rbr). A run with AI preference labels
+        rejected_text, principles, rounds, violations (and rewards with --rbr); source ("revision", "ai_label",
+        "human" or "human_edit") and review (what people decided, else None). A run with AI preference labels
         also has its AI-labeled pairs, after each record's revision pair, and every pair has score_chosen,
-        score_rejected, source ("revision" or "ai_label") and label (a dict for AI-labeled pairs, else None),
-        as in pairs.jsonl."""
+        score_rejected and label (a dict for AI-labeled pairs, else None), as in pairs.jsonl. `reviews` (apply,
+        only or ignore; None: the run's setting) says what people's decisions do to them (docs/review.md)."""
         rows = []
-        for r in self.record_rows(done_only=True):
+        for r in self.record_rows(done_only=True, reviews=reviews):
             for pair in r.pairs:
                 meta = pair.get("metadata") or {}
                 rows.append({**{k: v for k, v in pair.items() if k != "metadata"},
@@ -147,7 +150,8 @@ class Run:
                              "rejected_text": pair["rejected"][0]["content"], **meta})
         if rows:
             return frame(rows, columns=None)
-        columns = ["id", "prompt", "chosen", "rejected", "quality", "prompt_text", "chosen_text", "rejected_text"]
+        columns = ["id", "prompt", "chosen", "rejected", "quality", "source", "review", "prompt_text", "chosen_text",
+                   "rejected_text"]
         return frame([], columns=columns + (LABELED_PAIR_COLUMNS if self._labeled() else []))
 
     def labels(self) -> pd.DataFrame:
@@ -158,10 +162,11 @@ class Run:
         rows = [row for r in self.record_rows(done_only=True) if r.labels for row in r.labels.comparisons]
         return frame(rows, columns=LABEL_COLUMNS)
 
-    def sft(self, developer_as_system: bool = False) -> pd.DataFrame:
-        """SFT rows as exported (`messages`, `quality`) plus prompt_text and completion (the final response)."""
+    def sft(self, developer_as_system: bool = False, reviews: str | None = None) -> pd.DataFrame:
+        """SFT rows as exported (`messages`, `quality`) plus prompt_text and completion (the final response, or
+        the answer people preferred: see `pairs` for `reviews`)."""
         rows = []
-        for r in self.record_rows(done_only=True, developer_as_system=developer_as_system):
+        for r in self.record_rows(done_only=True, developer_as_system=developer_as_system, reviews=reviews):
             if r.sft is None:
                 continue
             msgs = r.sft["messages"]
@@ -228,7 +233,7 @@ class Run:
     def reviews(self) -> pd.DataFrame:
         """Every review decision, oldest first: id, item (critique or pair), round (critiques), pair (an AI-labeled
         pair's id), decision, reviewer, edit, note, time (UTC) and stale (about text the run no longer has)."""
-        return reviews.reviews_frame(self.path, reviews.Items(self.record_rows()))
+        return reviews.reviews_frame(self.path, reviews.Items(self.record_rows(reviews="ignore")))
 
     def review(self, id: str, decision: str, *, reviewer: str, round: int | None = None, pair: str | None = None,
                edit: str | None = None, note: str | None = None) -> None:
@@ -247,9 +252,17 @@ class Run:
         (InputError naming the file and line). The number of decisions added or changed (0 the second time)."""
         from cai.store.reviews import ReviewStore
 
-        decisions = reviews.read_jsonl(Path(path), reviews.Items(self.record_rows()))
+        decisions = reviews.read_jsonl(Path(path), reviews.Items(self.record_rows(reviews="ignore")))
         with ReviewStore(self.path) as store:
             return store.save(decisions)
+
+    def review_stats(self) -> dict[str, Any]:
+        """How far people agree with the critic, the judge and each other (what `cai review stats --json` prints;
+        docs/review_stats.md), from the current decisions, against the pairs as the models made them."""
+        inputs = reviews.StatsInputs()
+        for r in self.record_rows(reviews="ignore"):
+            inputs.add(r)
+        return inputs.stats(self.path)
 
     def export_reviews(self, path: str | os.PathLike[str]) -> int:
         """Write every decision to a JSONL file (docs/review.md); the number written."""
@@ -266,7 +279,8 @@ class Run:
         store = self._store()
         try:
             rec = store.record(record_id)
-            return [] if rec is None else [record_rows(rec, RowOptions.of_run(store, run_settings(store)))]
+            opts = RowOptions.of_run(store, run_settings(store), reviews="ignore")
+            return [] if rec is None else [record_rows(rec, opts)]
         finally:
             store.close()
 
@@ -292,15 +306,23 @@ class Run:
         """The manifest's numbers as (metric, value) rows."""
         return explore.summary(self)
 
-    def export(self, format: str = "jsonl", *, developer_as_system: bool | None = None) -> dict[str, Any]:
+    def export(self, format: str = "jsonl", *, developer_as_system: bool | None = None, reviews: str | None = None,
+               review_policy: str | None = None) -> dict[str, Any]:
         """Rebuild the exports and manifest.json (files of the other format are removed); returns the manifest.
-        Takes the run lock: RunLocked (exit 3) while another process writes the run."""
+        `reviews` (apply, only, ignore) and `review_policy` (majority, unanimous, latest): what people's decisions
+        do (None: the run's settings; docs/review.md). Takes the run lock: RunLocked (exit 3) while another
+        process writes the run."""
         if format not in ("jsonl", "parquet"):
             raise InputError(f"format must be jsonl or parquet, not {format!r}")
+        from cai.read.decisions import MODES, POLICIES
         from cai.store.folder import locked_store
 
+        for name, value, allowed in (("reviews", reviews, MODES), ("review_policy", review_policy, POLICIES)):
+            if value is not None and value not in allowed:
+                raise InputError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
         with locked_store(self.path, create=False) as store:
-            return export_run(store, format, developer_as_system=developer_as_system, extras=self.manifest_extras)
+            return export_run(store, format, developer_as_system=developer_as_system, extras=self.manifest_extras,
+                              reviews=reviews, review_policy=review_policy)
 
     def to_datasets(self) -> Any:
         """sft and pairs as a `datasets.DatasetDict` in TRL's conversational columns (see `cai.read.hf`); needs the

@@ -29,20 +29,20 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 
 
 def _exported(run_dir: Path) -> dict[str, Any]:
-    """The export counts and the quality gate's counts of manifest.json, as the last export wrote them (None
-    each before the first export, or if the manifest cannot be read)."""
+    """The export counts, the quality gate's counts and what people's review decisions did, from manifest.json as
+    the last export wrote them (None each before the first export, or if the manifest cannot be read)."""
     try:
         data = read_manifest(run_dir)
     except (OSError, ValueError):
         data = {}
     data = data if isinstance(data, dict) else {}
-    return {"exports": data.get("exports"), "quality": data.get("quality")}
+    return {"exports": data.get("exports"), "quality": data.get("quality"), "reviews": data.get("reviews")}
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:
     """Counts that add up (done + in progress + failed + not started = input records), open and resolved
-    errors, the pid of a live writer, the last export's counts and quality gate counts (`exports`, `quality`),
-    and the last invocation's resume and retry commands."""
+    errors, the pid of a live writer, the last export's counts, quality gate counts and what people's decisions
+    did (`exports`, `quality`, `reviews`), and the last invocation's resume and retry commands."""
     store = Store.open_run(run_dir, readonly=True)
     try:
         counts = store.counts()

@@ -20,8 +20,10 @@ from cai.errors import CaiError
 from cai.read import explore
 from cai.read.export import run_settings
 from cai.read.quality import Tally
+from cai.read.reviews import StatsInputs
 from cai.read.rows import RecordRows, RowOptions, run_rows
 from cai.report.quality import QualityStats
+from cai.report.review import ReviewView, review_view
 from cai.settings import LabelSettings, RunSettings
 from cai.store import Store
 from cai.store.steps import Kind, StoredRecord
@@ -130,6 +132,8 @@ class ReportData:
     #: AI preference labels (runs with --candidates K); None when the run has no comparison
     labels: LabelStats | None = None
     quality: QualityStats | None = None
+    #: people's review decisions: what the last export did with them, and the agreement figures
+    review: ReviewView | None = None
     principle_stats: pd.DataFrame | None = None
     rounds: pd.DataFrame | None = None
     summary: pd.DataFrame | None = None
@@ -244,7 +248,8 @@ def gather(run: Run) -> ReportData:
         data.quality = QualityStats(Tally(settings.export.quality_gate))
         lab = settings.labels or LabelSettings()
         # labels of every done record (as Run.labels() and the exports), with the run's label settings
-        opts = replace(RowOptions.of_run(store, settings, developer_as_system=False), labels=lab)
+        opts = replace(RowOptions.of_run(store, settings, developer_as_system=False, reviews="ignore"), labels=lab)
+        review_inputs = StatsInputs()  # people's decisions are measured against the rows as the models made them
         errors: dict[str, str] = {}
         for e in store.errors(open_only=True):
             errors[e["id"]] = f"{e['stage']}: {e['error_class']}: {e['message']}"
@@ -253,6 +258,7 @@ def gather(run: Run) -> ReportData:
             data.records.append(record_row(rows, index, errors.get(rec.id) if not rec.done else None))
             _series(data, rows)
             stats.add(rows)
+            review_inputs.add(rows)
             if rec.done:
                 data.quality.add(rows)
             if rows.labels is not None:
@@ -266,6 +272,7 @@ def gather(run: Run) -> ReportData:
     data.principle_stats = stats.principles(run.constitution())
     data.rounds = stats.rounds()
     data.summary = explore.summary(run)
+    data.review = review_view(manifest.get("reviews"), review_inputs.stats(run.path))
     return data
 
 

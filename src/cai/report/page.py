@@ -23,6 +23,7 @@ from cai.read.quality import PARTS
 from cai.report.data import ReportData
 from cai.report.plots import Plot
 from cai.report.quality import PART_NAMES, QualityStats
+from cai.report.review import ReviewView
 
 _ASSETS = resources.files("cai.report").joinpath("assets")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -259,6 +260,22 @@ def quality_html(stats: QualityStats | None) -> str:
     return "\n".join(parts)
 
 
+def review_html(view: ReviewView | None) -> str:
+    """The "People's review" section: what people decided and how far they agree with the models."""
+    if view is None:
+        return ""
+    parts = ['<section id="review">\n<h2>People\'s review</h2>']
+    if view.none:
+        parts.append(f'<p class="note" data-stat="review-none">{esc(view.none)}</p>')
+    parts += [f'<p data-stat="review-{esc(key)}">{esc(text)}</p>' for key, text in view.facts]
+    for title, headers, rows in view.tables:
+        parts += [f"<h3>{esc(title)}</h3>", table(headers, rows, "review-table")]
+    if view.facts:
+        parts.append('<p class="note">What each figure means: docs/review_stats.md.</p>')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
 def plots_html(plots: list[Plot]) -> str:
     """Drawn plots as figures; omitted ones as one-line notes."""
     out = []
@@ -289,6 +306,7 @@ def render(data: ReportData, plots: list[Plot]) -> str:
         "overview": overview_html(data), "plots": plots_html([p for p in plots if p is not label_plot]),
         "labels": labels, "nav_labels": ' · <a href="#labels">AI preference labels</a>' if labels else "",
         "quality": quality, "nav_quality": ' · <a href="#quality">Quality</a>' if quality else "",
+        "review": review_html(data.review),
         "data": script_json(blob), "script": script,
     }
     return _SLOT.sub(lambda m: slots[m.group(1)], asset("report.html"))  # one pass: no slot inside a slot's value

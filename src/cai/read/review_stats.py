@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-from cai.review.measures import cohen_kappa, krippendorff_alpha, observed_agreement, share
+from cai.read.measures import cohen_kappa, krippendorff_alpha, observed_agreement, share
 
 CRITIQUE_DECISIONS = ("agree", "disagree")
 PAIR_DECISIONS = ("chosen", "rejected", "tie", "both_bad")
