@@ -521,6 +521,7 @@ class StubServer(_LoopbackServer):
         self.model = model
         self.faults: list[Fault] = []
         self._ids = itertools.count(1)
+        self.usage: list[tuple[int, int]] = []  # (prompt, completion) tokens of every OpenAI reply built
 
     # faults ------------------------------------------------------------------------------------
     def add_fault(self, kind: str, times: int = 1, when: Callable[[str, Any], bool] | None = None,
@@ -705,6 +706,8 @@ class StubServer(_LoopbackServer):
                 for r in rows if r], "refusal": None}
         prompt_tokens = _count_words(normalize_messages("openai", body))
         completion_tokens = max(1, len(text.split()))
+        with self._lock:
+            self.usage.append((prompt_tokens, completion_tokens))
         return {
             "id": f"chatcmpl-stub{next(self._ids)}",
             "object": "chat.completion",

@@ -32,7 +32,7 @@ from cai import plugins
 from cai.core.engine import Engine
 from cai.core.prices import load_prices
 from cai.core.progress import Progress
-from cai.errors import InputError
+from cai.errors import BudgetExhausted, InputError
 from cai.options import RunOptions
 from cai.providers.local_slots import set_local_slots
 from cai.providers.local_weights import local_requantize as local_requantize_mode
@@ -166,6 +166,10 @@ async def arun(prompts: Prompts, *, progress: bool | Callable[[dict[str, int]], 
                                      on_begin=getattr(sink, "record_started", None),
                                      on_skip=getattr(sink, "record_skipped", None), manifest_extras=extras,
                                      runner=runner)
+        except BudgetExhausted as e:  # what is done is exported: the error carries the run, as far as it got
+            invocation = getattr(e, "manifest", {}).get("this_invocation")
+            e.run = Run(settings.io.out, invocation=invocation, manifest_extras=extras)  # type: ignore[attr-defined]
+            raise
         finally:
             if isinstance(sink, Progress):
                 sink.stop()

@@ -4,7 +4,7 @@ interruption. Every CaiError carries the exit code the CLI uses as `exit_code`.
 
 Exit codes: 0 ok, 1 the run had failed records, 2 bad usage, input, files or disk, 3 another cai
 process holds the run folder, 4 the model endpoint is unusable (unreachable, model not found),
-130 interrupted.
+5 the budget (`--max-cost`) is reached, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -176,6 +176,17 @@ class EndpointDown(ProviderError):
 
     exit_code = 4
     fatal = True
+
+
+class BudgetExhausted(CaiError):
+    """The next call would cross the budget (`--max-cost`): the run stopped before sending it, what is done is
+    kept and exported (exit 5). `spent` and `limit` in USD; `left`: records not finished."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, *, spent: float = 0.0, limit: float = 0.0, left: int = 0) -> None:
+        super().__init__(message)
+        self.spent, self.limit, self.left = spent, limit, left
 
 
 class Interrupted(CaiError):

@@ -110,6 +110,10 @@ class RunOptions(TypedDict, total=False):
     retry_failed: Annotated[bool, Option("Retry only the records that failed.", "execution.retry_failed", **_NO_BATCH)]
     prices: Annotated[PathArg | None, Option("Price table JSON for the cost estimate.", "execution.prices",
                                              path=True)]
+    max_cost: Annotated[float | None, Option(
+        "Budget in USD over every invocation of the run: a call whose worst case (its prompt and --max-tokens at "
+        "the model's price) would cross it is not sent, and the run stops there (exit 5; a re-run keeps it, give "
+        "a higher one to go on). See docs/cost.md.", "execution.max_cost")]
     cache: Annotated[PathArg | None, Option("Call cache shared by runs (a SQLite file, created if missing): "
                                             "identical calls are answered from it.", "execution.cache", path=True)]
     engine: Annotated[Engine, Option("local: this process; ray: shard the records to Ray worker actors (pip install "

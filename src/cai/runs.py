@@ -13,11 +13,13 @@ from typing import Any, Protocol
 
 from cai import constitution as constitution_mod
 from cai.calls import output_defaults, output_settings
+from cai.core.budget import Budget, role_rates, run_cost
 from cai.core.engine import Engine
 from cai.core.pipeline import Pipeline, least_request_tokens
+from cai.core.prices import load_prices
 from cai.core.records import InputScan, scan_input, scanned_records
 from cai.core.scoring import Labeler, Scorer, make_labeler, make_scorer
-from cai.errors import ConfigMismatch, InputError
+from cai.errors import BudgetExhausted, ConfigMismatch, InputError
 from cai.providers import Model, get_model
 from cai.providers.local_slots import calls_in_flight
 from cai.providers.local_weights import resume_hint, set_local_requantize
@@ -291,6 +293,8 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
     scan = await asyncio.to_thread(scan_input, settings.io.input, settings.io.limit)
     models, plugins = run_models(settings, const)
     check_tpm(settings, const)
+    if settings.execution.max_cost is not None:  # a model without a price is refused before the folder exists
+        role_rates({r: m.spec for r, m in models.items()}, load_prices(settings.execution.prices))
     async with open_session(normalize_out(settings.io.out), models, settings.execution,
                             restart=restart) as session:
         store, engine = session.store, session.engine
@@ -299,6 +303,7 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
                              "(or `cai batch cancel` stops them); running it now would pay for them twice",
                              path=str(store.run_dir))
         settings = await admit(store, settings, models, const, scan, plugins)
+        engine.budget = open_budget(store, settings, models)
         store.begin_invocation([redact(a) for a in command or []], os.getcwd())
         if on_start:
             on_start(scan.records, engine)
@@ -318,7 +323,35 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
                                      "retries": engine.stats.retries, "rate_limited": engine.stats.rate_limited,
                                      "unparsed": engine.stats.unparsed,
                                      "concurrency": engine.concurrency_report()}
+        if pipeline.budget_stop is not None or counts.get("stopped"):
+            raise budget_stopped(result, scan.records)
         return result
+
+
+def open_budget(store: Store, settings: RunSettings, models: dict[str, Model], batch: bool = False
+                ) -> Budget | None:
+    """The run's budget for this invocation (None without `--max-cost`): what it spent so far, the calls a killed
+    invocation left unsettled counted as spent (`Store.settle_lost_holds`), each role's price (`batch`: the
+    batch price). InputError naming a model without a price."""
+    limit = settings.execution.max_cost
+    if limit is None:
+        return None
+    prices = load_prices(settings.execution.prices)
+    rates = role_rates({r: m.spec for r, m in models.items()}, prices, batch)
+    lost = store.settle_lost_holds()
+    return Budget(limit, (run_cost(store, prices) or 0.0) + lost, rates)
+
+
+def budget_stopped(manifest: dict[str, Any], records: int) -> BudgetExhausted:
+    """The error that ends an invocation the budget stopped, once what is done is exported (`manifest`)."""
+    b = manifest.get("budget") or {}
+    done = manifest["records"].get("done", 0)
+    left = max(records - done - manifest["records"].get("failed", 0), 0)
+    e = BudgetExhausted(f"budget reached: ${b.get('spent_usd', 0):.4f} spent of ${b.get('max_cost_usd', 0):.4f} "
+                        f"(--max-cost); {done} records done, {left} left, exported",
+                        spent=b.get("spent_usd", 0.0), limit=b.get("max_cost_usd", 0.0), left=left)
+    e.manifest = manifest  # type: ignore[attr-defined]
+    return e
 
 
 def check_tpm(settings: RunSettings, const: constitution_mod.Constitution) -> None:

@@ -111,6 +111,8 @@ class ExecutionSettings(_Part):
     tpm: int | None = Field(None, ge=1)
     retry_failed: bool = False
     prices: str | None = None  # price table for the cost estimate (default: shipped)
+    # A budget in USD over all invocations of the run: a call whose worst case would cross it is not sent.
+    max_cost: float | None = Field(None, ge=0, allow_inf_nan=False)
     cache: str | None = None  # a call cache shared by runs (cai.store.callcache); off by default
     # Where the pipeline runs: in this process, or sharded to Ray actors (the `cai.cluster` plugin, `ray` extra).
     engine: Engine = "local"
@@ -202,12 +204,19 @@ class RunSettings(_Part):
     def resumed(self, stored: dict[str, Any] | None) -> RunSettings:
         """These settings for a run that stored `stored` (meta `settings`; None on a new run): each export field of
         KEPT_ON_RESUME the caller did not give is the run's own, so a plain re-run keeps the files the run was
-        started with."""
+        started with; so is the budget (`max_cost`), so a plain re-run never spends past it."""
         kept = [f for f in KEPT_ON_RESUME if f not in self.export.model_fields_set]
-        if stored is None or not kept:
+        if stored is None:
             return self
-        was = RunSettings.from_stored(stored).export
-        return self.model_copy(update={"export": self.export.model_copy(update={f: getattr(was, f) for f in kept})})
+        was = RunSettings.from_stored(stored)
+        out = self
+        if kept:
+            out = out.model_copy(update={"export": self.export.model_copy(
+                update={f: getattr(was.export, f) for f in kept})})
+        if "max_cost" not in self.execution.model_fields_set and was.execution.max_cost is not None:
+            out = out.model_copy(update={"execution": out.execution.model_copy(
+                update={"max_cost": was.execution.max_cost})})
+        return out
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> RunSettings:

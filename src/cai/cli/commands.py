@@ -23,9 +23,17 @@ from cai.cli.options import PanelCommand, given, run_option, signature
 from cai.cli.rbr import rbr_app
 from cai.cli.review import review_app
 from cai.cli.votes import import_votes
-from cai.errors import Interrupted
+from cai.errors import BudgetExhausted, Interrupted
 from cai.options import ReviewMode, ReviewPolicy
-from cai.read.cmdline import gate_hint, quote, resume_command, retry_command, run_summary, summary_line
+from cai.read.cmdline import (
+    gate_hint,
+    quote,
+    resume_command,
+    retry_command,
+    run_summary,
+    summary_line,
+    with_option,
+)
 
 HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -78,6 +86,15 @@ def run(ctx: typer.Context, input: Path, as_json: bool, quiet: bool, **options: 
     except Interrupted:
         raise Interrupted("interrupted; every committed step is kept. Resume with:\n  "
                           + resume_command(argv)) from None
+    except BudgetExhausted as e:
+        progress.stop()
+        manifest = getattr(e, "manifest", None)
+        if manifest is not None:
+            inv = {**(manifest.get("this_invocation") or {}), **progress.summary()}
+            say(summary_line(run_summary({**manifest, "out": str(out), "this_invocation": inv})))
+        raise BudgetExhausted(f"{e}. Continue with a higher budget:\n  "
+                              + with_option(resume_command(argv), "--max-cost", f"{max(e.limit * 2, 0.01):g}"),
+                              spent=e.spent, limit=e.limit, left=e.left) from None
     finally:
         progress.stop()
     manifest = result.manifest

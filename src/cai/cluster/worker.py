@@ -82,6 +82,12 @@ class StoreProxy:
     def add_error(self, rid: str, stage: str, error: BaseException) -> None:
         self._op("add_error_row", rid, stage, type(error).__name__, str(error), ship=True)
 
+    async def hold(self, key: str, usd: float) -> None:
+        """On Ray the budget actor holds each call's reservation (cai.cluster.budget), not the store."""
+
+    def release(self, key: str) -> None:
+        """See `hold`."""
+
     async def flush(self) -> None:
         self.ship()
 

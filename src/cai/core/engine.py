@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,6 +68,15 @@ class Deferred(Exception):  # noqa: N818 - a signal, not a failure
     """The call is not answered now: it waits for a later answer (a provider batch). The record waits with it."""
 
 
+class BudgetKeeper(Protocol):
+    """What the engine asks of a budget (`cai.core.budget.Budget`, or a Ray worker's handle on the run's): reserve
+    a call's worst case before it is sent (BudgetExhausted if it does not fit), then settle or release it."""
+
+    async def reserve(self, role: str, request: Request) -> float: ...
+    def settle(self, role: str, reserved: float, comp: Completion) -> None: ...
+    def release(self, reserved: float) -> None: ...
+
+
 class Deferral(Protocol):
     """Takes the calls an engine does not send itself (a batch plugin's collector). `defer` returns once the call
     is queued or already on its way (the engine then raises Deferred), or raises the ProviderError that ends it.
@@ -96,11 +106,13 @@ class Engine:
 
     def __init__(self, store: RecordSink, models: dict[str, Model], *, max_retries: int = 5,
                  concurrency: int = 8, rpm: int | None = None, tpm: int | None = None,
-                 cache: CallCache | None = None, deferral: Deferral | None = None) -> None:
+                 cache: CallCache | None = None, deferral: Deferral | None = None,
+                 budget: BudgetKeeper | None = None) -> None:
         self.store = store
         self.models = models
         self.cache = cache
         self.deferral = deferral
+        self.budget = budget  # --max-cost: every call sent reserves its worst case first (cai.core.budget)
         self.max_retries = max_retries
         self.stats = Stats()
         # One pacer and one AIMD cap per endpoint, shared by the roles that use it.
@@ -150,12 +162,15 @@ class Engine:
             estimate = estimate_tokens(request)
 
         sent = 0  # requests sent for this call: every one after the first is a retry, whatever the outcome
+        reserved = await self.budget.reserve(role, request) if self.budget is not None else 0.0
 
         async def attempt() -> Completion:
             nonlocal sent
             async with limiter.slot():
                 await pacer.wait(estimate)
                 self._may_send(record)
+                if self.budget is not None and not sent:
+                    await self.store.hold(key, reserved)  # durable before the request leaves
                 sent += 1
                 try:
                     comp = await model.complete(request)
@@ -168,7 +183,7 @@ class Engine:
 
         health = self._health[ep]
         try:
-            comp = await with_retries(attempt, self.max_retries)
+            comp = await self._budgeted(attempt, role, key, reserved)
         except (ConnectFailed, NotFound) as e:
             health.unreachable_in_a_row += isinstance(e, ConnectFailed)
             if not health.answered or health.unreachable_in_a_row >= self.UNREACHABLE_IN_A_ROW:
@@ -189,6 +204,25 @@ class Engine:
         self.store.add_call(key, role, model.spec, comp, record)  # durable with the step that uses it
         if self.cache is not None:
             await self.cache.aput(key, model.spec, comp)
+        return comp
+
+    async def _budgeted(self, attempt: Callable[[], Awaitable[Completion]], role: str, key: str,
+                        reserved: float) -> Completion:
+        """`attempt` with its retries; under a budget, the call's reservation settled with its real cost, or
+        released (with its hold) when it ends without an answer. A cancelled call keeps its hold: it may have
+        been paid, so the next invocation counts it."""
+        if self.budget is None:
+            return await with_retries(attempt, self.max_retries)
+        try:
+            comp = await with_retries(attempt, self.max_retries)
+        except asyncio.CancelledError:
+            self.budget.release(reserved)
+            raise
+        except BaseException:
+            self.budget.release(reserved)
+            self.store.release(key)
+            raise
+        self.budget.settle(role, reserved, comp)
         return comp
 
     def _may_send(self, record: str | None) -> None:

@@ -27,7 +27,7 @@ from cai.core.stages import (
     repair_request,
     revise_request,
 )
-from cai.errors import ProviderError
+from cai.errors import BudgetExhausted, ProviderError
 from cai.settings import RunSettings
 from cai.store.sink import RecordSink, RecordWriteFailed
 from cai.store.steps import Kind, Step
@@ -87,6 +87,7 @@ class Pipeline:
         self.on_begin = on_begin or (lambda: None)
         self.on_skip = on_skip or (lambda: None)
         self.fatal: BaseException | None = None
+        self.budget_stop: BudgetExhausted | None = None  # set when a call did not fit in the budget
         self.counts = {"done": 0, "failed": 0, "skipped": 0, "waiting": 0}
 
     def todo(self) -> Iterator[tuple[InputRecord, bool]]:
@@ -112,6 +113,8 @@ class Pipeline:
             for rec, known in todo:  # one shared iterator; next() never awaits, so no two workers race
                 await self.process(rec, known)
                 await self.store.keep_up()
+                if self.budget_stop is not None:  # the budget is spent: no record is started after this
+                    return
 
         workers = [asyncio.create_task(worker()) for _ in range(max(1, self.s.execution.concurrency))]
         try:
@@ -138,6 +141,10 @@ class Pipeline:
             await self._steps(rec)
         except Deferred:
             self.counts["waiting"] += 1
+            return
+        except BudgetExhausted as e:  # the record keeps what it committed and goes on in a later invocation
+            self.budget_stop = self.budget_stop or e
+            self.counts["stopped"] = self.counts.get("stopped", 0) + 1
             return
         except ProviderError as e:
             if e.fatal:

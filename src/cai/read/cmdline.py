@@ -23,6 +23,19 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(redact(a) for a in argv if a not in _NOT_ON_RESUME)
 
 
+def with_option(command: str, flag: str, value: str) -> str:
+    """`command` (a shell line) with `flag` given `value`: an earlier `flag X` or `flag=X` is replaced."""
+    words, out, skip = shlex.split(command), [], False
+    for w in words:
+        if skip:
+            skip = False
+        elif w == flag:
+            skip = True
+        elif not w.startswith(flag + "="):
+            out.append(w)
+    return shlex.join([*out, flag, value])
+
+
 def retry_command(argv: list[str]) -> str:
     """The invocation with `--retry-failed` once."""
     return f"{resume_command(argv)} --retry-failed"

@@ -40,7 +40,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from cai import __version__
-from cai.core.prices import call_price, cost, load_prices
+from cai.core.budget import run_cost
+from cai.core.prices import load_prices
 from cai.errors import InputError, OutputError
 from cai.read.decisions import ReviewTally
 from cai.read.quality import Tally
@@ -282,14 +283,20 @@ def estimated_cost(store: Store, settings: RunSettings) -> float | None:
         prices = load_prices(settings.execution.prices)
     except InputError:  # the table was checked when the run started; it may have moved since
         return None
-    models, total = store.get_meta("models", {}), 0.0
-    for batch in (False, True):
-        for role, t in store.token_totals(batch=batch).items():
-            rates = call_price(models.get(role, ""), prices, batch)
-            if rates is None:
-                return None
-            total += cost(t, rates)
-    return round(total, 6)
+    total = run_cost(store, prices)
+    return None if total is None else round(total, 6)
+
+
+def budget_info(store: Store, settings: RunSettings) -> dict[str, Any] | None:
+    """The manifest's `budget` (None for a run without `--max-cost`): the limit, what the run spent (its
+    stored calls and the worst case of calls a kill cut off: `lost_usd`) and what calls in flight have set
+    aside (`reserved_usd`), in USD."""
+    limit, lost = settings.execution.max_cost, float(store.get_meta("budget_lost_usd", 0.0))
+    if limit is None and not lost:
+        return None
+    paid = estimated_cost(store, settings)
+    return {"max_cost_usd": limit, "spent_usd": None if paid is None else round(paid + lost, 6),
+            "lost_usd": round(lost, 6), "reserved_usd": round(store.held_usd(), 6)}
 
 
 def manifest(store: Store, export_counts: dict[str, int], quality: dict[str, Any] | None = None,
@@ -322,6 +329,7 @@ def manifest(store: Store, export_counts: dict[str, int], quality: dict[str, Any
                        "hits": sum(t["calls"] for t in store.token_totals(shared=True).values()),
                        "tokens": store.token_totals(shared=True)},
         "estimated_cost_usd": estimated_cost(store, settings),
+        **({"budget": budget} if (budget := budget_info(store, settings)) else {}),
         "errors": store.error_count(open_only=True),
         "errors_resolved": store.error_count(open_only=False) - store.error_count(open_only=True),
         "unparsed_verdicts": store.unparsed_verdicts(),

@@ -316,11 +316,48 @@ class Store:
 
     def add_call(self, key: str, role: str, model: str, comp: Completion, record: str | None = None,
                  shared: bool = False) -> None:
-        """Store a call's answer; `shared`: taken from the shared call cache (paid by another run)."""
+        """Store a call's answer; `shared`: taken from the shared call cache (paid by another run). Its budget hold
+        (if any) goes in the same transaction: from then on the call's real cost counts."""
         blob = comp.model_dump_json()
-        self.enqueue(lambda c: c.execute(
-            "INSERT OR REPLACE INTO calls VALUES(?,?,?,?,?,?,?,?)",
-            (key, role, model, blob, comp.tokens_in, comp.tokens_out, time.time(), int(shared))), record)
+
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR REPLACE INTO calls VALUES(?,?,?,?,?,?,?,?)",
+                      (key, role, model, blob, comp.tokens_in, comp.tokens_out, time.time(), int(shared)))
+            c.execute("DELETE FROM budget_holds WHERE key=?", (key,))
+
+        self.enqueue(op, record)
+
+    # -- the budget (--max-cost, cai.core.budget) ------------------------------------------
+    async def hold(self, key: str, usd: float) -> None:
+        """Note, durably, that call `key` is about to be sent with a worst-case cost of `usd`: if the process dies
+        before its answer is stored, the next invocation counts it as spent (`settle_lost_holds`)."""
+        await self.write(lambda c: c.execute("INSERT OR REPLACE INTO budget_holds VALUES(?,?,?)",
+                                             (key, usd, time.time())))
+
+    def release(self, key: str) -> None:
+        """Drop call `key`'s hold: it failed without an answer (a provider does not charge a refused request)."""
+        self.enqueue(lambda c: c.execute("DELETE FROM budget_holds WHERE key=?", (key,)))
+
+    def held_usd(self) -> float:
+        """USD set aside for calls in flight now (their holds; 0 in a store from before budgets)."""
+        try:
+            return float(self._read.execute("SELECT COALESCE(SUM(usd), 0) FROM budget_holds").fetchone()[0])
+        except sqlite3.OperationalError:  # no such table: an older store opened read-only
+            return 0.0
+
+    def settle_lost_holds(self) -> float:
+        """Count the holds a killed invocation left (calls that may have been paid but whose answers were never
+        stored) as spent, for good (meta `budget_lost_usd`), and drop them; the total so counted over the run."""
+        def op(c: sqlite3.Connection) -> None:
+            lost = c.execute("SELECT COALESCE(SUM(usd), 0) FROM budget_holds").fetchone()[0]
+            if lost:
+                before = json.loads((c.execute("SELECT value FROM meta WHERE key='budget_lost_usd'").fetchone()
+                                     or ["0"])[0])
+                c.execute("INSERT OR REPLACE INTO meta VALUES('budget_lost_usd', ?)", (json.dumps(before + lost),))
+                c.execute("DELETE FROM budget_holds")
+
+        self.write_now(op)
+        return float(self.get_meta("budget_lost_usd", 0.0))
 
     # -- reading for exports and status --------------------------------------------------
     def iter_records(self) -> Iterator[StoredRecord]:

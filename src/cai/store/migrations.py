@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS errors(n INTEGER PRIMARY KEY AUTOINCREMENT, record_id
 CREATE TABLE IF NOT EXISTS invocations(n INTEGER PRIMARY KEY AUTOINCREMENT, pid INTEGER NOT NULL,
   started REAL NOT NULL, ended REAL NOT NULL, command TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS input_lines(n INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS budget_holds(key TEXT PRIMARY KEY, usd REAL NOT NULL, created REAL NOT NULL);
 """
 TABLES = {"meta", "records", "steps", "calls", "errors"}  # every store has these (the others came with migrations)
 
@@ -70,7 +71,15 @@ def m004_input_lines(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS input_lines(n INTEGER PRIMARY KEY, hash BLOB NOT NULL)")
 
 
-MIGRATIONS: tuple[Migration, ...] = (m001_invocations, m002_errors_resolved, m003_calls_shared, m004_input_lines)
+def m005_budget_holds(conn: sqlite3.Connection) -> None:
+    """Under `--max-cost`, each call's worst-case cost is noted before it is sent and removed once its answer is
+    stored, so a call cut off by a kill is still counted against the budget."""
+    conn.execute("CREATE TABLE IF NOT EXISTS budget_holds(key TEXT PRIMARY KEY, usd REAL NOT NULL, "
+                 "created REAL NOT NULL)")
+
+
+MIGRATIONS: tuple[Migration, ...] = (m001_invocations, m002_errors_resolved, m003_calls_shared, m004_input_lines,
+                                     m005_budget_holds)
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:
