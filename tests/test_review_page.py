@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import signal
+import socket
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -290,6 +291,13 @@ def test_serve_refuses_a_remote_host_without_the_flag_and_a_bad_option(run) -> N
     assert res.exit_code == 2 and "expected principle=ID" in one_line_error(res.stderr)
     res = cai_cli("review", "serve", run.parent / "nothing", "--no-browser")
     assert res.exit_code == 2 and res.stdout == ""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = cai_cli("review", "serve", run, "--port", port, "--no-browser")
+    assert res.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in one_line_error(res.stderr)
+    assert res.stdout == ""
 
 
 @contextmanager
