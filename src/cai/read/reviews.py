@@ -32,6 +32,20 @@ COLUMNS = ["id", "item", "round", "pair", "decision", "reviewer", "edit", "note"
 Key = tuple[str, str, int, str]  # (item, record id, round or 0, pair id or "")
 
 
+def record_items(r: RecordRows) -> dict[Key, str]:
+    """The reviewable items of one record, in the order a reviewer meets them (critiques by round, the revision
+    pair, the AI-labeled pairs), each with the hash of its current text."""
+    rid = r.record.id
+    out = {("critique", rid, c.row["round"], ""): text_hash(c.row["before"], c.row["critique"]) for c in r.critiques}
+    if not r.record.done:
+        return out
+    if r.draft is not None and r.final is not None and r.draft != r.final:
+        out[("pair", rid, 0, "")] = text_hash(r.final, r.draft)
+    for p in r.labels.pairs if r.labels is not None else ():
+        out[("pair", rid, 0, p["id"])] = text_hash(p["chosen"][0]["content"], p["rejected"][0]["content"])
+    return out
+
+
 class Items:
     """The reviewable items of some records (`add`: their rows as the models made them, people's decisions
     ignored), each with the hash of its current text."""
@@ -43,16 +57,8 @@ class Items:
             self.add(r)
 
     def add(self, r: RecordRows) -> None:
-        rid = r.record.id
-        self.records.add(rid)
-        for c in r.critiques:
-            self.hashes[("critique", rid, c.row["round"], "")] = text_hash(c.row["before"], c.row["critique"])
-        if not r.record.done:
-            return
-        if r.draft is not None and r.final is not None and r.draft != r.final:
-            self.hashes[("pair", rid, 0, "")] = text_hash(r.final, r.draft)
-        for p in r.labels.pairs if r.labels is not None else ():
-            self.hashes[("pair", rid, 0, p["id"])] = text_hash(p["chosen"][0]["content"], p["rejected"][0]["content"])
+        self.records.add(r.record.id)
+        self.hashes.update(record_items(r))
 
     def hash_of(self, key: Key) -> str:
         """The current hash of item `key`; InputError (one line) for an unknown record, round or pair."""

@@ -36,6 +36,8 @@ from cai.store.steps import StoredRecord
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cai.store.reviews import StoredDecision
+
 
 def _reply_fields(reply: dict[str, Any]) -> dict[str, Any]:
     """The columns `Run.calls` takes from a stored reply (a Completion's JSON; older ones lack the cache fields)."""
@@ -236,16 +238,19 @@ class Run:
         return reviews.reviews_frame(self.path, reviews.Items(self.record_rows(reviews="ignore")))
 
     def review(self, id: str, decision: str, *, reviewer: str, round: int | None = None, pair: str | None = None,
-               edit: str | None = None, note: str | None = None) -> None:
-        """Record one decision (it replaces the reviewer's earlier one on the item). No run lock: fine while the
-        run is being written. InputError for an unknown record, round or pair, or a decision not for the item."""
+               edit: str | None = None, note: str | None = None) -> StoredDecision:
+        """Record one decision (it replaces the reviewer's earlier one on the item) and return it as stored. No run
+        lock: fine while the run is being written. InputError for an unknown record, round or pair, or a decision
+        not for the item."""
         from cai.store.reviews import ReviewStore
 
-        items = reviews.Items(self._rows_of(id))
+        rows = self.rows_of(id)
+        items = reviews.Items([] if rows is None else [rows])
         d = reviews.decide(items, id=id, item="critique" if round is not None else "pair", round=round, pair=pair,
                            decision=decision, reviewer=reviewer, edit=edit, note=note)
         with ReviewStore(self.path) as store:
             store.save([d])
+        return d
 
     def import_reviews(self, path: str | os.PathLike[str]) -> int:
         """Store the decisions of a JSONL file (docs/review.md), all or none: every line is checked first
@@ -274,13 +279,14 @@ class Run:
         write_file(Path(path), "".join(lines).encode("utf-8"), "review decisions")
         return len(lines)
 
-    def _rows_of(self, record_id: str) -> list[RecordRows]:
-        """The rows of one record (none if the run has no such record)."""
+    def rows_of(self, record_id: str) -> RecordRows | None:
+        """The rows of one record as the models made them, people's decisions not applied (None if the run has no
+        such record): one record read, for a view of one record in a large run (the review page)."""
         store = self._store()
         try:
             rec = store.record(record_id)
             opts = RowOptions.of_run(store, run_settings(store), reviews="ignore")
-            return [] if rec is None else [record_rows(rec, opts)]
+            return None if rec is None else record_rows(rec, opts)
         finally:
             store.close()
 
