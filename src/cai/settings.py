@@ -110,7 +110,7 @@ class ExecutionSettings(_Part):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     retry_failed: bool = False
-    prices: str | None = None  # price table for the cost estimate (default: shipped)
+    prices: str | None = None  # price table for the cost estimate, over the built-in prices (cai.core.prices)
     cache: str | None = None  # a call cache shared by runs (cai.store.callcache); off by default
     # Where the pipeline runs: in this process, or sharded to Ray actors (the `cai.cluster` plugin, `ray` extra).
     engine: Engine = "local"
