@@ -16,7 +16,7 @@ import pytest
 import cai
 from cai.calls import Completion, GenConfig, Request, cache_key
 from cai.constitution import load
-from cai.core.prices import call_price, call_rates, load_prices
+from cai.core.prices import call_rates, load_prices
 from cai.core.stages import critique_request, repair_request, revise_request
 from cai.errors import InputError
 from cai.prompts import fewshot, render
@@ -152,14 +152,12 @@ def test_call_price_falls_back_to_prices_the_table_has():
     bare = {"input": 2.0, "output": 8.0}
     assert call_rates(bare, batch=True) == {"input": 2.0, "output": 8.0, "cached_input": 2.0, "cache_write": 2.0}
     assert call_rates({"input": 1.0, "output": 1.0, "cached_input": 5.0})["cached_input"] == 1.0  # never above input
-    shipped = load_prices()
-    assert call_price("anthropic:claude-sonnet-4-5", shipped, batch=True) == {
-        "input": 1.5, "output": 7.5, "cached_input": 0.3, "cache_write": 3.75}
-    assert call_price("openai:gpt-4o-mini", shipped) == {"input": 0.15, "output": 0.6, "cached_input": 0.075,
-                                                         "cache_write": 0.15}
-    assert call_price("local", shipped, batch=True) == {"input": 0.0, "output": 0.0, "cached_input": 0.0,
-                                                        "cache_write": 0.0}
-    assert call_price("openai:unknown-model", shipped) is None
+    batch_cache = {**full, "batch_cached_input": 0.15, "batch_cache_write": 1.875}
+    assert call_rates(batch_cache) == call_rates(full)
+    assert call_rates(batch_cache, batch=True) == {"input": 1.5, "output": 7.5, "cached_input": 0.15,
+                                                   "cache_write": 1.875}
+    assert call_rates({"input": 2.0, "output": 8.0, "batch_input": 1.0, "cached_input": 1.5}, batch=True) == {
+        "input": 1.0, "output": 8.0, "cached_input": 1.0, "cache_write": 1.0}  # cached never above batch input
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -167,8 +165,10 @@ def test_call_price_falls_back_to_prices_the_table_has():
     ('{"input": 1, "output": 2, "batch_output": true}', '"m".batch_output: must be a number'),
     ('{"input": 1, "output": 2, "cached_input": -0.1}', '"m".cached_input: must be >= 0'),
     ('{"input": 1, "output": 2, "cache_write": NaN}', '"m".cache_write: must be a finite number'),
+    ('{"input": 1, "output": 2, "batch_cache_write": -1}', '"m".batch_cache_write: must be >= 0'),
     ('{"input": 1, "output": 2, "batch": 0.5}',
-     '"m".batch: unknown field (expected input, output, batch_input, batch_output, cached_input, cache_write)'),
+     '"m".batch: unknown field (expected input, output, batch_input, batch_output, cached_input, cache_write, '
+     'batch_cached_input, batch_cache_write)'),
 ])
 def test_price_table_errors_name_the_file_and_the_new_field(tmp_path, entry, message):
     p = tmp_path / "prices.json"
@@ -183,9 +183,11 @@ def test_price_table_errors_name_the_file_and_the_new_field(tmp_path, entry, mes
 def test_optional_prices_load_and_null_means_absent(tmp_path):
     p = tmp_path / "prices.json"
     p.write_text('{"m": {"input": 1, "output": 2, "batch_input": 0.5, "batch_output": 1, "cached_input": 0.1, '
-                 '"cache_write": 1.25}, "n": {"input": 1, "output": 2, "cached_input": null}}')
+                 '"cache_write": 1.25, "batch_cached_input": 0.05, "batch_cache_write": 0.625}, '
+                 '"n": {"input": 1, "output": 2, "cached_input": null}}')
     assert load_prices(p) == {"m": {"input": 1.0, "output": 2.0, "batch_input": 0.5, "batch_output": 1.0,
-                                    "cached_input": 0.1, "cache_write": 1.25}, "n": {"input": 1.0, "output": 2.0}}
+                                    "cached_input": 0.1, "cache_write": 1.25, "batch_cached_input": 0.05,
+                                    "batch_cache_write": 0.625}, "n": {"input": 1.0, "output": 2.0}}
 
 
 # -- --fewshot N --------------------------------------------------------------------------------------------------

@@ -108,7 +108,8 @@ class RunOptions(TypedDict, total=False):
         "role).", "export.system_role_for_developer", flags=("--system-role-for-developer/--keep-developer-role",))]
     restart: Annotated[bool, Option("Move an existing run aside and start afresh.", default=False, panel="Execution")]
     retry_failed: Annotated[bool, Option("Retry only the records that failed.", "execution.retry_failed", **_NO_BATCH)]
-    prices: Annotated[PathArg | None, Option("Price table JSON for the cost estimate.", "execution.prices",
+    prices: Annotated[PathArg | None, Option("Price table JSON for the cost estimate: overrides the built-in "
+                                             "prices (genai-prices) of the models it matches.", "execution.prices",
                                              path=True)]
     max_cost: Annotated[float | None, Option(
         "Budget in USD over every invocation of the run: a call whose worst case (its prompt and --max-tokens at "

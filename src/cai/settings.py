@@ -110,7 +110,7 @@ class ExecutionSettings(_Part):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     retry_failed: bool = False
-    prices: str | None = None  # price table for the cost estimate (default: shipped)
+    prices: str | None = None  # price table for the cost estimate, over the built-in prices (cai.core.prices)
     # A budget in USD over all invocations of the run: a call whose worst case would cross it is not sent.
     max_cost: float | None = Field(None, ge=0, allow_inf_nan=False)
     cache: str | None = None  # a call cache shared by runs (cai.store.callcache); off by default

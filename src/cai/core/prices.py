@@ -1,14 +1,17 @@
-"""The per-model price table for the cost estimate: the shipped `data/prices.json` or a `--prices FILE`.
+"""The price of each model for the cost estimate: a `--prices FILE` first, then the `genai-prices` library.
 
-A table is a JSON object mapping fnmatch patterns over model specs (`openai:gpt-4o*`) to prices in USD per
-million tokens: `{"input", "output"}` (required) and, optionally, `batch_input` / `batch_output` (calls made
-through the provider's batch API), `cached_input` (prompt tokens read from the provider's prompt cache) and
-`cache_write` (prompt tokens written to it: Anthropic charges more than `input` for them). Keys starting
-with `_` are comments. The first matching pattern wins. Every problem is an InputError naming the file and
-the line or field; `cai.limits` bounds the file's size, nesting and integers.
+A price table is a JSON object mapping fnmatch patterns over model specs (`openai:gpt-4o*`) to prices in USD
+per million tokens: `{"input", "output"}` (required) and, optionally, `batch_input` / `batch_output` (calls
+made through the provider's batch API), `cached_input` (prompt tokens read from the provider's prompt cache),
+`cache_write` (prompt tokens written to it: Anthropic charges more than `input` for them) and
+`batch_cached_input` / `batch_cache_write` (the same in a batch call). Keys starting with `_` are comments.
+The first matching pattern wins. Every problem is an InputError naming the file and the line or field;
+`cai.limits` bounds the file's size, nesting and integers.
 
-`call_rates` gives the prices a call is actually charged at and `cost` prices token counts with them. A
-price the table lacks falls back to one it has (documented in `call_rates`), never to zero.
+`price_of` looks a model up in the table, then prices `local` models at 0 (the embedded model runs on this
+machine), then asks `cai.core.price_library` (OpenAI and Anthropic models). `call_rates` gives the prices a
+call is actually charged at and `cost` prices token counts with them. A price an entry lacks falls back to
+one it has (documented in `call_rates`), never to zero.
 """
 
 from __future__ import annotations
@@ -16,17 +19,17 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from cai.core.price_library import library_price
 from cai.errors import InputError
 from cai.limits import PRICES_BYTES, check_json, decode, read_bytes
 
 Prices = dict[str, dict[str, float]]
-SHIPPED = "data/prices.json"  # inside the `cai` package
+FREE = ("local",)  # providers whose models cost nothing: the embedded model runs on this machine
 
 
 class Price(BaseModel):
@@ -40,6 +43,8 @@ class Price(BaseModel):
     batch_output: float | None = Field(None, ge=0, allow_inf_nan=False)
     cached_input: float | None = Field(None, ge=0, allow_inf_nan=False)
     cache_write: float | None = Field(None, ge=0, allow_inf_nan=False)
+    batch_cached_input: float | None = Field(None, ge=0, allow_inf_nan=False)
+    batch_cache_write: float | None = Field(None, ge=0, allow_inf_nan=False)
 
 
 _TABLE = TypeAdapter(dict[str, Price])
@@ -100,38 +105,42 @@ def parse_prices(raw: bytes, path: str) -> Prices:
 
 
 def load_prices(path: str | Path | None = None) -> Prices:
-    """The table in `path`, or the shipped one; fully validated (InputError naming file and line or field)."""
+    """The table in `path`, fully validated (InputError naming file and line or field); without a path an
+    empty table, so that every price comes from `price_of`'s defaults."""
     if path is None or str(path) == "":
-        shipped = resources.files("cai").joinpath(SHIPPED)
-        return parse_prices(shipped.read_bytes(), str(shipped))
+        return {}
     return parse_prices(read_bytes(Path(path), PRICES_BYTES, "price table"), str(path))
 
 
 def price_of(spec: str, prices: Prices) -> dict[str, float] | None:
-    """The price of the first pattern matching the model spec (e.g. `openai:gpt-4o-mini`), or None."""
+    """The price of a model spec (e.g. `openai:gpt-4o-mini`): the first pattern of the table matching it, else 0
+    for a `local` model, else the `genai-prices` library's (`cai.core.price_library`), else None."""
     for pattern, price in prices.items():
         if fnmatch.fnmatch(spec, pattern):
             return price
-    return None
+    if spec.partition(":")[0] in FREE:
+        return {"input": 0.0, "output": 0.0}
+    return library_price(spec)
 
 
 def call_rates(price: Mapping[str, float], batch: bool = False) -> dict[str, float]:
     """The USD-per-million prices a call is charged at: `input` (uncached prompt tokens), `output`,
     `cached_input` and `cache_write`. A batch call (`batch`) takes `batch_input` / `batch_output`, or the
-    standard price where the table has none. Cached prompt tokens take `cached_input`, or the input price
+    standard price where the entry has none. Cached prompt tokens take `cached_input`, or the input price
     when there is none, and never more than the input price; cache writes take `cache_write`, or the input
-    price. Neither is discounted further in a batch call (an upper bound: the table holds no batch cache price)."""
-    rate_in = price["input"]
-    rate_out = price["output"]
+    price. A batch call takes `batch_cached_input` / `batch_cache_write` where the entry has them, else the
+    prices above (an upper bound)."""
+    rate_in, rate_out = price["input"], price["output"]
     if batch:
-        rate_in = price.get("batch_input", rate_in)
-        rate_out = price.get("batch_output", rate_out)
-    return {"input": rate_in, "output": rate_out, "cached_input": min(price.get("cached_input", rate_in), rate_in),
-            "cache_write": price.get("cache_write", rate_in)}
+        rate_in, rate_out = price.get("batch_input", rate_in), price.get("batch_output", rate_out)
+    cached, written = price.get("cached_input", rate_in), price.get("cache_write", rate_in)
+    if batch:
+        cached, written = price.get("batch_cached_input", cached), price.get("batch_cache_write", written)
+    return {"input": rate_in, "output": rate_out, "cached_input": min(cached, rate_in), "cache_write": written}
 
 
 def call_price(spec: str, prices: Prices, batch: bool = False) -> dict[str, float] | None:
-    """`call_rates` of the model spec's price (`price_of`), or None if the table has none."""
+    """`call_rates` of the model spec's price (`price_of`), or None if it has none."""
     price = price_of(spec, prices)
     return None if price is None else call_rates(price, batch)
 
