@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cai.calls import Completion
 from cai.errors import InputError, OutputError
+from cai.store.sqlite_io import connect
 
 TABLE = "cai_shared_calls"
 SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE}(key TEXT PRIMARY KEY, model TEXT NOT NULL, response TEXT NOT NULL,
@@ -99,3 +100,17 @@ class CallCache:
     def close(self) -> None:
         with self._lock, contextlib.suppress(sqlite3.Error):
             self._conn.close()
+
+
+def model_tokens(path: str | Path) -> dict[str, dict[str, int]]:
+    """Per model spec: the calls the cache file at `path` holds and their tokens in and out, read without writing
+    (nothing is created: {} when there is no file). InputError if it is not a call cache."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        with contextlib.closing(connect(path, readonly=True)) as conn:
+            rows = conn.execute(f"SELECT model, COUNT(*), SUM(tokens_in), SUM(tokens_out) FROM {TABLE} GROUP BY model")
+            return {m: {"calls": n, "tokens_in": ti or 0, "tokens_out": to or 0} for m, n, ti, to in rows}
+    except sqlite3.DatabaseError as e:
+        raise InputError(f"not a readable cai call cache ({e})", path=str(path)) from e
