@@ -31,7 +31,7 @@ from cai.core.scoring import make_labeler, make_scorer
 from cai.providers.base import TokenCounter, provider_class
 from cai.settings import RunSettings
 from cai.store import Store
-from cai.store.callcache import model_tokens
+from cai.store.callcache import CacheReader
 
 ROLE_ORDER = ("generator", "critic", "reviser", "grader", "judge")
 
@@ -56,6 +56,7 @@ class Tally:
     calls: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    from_cache: int = 0  # calls the --cache file answers (not sent, not paid)
 
     def add(self, tokens_in: int, request: Request) -> None:
         self.calls += 1
@@ -68,6 +69,8 @@ class Counting:
     """The counters by model spec, and what is counted already (a request asked twice is answered once)."""
 
     specs: dict[str, str]
+    base_url: str | None = None
+    cache: CacheReader | None = None
     counters: dict[str, TokenCounter] = field(default_factory=dict)
     identities: dict[str, Any] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
@@ -80,7 +83,15 @@ class Counting:
         return self.counters[spec]
 
     def identity(self, role: str) -> Any:
-        return self.identities.get(role) or {"spec": self.specs[role]}
+        """The role's model identity as a cache key names it: as the run stored it, else that of a model behind an
+        API (built, not checked: no key needed); None for a local model the run has not loaded yet (its identity
+        is its weights' hash)."""
+        if role not in self.identities:
+            spec = self.specs[role]
+            cls = provider_class(spec)
+            self.identities[role] = (None if cls.provider == "local" else
+                                     cls(spec.partition(":")[2], self.base_url).identity())
+        return self.identities[role]
 
 
 def model_specs(settings: RunSettings, plugins: list[Any]) -> dict[str, str]:
@@ -99,11 +110,11 @@ def estimate(settings: RunSettings, prices: Prices, *, restart: bool = False) ->
     scorer = make_scorer(settings.scoring.scorer, settings, const) if settings.scoring else None
     labeler = make_labeler(settings.labels.labeler, settings, const) if settings.labels else None
     specs = model_specs(settings, [scorer, labeler])
-    counting = Counting(specs)
+    counting = Counting(specs, settings.models.base_url)
     logprobs = {role: provider_class(spec).supports_logprobs for role, spec in specs.items()}
-    with _run_store(settings, restart) as store:
+    with _run_store(settings, restart) as store, _cache(settings) as counting.cache:
         if store is not None:
-            counting.identities = (store.get_meta("fingerprint") or {}).get("models") or {}
+            counting.identities = dict((store.get_meta("fingerprint") or {}).get("models") or {})
         statuses = store.statuses() if store is not None else {}
         todo = [r for r in itertools.islice(scanned_records(scan), scan.records)
                 if wanted(statuses.get(r.id), settings.execution.retry_failed)]
@@ -114,16 +125,20 @@ def estimate(settings: RunSettings, prices: Prices, *, restart: bool = False) ->
             out: dict[str, Tally] = {}
             for rec in todo:
                 done = {(st.kind, st.round): st for st in store.steps(rec.id)} if store is not None else {}
-                for call in _new_calls(plan.calls(rec, done), counting, store):
-                    if roles is None or call.role in roles:
-                        out.setdefault(call.role, Tally(specs[call.role])).add(
-                            counting.counter(call.role).count(call.request), call.request)
+                for call, cached in _new_calls(plan.calls(rec, done), counting, store):
+                    if roles is not None and call.role not in roles:
+                        continue
+                    t = out.setdefault(call.role, Tally(specs[call.role]))
+                    if cached:
+                        t.from_cache += 1
+                    else:
+                        t.add(counting.counter(call.role).count(call.request), call.request)
             return out
 
         roles = tally(settings)
         no_fewshot = (tally(settings.model_copy(update={"loop": settings.loop.model_copy(update={"fewshot": 0})}),
                             ("critic", "reviser")) if settings.loop.fewshot else {})
-        seen = _stored_means(store, settings, specs)
+        seen = _stored_means(store, counting.cache, specs)
     figures = {role: _role(t, no_fewshot.get(role), seen.get(role), prices, counting.counter(role))
                for role, t in sorted(roles.items(), key=lambda kv: _order(kv[0]))}
     records = {"input": scan.records, "to_run": len(todo), "done": sum(s == "done" for s in statuses.values()),
@@ -143,26 +158,43 @@ def _run_store(settings: RunSettings, restart: bool) -> Iterator[Store | None]:
     if restart or not Store.exists(out):
         yield None
         return
-    store = Store.open_run(out, readonly=True)
+    store = Store.open_run(out, readonly=True, untouched=True)
     try:
         yield store
     finally:
         store.close()
 
 
-def _new_calls(calls: Iterator[Planned], counting: Counting, store: Store | None) -> Iterator[Planned]:
-    """The calls that will be sent: an exact request asked before (in this plan, or in the run's store) is
-    answered from the store instead."""
+def _new_calls(calls: Iterator[Planned], counting: Counting, store: Store | None) -> Iterator[tuple[Planned, bool]]:
+    """(call, whether the `--cache` file answers it) for the calls that will not be answered by the run's store: an
+    exact request asked before (in this plan, or stored) is answered from the store, as the engine does."""
     for call in calls:
+        cached = False
         if call.exact:
-            key = cache_key(counting.identity(call.role), call.request)
+            identity = counting.identity(call.role)
+            key = cache_key(identity if identity is not None else {"spec": counting.specs[call.role]}, call.request)
             if key in counting.seen or (store is not None and store.get_call(key) is not None):
                 continue
             counting.seen.add(key)
-        yield call
+            cached = identity is not None and counting.cache is not None and counting.cache.has(key)
+        yield call, cached
 
 
-def _stored_means(store: Store | None, settings: RunSettings, specs: dict[str, str]) -> dict[str, dict[str, Any]]:
+@contextlib.contextmanager
+def _cache(settings: RunSettings) -> Iterator[CacheReader | None]:
+    """The `--cache` file, read-only (None without the option)."""
+    if not settings.execution.cache:
+        yield None
+        return
+    reader = CacheReader(settings.execution.cache)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _stored_means(store: Store | None, cache: CacheReader | None,
+                  specs: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per role: calls and tokens per call seen so far, from the run's stored calls, else from the `--cache`
     file's calls of the role's model (all roles of that model together)."""
     out: dict[str, dict[str, Any]] = {}
@@ -172,7 +204,7 @@ def _stored_means(store: Store | None, settings: RunSettings, specs: dict[str, s
                 acc = out.setdefault(role, {"from": "run", "calls": 0, "tokens_in": 0, "tokens_out": 0})
                 for k in ("calls", "tokens_in", "tokens_out"):
                     acc[k] += t[k]
-    cached = model_tokens(settings.execution.cache) if settings.execution.cache else {}
+    cached = cache.model_tokens() if cache is not None else {}
     for role, spec in specs.items():
         if role not in out and spec in cached:
             out[role] = {"from": "cache", **cached[spec]}
@@ -200,13 +232,14 @@ def _role(t: Tally, no_fewshot: Tally | None, seen: dict[str, Any] | None, price
                     "tokens_out": round(per_out * t.calls)}
         expected["cost"] = (_costs(expected["tokens_in"], expected["tokens_out"], t.model, prices) or {}).get(
             "standard")
-    return {"model": t.model, "calls": t.calls, "tokens_in": t.tokens_in, "tokens_out_max": t.tokens_out,
-            "token_count": counter.method, "expected": expected, "cost": costs}
+    return {"model": t.model, "calls": t.calls, "from_cache": t.from_cache, "tokens_in": t.tokens_in,
+            "tokens_out_max": t.tokens_out, "token_count": counter.method, "expected": expected, "cost": costs}
 
 
 def _total(roles: dict[str, dict[str, Any]]) -> dict[str, Any]:
     priced = [r["cost"] for r in roles.values() if r["cost"] is not None]
-    total: dict[str, Any] = {k: sum(r[k] for r in roles.values()) for k in ("calls", "tokens_in", "tokens_out_max")}
+    total: dict[str, Any] = {k: sum(r[k] for r in roles.values())
+                             for k in ("calls", "from_cache", "tokens_in", "tokens_out_max")}
     total["cost"] = ({k: sum(c[k] for c in priced) for k in ("standard", "batch", "fewshot_0")}
                      if len(priced) == len(roles) else None)
     expected = [r["expected"] for r in roles.values() if r["calls"]]
@@ -240,6 +273,11 @@ def _notes(settings: RunSettings, roles: dict[str, dict[str, Any]], records: dic
                      "is stored")
     if settings.labels is not None:
         notes.append("candidates not written yet are counted as all different; identical ones are judged once")
+    if settings.execution.cache:
+        hits = sum(r["from_cache"] for r in roles.values())
+        notes.append(f"{hits} calls are answered by the --cache file (not counted as calls, tokens or cost); a call "
+                     "whose prompt quotes a reply not written yet, or made by a local model before the run loaded "
+                     "it, cannot be looked up and is counted")
     notes += [f"{p}: has no `requests` method, its calls are not counted" for p in plugin_plans(*plugins)]
     notes += [f"{role}: no price for {r['model']} in the price table; its cost is not counted"
               for role, r in roles.items() if r["cost"] is None]
