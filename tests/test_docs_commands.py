@@ -60,6 +60,8 @@ RUNNABLE: dict[str, int] = {
     "cai judge-eval runs/demo/pairs.jsonl --judge openai:gpt-4o-mini --json": 0,
     "cai rbr refusal-eval bench/data/refusal_written_d.jsonl": 0,
     "cai rbr refusal-eval bench/data/refusal_written_c.jsonl --json": 0,
+    "cai estimate prompts.jsonl --model openai:gpt-4o-mini --rbr --candidates 3 --json": 0,
+    "cai estimate prompts.jsonl --model openai:gpt-4o-mini --out runs/x": 0,
 }
 
 

@@ -13,13 +13,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Run", "__version__", "arun", "compare", "open_run", "run"]
+__all__ = ["Run", "__version__", "arun", "compare", "estimate", "open_run", "run"]
 
 if TYPE_CHECKING:
-    from cai.api import arun, compare, open_run, run
+    from cai.api import arun, compare, estimate, open_run, run
     from cai.read.run import Run
 
-_LAZY = {"arun": "cai.api", "run": "cai.api", "open_run": "cai.api", "compare": "cai.api", "Run": "cai.read.run"}
+_LAZY = {"arun": "cai.api", "run": "cai.api", "open_run": "cai.api", "compare": "cai.api", "estimate": "cai.api",
+         "Run": "cai.read.run"}
 
 
 def __getattr__(name: str) -> Any:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 from cai import plugins
 from cai.core.engine import Engine
+from cai.core.estimate import estimate as estimate_run
 from cai.core.prices import load_prices
 from cai.core.progress import Progress
 from cai.errors import BudgetExhausted, InputError
@@ -174,6 +175,20 @@ async def arun(prompts: Prompts, *, progress: bool | Callable[[dict[str, int]], 
             if isinstance(sink, Progress):
                 sink.stop()
         return Run(settings.io.out, invocation=manifest["this_invocation"], manifest_extras=extras)
+
+
+def estimate(prompts: Prompts, **options: Unpack[RunOptions]) -> dict[str, Any]:
+    """What `arun(prompts, **options)` would cost, without a model call and without creating anything: per role
+    (generator, critic, reviser, grader, judge) its calls, input tokens, output tokens (at most: max_tokens each;
+    and `expected` from the calls the run or `cache` already has), and the cost at the standard price, the batch
+    price and with `fewshot=0`; totals; `notes`, a line per caveat. Records done in `out` are not counted (what
+    finishing the run costs). See `cai.core.estimate` and docs/cost.md."""
+    restart = bool(options.pop("restart", None))
+    with _input_file(prompts, options.pop("out", None)) as (path, folder):
+        prices = options.get("prices")
+        price_table = load_prices(str(prices) if prices else None)
+        settings = RunSettings.from_options(**options, input=path, out=normalize_out(folder))
+        return estimate_run(settings, price_table, restart=restart)
 
 
 def _runner(settings: RunSettings) -> Runner | None:

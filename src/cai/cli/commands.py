@@ -17,6 +17,7 @@ import typer
 from cai import __version__, plugins
 from cai.cli.batch import add_submit, batch_app
 from cai.cli.constitution import constitution_app
+from cai.cli.estimate import estimate
 from cai.cli.kit import OneLineErrors, emit, err, fails_cleanly, renamed, run_async, say
 from cai.cli.labels import judge_eval, label
 from cai.cli.options import PanelCommand, given, run_option, signature
@@ -121,6 +122,7 @@ def run(ctx: typer.Context, input: Path, as_json: bool, quiet: bool, **options: 
 run.__signature__ = signature()  # type: ignore[attr-defined]
 app.command(cls=PanelCommand)(fails_cleanly(run))
 add_submit()
+app.command("estimate", cls=PanelCommand)(fails_cleanly(estimate))
 app.command("label")(label)
 app.command("judge-eval")(judge_eval)
 

@@ -162,11 +162,22 @@ async def counted_call(engine: Engine, role: str, request: Request, usage: Usage
     return comp
 
 
+def vote_requests(msgs: tuple[Message, ...], votes: int, max_tokens: int = VOTE_MAX_TOKENS) -> list[Request]:
+    """The `votes` sampled answers' requests (temperature 1, seeds 0..n-1)."""
+    return [Request(messages=msgs, config=GenConfig(max_tokens=max_tokens, temperature=1.0, seed=i))
+            for i in range(max(1, votes))]
+
+
+def planned(msgs: tuple[Message, ...], votes: int, logprobs: bool) -> list[Request]:
+    """The requests `ask` sends for one question to a model with (or without) logprobs, when the logprobs can be
+    read (else it also asks the votes: `cai estimate` says so but does not count them)."""
+    return [Request(messages=msgs, config=LOGPROB_CONFIG)] if logprobs else vote_requests(msgs, votes)
+
+
 async def ask_votes(engine: Engine, role: str, msgs: tuple[Message, ...], votes: int, usage: Usage,
                     options: Options = YES_NO) -> Reading:
     """P(first) as the share of first among `votes` sampled answers that read as an option."""
-    reqs = [Request(messages=msgs, config=GenConfig(max_tokens=VOTE_MAX_TOKENS, temperature=1.0, seed=i))
-            for i in range(max(1, votes))]
+    reqs = vote_requests(msgs, votes)
     comps = await asyncio.gather(*(counted_call(engine, role, r, usage) for r in reqs))
     answers = [a for a in (answer_of(c.text, options) for c in comps) if a is not None]
     if not answers:
@@ -178,7 +189,7 @@ async def ask(engine: Engine, role: str, msgs: tuple[Message, ...], votes: int, 
               options: Options = YES_NO) -> Reading:
     """`{"p", "method"}` for one two-option question: logprobs when the model has them, else votes."""
     if engine.models[role].supports_logprobs:
-        comp = await counted_call(engine, role, Request(messages=msgs, config=LOGPROB_CONFIG), usage)
+        comp = await counted_call(engine, role, planned(msgs, votes, True)[0], usage)
         if comp.top_logprobs:
             p = p_first_from_top(comp.top_logprobs[0], options)
             if p is not None:

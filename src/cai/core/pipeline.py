@@ -57,6 +57,12 @@ def least_request_tokens(settings: RunSettings, const: Constitution) -> int:
     return need
 
 
+def wanted(status: str | None, retry_failed: bool) -> bool:
+    """Whether an invocation works on a record the store has with `status` (None: not yet): one neither done nor
+    failed, or with `retry_failed` only a failed one."""
+    return status == "failed" if retry_failed else status not in ("done", "failed")
+
+
 class Pipeline:
     """Runs records through the loop. `on_begin()` is called as each record begins in this process, `on_done(status)`
     as each record finishes, `on_skip()` for each input record this invocation leaves alone; `scorer` (if any)
@@ -97,8 +103,7 @@ class Pipeline:
         source = self.source if self.source is not None else iter_records(self.s.io.input, self.s.io.limit)
         for rec in itertools.islice(source, self.records):
             status = statuses.get(rec.id)
-            wanted = status == "failed" if self.s.execution.retry_failed else status not in ("done", "failed")
-            if wanted:
+            if wanted(status, self.s.execution.retry_failed):
                 yield rec, status is not None
             else:
                 self.counts["skipped"] += 1

@@ -5,6 +5,11 @@ The pipeline calls `Scorer.score` after the draft and after each revision, store
 the round's `grade` step (`{"score": ...}`), and gives `Scorer.feedback(score)` to the reviser. The core
 never imports a scorer's package: a plugin registers a factory as a `scorer.NAME` or `labeler.NAME` entry point
 (`cai.plugins`; `cai.rbr` registers "rbr", `cai.labels` the labeler "ai"), loaded when a run asks for it.
+
+`cai estimate` counts a plugin's calls if it has a `requests` method, optional (`cai.core.estimate`):
+`Scorer.requests(messages, response, extra, logprobs)` and `Labeler.requests(messages, candidates, seed,
+logprobs)`, with `candidates` the responses' texts and `logprobs` {role: whether its model gives logprobs}, return
+the (role, `cai.calls.Request`) of every call `score` / `label` would make.
 """
 
 from __future__ import annotations

@@ -16,7 +16,18 @@ import asyncio
 from typing import Any
 
 from cai.calls import GenConfig, Message, Request
-from cai.core.choice import A_B, ANSWER_MARKER, Reading, Usage, answer_after, ask, counted_call, p_first_at_answer
+from cai.core.choice import (
+    A_B,
+    ANSWER_MARKER,
+    Reading,
+    Usage,
+    answer_after,
+    ask,
+    counted_call,
+    p_first_at_answer,
+    planned,
+    vote_requests,
+)
 from cai.core.engine import Engine
 from cai.core.stages import conversation, quote
 from cai.prompts import render
@@ -26,6 +37,7 @@ REASON_FIRST = ("First think it through in a few sentences: how well does each r
                 "Then end with one line of the form \"Answer: A\" or \"Answer: B\".")
 COT_MAX_TOKENS = 384
 COT_CLAMP = (0.4, 0.6)
+COT_LOGPROB_CONFIG = GenConfig(max_tokens=COT_MAX_TOKENS, temperature=0.0, top_logprobs=10, seed=0)
 
 
 def judge_messages(messages: list[Message], first: str, second: str, question: str,
@@ -49,13 +61,11 @@ async def p_a(engine: Engine, role: str, msgs: tuple[Message, ...], votes: int, 
     if not cot:
         return await ask(engine, role, msgs, votes, usage, options=A_B)
     if engine.models[role].supports_logprobs:
-        cfg = GenConfig(max_tokens=COT_MAX_TOKENS, temperature=0.0, top_logprobs=10, seed=0)
-        comp = await counted_call(engine, role, Request(messages=msgs, config=cfg), usage)
+        comp = await counted_call(engine, role, Request(messages=msgs, config=COT_LOGPROB_CONFIG), usage)
         p = p_first_at_answer(comp.top_logprobs or [], comp.text, ANSWER_MARKER, A_B)
         if p is not None:
             return {"p": _clamp(p), "method": "logprobs"}
-    reqs = [Request(messages=msgs, config=GenConfig(max_tokens=COT_MAX_TOKENS, temperature=1.0, seed=i))
-            for i in range(max(1, votes))]
+    reqs = vote_requests(msgs, votes, COT_MAX_TOKENS)
     comps = await asyncio.gather(*(counted_call(engine, role, r, usage) for r in reqs))
     answers = [a for a in (answer_after(c.text, ANSWER_MARKER, A_B) for c in comps) if a is not None]
     if not answers:
@@ -74,3 +84,18 @@ async def judge_pair(engine: Engine, role: str, messages: list[Message], first: 
         p_a(engine, role, judge_messages(messages, second, first, question, cot), votes, usage, cot))
     method = ab["method"] if ab["method"] == ba["method"] else f"{ab['method']}/{ba['method']}"
     return {"p_ab": ab["p"], "p_ba": ba["p"], "p": (ab["p"] + 1.0 - ba["p"]) / 2.0, "method": method}
+
+
+def pair_requests(messages: list[Message], first: str, second: str, question: str, *, votes: int = 3,
+                  cot: bool = False, logprobs: bool = True) -> list[Request]:
+    """The requests `judge_pair` sends for one pair, both orders, to a judge with (or without) logprobs, when
+    its answers can be read (`cai estimate`)."""
+    out: list[Request] = []
+    for a, b in ((first, second), (second, first)):
+        msgs = judge_messages(messages, a, b, question, cot)
+        if not cot:
+            out += planned(msgs, votes, logprobs)
+        else:
+            out += [Request(messages=msgs, config=COT_LOGPROB_CONFIG)] if logprobs else vote_requests(
+                msgs, votes, COT_MAX_TOKENS)
+    return out

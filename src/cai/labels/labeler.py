@@ -14,13 +14,16 @@ judging again:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
+from collections.abc import Mapping
 from typing import Any
 
+from cai.calls import Request
 from cai.constitution import Constitution, sample_comparison
 from cai.core.engine import Engine
 from cai.errors import InputError
-from cai.labels.judge import judge_pair
+from cai.labels.judge import judge_pair, pair_requests
 from cai.labels.rank import Ranking, bradley_terry, oriented, rank
 from cai.settings import LabelSettings, RunSettings
 
@@ -55,6 +58,18 @@ class AILabeler:
         out = await judge_pair(engine, ROLE, messages, first, second, principle.question, votes=self.s.votes,
                                cot=self.s.cot)
         return {"a": pair[0], "b": pair[1], "principle": principle.id, **out}
+
+    def requests(self, messages: list[dict[str, str]], candidates: list[str], seed: int | None,
+                 logprobs: Mapping[str, bool]) -> list[tuple[str, Request]]:
+        """(role, request) of each call `label` makes for these candidates when the judge's answers can be read
+        (`logprobs`: whether each role's model gives logprobs); for `cai estimate`."""
+        out: list[tuple[str, Request]] = []
+        for i, j in itertools.combinations(range(len(candidates)), 2):
+            principle = sample_comparison(self.const, seed, messages, (i, j))
+            out += [(ROLE, r) for r in pair_requests(messages, candidates[i], candidates[j], principle.question,
+                                                     votes=self.s.votes, cot=self.s.cot,
+                                                     logprobs=logprobs.get(ROLE, False))]
+        return out
 
     async def label(self, engine: Engine, messages: list[dict[str, str]], candidates: list[dict[str, Any]],
                     seed: int | None) -> dict[str, Any]:

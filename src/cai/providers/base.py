@@ -8,7 +8,7 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from cai import plugins
@@ -25,7 +25,19 @@ from cai.errors import (
 )
 from cai.redact import SECRET_ENV, clean_url, redact
 
-__all__ = ["SECRET_ENV", "Model", "check_base_url", "get_model", "http_error", "redact", "sdk_error"]
+__all__ = ["SECRET_ENV", "Model", "TokenCounter", "check_base_url", "get_model", "http_error", "provider_class",
+           "redact", "sdk_error"]
+
+class TokenCounter(Protocol):
+    """A model's own prompt-token count of a request (`Model.token_counter`), and text of a given token length
+    (stands in for a reply not written yet)."""
+
+    method: str  # how it counts, in words
+
+    def count(self, request: Request) -> int: ...
+
+    def filler(self, tokens: int) -> str: ...
+
 
 class Model(ABC):
     """A model behind a provider. One method to call: `complete`."""
@@ -75,6 +87,12 @@ class Model(ABC):
     def check(self) -> None:
         """Raise now (AuthError, InputError) if this model cannot be used at all, e.g. a missing API key."""
 
+    @classmethod
+    def token_counter(cls, name: str) -> TokenCounter | None:
+        """Counts the prompt tokens of a request for the model `name` exactly and offline (its own tokenizer), for
+        `cai estimate`; None (the default) where there is no such tokenizer: the estimate then uses characters / 4."""
+        return None
+
     @abstractmethod
     async def complete(self, request: Request) -> Completion:
         """Send one request; raise a ProviderError subclass on failure."""
@@ -97,11 +115,9 @@ def check_base_url(url: str, name: str) -> str:
     return url
 
 
-def get_model(spec: str, base_url: str | None = None) -> Model:
-    """Build a model from `local`, `local:/path.gguf`, `openai:<model>` or `anthropic:<model>`; a `base_url` that is
-    not an http(s) URL is an InputError."""
-    if base_url:
-        check_base_url(base_url, "base_url (--base-url)")
+def provider_class(spec: str) -> type[Model]:
+    """The `Model` class of the provider a spec names (`local`, `openai:...`), loaded but not built: nothing is
+    checked, opened or made (`cai.core.estimate` reads its `supports_logprobs` and `token_counter`)."""
     prefix, _, name = spec.partition(":")
     if prefix not in plugins.names("provider"):
         known = ", ".join(plugins.names("provider"))
@@ -115,7 +131,15 @@ def get_model(spec: str, base_url: str | None = None) -> Model:
                          "(llama-cpp-python is not installed)") from None
     if prefix != "local" and not name:
         raise InputError(f"model spec {spec!r} needs a model name, e.g. {prefix}:<model>")
-    return cls(name, base_url)
+    return cls
+
+
+def get_model(spec: str, base_url: str | None = None) -> Model:
+    """Build a model from `local`, `local:/path.gguf`, `openai:<model>` or `anthropic:<model>`; a `base_url` that is
+    not an http(s) URL is an InputError."""
+    if base_url:
+        check_base_url(base_url, "base_url (--base-url)")
+    return provider_class(spec)(spec.partition(":")[2], base_url)
 
 
 def could_not_connect(error: BaseException) -> bool:

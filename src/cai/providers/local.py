@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+from llama_cpp._utils import suppress_stdout_stderr
 
 from cai.calls import Completion, Request
 from cai.errors import InputError, RequestRejected
 from cai.providers.base import Model
 from cai.providers.local_engine import BatchEngine, WindowExceeded
+from cai.providers.local_gen import plan
 from cai.providers.local_slots import local_slots
 from cai.providers.local_weights import Weights, local_requantize, weights
 
@@ -145,18 +147,42 @@ class TopLogprobs:
         return logits
 
 
+def model_source(name: str) -> Path:
+    """The GGUF file `local:NAME` asks for (the shipped one for an empty name); InputError if there is none."""
+    if not name:
+        return default_model_path()
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise InputError(f"no GGUF model file at {name}")
+    return path.resolve()
+
+
+class LocalTokens:
+    """Prompt tokens as the local model counts them: its chat template and tokenizer, run by llama-cpp-python's own
+    chat handler (`local_gen.plan`), from the GGUF's vocabulary alone (no weights loaded, no requantized copy made;
+    a requantized copy has the same vocabulary and template)."""
+
+    method = "exact: the GGUF's own chat template and tokenizer"
+
+    def __init__(self, source: Path) -> None:
+        with suppress_stdout_stderr(disable=False):  # llama.cpp warns that a vocabulary alone has no context size
+            self.llm = new_llama(str(source), vocab_only=True)
+
+    def count(self, request: Request) -> int:
+        messages, kwargs = chat_arguments(request)
+        kwargs.pop("response_format", None)  # a grammar for the reply: the prompt's tokens are the same without it
+        return len(plan(self.llm, messages, **kwargs)["prompt"])
+
+    def filler(self, tokens: int) -> str:
+        return " the" * tokens  # one token each
+
+
 class LocalModel(Model):
     provider = "local"
     supports_logprobs = True
 
     def __init__(self, name: str, base_url: str | None = None) -> None:
-        if name:
-            path = Path(name).expanduser()
-            if not path.is_file():
-                raise InputError(f"no GGUF model file at {name}")
-            source = path.resolve()
-        else:
-            source = default_model_path()
+        source = model_source(name)
         self.weights: Weights = weights(source, local_requantize(), shipped=not name)
         self.path = self.weights.path  # the file loaded: the GGUF, or its requantized copy in cai's cache
         super().__init__(name, None)
@@ -172,6 +198,10 @@ class LocalModel(Model):
     @property
     def spec(self) -> str:
         return f"local:{self.name}" if self.name else "local"
+
+    @classmethod
+    def token_counter(cls, name: str) -> LocalTokens:
+        return LocalTokens(model_source(name))
 
     async def complete(self, request: Request) -> Completion:
         path = str(self.path)

@@ -5,12 +5,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from cai import constitution as constitution_mod
+from cai.calls import Request
 from cai.constitution import Constitution
+from cai.core.choice import planned
 from cai.core.engine import Engine
 from cai.errors import InputError
+from cai.rbr.grader import classify_request, joint_request, proposition_messages
 from cai.rbr.reward import Weights, load_weights
 from cai.rbr.score import feedback_text, score_response
 from cai.settings import RunSettings, ScoringSettings
@@ -35,6 +39,20 @@ class RbrScorer:
         rtype = extra.get("response_type")
         return await score_response(engine, ROLE, self.const, self.weights, messages, response,
                                     rtype if isinstance(rtype, str) else None, mode=self.mode, votes=self.votes)
+
+    def requests(self, messages: list[dict[str, str]], response: str, extra: dict[str, Any],
+                 logprobs: Mapping[str, bool]) -> list[tuple[str, Request]]:
+        """(role, request) of each call `score` makes for this response when the grader's answers can be read
+        (`logprobs`: whether each role's model gives logprobs); for `cai estimate`."""
+        out: list[tuple[str, Request]] = []
+        if not isinstance(extra.get("response_type"), str):
+            out.append((ROLE, classify_request(self.const, messages)))
+        if self.mode == "joint":
+            return [*out, (ROLE, joint_request(self.const, messages, response))]
+        for p in self.const.propositions:
+            msgs = proposition_messages(messages, response, p.question)
+            out += [(ROLE, r) for r in planned(msgs, self.votes, logprobs.get(ROLE, False))]
+        return out
 
     def feedback(self, score: dict[str, Any]) -> str:
         """The failed propositions and checks, or "" with feedback off (`--no-rbr-feedback`)."""

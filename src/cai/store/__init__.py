@@ -53,7 +53,7 @@ class Store:
     COALESCE_S = 0.02
     MAX_BACKLOG = 1000
 
-    def __init__(self, run_dir: Path, *, readonly: bool = False) -> None:
+    def __init__(self, run_dir: Path, *, readonly: bool = False, untouched: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / DB_NAME
         self.readonly = readonly
@@ -63,7 +63,8 @@ class Store:
         self._writer: threading.Thread | None = None
         self._invocation: int | None = None
         try:
-            self._read = open_store(self.path, migrations.SCHEMA, migrations.TABLES, readonly, migrations.record_all)
+            self._read = open_store(self.path, migrations.SCHEMA, migrations.TABLES, readonly, migrations.record_all,
+                                    untouched=untouched)
             if not readonly:
                 migrations.migrate(self._read)  # a store an older cai made; a read-only open writes nothing
         except sqlite3.DatabaseError as e:
@@ -81,12 +82,13 @@ class Store:
         return (Path(run_dir) / DB_NAME).is_file()
 
     @classmethod
-    def open_run(cls, run_dir: Path, *, readonly: bool = False) -> Store:
+    def open_run(cls, run_dir: Path, *, readonly: bool = False, untouched: bool = False) -> Store:
         """The store of an existing run; InputError naming the folder if it holds none, DamagedStore if
-        it cannot be read. `readonly` opens a committed snapshot that never writes (status, readers)."""
+        it cannot be read. `readonly` opens a committed snapshot that never writes (status, readers); `untouched`
+        also leaves no SQLite side file behind (`sqlite_io.connect`)."""
         if not cls.exists(run_dir):
             raise InputError("not a cai run (no run.sqlite)", path=str(run_dir))
-        return cls(run_dir, readonly=readonly)
+        return cls(run_dir, readonly=readonly, untouched=untouched)
 
     # -- writing -------------------------------------------------------------------------
     def _writer_loop(self) -> None:

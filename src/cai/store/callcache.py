@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cai.calls import Completion
 from cai.errors import InputError, OutputError
+from cai.store.sqlite_io import connect
 
 TABLE = "cai_shared_calls"
 SCHEMA = f"""CREATE TABLE IF NOT EXISTS {TABLE}(key TEXT PRIMARY KEY, model TEXT NOT NULL, response TEXT NOT NULL,
@@ -98,4 +99,38 @@ class CallCache:
 
     def close(self) -> None:
         with self._lock, contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+
+class CacheReader:
+    """The cache file at `path` read without writing (nothing is created: without a file it holds nothing), for
+    `cai estimate`. InputError naming it if it is not a call cache."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._conn = connect(self.path, readonly=True, untouched=True) if self.path.is_file() else None
+        except sqlite3.DatabaseError as e:
+            raise InputError(f"not a readable cai call cache ({e})", path=str(self.path)) from e
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        if self._conn is None:
+            return []
+        try:
+            return self._conn.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise InputError(f"not a readable cai call cache ({e})", path=str(self.path)) from e
+
+    def has(self, key: str) -> bool:
+        """Whether the cache answers the call `key`."""
+        return bool(self._query(f"SELECT 1 FROM {TABLE} WHERE key=?", (key,)))
+
+    def model_tokens(self) -> dict[str, dict[str, int]]:
+        """Per model spec: the calls the cache holds and their tokens in and out."""
+        rows = self._query(f"SELECT model, COUNT(*), SUM(tokens_in), SUM(tokens_out) FROM {TABLE} GROUP BY model")
+        return {str(m): {"calls": int(n), "tokens_in": int(ti or 0), "tokens_out": int(to or 0)}  # type: ignore[arg-type]
+                for m, n, ti, to in rows}
+
+    def close(self) -> None:
+        if self._conn is not None:
             self._conn.close()

@@ -13,11 +13,15 @@ from pathlib import Path
 from cai.errors import DamagedStore
 
 
-def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path, readonly: bool = False, *, untouched: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode with a 10 s busy timeout: read-only (`mode=ro`, or `immutable=1` on a
-    read-only filesystem), or a writer in WAL mode."""
+    read-only filesystem), or a writer in WAL mode. `untouched` (read-only): leave no file behind either, where
+    SQLite would make the -wal and -shm files a reader of a WAL database needs: a file without a -wal (no writer
+    has it open) is read as immutable, as it is now (a writer that starts meanwhile is not seen)."""
     if readonly:  # a committed snapshot per query; never writes, never creates the file
         uri = f"{path.resolve().as_uri()}?mode=ro"
+        if untouched and not path.with_name(f"{path.name}-wal").exists():
+            uri += "&immutable=1"
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         try:
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
@@ -93,13 +97,14 @@ def create(path: Path, schema: str, init: Callable[[sqlite3.Connection], None] |
 
 
 def open_store(path: Path, schema: str, required: set[str], readonly: bool,
-               init: Callable[[sqlite3.Connection], None] | None = None) -> sqlite3.Connection:
+               init: Callable[[sqlite3.Connection], None] | None = None, *,
+               untouched: bool = False) -> sqlite3.Connection:
     """A connection to the store `path` (`connect`). Where nothing is stored yet (no file, an empty one, or one
     left by a creation an older cai was killed in), to a new store made by `create` (with `init`), or when
     `readonly`, to an empty one in memory (nothing is written). DamagedStore if the file lacks a `required` table
     but holds something: a foreign or damaged file is never turned into a store."""
-    if path.exists() and not _blank(path, schema, required):
-        return connect(path, readonly)
+    if path.exists() and not _blank(path, schema, required, untouched):
+        return connect(path, readonly, untouched=untouched)
     if readonly:
         conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         conn.executescript(schema)
@@ -110,9 +115,9 @@ def open_store(path: Path, schema: str, required: set[str], readonly: bool,
     return connect(path)
 
 
-def _blank(path: Path, schema: str, required: set[str]) -> bool:
+def _blank(path: Path, schema: str, required: set[str], untouched: bool = False) -> bool:
     """True if the database `path` lacks a `required` table and holds nothing; DamagedStore if it holds something."""
-    with contextlib.closing(connect(path, readonly=True)) as probe:
+    with contextlib.closing(connect(path, readonly=True, untouched=untouched)) as probe:
         tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if required <= tables:
             return False
