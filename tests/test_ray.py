@@ -138,3 +138,25 @@ def test_each_ray_worker_runs_its_own_local_model(tmp_path, cluster):
     crit = run.critiques()
     assert len(crit) == 4 and crit["parsed"].all()
     assert set(run.calls()["role"]) == {"generator", "critic", "reviser"}
+
+
+def test_the_budget_holds_across_ray_workers_and_a_higher_one_finishes_the_run(tmp_path, cluster, monkeypatch):
+    from cai.errors import BudgetExhausted
+
+    price = {"input": 1000.0, "output": 2000.0}
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"openai:stub*": price}))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with StubServer() as srv:
+        opts = {**options(srv), "prices": prices}
+        full = cai.run(PROMPTS[:16], out=tmp_path / "local", **opts)
+        limit = round(full.manifest["estimated_cost_usd"] * 0.4, 4)
+        srv.usage.clear()
+        with pytest.raises(BudgetExhausted) as e:
+            cai.run(PROMPTS[:16], out=tmp_path / "ray", engine="ray", workers=2, max_cost=limit, **opts)
+        paid = sum(p * price["input"] + c * price["output"] for p, c in srv.usage) / 1e6
+        assert 0 < paid <= limit and e.value.exit_code == 5
+        budget = e.value.run.manifest["budget"]
+        assert budget["spent_usd"] <= limit and 0 < e.value.run.status()["records"]["done"] < 16
+        cai.run(PROMPTS[:16], out=tmp_path / "ray", engine="ray", workers=2, max_cost=limit * 10, **opts)
+    assert exports(tmp_path / "ray") == exports(tmp_path / "local")

@@ -18,7 +18,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from cai.cluster.budget import BudgetActor, RemoteBudget
 from cai.cluster.worker import WRITES, Worker
+from cai.core.budget import Budget
 from cai.core.engine import Engine, RoleStats, Stats
 from cai.core.pipeline import Pipeline
 from cai.core.records import InputRecord
@@ -72,11 +74,17 @@ class RayRunner:
         base_urls = {r: m.base_url for r, m in engine.models.items()}
         actor = ray.remote(Worker)
         spawned = itertools.count()
+        budget = engine.budget
+        money = None  # the budget actor (--max-cost): one for every worker of this invocation
+        if isinstance(budget, Budget):
+            money = ray.remote(BudgetActor).options(num_cpus=0, max_concurrency=1000).remote(budget.limit,
+                                                                                           budget.total)
 
-        def spawn() -> Any:
-            return actor.options(name=f"cai-worker-{self.token}-{next(spawned)}", num_cpus=1,
-                                 max_concurrency=1000).remote(
-                settings, pipeline.const, base_urls, per, share["rpm"], share["tpm"])
+        def spawn() -> tuple[Any, str]:
+            name = f"cai-worker-{self.token}-{next(spawned)}"
+            keeper = RemoteBudget(money, name, budget.rates, budget.limit) if money is not None and budget else None
+            return actor.options(name=name, num_cpus=1, max_concurrency=1000).remote(
+                settings, pipeline.const, base_urls, per, share["rpm"], share["tpm"], keeper), name
 
         todo = list(pipeline.todo())
         size = max(1, min(per * CHUNK_PER_SLOT, -(-len(todo) // n)))  # a small run still reaches every worker
@@ -109,10 +117,13 @@ class RayRunner:
                     pipeline.on_done(status)
             await store.keep_up()
 
+        async def spent_out() -> bool:
+            return money is not None and (await money.state.remote())["closed"]
+
         async def drive(slot: int) -> None:
             nonlocal known
-            worker = spawn()
-            while chunks and not fatal:
+            worker, name = spawn()
+            while chunks and not fatal and not await spent_out():
                 chunk = chunks.popleft()
                 recs: list[InputRecord] = [rec for rec, _ in chunk]
                 ended: set[str] = set()
@@ -126,18 +137,21 @@ class RayRunner:
                             await apply(body, ended)
                         else:
                             counts["waiting"] += body["waiting"]
+                            counts["stopped"] = counts.get("stopped", 0) + body.get("stopped", 0)
                     retire(slot)
                 except RayActorError as e:  # the worker died: what it sent is stored; the rest goes back in the queue
                     self.died += 1
                     if self.died > DEATHS_PER_WORKER * n:
                         fatal.append(CaiError(f"{self.died} Ray workers died; the last one: {e}"))
                     retire(slot)
+                    if money is not None:  # its calls in flight may have been paid: they count, and stop blocking
+                        await money.forfeit.remote(name)
                     await store.flush()
                     known = store.statuses()  # what the dead worker's writes added
                     left = [(rec, rec.id in known) for rec in recs if rec.id not in ended]
                     if left:
                         chunks.appendleft(left)
-                    worker = spawn()
+                    worker, name = spawn()
                 except RayTaskError as e:  # a fatal error in the pipeline (bad key, endpoint down)
                     cause = getattr(e, "cause", None)
                     fatal.append(cause if isinstance(cause, BaseException) else e.as_instanceof_cause())
@@ -147,6 +161,12 @@ class RayRunner:
 
         await asyncio.gather(*(drive(i) for i in range(n)))
         await store.flush()
+        if money is not None:
+            state = await money.state.remote()
+            store.add_lost_usd(state["lost"])
+            if state["closed"]:
+                counts["stopped"] = counts.get("stopped", 0) + sum(len(c) for c in chunks)
+            ray.kill(money)
         if fatal:
             raise fatal[0]
         counts["workers_lost"] = self.died

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from cai.calls import Completion
+from cai.cluster.budget import RemoteBudget
 from cai.constitution import Constitution
 from cai.core.engine import Engine, Stats
 from cai.core.pipeline import Pipeline
@@ -97,17 +98,18 @@ class StoreProxy:
 
 class Worker:
     """A worker actor's state (the driver wraps this class with `ray.remote`): the run's settings, constitution and
-    models, and one engine kept across chunks (its pacing and AIMD caps learn as it goes)."""
+    models, and one engine kept across chunks (its pacing and AIMD caps learn as it goes); with `--max-cost`, the
+    engine asks the run's budget actor before each call (`cai.cluster.budget`)."""
 
     def __init__(self, settings: RunSettings, const: Constitution, base_urls: dict[str, str | None],
-                 concurrency: int, rpm: int | None, tpm: int | None) -> None:
+                 concurrency: int, rpm: int | None, tpm: int | None, budget: RemoteBudget | None = None) -> None:
         self.settings, self.const = settings, const
         self.models, self.plugins = run_models(settings, const, base_urls)
         self.cache = CallCache(settings.execution.cache) if settings.execution.cache else None
         self.concurrency = concurrency
         self.engine = Engine(StoreProxy({}, {}, {}), self.models,
                              max_retries=settings.execution.max_retries, concurrency=concurrency, rpm=rpm, tpm=tpm,
-                             cache=self.cache)
+                             cache=self.cache, budget=budget)
 
     def ready(self) -> bool:
         return True

@@ -99,10 +99,13 @@ class Budget:
         return worst_case(request, self.rates[role])
 
     async def reserve(self, role: str, request: Request) -> float:
-        """Set aside the worst case of a call of `role` and return it. While it does not fit but other calls are
-        in flight, wait for them to settle (their real cost is usually far below their worst case); once it does
-        not fit with nothing in flight, the budget closes: BudgetExhausted, now and for every later call."""
-        usd = self.worst(role, request)
+        """Set aside the worst case of a call of `role` and return it (see `take`)."""
+        return await self.take(self.worst(role, request))
+
+    async def take(self, usd: float) -> float:
+        """Set aside `usd` and return it. While it does not fit but other calls are in flight, wait for them to
+        settle (their real cost is usually far below their worst case); once it does not fit with nothing in
+        flight, the budget closes: BudgetExhausted, now and for every later call."""
         while not self.closed and self.spent + self.settled + self.reserved + usd > self.limit:
             if not self.in_flight:
                 self.closed = True
@@ -117,7 +120,11 @@ class Budget:
 
     def settle(self, role: str, reserved: float, comp: Completion) -> None:
         """The call answered: its reservation becomes its real cost."""
-        self.settled += cost(comp.model_dump(), self.rates[role])
+        self.pay(reserved, cost(comp.model_dump(), self.rates[role]))
+
+    def pay(self, reserved: float, usd: float) -> None:
+        """A reservation of `reserved` becomes a cost of `usd`."""
+        self.settled += usd
         self.release(reserved)
 
     def release(self, reserved: float) -> None:

@@ -347,6 +347,12 @@ class Store:
         except sqlite3.OperationalError:  # no such table: an older store opened read-only
             return 0.0
 
+    def add_lost_usd(self, usd: float) -> None:
+        """Count `usd` of calls that may have been paid but were never stored as spent, for good (a dead Ray
+        worker's reservations; meta `budget_lost_usd`)."""
+        if usd:
+            self.set_meta("budget_lost_usd", float(self.get_meta("budget_lost_usd", 0.0)) + usd)
+
     def settle_lost_holds(self) -> float:
         """Count the holds a killed invocation left (calls that may have been paid but whose answers were never
         stored) as spent, for good (meta `budget_lost_usd`), and drop them; the total so counted over the run."""
