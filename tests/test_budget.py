@@ -110,3 +110,47 @@ def test_the_library_raises_with_the_run_as_far_as_it_got(setup, tmp_path, stub_
     run = e.value.run  # type: ignore[attr-defined]
     assert run.manifest["budget"]["spent_usd"] == pytest.approx(e.value.spent)
     assert run.status()["records"]["done"] == len(PROMPTS) - e.value.left - run.status()["records"]["failed"]
+
+
+def test_rbr_grade_and_label_stop_at_the_budget_and_go_on_with_a_higher_one(setup, tmp_path, stub_server):
+    from test_rbr_cli import write_rows
+
+    _, prices = setup
+    rows = write_rows(tmp_path / "rows.jsonl", 8)
+    grade = ["rbr", "grade", rows, "--grader", "openai:stub", "--base-url", stub_server.url, "--quiet",
+             "--out", tmp_path / "g", "--prices", prices, "--concurrency", "4"]
+    stub_server.usage.clear()
+    res = cli(*grade, "--max-cost", "10")
+    assert res.exit_code == 5 and one_line_error(res.stderr).startswith("error: budget reached: $")
+    assert 0 < priced(stub_server.usage) <= 10
+    sent = stub_server.count()
+    done = cli(*grade, "--max-cost", "1000")
+    assert done.exit_code == 0, done.stderr
+    again = stub_server.count() - sent
+    assert cli(*grade).exit_code == 0 and stub_server.count() - sent == again  # every call was stored once
+
+    cands = tmp_path / "cands.jsonl"
+    cands.write_text("".join(json.dumps({"id": f"c{i}", "prompt": f"Name a colour ({i}).",
+                                         "responses": ["Red.", "Blue, the colour of the sky.", "Green."]}) + "\n"
+                             for i in range(6)))
+    stub_server.usage.clear()
+    label = ["label", cands, "--judge", "openai:stub", "--base-url", stub_server.url, "--out", tmp_path / "l",
+             "--concurrency", "4"]
+    unpriced = cli(*label, "--max-cost", "1")
+    assert unpriced.exit_code == 2 and "no price for judge model 'openai:stub'" in unpriced.stderr
+    assert not (tmp_path / "l").exists()
+
+
+def test_the_budget_shows_in_status_the_report_and_the_card(setup, tmp_path, stub_server):
+    from cai.report import render_report
+
+    inp, prices = setup
+    out = tmp_path / "r"
+    res = cli("run", inp, "--out", out, *stub_args(stub_server), "--prices", prices, "--max-cost", "5")
+    assert res.exit_code == 5
+    spent = json.loads((out / "manifest.json").read_text())["budget"]["spent_usd"]
+    text = f"${spent:.4f} spent of $5.0000 (--max-cost)"
+    assert text in cli("status", out).stderr
+    assert text in render_report(cai.open_run(out))
+    assert cli("export", out, "--hf", tmp_path / "hf").exit_code == 0
+    assert text in (tmp_path / "hf" / "README.md").read_text()

@@ -242,12 +242,13 @@ async def open_session(out: Path, models: dict[str, Model], execution: Execution
     """The one set-up path of every command that writes a run or a store folder of calls (`cai run`, `cai batch`,
     `cai label`, `cai judge-eval`, `cai rbr`, the library): `locked_store`, and an engine over `models` paced and
     retried as `execution` says, sharing answers through `execution.cache` if given (a bad cache file fails
-    before the folder is created)."""
+    before the folder is created), and under `execution.max_cost` a budget (`open_budget`)."""
     cache = CallCache(execution.cache) if execution.cache else None
     try:
         with locked_store(out, restart, create=create) as store:
             engine = Engine(store, models, max_retries=execution.max_retries, concurrency=execution.concurrency,
-                            rpm=execution.rpm, tpm=execution.tpm, cache=cache)
+                            rpm=execution.rpm, tpm=execution.tpm, cache=cache,
+                            budget=open_budget(store, execution, models))
             try:
                 yield Session(out, store, models, engine, execution)
             finally:
@@ -264,6 +265,8 @@ def role_session(out: Path, role: str, spec: str, base_url: str | None, *, concu
     `ExecutionSettings` (max_retries, cache)."""
     models = build_models({role: spec}, base_url)
     settings = ExecutionSettings(concurrency=calls_in_flight(models[role].provider, concurrency), **execution)
+    if settings.max_cost is not None:  # a model without a price is refused before the folder exists
+        role_rates({role: models[role].spec}, load_prices(settings.prices))
     return open_session(out, models, settings, create=create)
 
 
@@ -303,7 +306,7 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
                              "(or `cai batch cancel` stops them); running it now would pay for them twice",
                              path=str(store.run_dir))
         settings = await admit(store, settings, models, const, scan, plugins)
-        engine.budget = open_budget(store, settings, models)
+        engine.budget = open_budget(store, settings.execution, models)  # the budget the run keeps, if any
         store.begin_invocation([redact(a) for a in command or []], os.getcwd())
         if on_start:
             on_start(scan.records, engine)
@@ -328,18 +331,23 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
         return result
 
 
-def open_budget(store: Store, settings: RunSettings, models: dict[str, Model], batch: bool = False
+def open_budget(store: Store, execution: ExecutionSettings, models: dict[str, Model], batch: bool = False
                 ) -> Budget | None:
-    """The run's budget for this invocation (None without `--max-cost`): what it spent so far, the calls a killed
-    invocation left unsettled counted as spent (`Store.settle_lost_holds`), each role's price (`batch`: the
-    batch price). InputError naming a model without a price."""
-    limit = settings.execution.max_cost
-    if limit is None:
+    """The budget of this invocation of the folder's writer (None without `--max-cost`): what the folder spent
+    so far (its stored calls, each role at its model's price, and the calls a killed invocation left unsettled:
+    `Store.settle_lost_holds`), and each role's price (`batch`: the batch price). InputError naming a model
+    without a price, or when what was spent cannot be priced."""
+    if execution.max_cost is None:
         return None
-    prices = load_prices(settings.execution.prices)
-    rates = role_rates({r: m.spec for r, m in models.items()}, prices, batch)
+    prices = load_prices(execution.prices)
+    specs = {r: m.spec for r, m in models.items()}
+    rates = role_rates(specs, prices, batch)
     lost = store.settle_lost_holds()
-    return Budget(limit, (run_cost(store, prices) or 0.0) + lost, rates)
+    spent = run_cost(store, prices, specs)
+    if spent is None:
+        raise InputError("cannot price what this folder already spent (a model it used has no price): --max-cost "
+                         "needs one (give it in a --prices table, see docs/cost.md)", path=str(store.run_dir))
+    return Budget(execution.max_cost, spent + lost, rates)
 
 
 def budget_stopped(manifest: dict[str, Any], records: int) -> BudgetExhausted:

@@ -215,6 +215,7 @@ def status(
     Example: cai status runs/demo --json
     """
     from cai.api import open_run
+    from cai.read.cmdline import budget_text
     from cai.read.decisions import reviewed_text
     from cai.read.quality import kept_text
 
@@ -228,6 +229,8 @@ def status(
                   f"{c['not_started']} not started (of {c['input']})", markup=False, highlight=False)
         for role, t in info["tokens"].items():
             err.print(f"  {role}: {t['calls']} calls, {t['tokens_in']} in, {t['tokens_out']} out", markup=False)
+        if info.get("budget"):
+            err.print(f"  budget: {budget_text(info['budget'])}", markup=False, highlight=False)
         if info["exports"]:
             gate = (info["quality"] or {}).get("gate")
             err.print(f"  exports: {kept_text(info['exports'], info['quality'])}"

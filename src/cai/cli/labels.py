@@ -9,6 +9,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from cai.cli.kit import emit, fails_cleanly, renamed, run_async, say
+from cai.cli.options import run_option
 
 Judge = Annotated[Optional[str], typer.Option("--judge", help="Judge model: local, openai:NAME, anthropic:NAME "
                                                               "(default for a run: its critic; else local).")]
@@ -20,6 +21,8 @@ Const = Annotated[str, typer.Option(help="Constitution whose `comparisons:` the 
                                          "uses its own).")]
 Concurrency = Annotated[int, typer.Option(min=1, help="Items judged at once (1 for the local model).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
+MaxCost = Annotated[Optional[float], run_option("max_cost", "Here: over everything the folder has spent (a run's own "
+                                                            "calls included); not kept for a re-run.")]
 
 
 @fails_cleanly
@@ -39,6 +42,7 @@ def label(
     constitution: Const = "default",
     base_url: BaseUrl = None,
     concurrency: Concurrency = 4,
+    max_cost: MaxCost = None,
     as_json: AsJson = False,
 ) -> None:
     """Judge every pair of candidates in both orders and write preference pairs: for a run folder, its draft,
@@ -55,7 +59,7 @@ def label(
         from cai.api import manifest_extras
 
         manifest = run_async(label_run(target, labels, base_url=base_url, concurrency=concurrency,
-                                       extras=manifest_extras()))
+                                       extras=manifest_extras(), max_cost=max_cost))
         if as_json:
             emit(manifest)
         ex = manifest["exports"]
@@ -64,7 +68,7 @@ def label(
         return
     folder = out or Path("runs") / f"label-{target.stem}"
     info = run_async(label_file(target, folder, labels, judge or "local", constitution=constitution,
-                                base_url=base_url, concurrency=concurrency))
+                                base_url=base_url, concurrency=concurrency, max_cost=max_cost))
     if as_json:
         emit(info)
     say(f"wrote {folder}/: {info['comparisons']} comparisons of {info['rows']} rows, {info['pairs']} pairs "

@@ -72,11 +72,11 @@ def signature(batch: bool = False) -> inspect.Signature:
         *own])
 
 
-def run_option(name: str) -> Any:
-    """The typer.Option of the run option `name` for a command that reads a finished run (`cai export`): its
-    declared flags and help; not given, the run's own setting holds."""
+def run_option(name: str, note: str = "Default: the run's setting.") -> Any:
+    """The typer.Option of the run option `name` for another command (`cai export`, `cai label`): its declared
+    flags and help, and `note` (by default: not given, the run's own setting holds)."""
     opt = declared()[name][1]
-    return typer.Option(*opt.flags, help=f"{opt.help} Default: the run's setting.")
+    return typer.Option(*opt.flags, help=f"{opt.help} {note}".strip())
 
 
 class PanelCommand(TyperCommand):

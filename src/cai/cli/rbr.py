@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from cai.cli.kit import emit, fails_cleanly, renamed, run_async, say
+from cai.cli.options import run_option
 from cai.errors import InputError
 from cai.rbr.data import write_rows
 
@@ -79,6 +80,9 @@ CacheOpt = Annotated[Optional[Path], typer.Option(help="Call cache shared with r
 ConcOpt = Annotated[int, typer.Option(min=1, help="Responses graded at once (1 for the local model).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
 QuietOpt = Annotated[bool, typer.Option(help="No progress on stderr.")]
+MaxCostOpt = Annotated[Optional[float], run_option("max_cost", "Here: over everything the store folder has spent; "
+                                                               "not kept for a re-run.")]
+PricesOpt = Annotated[Optional[Path], run_option("prices", "")]
 
 
 def _setup(constitution: str, weights: Optional[Path]) -> tuple[Any, Any]:
@@ -108,7 +112,8 @@ def _says_if_created(store: Path) -> Iterator[None]:
 
 def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: str, weights: Optional[Path],
            mode: GraderMode, votes: int, out: Optional[Path], limit: Optional[int], concurrency: int,
-           quiet: bool, cache: Optional[Path] = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+           quiet: bool, cache: Optional[Path] = None, max_cost: Optional[float] = None,
+           prices: Optional[Path] = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Grade the rows of `target` with progress on stderr; returns (graded rows, stats)."""
     from cai.core.prices import load_prices
     from cai.core.progress import Progress
@@ -117,7 +122,7 @@ def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: 
 
     const, w = _setup(constitution, weights)
     rows = read_input(target, limit, const)
-    progress = Progress(quiet=quiet, prices=load_prices())
+    progress = Progress(quiet=quiet, prices=load_prices(str(prices) if prices else None))
     progress.every = PROGRESS_EVERY
     store = out or default_out(target)
     with _says_if_created(store):
@@ -125,7 +130,8 @@ def _grade(target: Path, *, grader: str, base_url: Optional[str], constitution: 
             graded, stats = run_async(run_grading(
                 rows, out=store, model=grader, base_url=base_url, const=const, weights=w, mode=mode.value,
                 votes=votes, concurrency=concurrency, cache=str(cache) if cache else None,
-                on_start=progress.start, on_done=progress.record_done))
+                on_start=progress.start, on_done=progress.record_done, max_cost=max_cost,
+                prices=str(prices) if prices else None))
         finally:
             progress.stop()
     stats["estimated_cost_usd"] = progress.summary()["estimated_cost_usd"]
@@ -152,8 +158,8 @@ def grade_cmd(
     grader_mode: ModeOpt = GraderMode.separate, votes: VotesOpt = 3, out: OutOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Graded JSONL (default "
                                                                           "<out>/graded.jsonl).")] = None,
-    limit: LimitOpt = None, concurrency: ConcOpt = 4, cache: CacheOpt = None, as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
+    limit: LimitOpt = None, concurrency: ConcOpt = 4, cache: CacheOpt = None, max_cost: MaxCostOpt = None,
+    prices: PricesOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Grade responses: P(yes) per proposition, check scores, class and reward for each.
 
@@ -166,7 +172,8 @@ def grade_cmd(
 
     graded, stats = _grade(target, grader=renamed(ctx, "model", "grader"), base_url=base_url,
                            constitution=constitution, weights=weights, mode=grader_mode, votes=votes, out=out,
-                           limit=limit, concurrency=concurrency, quiet=quiet, cache=cache)
+                           limit=limit, concurrency=concurrency, quiet=quiet, cache=cache, max_cost=max_cost,
+                           prices=prices)
     path = output or (out or default_out(target)) / "graded.jsonl"
     write_rows(path, graded)
     stats["output"] = str(path)

@@ -55,10 +55,11 @@ def worst_case(request: Request, rates: Mapping[str, float]) -> float:
                 worst_rates(rates))
 
 
-def run_cost(store: Store, prices: Prices) -> float | None:
+def run_cost(store: Store, prices: Prices, specs: Mapping[str, str] | None = None) -> float | None:
     """USD for every call the run paid for (the shared call cache's answers are free), each role's calls at its
-    model's price (`models` meta), batch calls at the batch price; None if a model has no price."""
-    models, total = store.get_meta("models", {}), 0.0
+    model's price (the run's `models` meta; `specs` for roles it lacks, e.g. a judge added by `cai label`), batch
+    calls at the batch price; None if a model has no price."""
+    models, total = {**(specs or {}), **store.get_meta("models", {})}, 0.0
     for batch in (False, True):
         for role, t in store.token_totals(batch=batch).items():
             rates = call_price(models.get(role, ""), prices, batch)

@@ -52,9 +52,12 @@ def run_candidates(steps: list[Step]) -> list[dict[str, Any]]:
 
 
 async def label_run(run_dir: Path, labels: LabelSettings, *, base_url: str | None = None, concurrency: int = 4,
-                    max_retries: int = 5, extras: Iterable[ManifestExtra] = ()) -> dict[str, Any]:
+                    max_retries: int = 5, extras: Iterable[ManifestExtra] = (),
+                    max_cost: float | None = None) -> dict[str, Any]:
     """Label every done record's candidates (`run_candidates`) of the run in `run_dir`, store the label steps,
-    keep `labels` in the run's settings and export again; returns the manifest."""
+    keep `labels` in the run's settings and export again; returns the manifest. `max_cost`: a budget over
+    everything the run folder has spent (BudgetExhausted once the next call does not fit; what is stored is
+    kept)."""
     probe = Store.open_run(run_dir, readonly=True)
     settings = run_settings(probe)
     probe.close()
@@ -62,7 +65,8 @@ async def label_run(run_dir: Path, labels: LabelSettings, *, base_url: str | Non
     judge = labels.judge or settings.models.critic
     labeler = AILabeler(labels, judge, const)
     async with role_session(run_dir, ROLE, judge, base_url or settings.models.base_url, concurrency=concurrency,
-                            max_retries=max_retries, create=False) as session:
+                            max_retries=max_retries, create=False, max_cost=max_cost,
+                            prices=settings.execution.prices) as session:
         store, engine = session.store, session.engine
         records = [r for r in store.iter_records() if r.done]
 
@@ -81,14 +85,15 @@ async def label_run(run_dir: Path, labels: LabelSettings, *, base_url: str | Non
 
 
 async def label_file(path: Path, out: Path, labels: LabelSettings, judge: str, *, constitution: str = "default",
-                     base_url: str | None = None, concurrency: int = 4, max_retries: int = 5) -> dict[str, Any]:
+                     base_url: str | None = None, concurrency: int = 4, max_retries: int = 5,
+                     max_cost: float | None = None) -> dict[str, Any]:
     """Label the candidates of each row of `path` (`cai.labels.files`); write `labels.jsonl` (every comparison)
     and `pairs.jsonl` (TRL preference pairs above `min_margin`) into `out`, which also keeps the calls."""
     rows = read_candidates(path)
     const = constitution_mod.load(constitution)
     labeler = AILabeler(labels, judge, const)
     async with role_session(out, ROLE, judge, base_url, concurrency=concurrency,
-                            max_retries=max_retries) as session:
+                            max_retries=max_retries, max_cost=max_cost) as session:
         async def one(row: dict[str, Any]) -> StoredRecord:
             cands = [{"source": "response", "n": i, "response": t} for i, t in enumerate(row["responses"])]
             data = await labeler.label(session.engine, row["prompt"], cands, 0)

@@ -56,14 +56,16 @@ async def grade_rows(engine: Engine, const: Constitution, weights: Weights, rows
 
 async def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base_url: str | None,
                       const: Constitution, weights: Weights, mode: str, votes: int, concurrency: int = 4,
-                      max_retries: int = 5, cache: str | None = None,
+                      max_retries: int = 5, cache: str | None = None, max_cost: float | None = None,
+                      prices: str | None = None,
                       on_start: Callable[[int, Engine], None] | None = None,
                       on_done: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Grade `rows` with `model`, its calls kept in the store at `out` (set up as `cai run` sets up a run
     folder: the run lock, a damaged store refused; `cache` is a shared call cache). Returns (graded rows, stats).
 
-    `on_start(rows, engine)` is called before the first call. Cancelling the task abandons the calls in
-    flight; every finished call is kept in the store.
+    `max_cost`: a budget over everything the store folder has spent (BudgetExhausted once the next call does not
+    fit; the calls made are kept). `on_start(rows, engine)` is called before the first call. Cancelling the task
+    abandons the calls in flight; every finished call is kept in the store.
     """
     for r in rows:
         rt = r.get("response_type")
@@ -72,7 +74,7 @@ async def run_grading(rows: list[dict[str, Any]], *, out: Path, model: str, base
                              f"{', '.join(const.response_types)})")
     started = time.monotonic()
     async with role_session(out, ROLE, model, base_url, concurrency=concurrency, max_retries=max_retries,
-                            cache=cache) as session:
+                            cache=cache, max_cost=max_cost, prices=prices) as session:
         grader = session.models[ROLE]
         if grader.provider == "local":
             # One response at a time: its questions share the response's prompt prefix (kept in the KV cache on

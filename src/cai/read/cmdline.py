@@ -36,6 +36,18 @@ def with_option(command: str, flag: str, value: str) -> str:
     return shlex.join([*out, flag, value])
 
 
+def budget_text(budget: dict[str, Any]) -> str:
+    """`$1.2345 spent of $5.0000 (--max-cost), $0.0400 reserved by calls in flight` from a `budget` section."""
+    spent, limit = budget.get("spent_usd"), budget.get("max_cost_usd")
+    text = ("unknown" if spent is None else f"${spent:.4f}") + " spent"
+    text += f" of ${limit:.4f} (--max-cost)" if limit is not None else ""
+    if budget.get("reserved_usd"):
+        text += f", ${budget['reserved_usd']:.4f} reserved by calls in flight"
+    if budget.get("lost_usd"):
+        text += f" (${budget['lost_usd']:.4f} of it for calls a kill cut off)"
+    return text
+
+
 def retry_command(argv: list[str]) -> str:
     """The invocation with `--retry-failed` once."""
     return f"{resume_command(argv)} --retry-failed"

@@ -23,6 +23,7 @@ import yaml
 
 from cai.errors import InputError, one_line
 from cai.read import parquet
+from cai.read.cmdline import budget_text
 from cai.read.decisions import ReviewTally
 from cai.read.export import Sink, all_or_none, drop_counts, manifest, run_settings, sweep, writing
 from cai.read.quality import Tally, counts_text
@@ -131,6 +132,7 @@ def card(name: str, info: dict[str, Any], rewards: bool) -> str:
             ("quality gate", quality.get("gate", "not recorded")),
             ("people's review", _review_row(info.get("reviews"))),
             ("tokens", tokens), ("estimated cost (USD)", "unknown" if cost is None else cost),
+            *([("budget", budget_text(info["budget"]))] if info.get("budget") else []),
             ("cai version", info["cai_version"]), ("last run ended (UTC)", info["ended"])]
     table = "\n".join(f"| {k} | {_text(v)} |" for k, v in rows)
     reward_cols = ", `reward_chosen`, `reward_rejected`" if rewards else ""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cai.read.cmdline import resume_command, retry_command
+from cai.read.export import budget_info, run_settings
 from cai.store import Store
 from cai.store.lock import running_pid
 
@@ -42,7 +43,8 @@ def _exported(run_dir: Path) -> dict[str, Any]:
 def run_status(run_dir: Path) -> dict[str, Any]:
     """Counts that add up (done + in progress + failed + not started = input records), open and resolved
     errors, the pid of a live writer, the last export's counts, quality gate counts and what people's decisions
-    did (`exports`, `quality`, `reviews`), and the last invocation's resume and retry commands."""
+    did (`exports`, `quality`, `reviews`), the budget now (`budget`: limit, spent, reserved by calls in flight;
+    None without `--max-cost`), and the last invocation's resume and retry commands."""
     store = Store.open_run(run_dir, readonly=True)
     try:
         counts = store.counts()
@@ -56,7 +58,8 @@ def run_status(run_dir: Path) -> dict[str, Any]:
             "records": {"input": total, "done": done, "in_progress": pending, "failed": failed,
                         "not_started": total - known},
             "tokens": store.token_totals(), "errors_open": store.error_count(open_only=True),
-            "errors": store.errors(last=20), "resume": None, "retry_failed": None}
+            "errors": store.errors(last=20), "resume": None, "retry_failed": None,
+            "budget": budget_info(store, run_settings(store))}
     finally:
         store.close()
     info.update(_exported(run_dir))

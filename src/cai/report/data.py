@@ -182,6 +182,7 @@ def overview(manifest: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]
         "running_pid": status.get("running_pid"),
         "tokens": {role: {**t, "cost_usd": costs.get(role)} for role, t in tokens.items()},
         "estimated_cost_usd": manifest.get("estimated_cost_usd"), "wall_seconds": manifest.get("wall_seconds"),
+        "budget": status.get("budget"),
         "started": manifest.get("started"), "ended": manifest.get("ended"),
         "invocations": manifest.get("invocations"), "cai_version": manifest.get("cai_version"),
         "exports": manifest.get("exports") or {}, "unparsed_verdicts": manifest.get("unparsed_verdicts"),

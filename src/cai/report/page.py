@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 from cai import __version__
+from cai.read.cmdline import budget_text
 from cai.read.quality import PARTS
 from cai.report.data import ReportData
 from cai.report.plots import Plot
@@ -147,6 +148,7 @@ def overview_html(data: ReportData) -> str:
         ["wall time", f"{duration(o['wall_seconds'])} over {fmt(o['invocations'])} invocation(s)"
                       f" ({o['started'] or '?'} → {o['ended'] or '?'})"],
         ["estimated cost", _usd(o["estimated_cost_usd"])],
+        *([["budget", budget_text(o["budget"])]] if o.get("budget") else []),
         *([] if ex else [["exports", "none yet"]]),
         ["unparsed verdicts", fmt(o["unparsed_verdicts"])],
         ["open errors", fmt(o["errors_open"])],
