@@ -29,14 +29,19 @@ EXPORTS = ("sft.jsonl", "pairs.jsonl", "critiques.jsonl")
 RECORDS = 5
 
 
-@pytest.fixture
-def job(batch_server: BatchServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+@pytest.fixture(params=["openai"])
+def job(request: pytest.FixtureRequest, batch_server: BatchServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A job's `cai batch submit` arguments, for the provider `request.param` (openai unless parametrized)."""
+    provider = request.param
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     prices = tmp_path / "prices.json"
-    prices.write_text(json.dumps({"openai:stub": PRICE}))
+    prices.write_text(json.dumps({f"{provider}:stub": PRICE}))
     inp = write_prompts(tmp_path / "prompts.jsonl", [f"Question number {i}: how do tides work?"
                                                      for i in range(RECORDS)])
-    args = [inp, "--model", "openai:stub", "--base-url", batch_server.url, *OPTS, "--prices", prices]
+    url = batch_server.url if provider == "openai" else batch_server.anthropic_url
+    args = [inp, "--model", f"{provider}:stub", "--base-url", url, *OPTS, "--prices", prices]
     return {"srv": batch_server, "args": args, "tmp": tmp_path}
 
 
@@ -118,6 +123,7 @@ def test_a_capped_job_never_spends_past_its_budget_and_a_higher_one_finishes_it(
     assert holds(out) == []
 
 
+@pytest.mark.parametrize("job", ["openai", "anthropic"], indirect=True)
 def test_a_stage_submits_only_what_fits_and_a_lower_budget_stops_the_job(job):
     srv, tmp = job["srv"], job["tmp"]
     assert cai("batch", "submit", *job["args"], "--out", tmp / "probe").exit_code == 0
