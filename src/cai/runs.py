@@ -342,7 +342,9 @@ def open_budget(store: Store, execution: ExecutionSettings, models: dict[str, Mo
     prices = load_prices(execution.prices)
     specs = {r: m.spec for r, m in models.items()}
     rates = role_rates(specs, prices, batch)
-    lost = store.settle_lost_holds()
+    # requests in a provider batch hold money that is not lost (and `cai run` refuses to start until a tick)
+    lost = (float(store.get_meta("budget_lost_usd", 0.0)) if store.get_meta(CALLS_IN_FLIGHT, 0)
+            else store.settle_lost_holds())
     spent = run_cost(store, prices, specs)
     if spent is None:
         raise InputError("cannot price what this folder already spent (a model it used has no price): --max-cost "

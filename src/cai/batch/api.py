@@ -4,6 +4,7 @@ layer over these. Nothing here prints or exits; failures are `cai.errors` except
     from cai import batch
     batch.submit("prompts.jsonl", out="runs/nightly", model="openai:gpt-4o-mini", rounds=1)
     batch.tick("runs/nightly").exit_code      # from cron, until the job is complete
+    batch.tick("runs/nightly", max_cost=20)   # a new budget (USD), kept by later ticks
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any
 from cai import constitution as constitution_mod
 from cai.api import Prompts, _input_file, manifest_extras
 from cai.batch.apis import batch_api, refuse_without_batch_api
+from cai.batch.budget import JobBudget, with_max_cost
 from cai.batch.job import PAUSED, BatchJob, TickReport
 from cai.batch.ledger import OPEN_STATES, Ledger
 from cai.core.records import InputRecord, scan_input, scanned_records
 from cai.errors import ConfigMismatch, InputError
-from cai.read.export import estimated_cost, export_run, run_settings
+from cai.read.export import budget_info, estimated_cost, export_run, run_settings
 from cai.redact import MASK, redact
 from cai.runs import admit, normalize_out, open_session, run_models
 from cai.settings import RunSettings
@@ -52,11 +54,14 @@ def cost_so_far(store: Store) -> float | None:
     return estimated_cost(store, run_settings(store))
 
 
-async def _finish(job: BatchJob, report: TickReport, settings: RunSettings) -> TickReport:
-    """Export like `cai run` once every record is done or failed (again only when something changed); the
-    cost so far."""
+async def _finish(job: BatchJob, report: TickReport, settings: RunSettings, budget_changed: bool = False
+                  ) -> TickReport:
+    """Export like `cai run` once every record is done or failed, or the budget stopped the job (again only when
+    something changed); the cost so far and the budget."""
     report.estimated_cost_usd = cost_so_far(job.store)
-    if report.complete and (report.progressed or not (job.store.run_dir / "manifest.json").exists()):
+    report.budget = budget_info(job.store, settings)
+    ended = report.complete or report.budget_stopped
+    if ended and (report.progressed or budget_changed or not (job.store.run_dir / "manifest.json").exists()):
         report.manifest = await asyncio.to_thread(export_run, job.store, settings.export.format,
                                                   extras=manifest_extras())
     return report
@@ -77,6 +82,7 @@ async def asubmit(prompts: Prompts, *, out: str | os.PathLike[str] | None = None
         scan = await asyncio.to_thread(scan_input, settings.io.input, settings.io.limit)
         models, plugins = run_models(settings, const)
         _check_models(models, settings.execution.max_retries)
+        JobBudget.of(settings.execution, {r: m.spec for r, m in models.items()})  # a model without a price
         async with open_session(normalize_out(settings.io.out), models, settings.execution,
                                 restart=restart) as session:
             store = session.store
@@ -86,21 +92,26 @@ async def asubmit(prompts: Prompts, *, out: str | os.PathLike[str] | None = None
             try:
                 job = BatchJob(store, session.engine, settings, const, plugins)
                 tick = await job.advance(source=scanned_records(scan), records=scan.records)
-                return await _finish(job, tick, settings)
+                return await _finish(job, tick, settings, options.get("max_cost") is not None)
             finally:
                 store.end_invocation()
 
 
 @contextlib.asynccontextmanager
-async def _open_job(out: str | os.PathLike[str]) -> AsyncIterator[tuple[BatchJob, RunSettings]]:
+async def _open_job(out: str | os.PathLike[str], max_cost: float | None = None
+                    ) -> AsyncIterator[tuple[BatchJob, RunSettings]]:
     """The batch job stored in `out`, under its run lock, with the models (and base URLs) it was submitted with:
-    they are part of every call's cache key, so no other could continue it."""
+    they are part of every call's cache key, so no other could continue it. `max_cost` replaces the job's budget
+    (stored, so later ticks keep it)."""
     run_dir = normalize_out(out)
     store = Store.open_run(run_dir, readonly=True)
     try:
         if not Ledger(store).exists():
             raise InputError("not a batch job (start one with `cai batch submit`)", path=str(run_dir))
         settings = RunSettings.from_stored(store.get_meta("settings"))
+        new_budget = max_cost is not None and max_cost != settings.execution.max_cost
+        if max_cost is not None and new_budget:
+            settings = with_max_cost(settings, max_cost)
         fp = store.get_meta("fingerprint") or {}
     finally:
         store.close()
@@ -119,22 +130,30 @@ async def _open_job(out: str | os.PathLike[str]) -> AsyncIterator[tuple[BatchJob
         raise ConfigMismatch("the models differ from the ones the job was submitted with (the local model file "
                              "changed?)", path=str(run_dir))
     _check_models(models, settings.execution.max_retries)
+    if new_budget:  # a model without a price is refused before the lock is taken
+        JobBudget.of(settings.execution, {r: m.spec for r, m in models.items()})
     async with open_session(run_dir, models, settings.execution, create=False) as session:
+        if new_budget:
+            session.store.set_meta("settings", settings.model_dump())
         yield BatchJob(session.store, session.engine, settings, const, plugins), settings
 
 
-async def atick(out: str | os.PathLike[str], *, command: list[str] | None = None) -> TickReport:
+async def atick(out: str | os.PathLike[str], *, max_cost: float | None = None,
+                command: list[str] | None = None) -> TickReport:
     """One pass of the job in `out` (for cron): store the results of ended batches, submit the next stage of
-    the records they made ready, export once every record is done. Takes the run lock (RunLocked if another
-    tick or `cai run` holds it). Works on the records submitted so far; new input rows wait for `submit`."""
-    async with _open_job(out) as (job, settings):
+    the records they made ready (those that fit in the budget), export once every record is done or the budget
+    stops the job. Takes the run lock (RunLocked if another tick or `cai run` holds it). Works on the records
+    submitted so far; new input rows wait for `submit`. `max_cost` sets a new budget in USD, higher or lower,
+    which later ticks keep."""
+    async with _open_job(out, max_cost) as (job, settings):
         records = [InputRecord(idx=i, id=r, messages=m, extra=e) for i, r, m, e in job.ledger.pending_records()]
         if not records and not job.ledger.jobs(*OPEN_STATES) and (job.store.run_dir / "manifest.json").exists():
             # a finished job: nothing to do, nothing written
-            return TickReport(str(job.store.run_dir), complete=True, estimated_cost_usd=cost_so_far(job.store))
+            return TickReport(str(job.store.run_dir), complete=True, estimated_cost_usd=cost_so_far(job.store),
+                              budget=budget_info(job.store, settings))
         job.store.begin_invocation([redact(a) for a in command or []], os.getcwd())
         try:
-            return await _finish(job, await job.advance(source=records), settings)
+            return await _finish(job, await job.advance(source=records), settings, max_cost is not None)
         finally:
             job.store.end_invocation()
 
@@ -148,7 +167,8 @@ async def acancel(out: str | os.PathLike[str]) -> dict[str, Any]:
 
 def status(out: str | os.PathLike[str]) -> dict[str, Any]:
     """Where a batch job stands, read-only (safe while a tick runs): records, the stages in flight, every batch
-    with its age and counts, requests by outcome, tokens and the estimated cost at the batch price."""
+    with its age and counts, requests by outcome, tokens, the estimated cost at the batch price and, with
+    `--max-cost`, the budget: limit, spent and reserved by the requests in flight."""
     run_dir = normalize_out(out)
     store = Store.open_run(run_dir, readonly=True)
     try:
@@ -172,6 +192,7 @@ def status(out: str | os.PathLike[str]) -> dict[str, Any]:
             "requests": ledger.request_counts(),
             "tokens": store.token_totals(batch=True),
             "estimated_cost_usd": cost_so_far(store),
+            "budget": budget_info(store, run_settings(store)),  # None without --max-cost
             "invocations": len(store.invocations()),  # the submits and ticks so far
         }
     finally:

@@ -4,7 +4,9 @@ The loop is the same `Pipeline` `cai run` uses, over an engine whose calls are n
 (`Collector`, the engine's `Deferral`): every record goes as far as the answers already stored take it, and
 the calls it needs next become the next provider batch (one per model). Results are stored as the same call
 rows `cai run` writes, under the same cache keys, so the next pass (or a plain `cai run`) replays them into
-steps. A record whose call failed in a batch is sent again in a later batch, up to `max_retries` times.
+steps. A record whose call failed in a batch is sent again in a later batch, up to `max_retries` times. Under a
+budget (`--max-cost`) a batch takes only the calls whose worst case fits in what is left (`cai.batch.budget`);
+the others wait, with their records, for a higher budget.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cai.batch.apis import BatchAPI, batch_api
+from cai.batch.budget import JobBudget
 from cai.batch.ledger import History, Job, Ledger, Outcome, error_of
 from cai.calls import Completion, Request
 from cai.constitution import Constitution
 from cai.core.engine import Engine
 from cai.core.pipeline import Pipeline
 from cai.core.records import InputRecord
-from cai.errors import EndpointDown, ProviderError
+from cai.errors import BudgetExhausted, EndpointDown, ProviderError
 from cai.providers import Model
 from cai.runs import CALLS_IN_FLIGHT, RunPlugins
 from cai.settings import RunSettings
@@ -50,6 +53,7 @@ class Queued:
     stage: str
     round: int
     attempt: int
+    usd: float | None = None  # its worst case at the batch price (None without prices), held while it is out
 
     def custom_id(self, token: str, n: int) -> str:
         """`<job token>-<n>-<record id>-<stage>-<round>-<attempt>` for the `n`th request of a batch: unique by
@@ -94,10 +98,12 @@ class TickReport:
     done_now: int = 0
     failed_now: int = 0
     waiting: int = 0  # records waiting on a batch
+    over_budget: int = 0  # calls not submitted: their worst case did not fit in what is left of --max-cost
     open_batches: int = 0
     paused: bool = False
     complete: bool = False
     estimated_cost_usd: float | None = None  # the run so far, batch calls at the batch price
+    budget: dict[str, Any] | None = None  # with --max-cost: the manifest's `budget` (cai.read.export.budget_info)
     manifest: dict[str, Any] | None = None
 
     @property
@@ -106,8 +112,16 @@ class TickReport:
                     or self.failed_now)
 
     @property
+    def budget_stopped(self) -> bool:
+        """Calls wait for a higher budget and none is in flight: the job cannot go on without one."""
+        return bool(self.over_budget) and not self.open_batches
+
+    @property
     def exit_code(self) -> int:
-        """1 records failed in this pass; 0 progress made or nothing more to do; EXIT_WAITING otherwise."""
+        """5 (BudgetExhausted's) stopped by the budget; 1 records failed in this pass; 0 progress made or nothing
+        more to do; EXIT_WAITING otherwise."""
+        if self.budget_stopped:
+            return BudgetExhausted.exit_code
         if self.failed_now:
             return 1
         if self.progressed or self.complete or (self.paused and not self.open_batches):
@@ -115,7 +129,7 @@ class TickReport:
         return EXIT_WAITING
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "exit_code": self.exit_code}
+        return {**asdict(self), "budget_stopped": self.budget_stopped, "exit_code": self.exit_code}
 
 
 class BatchJob:
@@ -125,6 +139,7 @@ class BatchJob:
                  plugins: RunPlugins) -> None:
         self.store, self.engine, self.settings, self.const, self.plugins = store, engine, settings, const, plugins
         self.ledger = Ledger(store)
+        self.budget = JobBudget(None)  # set by `advance` (cancelling needs no prices)
         retries = settings.execution.max_retries
         self.apis: dict[str, BatchAPI] = {}
         for model in engine.models.values():
@@ -139,6 +154,7 @@ class BatchJob:
         """Recover lost creates, store the results of ended batches, continue every record as far as they go,
         submit what they need next; `source`/`records` as for Pipeline (default: the run's input file)."""
         report = TickReport(str(self.store.run_dir), paused=bool(self.store.get_meta(PAUSED, False)))
+        self.budget = JobBudget.of(self.settings.execution, {r: m.spec for r, m in self.engine.models.items()})
         try:
             await self._recover(report)
             await self._collect(report)
@@ -149,7 +165,7 @@ class BatchJob:
                                     records=records, source=source, labeler=self.plugins.labeler)
                 counts = await pipeline.run()
                 report.done_now, report.failed_now, report.waiting = counts["done"], counts["failed"], counts["waiting"]
-                await self._submit(collector.queued.values(), report)
+                await self._submit(collector, report)
         except ProviderError as e:
             if e.fatal:
                 raise
@@ -227,12 +243,28 @@ class BatchJob:
     def _file_uploaded(self, job: int, file_id: str) -> None:
         self.ledger.update_job(job, file_id=file_id)
 
-    async def _submit(self, queued: Iterable[Queued], report: TickReport) -> None:
-        """One batch per model (more where a batch would pass the provider's limits), each stored before it
-        is created and its id stored as soon as the provider returns it."""
+    def _within_budget(self, collector: Collector, report: TickReport) -> list[Queued]:
+        """The queued calls whose worst case fits in what is left of the budget, taken in the order the records
+        asked for them (a call that does not fit is passed over: a smaller one after it may still fit);
+        `report.over_budget` counts the others. Each call's worst case is set for its hold."""
+        left = self.budget.left(self.store, {k for k, h in collector.history.items() if h.in_flight})
+        fits = []
+        for q in collector.queued.values():
+            q.usd = self.budget.worst(q.role, q.request)
+            if q.usd is None or q.usd <= left:
+                fits.append(q)
+                left -= q.usd or 0.0
+            else:
+                report.over_budget += 1
+        return fits
+
+    async def _submit(self, collector: Collector, report: TickReport) -> None:
+        """The queued calls that fit in the budget, as one batch per model (more where a batch would pass the
+        provider's limits), each stored before it is created and its id stored as soon as the provider returns
+        it."""
         await self.store.flush()  # the steps that led to these calls are durable before the batch exists
         groups: dict[str, list[Queued]] = {}
-        for q in queued:
+        for q in self._within_budget(collector, report):
             groups.setdefault(q.model.spec, []).append(q)
         for spec, group in groups.items():
             for token, part, items in _chunks(self.apis[spec], group):
@@ -241,8 +273,8 @@ class BatchJob:
     async def _create(self, api: BatchAPI, token: str, part: list[Queued], items: list[dict[str, Any]],
                       report: TickReport) -> None:
         rows = [{"custom_id": item["custom_id"], "key": q.key, "role": q.role, "record": q.record, "stage": q.stage,
-                 "round": q.round, "attempt": q.attempt, "mode": mode} for q, (item, mode) in zip(part, items,
-                                                                                                strict=True)]
+                 "round": q.round, "attempt": q.attempt, "mode": mode, "usd": q.usd}
+                for q, (item, mode) in zip(part, items, strict=True)]
         n = self.ledger.add_job(token, api.provider, api.model.spec, rows)  # before anything is sent
         stages = Counter(f"{q.stage} {q.round}" if q.round else q.stage for q in part)
         try:

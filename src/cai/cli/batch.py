@@ -4,14 +4,15 @@ The library is imported inside the commands (as in cai.cli.commands), so that `c
 
 Exit codes (for cron): 0 progress made or nothing more to do, 1 records failed in this pass, 2 bad input or
 configuration, 3 another cai process holds the run folder, 4 the provider's batch API is unusable right now
-(the next tick tries again), 75 still waiting on the provider, 130 interrupted.
+(the next tick tries again), 5 the budget (--max-cost) stops the job, 75 still waiting on the provider,
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
     from cai.batch.job import TickReport
 
 EXIT_HELP = ("Exit codes: 0 progress made or nothing more to do, 1 records failed, 2 bad input or configuration, "
-             "3 the run folder is in use (another tick or cai run), 4 the batch API is unusable now, 75 still "
-             "waiting on the provider, 130 interrupted.")
+             "3 the run folder is in use (another tick or cai run), 4 the batch API is unusable now, 5 the budget "
+             "(--max-cost) stops the job, 75 still waiting on the provider, 130 interrupted.")
 batch_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                         context_settings={"help_option_names": ["-h", "--help"]},
                         help="Scheduled batch jobs at the providers' batch price: submit once, tick from cron.\n\n"
@@ -31,11 +32,23 @@ batch_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                              f"runs/nightly\n  cai batch tick runs/nightly\n\n{EXIT_HELP}")
 RunDir = Annotated[Path, typer.Argument(help="The job's run folder, e.g. runs/nightly.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON to stdout.")]
+MaxCost = Annotated[Optional[float], typer.Option(  # noqa: UP045 (typer reads Optional)
+    "--max-cost", min=0, help="A new budget in USD for the job, higher or lower, kept by later ticks: a request is "
+    "submitted only if its worst case at the batch price fits in what is left. Default: the job's.")]
 
 
 def _cost(usd: float | None) -> str:
     """The job's cost so far as `cai batch tick` and `cai batch status` print it (`cai.batch.api.cost_so_far`)."""
     return "unknown (no price for a model)" if usd is None else f"${usd:.4f}"
+
+
+def _budget_line(budget: dict[str, Any] | None) -> str:
+    """The budget as `cai batch tick` and `cai batch status` print it: spent, reserved in flight, limit."""
+    if not budget or budget.get("max_cost_usd") is None:
+        return ""
+    spent = "unknown (no price for a model)" if budget["spent_usd"] is None else f"${budget['spent_usd']:.4f}"
+    return (f"{spent} spent and ${budget['reserved_usd']:.4f} reserved in flight of ${budget['max_cost_usd']:.4f} "
+            "(--max-cost)")
 
 
 def _summary(r: TickReport) -> str:
@@ -51,12 +64,17 @@ def _summary(r: TickReport) -> str:
         parts.append(f"submitted {bid} to {b['model']}: {b['requests']} requests ({stages})")
     if r.paused:
         parts.append("cancelled: no new batches until `cai batch submit`")
+    if r.over_budget:
+        wait = "a higher budget" if r.budget_stopped else "what the batches in flight leave, or a higher budget"
+        parts.append(f"budget {'reached' if r.budget_stopped else 'short'}: {_budget_line(r.budget)}; "
+                     f"{r.over_budget} requests wait for {wait} (cai batch tick {r.out} --max-cost USD)")
     head = "; ".join(parts) or (f"waiting on {r.open_batches} batch(es)" if r.open_batches else "nothing to do")
     tail = (f"{r.done_now} done and {r.failed_now} failed in this pass, {r.waiting} waiting, "
             f"{r.open_batches} batch(es) open, estimated cost so far {_cost(r.estimated_cost_usd)}")
     if r.manifest is not None:
         ex = r.manifest["exports"]
-        tail += f"; complete: wrote {ex['sft']} sft, {ex['pairs']} pairs, {ex['critiques']} critiques"
+        done = "complete: wrote" if r.complete else "wrote what is done:"
+        tail += f"; {done} {ex['sft']} sft, {ex['pairs']} pairs, {ex['critiques']} critiques"
     elif r.complete:
         tail += "; complete"
     return f"{r.out}: {head}. {tail} (exit {r.exit_code})"
@@ -95,15 +113,16 @@ def add_submit() -> None:
 
 @batch_app.command()
 @fails_cleanly
-def tick(run_dir: RunDir, as_json: AsJson = False) -> None:
+def tick(run_dir: RunDir, max_cost: MaxCost = None, as_json: AsJson = False) -> None:
     """One pass, for cron or a systemd timer: store finished batch results, submit the next stage of the records
-    they made ready, export once every record is done. Exits at once if another tick holds the folder (3).
+    they made ready (what fits in the budget), export once every record is done or the budget stops the job (5).
+    Exits at once if another tick holds the folder (3).
 
     Example: cai batch tick runs/nightly >> runs/nightly/batch.log 2>&1
     """
     from cai.batch.api import atick
 
-    _finish(run_async(atick(run_dir, command=["cai", *sys.argv[1:]])), as_json)
+    _finish(run_async(atick(run_dir, max_cost=max_cost, command=["cai", *sys.argv[1:]])), as_json)
 
 
 @batch_app.command("status")
@@ -124,6 +143,8 @@ def status_cmd(run_dir: RunDir, as_json: AsJson = False) -> None:
     say(f"{run_dir}: {state}; {c['done']} done, {c['failed']} failed, {c['waiting']} waiting (of {c['input']}); "
         f"{info['invocations']} invocations (submits and ticks); estimated cost so far "
         f"{_cost(info['estimated_cost_usd'])}")
+    if line := _budget_line(info["budget"]):
+        say(f"  budget: {line}")
     for s in info["stages"]:
         say(f"  in flight: {s['requests']} {s['stage']}" + (f" round {s['round']}" if s["round"] else ""))
     for b in info["batches"]:

@@ -20,7 +20,8 @@ def estimate(ctx: typer.Context, input: Path, as_json: bool, **options: Any) -> 
 
     \b
     Example:
-      cai estimate examples/prompts.jsonl --limit 6 --max-tokens 64 --model openai:gpt-4o-mini
+      cai estimate examples/prompts.jsonl --limit 6 --max-tokens 64 \
+        --model openai:gpt-4o-mini
     """
     from cai.api import estimate as estimate_run
     from cai.runs import normalize_out

@@ -29,7 +29,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -353,16 +353,17 @@ class Store:
         if usd:
             self.set_meta("budget_lost_usd", float(self.get_meta("budget_lost_usd", 0.0)) + usd)
 
-    def settle_lost_holds(self) -> float:
+    def settle_lost_holds(self, keep: Collection[str] = ()) -> float:
         """Count the holds a killed invocation left (calls that may have been paid but whose answers were never
-        stored) as spent, for good (meta `budget_lost_usd`), and drop them; the total so counted over the run."""
+        stored) as spent, for good (meta `budget_lost_usd`), and drop them; the total so counted over the run.
+        The holds of the keys in `keep` stay: calls known to be in flight still (requests in a provider batch)."""
         def op(c: sqlite3.Connection) -> None:
-            lost = c.execute("SELECT COALESCE(SUM(usd), 0) FROM budget_holds").fetchone()[0]
-            if lost:
+            gone = [(k, usd) for k, usd in c.execute("SELECT key, usd FROM budget_holds") if k not in keep]
+            if lost := sum(usd for _, usd in gone):
                 before = json.loads((c.execute("SELECT value FROM meta WHERE key='budget_lost_usd'").fetchone()
                                      or ["0"])[0])
                 c.execute("INSERT OR REPLACE INTO meta VALUES('budget_lost_usd', ?)", (json.dumps(before + lost),))
-                c.execute("DELETE FROM budget_holds")
+            c.executemany("DELETE FROM budget_holds WHERE key=?", [(k,) for k, _ in gone])
 
         self.write_now(op)
         return float(self.get_meta("budget_lost_usd", 0.0))

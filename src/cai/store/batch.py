@@ -29,6 +29,8 @@ SCHEMA = (
 JOB_COLUMNS = ("n", "token", "provider", "model", "state", "batch_id", "file_id", "requests", "created", "ended",
                "status", "counts", "note")
 REQUEST_COLUMNS = ("custom_id", "key", "role", "record", "stage", "round", "attempt", "mode", "state")
+# The budget holds of batch ?'s requests (a request's hold is keyed by its call's cache key, as in `Store.hold`).
+RELEASE_HOLDS = "DELETE FROM budget_holds WHERE key IN (SELECT key FROM batch_requests WHERE job=?)"
 UPDATABLE = frozenset({"state", "batch_id", "file_id", "status", "counts", "note"})  # what `update_job` may set
 
 
@@ -86,7 +88,8 @@ class BatchTables:
 
     # -- writes (`write_now`: durable when they return; `end_job` is queued) -------------------
     def add_job(self, token: str, provider: str, model: str, rows: list[dict[str, Any]]) -> int:
-        """Store a batch in state `creating` with its requests (state `sent`); returns its number."""
+        """Store a batch in state `creating` with its requests (state `sent`) and, for each request with a `usd`,
+        its budget hold (`Store.hold`); returns its number."""
         out: list[int] = []
 
         def op(c: sqlite3.Connection) -> None:
@@ -96,6 +99,8 @@ class BatchTables:
                           "state) VALUES(?,?,?,?,?,?,?,?,?,'sent')",
                           [(r["custom_id"], n, r["key"], r["role"], r["record"], r["stage"], r["round"],
                             r["attempt"], r.get("mode")) for r in rows])
+            c.executemany("INSERT OR REPLACE INTO budget_holds VALUES(?,?,?)",
+                          [(r["key"], r["usd"], time.time()) for r in rows if r.get("usd") is not None])
             out.append(int(n or 0))
 
         self.store.write_now(op)
@@ -111,14 +116,19 @@ class BatchTables:
         self.store.write_now(lambda c: c.execute(f"UPDATE batch_jobs SET {sets} WHERE n=?", (*fields.values(), n)))
 
     def drop_job(self, n: int) -> None:
-        """Delete batch `n` and its requests."""
-        self.store.write_now(lambda c: (c.execute("DELETE FROM batch_requests WHERE job=?", (n,)),
-                                        c.execute("DELETE FROM batch_jobs WHERE n=?", (n,))))
+        """Delete batch `n`, its requests and their budget holds."""
+        def op(c: sqlite3.Connection) -> None:
+            c.execute(RELEASE_HOLDS, (n,))
+            c.execute("DELETE FROM batch_requests WHERE job=?", (n,))
+            c.execute("DELETE FROM batch_jobs WHERE n=?", (n,))
+
+        self.store.write_now(op)
 
     def end_job(self, n: int, outcomes: Iterable[tuple[str, str, dict[str, Any] | None]], status: str,
                 counts: dict[str, int]) -> None:
         """Queue batch `n`'s end (state `ended`), with each request's (custom_id, state, error or None); a request
-        not in `outcomes` becomes `expired`. Queued behind the writes already queued, so it is never durable
+        not in `outcomes` becomes `expired`. The budget holds of its requests go: one that ended without an
+        answer was not charged. Queued behind the writes already queued, so it is never durable
         without them."""
         rows = [(state, json.dumps(error) if error is not None else None, cid, n) for cid, state, error in outcomes]
         blob = json.dumps(counts, sort_keys=True)
@@ -128,5 +138,6 @@ class BatchTables:
             c.execute("UPDATE batch_requests SET state='expired' WHERE job=? AND state='sent'", (n,))
             c.execute("UPDATE batch_jobs SET state='ended', ended=?, status=?, counts=? WHERE n=?",
                       (time.time(), status, blob, n))
+            c.execute(RELEASE_HOLDS, (n,))  # the answered ones went with their answers (`Store.add_call`)
 
         self.store.enqueue(op)
