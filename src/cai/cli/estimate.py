@@ -20,7 +20,7 @@ def estimate(ctx: typer.Context, input: Path, as_json: bool, **options: Any) -> 
 
     \b
     Example:
-      cai estimate examples/prompts.jsonl --limit 6 --max-tokens 64 \
+      cai estimate examples/prompts.jsonl --limit 6 --max-tokens 64 \\
         --model openai:gpt-4o-mini
     """
     from cai.api import estimate as estimate_run
