@@ -50,7 +50,9 @@ def check_trl_shapes(run: Path) -> dict[str, list[dict[str, Any]]]:
         assert row["messages"][-1]["role"] == "assistant"
         assert all(set(m) == {"role", "content"} for m in row["messages"])
     for row in out["pairs"]:
-        assert set(row) == {"id", "prompt", "chosen", "rejected", "metadata", "quality"}
+        assert set(row) == {"id", "prompt", "chosen", "rejected", "metadata", "quality", "source", "review"}
+        assert row["source"] in ("revision", "human", "human_edit") and (row["review"] is None) == (
+            row["source"] == "revision")
         assert row["prompt"][-1]["role"] == "user"
         assert [m["role"] for m in row["chosen"]] == ["assistant"] == [m["role"] for m in row["rejected"]]
         assert row["chosen"][0]["content"].strip() and row["chosen"][0]["content"] != row["rejected"][0]["content"]
