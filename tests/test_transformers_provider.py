@@ -139,14 +139,51 @@ def test_developer_turns_and_schemas(checkpoint: Path, tmp_path: Path) -> None:
     sys_ = ({"role": "system", "content": "Be brief."}, *HELLO)
     assert complete(spec, dev, max_tokens=8, seed=3) == complete(spec, sys_, max_tokens=8, seed=3)
     plain = complete(spec, max_tokens=4)
-    shaped = complete(spec, schema={"type": "object", "properties": {"ok": {"type": "boolean"}}}, max_tokens=4)
-    assert shaped.structured == "prompt" and shaped.tokens_in > plain.tokens_in
+    shaped = complete(spec, schema={"type": "object", "properties": {"ok": {"type": "array"}}}, max_tokens=4)
+    assert shaped.structured == "prompt" and shaped.tokens_in > plain.tokens_in  # a schema it cannot write to
     folded = tmp_path / "no-system"
     shutil.copytree(checkpoint, folded)
     (folded / "chat_template.jinja").write_text(NO_SYSTEM)
     merged = ({"role": "user", "content": "Be brief.\n\nHello there, how are you?"},)
     assert complete(f"transformers:{folded}", dev, max_tokens=8, seed=3) == complete(spec, merged, max_tokens=8,
                                                                                    seed=3)
+
+
+def _schemas() -> list[dict[str, Any]]:
+    from cai.constitution import load
+    from cai.core.stages import OVERRIDE_SCHEMA, VERDICT_SCHEMA
+    from cai.rbr.grader import classify_request, joint_schema
+
+    const = load("rbr-safety")
+    return [VERDICT_SCHEMA, OVERRIDE_SCHEMA, joint_schema(const), classify_request(const, list(HELLO)).schema or {}]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_the_schemas_cai_asks_with_are_always_followed(checkpoint: Path, temperature: float) -> None:
+    """The critic's verdict, the grader's joint propositions and response type: one valid object from a model with
+    random weights, the same for the same seed."""
+    jsonschema = pytest.importorskip("jsonschema")
+    spec = f"transformers:{checkpoint}"
+    for schema in _schemas():
+        for seed in (0, 1):
+            c = complete(spec, schema=schema, max_tokens=200, temperature=temperature, seed=seed)
+            assert c.structured == "grammar" and c.top_logprobs is None, c
+            jsonschema.validate(json.loads(c.text), schema)
+            assert list(json.loads(c.text)) == list(schema["properties"])
+            assert 0 < c.tokens_out and c.finish_reason in ("stop", "length")
+            assert complete(spec, schema=schema, max_tokens=200, temperature=temperature, seed=seed) == c
+
+
+def test_a_string_within_its_max_length_and_the_token_budget(checkpoint: Path) -> None:
+    spec = f"transformers:{checkpoint}"
+    schema = {"type": "object", "properties": {"note": {"type": "string", "maxLength": 5}, "ok": {"type": "boolean"}}}
+    c = complete(spec, schema=schema, max_tokens=100, temperature=1.0, seed=0)
+    assert len(json.loads(c.text)["note"]) <= 5
+    long = {"type": "object", "properties": {"note": {"type": "string"}, "ok": {"type": "boolean"}}}
+    replies = [complete(spec, schema=long, max_tokens=20, temperature=1.0, seed=s) for s in range(5)]
+    for r in replies:  # cut by max_tokens or not, always the whole object
+        assert set(json.loads(r.text)) == {"note", "ok"} and r.tokens_out <= 20
+    assert "length" in {r.finish_reason for r in replies} and any(json.loads(r.text)["note"] for r in replies)
 
 
 def test_the_estimate_counts_prompts_as_the_model_does(checkpoint: Path) -> None:
@@ -189,7 +226,8 @@ def test_cai_run_with_every_role_on_the_checkpoint(checkpoint: Path, tmp_path: P
     assert outs[0] == outs[1]
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["model_files"]["generator"]["file"] == "ckpt"
-    assert {c["id"] for c in read_jsonl(tmp_path / "a" / "critiques.jsonl")} == {"p0", "p1"}
+    critiques = read_jsonl(tmp_path / "a" / "critiques.jsonl")
+    assert {c["id"] for c in critiques} == {"p0", "p1"} and all(c["parsed"] for c in critiques)
 
 
 def test_a_generator_on_the_checkpoint_beside_a_served_critic(checkpoint: Path, tmp_path: Path,

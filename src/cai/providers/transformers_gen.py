@@ -78,29 +78,70 @@ def _forward_names(cls: type) -> tuple[str, str | None]:
     return cache, keep
 
 
+class Decoder:
+    """One sequence being decoded: the model's KV cache, the logits at its end and the request's seeded generator.
+    Call it under `torch.inference_mode()`."""
+
+    def __init__(self, model: Any, prompt: list[int], s: Sampling) -> None:
+        self.model, self.s = model, s
+        self.gen = torch.Generator(device="cpu")
+        self.gen.manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
+        self.cache_name, self.keep = _forward_names(type(model))
+        self.cache: Any = None
+        self.logits = self.feed(prompt)[-1]
+
+    def feed(self, ids: list[int], every: bool = False) -> torch.Tensor:
+        """Run `ids` through the model after what it has seen; the logits at the last position (at each with
+        `every`), which become the next token's."""
+        kwargs: dict[str, Any] = {self.cache_name: self.cache, "use_cache": True}
+        if self.keep and not every:
+            kwargs[self.keep] = 1
+        res = self.model(input_ids=torch.tensor([ids], dtype=torch.long), **kwargs)
+        self.cache = getattr(res, self.cache_name)
+        logits = res.logits[0].float()
+        self.logits = logits[-1]
+        return logits
+
+    def sample(self) -> int:
+        """The next token (not fed yet): greedy at temperature 0, else sampled with the request's generator."""
+        return _next_token(self.logits, self.s, self.gen)
+
+    def score(self, ids: list[int]) -> float:
+        """log P(`ids` come next), leaving the sequence as it was (the cache is cropped back)."""
+        total = float(torch.log_softmax(self.logits, dim=-1)[ids[0]])
+        if len(ids) > 1:
+            before = self.logits
+            lp = torch.log_softmax(self.feed(ids[:-1], every=True), dim=-1)
+            total += float(sum(lp[i, t] for i, t in enumerate(ids[1:])))
+            self.cache.crop(-(len(ids) - 1))
+            self.logits = before
+        return total
+
+    def choose(self, options: list[list[int]]) -> int:
+        """The index of the option to continue with: the likeliest at temperature 0, else sampled by likelihood."""
+        scores = torch.tensor([self.score(o) for o in options])
+        if self.s.temperature == 0.0:
+            return int(torch.argmax(scores))
+        return int(torch.multinomial(torch.softmax(scores / self.s.temperature, dim=-1), 1, generator=self.gen))
+
+
 def decode(model: Any, prompt: list[int], steps: int, stop: set[int], s: Sampling,
            top_logprobs: int | None) -> Decoded:
     """Generate up to `steps` tokens after `prompt`; stop at a token of `stop` (not kept). With `top_logprobs`,
     each sampled position's top entries as (token id, logprob), the position that ended the reply included."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(s.seed if s.seed is not None else secrets.randbits(63))
-    cache_name, keep = _forward_names(type(model))
-    kwargs: dict[str, Any] = {"use_cache": True, **({keep: 1} if keep else {})}
     out = Decoded()
-    ids = torch.tensor([prompt], dtype=torch.long)
     with torch.inference_mode():
-        for _ in range(steps):
-            res = model(input_ids=ids, **kwargs)
-            kwargs[cache_name] = getattr(res, cache_name)
-            logits = res.logits[0, -1].float()
+        dec = Decoder(model, prompt, s)
+        for i in range(steps):
             if top_logprobs:
-                out.top.append(_top(logits, top_logprobs))
-            tok = _next_token(logits, s, gen)
+                out.top.append(_top(dec.logits, top_logprobs))
+            tok = dec.sample()
             if tok in stop:
                 out.finish_reason = "stop"
                 break
             out.tokens.append(tok)
-            ids = torch.tensor([[tok]], dtype=torch.long)
+            if i + 1 < steps:
+                dec.feed([tok])
     return out
 
 

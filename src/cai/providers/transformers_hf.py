@@ -5,8 +5,10 @@ The model is loaded once per process per folder, in float32, and its calls run o
 made, on one worker thread per folder. The request's messages go through the tokenizer's chat template (`developer`
 turns as `system`, as the `local` provider sends them; a template that refuses a system turn gets it folded into the
 first user turn). Decoding is `cai.providers.transformers_gen`: seeded, greedy at temperature 0, top log-probabilities
-per generated token. A JSON schema is asked for in the prompt (`structured="prompt"`, as the openai provider's last
-fallback): the critic's reply is parsed, and repaired once, as from any model.
+per generated token. A JSON schema is in the prompt and, for the flat object schemas cai asks with, the reply is
+written to it (`cai.providers.transformers_json`: the model gives the values; `structured="grammar"`, as the local
+provider's grammar); any other schema is asked for in the prompt alone (`structured="prompt"`) and the reply parsed
+as from any model.
 
 A model is named by the content of its files (`identity`): a retrained folder is a new model to the call cache and
 the resume check. torch and transformers come with the `train` extra and are imported only when a model is built.
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import importlib.util
+import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -253,7 +256,10 @@ class TransformersModel(Model):
         return await asyncio.get_running_loop().run_in_executor(_worker(key), self._complete, request)
 
     def _complete(self, request: Request) -> Completion:
+        import torch
+
         from cai.providers import transformers_gen as tg
+        from cai.providers import transformers_json as tj
 
         m = load(self.folder)
         cfg = request.config
@@ -264,6 +270,13 @@ class TransformersModel(Model):
                                   f"leaves no room in its context of {m.n_ctx}", provider=self.provider,
                                   model=self.folder.name)
         sampling = tg.Sampling(cfg.temperature, cfg.seed, m.top_k, m.top_p)
+        fields = tj.plan(request.schema) if request.schema is not None else None
+        if fields is not None:
+            with torch.inference_mode():
+                filled = tj.fill(tg.Decoder(m.model, prompt, sampling), m.tokenizer, m.stop, fields, room)
+            return Completion(text=json.dumps(filled.value, ensure_ascii=False), tokens_in=len(prompt),
+                              tokens_out=filled.tokens, finish_reason="length" if filled.cut else "stop",
+                              structured="grammar")
         out = tg.decode(m.model, prompt, room, m.stop, sampling, cfg.top_logprobs)
         return Completion(text=m.tokenizer.decode(out.tokens, skip_special_tokens=True),
                           tokens_in=len(prompt), tokens_out=len(out.tokens), finish_reason=out.finish_reason,
