@@ -206,6 +206,21 @@ def test_identity_is_the_content_of_the_folder(checkpoint: Path, tmp_path: Path)
     assert get_model(f"transformers:{copy}").identity() != model.identity()
 
 
+def test_a_folder_trained_again_is_loaded_again(checkpoint: Path, tmp_path: Path) -> None:
+    """In one process (a notebook that trains, evaluates, trains on): the new weights answer, under a new identity."""
+    folder = tmp_path / "policy"
+    shutil.copytree(checkpoint, folder)
+    spec = f"transformers:{folder}"
+    before, ident = complete(spec, max_tokens=12, temperature=0.0), get_model(spec).identity()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(1)
+        model.lm_head.weight.add_(torch.randn_like(model.lm_head.weight))
+    model.save_pretrained(folder)
+    assert get_model(spec).identity() != ident
+    assert complete(spec, max_tokens=12, temperature=0.0).text != before.text
+
+
 SMALL = ["--rounds", "1", "--max-tokens", "16", "--quality-gate", "off", "--quiet", "--json"]
 
 

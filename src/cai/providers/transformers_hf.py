@@ -1,14 +1,14 @@
 """`transformers:PATH`: a Hugging Face checkpoint folder (config, weights, tokenizer with a chat template) run in this
 process on CPU with transformers, e.g. a policy trained on cai's exports (docs/training.md).
 
-The model is loaded once per process per folder, in float32, and its calls run one at a time, in the order they were
-made, on one worker thread per folder. The request's messages go through the tokenizer's chat template (`developer`
-turns as `system`, as the `local` provider sends them; a template that refuses a system turn gets it folded into the
-first user turn). Decoding is `cai.providers.transformers_gen`: seeded, greedy at temperature 0, top log-probabilities
-per generated token. A JSON schema is in the prompt and, for the flat object schemas cai asks with, the reply is
-written to it (`cai.providers.transformers_json`: the model gives the values; `structured="grammar"`, as the local
-provider's grammar); any other schema is asked for in the prompt alone (`structured="prompt"`) and the reply parsed
-as from any model.
+The model is loaded once per process per folder (again after the folder's files change), in float32, and its calls
+run one at a time, in the order they were made, on one worker thread per folder. The request's messages go through
+the tokenizer's chat template (`developer` turns as `system`, as the `local` provider sends them; a template that
+refuses a system turn gets it folded into the first user turn). Decoding is `cai.providers.transformers_gen`: seeded,
+greedy at temperature 0, top log-probabilities per generated token. A JSON schema is in the prompt and, for the flat
+object schemas cai asks with, the reply is written to it (`cai.providers.transformers_json`: the model gives the
+values; `structured="grammar"`, as the local provider's grammar); any other schema is asked for in the prompt alone
+(`structured="prompt"`) and the reply parsed as from any model.
 
 A model is named by the content of its files (`identity`): a retrained folder is a new model to the call cache and
 the resume check. torch and transformers come with the `train` extra and are imported only when a model is built.
@@ -41,7 +41,7 @@ DEFINING = ("config.json", "generation_config.json", "tokenizer.json", "tokenize
             "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt",
             "chat_template.jinja", "chat_template.json", *WEIGHTS)
 _lock = threading.Lock()
-_loaded: dict[str, Loaded] = {}
+_loaded: dict[str, tuple[str, Loaded]] = {}  # folder → (sha256 of its files, the model)
 _workers: dict[str, ThreadPoolExecutor] = {}
 
 
@@ -132,13 +132,15 @@ def _ids(value: Any) -> set[int]:
     return {int(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None}
 
 
-def load(folder: Path) -> Loaded:
-    """The process-wide model of `folder`, loaded on first use; InputError if transformers cannot load it."""
-    key = str(folder)
+def load(folder: Path, sha256: str) -> Loaded:
+    """The process-wide model of `folder` as its files are now (`sha256`, `folder_sha256`): loaded on first use,
+    and again once the folder was trained again (the older copy let go); InputError if transformers cannot load it."""
     with _lock:
-        if key not in _loaded:
-            _loaded[key] = _load(folder)
-        return _loaded[key]
+        held = _loaded.get(str(folder))
+        if held is None or held[0] != sha256:
+            _loaded.pop(str(folder), None)
+            _loaded[str(folder)] = (sha256, _load(folder))
+        return _loaded[str(folder)][1]
 
 
 def _load(folder: Path) -> Loaded:
@@ -244,7 +246,7 @@ class TransformersModel(Model):
         return {"file": self.folder.name, "sha256": self.sha256}
 
     def check(self) -> None:
-        load(self.folder)
+        load(self.folder, self.sha256)
 
     @classmethod
     def token_counter(cls, name: str) -> ChatTokens:
@@ -261,7 +263,7 @@ class TransformersModel(Model):
         from cai.providers import transformers_gen as tg
         from cai.providers import transformers_json as tj
 
-        m = load(self.folder)
+        m = load(self.folder, self.sha256)
         cfg = request.config
         prompt = prompt_ids(m.tokenizer, chat_messages(request))
         room = cfg.max_tokens if m.n_ctx is None else min(cfg.max_tokens, m.n_ctx - len(prompt))
