@@ -16,8 +16,8 @@ from cai.errors import InputError
 from cai.providers import Model, get_model
 from helpers import install_plugin
 
-BUILT_IN = {"provider": ["anthropic", "local", "openai"], "scorer": ["rbr"], "labeler": ["ai"], "runner": ["ray"],
-            "manifest": ["refusal"], "exporter": ["hf"], "command": []}
+BUILT_IN = {"provider": ["anthropic", "local", "openai", "transformers"], "scorer": ["rbr"], "labeler": ["ai"],
+            "runner": ["ray"], "manifest": ["refusal"], "exporter": ["hf"], "command": []}
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_nothing_is_imported_before_it_is_asked_for() -> None:
     code = ("import sys, cai; from cai import plugins; plugins.names('provider'); import cai.providers; "
             "print(sorted(m for m in sys.modules if m.startswith(('cai.rbr', 'cai.labels', 'cai.cluster', "
             "'cai.providers.openai', 'cai.providers.anthropic', 'cai.providers.local', 'llama_cpp', 'openai', "
-            "'anthropic', 'ray'))))")
+            "'anthropic', 'ray', 'cai.providers.transformers', 'torch', 'transformers'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -53,7 +53,7 @@ def test_an_unknown_name_is_one_line_naming_the_known_ones() -> None:
     with pytest.raises(InputError, match=r"^no scorer named 'nope' is installed \(known: rbr; .*'scorer\.NAME'"):
         plugins.load("scorer", "nope")
     with pytest.raises(InputError, match=r"unknown model provider 'nope' in 'nope:x' \(known: anthropic, local, "
-                                         r"openai\)"):
+                                         r"openai, transformers\)"):
         get_model("nope:x")
 
 
@@ -66,7 +66,7 @@ def test_a_third_party_provider_registers_like_the_built_ins(site: Path) -> None
         "    async def complete(self, request):\n"
         "        text = request.messages[-1]['content'].upper()\n"
         "        return Completion(text=text, tokens_in=1, tokens_out=1)\n")})
-    assert plugins.names("provider") == ["anthropic", "local", "openai", "shout"]
+    assert plugins.names("provider") == ["anthropic", "local", "openai", "shout", "transformers"]
     model = get_model("shout:loud")
     assert model.spec == "shout:loud" and type(model).__module__ == "cai_shout"
 

@@ -20,7 +20,7 @@ from cai.errors import InputError
 from cai.options import PANELS, declared
 from helpers import cai as cai_cli
 
-BOGUS = "error: unknown model provider 'bogus' in 'bogus:thing' (known: anthropic, local, openai)"
+BOGUS = "error: unknown model provider 'bogus' in 'bogus:thing' (known: anthropic, local, openai, transformers)"
 
 
 def _rows(tmp_path: Path, name: str, row: dict[str, Any]) -> Path:

@@ -29,7 +29,7 @@ from cai.errors import InputError
 from cai.limits import PRICES_BYTES, check_json, decode, read_bytes
 
 Prices = dict[str, dict[str, float]]
-FREE = ("local",)  # providers whose models cost nothing: the embedded model runs on this machine
+FREE = ("local", "transformers")  # providers whose models cost nothing: they run on this machine
 
 
 class Price(BaseModel):

@@ -3,6 +3,7 @@ by the SDK providers."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -26,7 +27,7 @@ from cai.errors import (
 from cai.redact import SECRET_ENV, clean_url, redact
 
 __all__ = ["SECRET_ENV", "Model", "TokenCounter", "check_base_url", "get_model", "http_error", "provider_class",
-           "redact", "sdk_error"]
+           "redact", "schema_instruction", "sdk_error"]
 
 class TokenCounter(Protocol):
     """A model's own prompt-token count of a request (`Model.token_counter`), and text of a given token length
@@ -99,6 +100,13 @@ class Model(ABC):
 
     async def aclose(self) -> None:
         """Release connections."""
+
+
+def schema_instruction(schema: dict[str, Any]) -> str:
+    """The system turn that asks for a reply following `schema`, for a model asked without a structured-output
+    parameter (`structured="prompt"`)."""
+    return ("Reply with one JSON object and nothing else. It must match this JSON schema:\n"
+            + json.dumps(schema, sort_keys=True))
 
 
 def check_base_url(url: str, name: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -10,15 +9,10 @@ import openai
 
 from cai.calls import Completion, Request
 from cai.errors import AuthError, ProviderError, TransientError
-from cai.providers.base import Model, sdk_error
+from cai.providers.base import Model, schema_instruction, sdk_error
 
 # Order tried for a structured reply; a server that rejects one is asked with the next from then on.
 STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
-
-
-def schema_instruction(schema: dict[str, Any]) -> str:
-    return ("Reply with one JSON object and nothing else. It must match this JSON schema:\n"
-            + json.dumps(schema, sort_keys=True))
 
 
 class OpenAIModel(Model):
