@@ -112,9 +112,9 @@ class RunOptions(TypedDict, total=False):
                                              "prices (genai-prices) of the models it matches.", "execution.prices",
                                              path=True)]
     max_cost: Annotated[float | None, Option(
-        "Budget in USD over every invocation of the run: a call whose worst case (its prompt and --max-tokens at "
-        "the model's price) would cross it is not sent, and the run stops there (exit 5; a re-run keeps it, give "
-        "a higher one to go on). See docs/cost.md.", "execution.max_cost")]
+        "Budget in USD over every invocation of the run: a call is not sent if its worst case (its prompt, and a "
+        "reply at the token limit, at the model's price) could cross it; the run then stops (exit 5; a re-run "
+        "keeps the budget, a higher one goes on). See docs/cost.md.", "execution.max_cost")]
     cache: Annotated[PathArg | None, Option("Call cache shared by runs (a SQLite file, created if missing): "
                                             "identical calls are answered from it.", "execution.cache", path=True)]
     engine: Annotated[Engine, Option("local: this process; ray: shard the records to Ray worker actors (pip install "
