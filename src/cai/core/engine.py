@@ -94,6 +94,12 @@ class EndpointHealth:
     unreachable_in_a_row: int = 0
 
 
+def _observed(fut: asyncio.Future[Completion]) -> None:
+    """Mark a call's outcome as seen: nobody else may have waited for it."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class Engine:
     """Sends requests for roles (generator, critic, reviser, grader…) to their models.
 
@@ -119,6 +125,7 @@ class Engine:
         self._pacers: dict[str, Pacer] = {}
         self._limiters: dict[str, AIMDLimiter] = {}
         self._health: dict[str, EndpointHealth] = {}
+        self._sending: dict[str, asyncio.Future[Completion]] = {}  # calls on their way, by key
         for m in models.values():
             ep = self._endpoint(m)
             self._pacers.setdefault(ep, Pacer(rpm, tpm))
@@ -139,7 +146,8 @@ class Engine:
         """The model's reply to `request` (from the run's store if it has it, else from the shared call cache
         if there is one); `record` names the record the call is for, so its stored reply fails only that
         record if it cannot be written. With a `deferral`, a call neither has answered is handed to it and
-        raises Deferred instead of being sent; `step` is the pipeline's (stage, round) it is for."""
+        raises Deferred instead of being sent; `step` is the pipeline's (stage, round) it is for. A request already
+        on its way (another record's identical call) is not sent again: that call's answer is this one's."""
         model = self.models[role]
         key = cache_key(model.identity(), request)
         stats = self.stats.role(role)
@@ -155,6 +163,36 @@ class Engine:
             self._may_send(record)
             self.deferral.defer(role, model, key, request, record, step)
             raise Deferred(key)
+        while (sending := self._sending.get(key)) is not None:  # the same request is on its way: its answer is ours
+            try:
+                comp = await asyncio.shield(sending)
+            except asyncio.CancelledError:
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise
+                continue  # that call was cancelled, not this one: send it ourselves
+            except Exception:  # noqa: BLE001 - that call failed (e.g. its record's writes): this one tries itself
+                continue
+            stats.cached += 1
+            return comp
+        sending = self._sending[key] = asyncio.get_running_loop().create_future()
+        sending.add_done_callback(_observed)
+        try:
+            comp = await self._send(role, model, key, request, record)
+        except Exception as e:
+            sending.set_exception(e)
+            raise
+        except BaseException:
+            sending.cancel()
+            raise
+        else:
+            sending.set_result(comp)
+        finally:
+            del self._sending[key]
+        return comp
+
+    async def _send(self, role: str, model: Model, key: str, request: Request, record: str | None) -> Completion:
+        """Send `request` to `model` (paced, capped, retried, within the budget) and store its answer."""
+        stats = self.stats.role(role)
         ep = self._endpoint(model)
         pacer, limiter = self._pacers[ep], self._limiters[ep]
         estimate = 0
