@@ -117,7 +117,7 @@ def weights(source: Path, mode: str, shipped: bool) -> Weights:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def cache_lock(path: Path) -> Iterator[None]:
     """An exclusive `flock` on `path` (created if missing); the OS lets go if the holder dies."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -131,7 +131,8 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _read_record(path: Path) -> dict[str, Any] | None:
+def read_record(path: Path) -> dict[str, Any] | None:
+    """The JSON object a cache record holds; None if it is missing or not one."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -163,13 +164,13 @@ def requantized(source: Path, qtype: str) -> Weights:
         raise OutputError(f"cannot create the model cache folder ({e.strerror}); set CAI_CACHE_DIR to a writable "
                           "folder", path=str(path.parent)) from e
     want = {"source_sha256": file_sha256(source), "type": qtype, "llama_cpp_python": _version()}
-    with _locked(lock):
-        record = _read_record(record_path)
+    with cache_lock(lock):
+        record = read_record(record_path)
         if (record is not None and all(record.get(k) == v for k, v in want.items()) and path.is_file()
                 and file_sha256(path) == record.get("sha256")):
             return Weights(path, source, qtype)
         _quantize(source, path, qtype)
-        _write_record(record_path, {**want, "source": source.name, "sha256": file_sha256(path),
+        write_record(record_path, {**want, "source": source.name, "sha256": file_sha256(path),
                                     "bytes": path.stat().st_size})
     return Weights(path, source, qtype, built=True)
 
@@ -185,7 +186,8 @@ def _temp_next_to(path: Path) -> Path:
             continue
 
 
-def _write_record(path: Path, data: dict[str, Any]) -> None:
+def write_record(path: Path, data: dict[str, Any]) -> None:
+    """Write a cache record through a temp file renamed into place (OutputError naming it on failure)."""
     tmp = _temp_next_to(path)
     try:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
