@@ -84,7 +84,7 @@ def test_local_generator_and_critic_with_a_served_reviser_always_pair(tmp_path, 
     revised = {p["id"]: p["chosen"][0]["content"] for p in out["pairs"]}
     assert all(len(t.split()) == 12 and all(w.startswith("w") for w in t.split()) for t in revised.values())
     pairs = pd.read_json(run / "pairs.jsonl", lines=True)
-    assert list(pairs.columns) == ["id", "prompt", "chosen", "rejected", "metadata", "quality"]
+    assert list(pairs.columns) == ["id", "prompt", "chosen", "rejected", "metadata", "quality", "source", "review"]
     assert list(pairs["id"]) == ["p0", "p1"]
     assert structured_modes(run) == {"grammar"}
 
