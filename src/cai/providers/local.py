@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
-from llama_cpp._utils import suppress_stdout_stderr
 
 from cai.calls import Completion, Request
 from cai.errors import InputError, RequestRejected
@@ -165,6 +164,8 @@ class LocalTokens:
     method = "exact: the GGUF's own chat template and tokenizer"
 
     def __init__(self, source: Path) -> None:
+        from llama_cpp._utils import suppress_stdout_stderr  # a private helper: imported where it is used
+
         with suppress_stdout_stderr(disable=False):  # llama.cpp warns that a vocabulary alone has no context size
             self.llm = new_llama(str(source), vocab_only=True)
 
