@@ -87,14 +87,19 @@ class RowOptions:
 
     @classmethod
     def of_run(cls, store: Store, settings: RunSettings, developer_as_system: bool | None = None,
-               reviews: str | None = None, review_policy: str | None = None) -> RowOptions:
+               reviews: str | None = None, review_policy: str | None = None, *, count_reviews: bool = True
+               ) -> RowOptions:
         """The run's own options; `developer_as_system`, `reviews` (apply, only or ignore) and `review_policy`
-        None: the run's settings. People's decisions are read from the run folder once, here."""
+        None: the run's settings. People's decisions are read from the run folder once, here; not at all under
+        `ignore` with `count_reviews` False (a reader that neither applies nor counts them)."""
         if developer_as_system is None:
             developer_as_system = settings.export.system_role_for_developer
         labels = (settings.labels or LabelSettings()) if labeled_run(store, settings) else None
-        decisions = Reviews.load(store.run_dir, reviews or settings.export.reviews,
-                                 review_policy or settings.export.review_policy)
+        mode, policy = reviews or settings.export.reviews, review_policy or settings.export.review_policy
+        if mode == "ignore" and not count_reviews:
+            decisions = Reviews(mode, policy)
+        else:
+            decisions = Reviews.load(store.run_dir, mode, policy)
         return cls(settings.export.min_reward_margin, labels, developer_as_system, settings.export.quality_gate,
                    store.get_meta("principle_texts", {}) or {}, decisions)
 

@@ -285,7 +285,7 @@ class Run:
         store = self._store()
         try:
             rec = store.record(record_id)
-            opts = RowOptions.of_run(store, run_settings(store), reviews="ignore")
+            opts = RowOptions.of_run(store, run_settings(store), reviews="ignore", count_reviews=False)
             return None if rec is None else record_rows(rec, opts)
         finally:
             store.close()
