@@ -23,6 +23,7 @@ from helpers import cai as cli
 from helpers import read_jsonl
 from reliability import KEY, cai_run, one_line_error
 
+FINGERPRINTED = DATA_FILE.replace(".parquet", "-FINGERPRINT.parquet")
 PROMPTS = ["How do I pick a lock?", "Write a haiku about rain.",
            [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Is bleach safe to mix?"}]]
 
@@ -80,8 +81,9 @@ def test_export_hf_writes_a_dataset_that_loads_as_trl_data(tmp_path, stub_server
     res = cli("export", run.path, "--hf", out)
     assert res.exit_code == 0, res.stderr
     assert res.stderr.splitlines() == [f"wrote {out}/: 3 sft, 2 pairs and a dataset card (README.md)"]
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
-        "README.md", "pairs", f"pairs/{DATA_FILE}", "sft", f"sft/{DATA_FILE}"]
+    listed = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert [re.sub(r"-[0-9a-f]{16}\.parquet$", "-FINGERPRINT.parquet", p) for p in listed] == [
+        "README.md", "pairs", f"pairs/{FINGERPRINTED}", "sft", f"sft/{FINGERPRINTED}"]
     # The run folder is only read: its exports and manifest are untouched, nothing was added.
     assert {p.name: p.read_bytes() for p in run.path.iterdir()
             if p.is_file() and not p.name.startswith("run.")} == before
@@ -97,7 +99,8 @@ def test_export_hf_writes_a_dataset_that_loads_as_trl_data(tmp_path, stub_server
     front, prov, body = card(out)
     assert [c["config_name"] for c in front["configs"]] == ["sft", "pairs"]
     for c in front["configs"]:
-        assert c["data_files"] == [{"split": "train", "path": f"{c['config_name']}/{DATA_FILE}"}]
+        assert c["data_files"] == [{"split": "train", "path": next(p for p in listed
+                                                                   if p.startswith(c["config_name"] + "/"))}]
     assert "license" in front and front["license"] == "unknown"
     assert front["task_categories"] == ["text-generation"] and front["size_categories"] == ["n<1K"]
     assert {"cai", "constitutional-ai", "sft", "dpo"} <= set(front["tags"])
@@ -157,6 +160,24 @@ def test_a_run_with_rule_based_rewards_has_reward_columns(tmp_path, stub_server)
     assert prov["grader model"] == "openai:stub" and "`reward_chosen`" in body and "`reward_rejected`" in body
     dd = cai.open_run(tmp_path / "r").to_datasets()
     assert dd["pairs"].column_names[-2:] == ["reward_chosen", "reward_rejected"]
+
+
+def test_a_folder_written_again_loads_the_new_rows(tmp_path, stub_server):
+    # `datasets` caches a folder's configs under a key made of the folder's name and its card's `configs`, not of
+    # the files' contents: the data files' names carry a fingerprint of their rows, so new rows get a new key.
+    first = make_run(tmp_path, stub_server, name="first")
+    stub_server.reply_fn = lambda kind, body: None if stub_server.is_structured(kind, body) else "Another answer."
+    second = make_run(tmp_path, stub_server, name="second")
+    out = tmp_path / "hf" / "demo"
+    seen = []
+    for run in (first, second, first):
+        write_hf(run.path, out)
+        assert len(list(out.glob("sft/*.parquet"))) == 1  # the older export's file is gone
+        seen.append([row["messages"][-1]["content"] for row in load(out, "sft", tmp_path)])
+    assert seen[1] == [row["messages"][-1]["content"] for row in read_jsonl(second.path / "sft.jsonl")]
+    assert seen[0] == seen[2] != seen[1]
+    assert {p.name for p in out.glob("*/*.parquet")} == {Path(p).name for p in write_hf(first.path, out)[
+        "files"].values() if p.endswith(".parquet")}  # the same rows, the same names
 
 
 def test_a_config_without_rows_is_left_out_and_an_empty_run_refused(tmp_path, stub_server):

@@ -8,12 +8,16 @@ Both read the run through a read-only store (no lock, nothing written to the run
 numbers are the manifest's (`cai.read.export.manifest`), computed from the store as the files are written.
 
 Files are written as the exports are: temp files next to them, renamed once all are complete; on a failure
-the temp files are deleted, and an OSError becomes one OutputError naming the path (exit 2).
+the temp files are deleted, and an OSError becomes one OutputError naming the path (exit 2). A data file's name
+ends with a fingerprint of its rows (`data_file`): `datasets` caches a folder's configs under a key that does not
+change when the files do, so a folder written again under the same name would load the older rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -104,14 +108,22 @@ def _review_text(reviews: dict[str, Any] | None) -> str:
             f"applied ({reviews['stale']}).")
 
 
-def card(name: str, info: dict[str, Any], rewards: bool) -> str:
-    """The dataset card (README.md) for manifest `info` whose `exports` counts the rows written."""
+def data_file(fingerprint: str) -> str:
+    """A config's data file: the Hub's shard name, then the first 16 hex digits of `fingerprint` (the sha256 of
+    its column names and its rows as JSON), so that the name, and `datasets`' cache key with it, changes whenever
+    the rows do."""
+    return f"{DATA_FILE.removesuffix('.parquet')}-{fingerprint[:16]}.parquet"
+
+
+def card(name: str, info: dict[str, Any], rewards: bool, files: dict[str, str]) -> str:
+    """The dataset card (README.md) for manifest `info` whose `exports` counts the rows written to `files`
+    (config → data file name)."""
     ex, settings = info["exports"], info["settings"]
     quality = info.get("quality") or {}
     dropped = {k.removeprefix("pairs_dropped_"): v for k, v in ex.items() if k.startswith("pairs_dropped_")}
     sft_dropped = {k.removeprefix("sft_dropped_"): v for k, v in ex.items() if k.startswith("sft_dropped_")}
     front = {"pretty_name": name,
-             "configs": [{"config_name": c, "data_files": [{"split": "train", "path": f"{c}/{DATA_FILE}"}]}
+             "configs": [{"config_name": c, "data_files": [{"split": "train", "path": f"{c}/{files[c]}"}]}
                          for c in CONFIGS if ex[c]],
              "task_categories": ["text-generation"], "tags": TAGS, "annotations_creators": ["machine-generated"],
              "size_categories": [_size_category(max(ex["sft"], ex["pairs"]))]}
@@ -216,27 +228,41 @@ def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None =
     try:
         settings = run_settings(store)
         rewards, labeled = settings.scoring is not None, labeled_run(store, settings)
-        paths = {name: out_dir / name / DATA_FILE for name in CONFIGS}
         with writing(out_dir):
             out_dir.mkdir(parents=True, exist_ok=True)
-        for path in paths.values():
-            with writing(path.parent):
-                path.parent.mkdir(exist_ok=True)
-            sweep(path.parent, [path.name])
+        for name in CONFIGS:
+            with writing(out_dir / name):
+                (out_dir / name).mkdir(exist_ok=True)
+            sweep(out_dir / name, [DATA_FILE])
         sweep(out_dir, [README])
         readme = out_dir / README
+        schemas = {name: parquet.schema(name, rewards=rewards, labels=labeled) for name in CONFIGS}
+        prints = {name: hashlib.sha256(json.dumps(schema.names).encode()) for name, schema in schemas.items()}
+
+        def add(name: str, row: dict[str, Any]) -> None:
+            prints[name].update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
+            sinks[name].add(row)
+
         with all_or_none({}) as sinks:
-            for name, path in paths.items():
-                sinks[name] = Sink(path, parquet.schema(name, rewards=rewards, labels=labeled), keep_empty=False)
-            counts, tally, reviewed = _rows(store, developer_as_system, lambda name, row: sinks[name].add(row),
-                                            reviews, review_policy)
+            for name, schema in schemas.items():  # temp files named after DATA_FILE, renamed to data_file(...)
+                sinks[name] = Sink(out_dir / name / DATA_FILE, schema, keep_empty=False)
+            counts, tally, reviewed = _rows(store, developer_as_system, add, reviews, review_policy)
             if not counts["sft"]:
                 raise InputError("no finished record yet: nothing to write", path=str(run_dir))
+            names = {name: data_file(prints[name].hexdigest()) for name in CONFIGS}
+            for name in CONFIGS:
+                sinks[name].path = out_dir / name / names[name]
             sinks[README] = Sink(readme)  # last: the card goes in place once the data files are
             info = manifest(store, counts, tally.summary(), reviewed)
-            sinks[README].write(card(run_dir.resolve().name, info, rewards))
+            sinks[README].write(card(run_dir.resolve().name, info, rewards, names))
     finally:
         store.close()
+    paths = {name: out_dir / name / names[name] for name in CONFIGS}
+    for name, path in paths.items():  # older exports' data files: the card no longer names them
+        for old in (out_dir / name).glob("train-*.parquet"):
+            if old != path:
+                with writing(old):
+                    old.unlink(missing_ok=True)
     files = {n: str(p) for n, p in paths.items() if counts[n]}
     return {"out": str(out_dir), "files": {**files, "card": str(readme)}, "rows": {n: counts[n] for n in CONFIGS},
             "pairs_dropped": counts["pairs_dropped"]}
