@@ -19,6 +19,7 @@ them; without the flag, as the run's setting says); otherwise they reach the tem
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import re
@@ -103,6 +104,14 @@ def losses(trainer: Any) -> list[float]:
     return [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
 
 
+def frozen_copy(model: Any) -> Any:
+    """A copy of `model` that no optimiser changes, in evaluation mode."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
 def train(args: argparse.Namespace, folder: Path) -> tuple[Any, Any, dict[str, Any]]:
     """SFT (when asked and there are sft rows), then DPO; the model, its tokenizer and what each stage did."""
     import torch
@@ -132,9 +141,14 @@ def train(args: argparse.Namespace, folder: Path) -> tuple[Any, Any, dict[str, A
         if args.steps:
             t = time.monotonic()
             config = DPOConfig(**common(args, Path(work), args.steps), beta=args.beta)
-            trainer = DPOTrainer(model=model, args=config, train_dataset=pairs, processing_class=tokenizer)
+            # Without `ref_model` TRL loads the reference from the folder the model came from: the policy before
+            # SFT. DPO's reference is the model it starts from, so after SFT it is a frozen copy of that model.
+            ref = frozen_copy(model) if "sft" in done else None
+            trainer = DPOTrainer(model=model, ref_model=ref, args=config, train_dataset=pairs,
+                                 processing_class=tokenizer)
             trainer.train()
             done["dpo"] = {"steps": args.steps, "rows": len(pairs), "beta": args.beta, "loss": losses(trainer),
+                           "reference": "the SFT model" if ref is not None else "the policy",
                            "seconds": round(time.monotonic() - t, 1)}
             model = trainer.model
     return model, tokenizer, done
@@ -147,9 +161,9 @@ def card(args: argparse.Namespace, folder: Path, done: dict[str, Any]) -> str:
         if name in done:
             d = done[name]
             last = f"{d['loss'][-1]:.4f}" if d["loss"] else "none"
+            dpo = f", beta {d['beta']}, reference {d['reference']}" if name == "dpo" else ""
             stages.append(f"- {what}: {d['steps']} steps of {args.batch_size} rows ({d['rows']} rows in all), "
-                          f"learning rate {args.lr}" + (f", beta {d['beta']}" if name == "dpo" else "")
-                          + f", last loss {last}, {d['seconds']} s")
+                          f"learning rate {args.lr}{dpo}, last loss {last}, {d['seconds']} s")
     table = "\n".join(f"| {k} | {v} |" for k, v in provenance(folder))
     return f"""---
 library_name: transformers

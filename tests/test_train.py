@@ -83,6 +83,10 @@ def test_sft_then_dpo_on_the_embedded_model(tmp_path, stub_server, checkpoint):
     for stage in ("sft", "dpo"):
         assert done[stage]["steps"] == 2 and len(done[stage]["loss"]) == 2, done
         assert all(math.isfinite(x) for x in done[stage]["loss"]), done
+    # The first DPO step is measured before any update, against a reference equal to the policy: the SFT model,
+    # not the checkpoint it was loaded from (which TRL would load without `ref_model`).
+    assert done["dpo"]["reference"] == "the SFT model"
+    assert abs(done["dpo"]["loss"][0] - math.log(2)) < 1e-3, done
     card = (out / "README.md").read_text()
     assert "| constitution |" in card and "sha256" in card and "| pairs |" in card
     assert "DPO on `pairs`: 2 steps" in card
