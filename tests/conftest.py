@@ -64,8 +64,14 @@ def _has_module(name: str) -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """cai's cache folder (requantized models) for this session, not the user's (child processes inherit it)."""
-    folder = tmp_path_factory.mktemp("cai-cache")
+    """cai's cache folder (requantized models, the embedded model as a checkpoint) for this session, not the
+    user's (child processes inherit it): `CAI_TEST_CACHE_DIR` where set (`.ci/run` keeps one between runs; every
+    entry is checksummed and made again when damaged), else a new temporary folder."""
+    if kept := os.environ.get("CAI_TEST_CACHE_DIR"):
+        folder = Path(kept)
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("cai-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CAI_CACHE_DIR", str(folder))
         yield folder
