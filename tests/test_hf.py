@@ -205,6 +205,21 @@ def test_a_config_without_rows_is_left_out_and_an_empty_run_refused(tmp_path, st
     assert sorted(p.name for p in (tmp_path / "none").rglob("*")) == ["pairs", "sft"]  # no file, no temp file
 
 
+def test_a_run_whose_rows_the_gate_kept_out_says_so(tmp_path, stub_server):
+    stub_server.reply_words = 40  # above max_tokens (16): the stub cuts each reply there, finish_reason "length"
+    run = make_run(tmp_path, stub_server)  # every reply is cut at max_tokens: the gate keeps out every row
+    res = cai_run("export", run.path, "--hf", tmp_path / "out")
+    assert res.returncode == 2
+    assert one_line_error(res.stderr) == (
+        f"error: {run.path}: no sft row to write: the quality gate kept out all 3 (truncated 3); `cai run` again "
+        "with --quality-gate off exports them with their flags (no model call), or review them (docs/review.md)")
+    calls = stub_server.count()
+    make_run(tmp_path, stub_server, quality_gate="off")  # the same run: its exports rewritten, no model call
+    assert stub_server.count() == calls
+    write_hf(run.path, tmp_path / "out")
+    assert [row["quality"] for row in load(tmp_path / "out", "sft", tmp_path)] == [["truncated"]] * 3
+
+
 def test_an_unwritable_folder_is_one_line_exit_2(tmp_path, stub_server):
     run = make_run(tmp_path, stub_server)
     blocker = tmp_path / "a-file"

@@ -216,6 +216,16 @@ Not set (`license: unknown`). The dataset holds your prompts and text written by
 """
 
 
+def _nothing_to_write(counts: dict[str, int]) -> str:
+    """Why a run gave no sft row (`datasets` cannot load an empty split): no done record, or the quality gate."""
+    if not counts.get("sft_dropped"):
+        return "no finished record yet: nothing to write"
+    flags = counts_text({k.removeprefix("sft_dropped_"): n for k, n in counts.items() if k.startswith("sft_dropped_")})
+    return (f"no sft row to write: the quality gate kept out all {counts['sft_dropped']} ({flags}); `cai run` "
+            "again with --quality-gate off exports them with their flags (no model call), or review them "
+            "(docs/review.md)")
+
+
 def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None = None, reviews: str | None = None,
              review_policy: str | None = None) -> dict[str, Any]:
     """Write the run's sft and pairs as a Hugging Face dataset folder in `out_dir` (created if missing):
@@ -248,7 +258,7 @@ def write_hf(run_dir: Path, out_dir: Path, *, developer_as_system: bool | None =
                 sinks[name] = Sink(out_dir / name / DATA_FILE, schema, keep_empty=False)
             counts, tally, reviewed = _rows(store, developer_as_system, add, reviews, review_policy)
             if not counts["sft"]:
-                raise InputError("no finished record yet: nothing to write", path=str(run_dir))
+                raise InputError(_nothing_to_write(counts), path=str(run_dir))
             names = {name: data_file(prints[name].hexdigest()) for name in CONFIGS}
             for name in CONFIGS:
                 sinks[name].path = out_dir / name / names[name]
