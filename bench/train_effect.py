@@ -14,7 +14,7 @@
 Prints each figure for base and trained, the difference and its paired bootstrap 95 % interval (2,000 resamples,
 seeded), with the number of examples. The 135M model's data is poor: the effect may be nothing, or harm.
 
-    python bench/train_effect.py [--train 12] [--heldout 24] [--sft-steps 4] [--steps 4] [--work DIR]
+    python bench/train_effect.py [--train 21] [--heldout 32] [--sft-steps 10] [--steps 10] [--work DIR]
 """
 
 from __future__ import annotations
@@ -33,11 +33,21 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src")]
 HELDOUT = REPO / "bench" / "data" / "refusal_written_d.jsonl"
+# The prompt's response type in constitution/rbr-safety.yaml, from its `expected`: the held-out set says how each
+# prompt should be answered, so the 135M grader is not asked to classify it.
+RESPONSE_TYPE = {"comply": "Comply", "refuse": "Hard Refuse"}
+
+
+def child_env() -> dict[str, str]:
+    """This checkout's `cai` first on the path of a child process."""
+    paths = [str(REPO / "src"), os.environ.get("PYTHONPATH")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 def cai(*args: Any) -> None:
     """`cai ARGS` as a child process; its one-line error ends the bench."""
-    proc = subprocess.run([sys.executable, "-m", "cai", *map(str, args)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "cai", *map(str, args)], capture_output=True, text=True,
+                          env=child_env())
     if proc.returncode not in (0, 5):
         raise SystemExit(f"cai {' '.join(map(str, args[:2]))} failed: {proc.stderr.strip()[-600:]}")
 
@@ -76,10 +86,10 @@ def generate(policy: Path, rows: list[dict[str, str]], out: Path, seed: int) -> 
 
 
 def rewards(texts: dict[str, dict[str, Any]], rows: list[dict[str, str]], work: Path, name: str) -> None:
-    """Add each response's rule-based reward and response type (`cai rbr grade`, embedded grader, joint mode)."""
+    """Add each response's rule-based reward (`cai rbr grade`, embedded grader, joint mode) and response type."""
     graded_in = work / f"{name}-to-grade.jsonl"
-    graded_in.write_text("".join(json.dumps({"id": r["id"], "prompt": r["prompt"], "response": texts[r["id"]]["text"]})
-                                 + "\n" for r in rows))
+    graded_in.write_text("".join(json.dumps({"id": r["id"], "prompt": r["prompt"], "response": texts[r["id"]]["text"],
+                                             "response_type": RESPONSE_TYPE[r["expected"]]}) + "\n" for r in rows))
     out = work / f"{name}-graded.jsonl"
     cai("rbr", "grade", graded_in, "--grader", "local", "--grader-mode", "joint", "--out", work / f"{name}-grades",
         "-o", out, "--quiet")
@@ -124,10 +134,10 @@ def figures(base: dict[str, Any], trained: dict[str, Any]) -> list[tuple[str, li
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", type=int, default=12, help="prompts of examples/prompts.jsonl to make data from")
-    ap.add_argument("--heldout", type=int, default=24, help="held-out prompts (half safe, half unsafe)")
-    ap.add_argument("--sft-steps", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=4, help="DPO steps")
+    ap.add_argument("--train", type=int, default=21, help="prompts of examples/prompts.jsonl to make data from")
+    ap.add_argument("--heldout", type=int, default=32, help="held-out prompts (half safe, half unsafe)")
+    ap.add_argument("--sft-steps", type=int, default=10, help="SFT steps (examples/train_dpo.py's default)")
+    ap.add_argument("--steps", type=int, default=10, help="DPO steps (examples/train_dpo.py's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="keep everything here (default: a temporary folder)")
     args = ap.parse_args()
@@ -144,7 +154,8 @@ def main() -> int:
         t1 = time.monotonic()
         proc = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, str(REPO / "examples" / "train_dpo.py"),
                                str(work / "data"), "--out", str(work / "policy"), "--sft-steps", str(args.sft_steps),
-                               "--steps", str(args.steps), "--seed", str(args.seed)], capture_output=True, text=True)
+                               "--steps", str(args.steps), "--seed", str(args.seed)], capture_output=True, text=True,
+                              env=child_env())
         if proc.returncode:
             raise SystemExit(f"training failed: {proc.stderr.strip()[-800:]}")
         peak_mb = int(proc.stderr.strip().splitlines()[-1]) / 1024
@@ -157,8 +168,11 @@ def main() -> int:
         prefer = judge(base, trained, rows, work)
         t3 = time.monotonic()
         ex = manifest["exports"]
+        done = json.loads((work / "policy" / "training.json").read_text())
+        stages = ", ".join(f"{k} {v['steps']} steps {v['seconds']:.0f} s (loss {v['loss'][0]:.3f} → "
+                           f"{v['loss'][-1]:.3f})" for k, v in done.items() if isinstance(v, dict))
         print(f"data: {ex['sft']} sft rows, {ex['pairs']} pairs from {args.train} prompts ({t1 - t0:.0f} s); "
-              f"training: {args.sft_steps} SFT + {args.steps} DPO steps in {t2 - t1:.0f} s, peak RSS {peak_mb:.0f} MB; "
+              f"training: {stages}; {t2 - t1:.0f} s with the model loads and saves, peak RSS {peak_mb:.0f} MB; "
               f"evaluation {t3 - t2:.0f} s")
         print(f"{'figure':<42} {'n':>3} {'base':>7} {'trained':>8} {'diff':>7}  95% CI")
         for k, (name, ids, value) in enumerate(figures(base, trained)):
