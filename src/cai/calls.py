@@ -5,12 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Message = dict[str, str]  # one chat message: {"role": ..., "content": ...}
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def chat_turns(messages: Iterable[Message]) -> list[Message]:
+    """Each message's role and content as a local model's chat template gets them: `developer` turns as `system`
+    (templates know only system, user and assistant)."""
+    return [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]} for m in messages]
 
 
 def storable(text: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import llama_cpp
 
-from cai.calls import Completion, Request
+from cai.calls import Completion, Request, chat_turns
 from cai.errors import InputError, RequestRejected
 from cai.providers.base import Model
 from cai.providers.local_engine import BatchEngine, WindowExceeded
@@ -245,8 +245,7 @@ class LocalModel(Model):
 def chat_arguments(request: Request) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """The messages (`developer` turns as `system`) and `create_chat_completion` arguments of a request."""
     cfg = request.config
-    messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
-                for m in request.messages]
+    messages = chat_turns(request.messages)
     kwargs: dict[str, Any] = {"max_tokens": cfg.max_tokens, "temperature": cfg.temperature}
     if cfg.seed is not None:
         kwargs["seed"] = cfg.seed

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cai.calls import Completion, Message, Request
+from cai.calls import Completion, Message, Request, chat_turns
 from cai.errors import InputError, RequestRejected, one_line
 from cai.providers.base import Model, schema_instruction
 from cai.providers.local_weights import file_sha256
@@ -170,8 +170,7 @@ def _worker(key: str) -> ThreadPoolExecutor:
 def chat_messages(request: Request) -> list[Message]:
     """The request's messages as the chat template gets them: `developer` as `system`, and with a schema its
     instruction at the end of the first system turn (a system turn of its own if there is none)."""
-    msgs = [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]}
-            for m in request.messages]
+    msgs = chat_turns(request.messages)
     if request.schema is not None:
         note = schema_instruction(request.schema)
         if msgs and msgs[0]["role"] == "system":
