@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import InputError, OutputError
-from cai.providers.local_weights import cache_dir, cache_lock, file_sha256, read_record, write_record
+from cai.providers.local_weights import (
+    cache_dir,
+    cache_lock,
+    file_sha256,
+    make_cache_folder,
+    read_record,
+    write_record,
+)
 
 TRAIN_EXTRA = "training needs the 'train' extra: pip install 'cai[train]'"
 EMBEDDED = "embedded"  # the name scripts and docs give the embedded model as a policy
@@ -71,11 +78,7 @@ def embedded_checkpoint(gguf: Path | None = None) -> Path:
     _require("torch", "transformers", "gguf")
     gguf = (gguf or shipped_gguf()).resolve()
     folder, record_path, lock = checkpoint_files(gguf)
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create the model cache folder ({e.strerror}); set CAI_CACHE_DIR to a writable "
-                          "folder", path=str(folder.parent)) from e
+    make_cache_folder(folder.parent)
     source_sha256 = file_sha256(gguf)
     with cache_lock(lock):
         if _intact(folder, read_record(record_path), source_sha256):

@@ -116,6 +116,15 @@ def weights(source: Path, mode: str, shipped: bool) -> Weights:
     return Weights(source, source) if qtype is None else requantized(source, qtype)
 
 
+def make_cache_folder(folder: Path) -> None:
+    """Create `folder` in cai's cache (and its parents) if missing; OutputError naming it if it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the model cache folder ({e.strerror}); set CAI_CACHE_DIR to a writable "
+                          "folder", path=str(folder)) from e
+
+
 @contextlib.contextmanager
 def cache_lock(path: Path) -> Iterator[None]:
     """An exclusive `flock` on `path` (created if missing); the OS lets go if the holder dies."""
@@ -158,11 +167,7 @@ def requantized(source: Path, qtype: str) -> Weights:
     """`source` requantized to `qtype` in the cache folder: checked against its record, made (again) if missing or
     damaged. OutputError if the cache folder cannot be written; InputError if llama.cpp cannot requantize it."""
     path, record_path, lock = cache_files(source, qtype)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create the model cache folder ({e.strerror}); set CAI_CACHE_DIR to a writable "
-                          "folder", path=str(path.parent)) from e
+    make_cache_folder(path.parent)
     want = {"source_sha256": file_sha256(source), "type": qtype, "llama_cpp_python": _version()}
     with cache_lock(lock):
         record = read_record(record_path)
