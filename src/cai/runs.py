@@ -238,17 +238,18 @@ class Session:
 
 @contextlib.asynccontextmanager
 async def open_session(out: Path, models: dict[str, Model], execution: ExecutionSettings, *,
-                       restart: bool = False, create: bool = True) -> AsyncIterator[Session]:
+                       restart: bool = False, create: bool = True, budget: bool = True) -> AsyncIterator[Session]:
     """The one set-up path of every command that writes a run or a store folder of calls (`cai run`, `cai batch`,
     `cai label`, `cai judge-eval`, `cai rbr`, the library): `locked_store`, and an engine over `models` paced and
     retried as `execution` says, sharing answers through `execution.cache` if given (a bad cache file fails
-    before the folder is created), and under `execution.max_cost` a budget (`open_budget`)."""
+    before the folder is created), and under `execution.max_cost` a budget (`open_budget`; `budget` False: the
+    caller opens it once its settings are final, as `execute` does after `admit`)."""
     cache = CallCache(execution.cache) if execution.cache else None
     try:
         with locked_store(out, restart, create=create) as store:
             engine = Engine(store, models, max_retries=execution.max_retries, concurrency=execution.concurrency,
                             rpm=execution.rpm, tpm=execution.tpm, cache=cache,
-                            budget=open_budget(store, execution, models))
+                            budget=open_budget(store, execution, models) if budget else None)
             try:
                 yield Session(out, store, models, engine, execution)
             finally:
@@ -298,8 +299,8 @@ async def execute(settings: RunSettings, *, restart: bool = False, command: list
     check_tpm(settings, const)
     if settings.execution.max_cost is not None:  # a model without a price is refused before the folder exists
         role_rates({r: m.spec for r, m in models.items()}, load_prices(settings.execution.prices))
-    async with open_session(normalize_out(settings.io.out), models, settings.execution,
-                            restart=restart) as session:
+    async with open_session(normalize_out(settings.io.out), models, settings.execution, restart=restart,
+                            budget=False) as session:
         store, engine = session.store, session.engine
         if n := store.get_meta(CALLS_IN_FLIGHT, 0):
             raise InputError(f"{n} calls of this run are with a provider batch: `cai batch tick` stores their answers "
@@ -343,8 +344,7 @@ def open_budget(store: Store, execution: ExecutionSettings, models: dict[str, Mo
     specs = {r: m.spec for r, m in models.items()}
     rates = role_rates(specs, prices, batch)
     # requests in a provider batch hold money that is not lost (and `cai run` refuses to start until a tick)
-    lost = (float(store.get_meta("budget_lost_usd", 0.0)) if store.get_meta(CALLS_IN_FLIGHT, 0)
-            else store.settle_lost_holds())
+    lost = store.lost_usd() if store.get_meta(CALLS_IN_FLIGHT, 0) else store.settle_lost_holds()
     spent = run_cost(store, prices, specs)
     if spent is None:
         raise InputError("cannot price what this folder already spent (a model it used has no price): --max-cost "

@@ -291,7 +291,7 @@ def budget_info(store: Store, settings: RunSettings) -> dict[str, Any] | None:
     """The manifest's `budget` (None for a run without `--max-cost`): the limit, what the run spent (its
     stored calls and the worst case of calls a kill cut off: `lost_usd`) and what calls in flight have set
     aside (`reserved_usd`), in USD."""
-    limit, lost = settings.execution.max_cost, float(store.get_meta("budget_lost_usd", 0.0))
+    limit, lost = settings.execution.max_cost, store.lost_usd()
     if limit is None and not lost:
         return None
     paid = estimated_cost(store, settings)

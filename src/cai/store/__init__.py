@@ -47,6 +47,16 @@ Op = Callable[[sqlite3.Connection], None]
 Item = tuple[Op, "asyncio.Future[None] | None", Any, "str | None"]
 
 
+LOST_USD = "budget_lost_usd"  # meta: USD of calls a kill cut off (or a dead Ray worker's), counted as spent
+
+
+def _add_lost(c: sqlite3.Connection, usd: float) -> None:
+    """Add `usd` to the run's lost money (meta `LOST_USD`), inside the caller's transaction."""
+    row = c.execute("SELECT value FROM meta WHERE key=?", (LOST_USD,)).fetchone()
+    before = json.loads(row[0]) if row else 0.0
+    c.execute("INSERT OR REPLACE INTO meta VALUES(?,?)", (LOST_USD, json.dumps(before + usd)))
+
+
 class Store:
     """One run's state. Use `open()`; call `close()` (or use `async with`)."""
 
@@ -347,26 +357,28 @@ class Store:
         except sqlite3.OperationalError:  # no such table: an older store opened read-only
             return 0.0
 
+    def lost_usd(self) -> float:
+        """USD of calls that may have been paid but were never stored, counted as spent over the run."""
+        return float(self.get_meta(LOST_USD, 0.0))
+
     def add_lost_usd(self, usd: float) -> None:
         """Count `usd` of calls that may have been paid but were never stored as spent, for good (a dead Ray
-        worker's reservations; meta `budget_lost_usd`)."""
+        worker's reservations)."""
         if usd:
-            self.set_meta("budget_lost_usd", float(self.get_meta("budget_lost_usd", 0.0)) + usd)
+            self.write_now(lambda c: _add_lost(c, usd))
 
     def settle_lost_holds(self, keep: Collection[str] = ()) -> float:
         """Count the holds a killed invocation left (calls that may have been paid but whose answers were never
-        stored) as spent, for good (meta `budget_lost_usd`), and drop them; the total so counted over the run.
-        The holds of the keys in `keep` stay: calls known to be in flight still (requests in a provider batch)."""
+        stored) as spent, for good, and drop them; the total so counted over the run (`lost_usd`). The holds of
+        the keys in `keep` stay: calls known to be in flight still (requests in a provider batch)."""
         def op(c: sqlite3.Connection) -> None:
             gone = [(k, usd) for k, usd in c.execute("SELECT key, usd FROM budget_holds") if k not in keep]
             if lost := sum(usd for _, usd in gone):
-                before = json.loads((c.execute("SELECT value FROM meta WHERE key='budget_lost_usd'").fetchone()
-                                     or ["0"])[0])
-                c.execute("INSERT OR REPLACE INTO meta VALUES('budget_lost_usd', ?)", (json.dumps(before + lost),))
+                _add_lost(c, lost)
             c.executemany("DELETE FROM budget_holds WHERE key=?", [(k,) for k, _ in gone])
 
         self.write_now(op)
-        return float(self.get_meta("budget_lost_usd", 0.0))
+        return self.lost_usd()
 
     # -- reading for exports and status --------------------------------------------------
     def iter_records(self) -> Iterator[StoredRecord]:
