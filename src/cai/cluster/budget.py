@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import Any
 
 from cai.calls import Completion, Request
-from cai.core.budget import Budget, worst_case
+from cai.core.budget import Budget, exhausted, worst_case
 from cai.core.prices import cost
 from cai.errors import BudgetExhausted
 
@@ -76,9 +76,7 @@ class RemoteBudget:
     async def reserve(self, role: str, request: Request) -> float:
         usd = worst_case(request, self.rates[role])
         if not await self.handle.take.remote(self.name, usd):
-            state = await self.handle.state.remote()
-            raise BudgetExhausted(f"budget reached: ${state['spent']:.4f} spent of ${self.limit:.4f} (--max-cost)",
-                                  spent=state["spent"], limit=self.limit)
+            raise exhausted((await self.handle.state.remote())["spent"], self.limit)
         return usd
 
     def settle(self, role: str, reserved: float, comp: Completion) -> None:

@@ -114,7 +114,7 @@ class Budget:
             await self._changed.wait()
         if self.closed:
             self._wake()
-            raise BudgetExhausted(self.message(), spent=self.total, limit=self.limit)
+            raise exhausted(self.total, self.limit)
         self.reserved += usd
         self.in_flight += 1
         return usd
@@ -144,6 +144,8 @@ class Budget:
         """USD spent over the run, this invocation's answered calls included."""
         return self.spent + self.settled
 
-    def message(self) -> str:
-        return (f"budget reached: ${self.total:.4f} spent of ${self.limit:.4f} (--max-cost); the next call could "
-                "cost more than what is left")
+
+def exhausted(spent: float, limit: float) -> BudgetExhausted:
+    """The error of a call that does not fit in the budget, nothing else being in flight."""
+    return BudgetExhausted(f"budget reached: ${spent:.4f} spent of ${limit:.4f} (--max-cost); the next call could "
+                           "cost more than what is left", spent=spent, limit=limit)
