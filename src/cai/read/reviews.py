@@ -32,6 +32,14 @@ COLUMNS = ["id", "item", "round", "pair", "decision", "reviewer", "edit", "note"
 Key = tuple[str, str, int, str]  # (item, record id, round or 0, pair id or "")
 
 
+def revision_pair(r: RecordRows) -> tuple[str, str] | None:
+    """(final revision, draft) of a done record whose final revision differs from its draft: the revision pair
+    people can review; None where there is none."""
+    if r.record.done and r.draft is not None and r.final is not None and r.draft != r.final:
+        return r.final, r.draft
+    return None
+
+
 def record_items(r: RecordRows) -> dict[Key, str]:
     """The reviewable items of one record, in the order a reviewer meets them (critiques by round, the revision
     pair, the AI-labeled pairs), each with the hash of its current text."""
@@ -39,8 +47,8 @@ def record_items(r: RecordRows) -> dict[Key, str]:
     out = {("critique", rid, c.row["round"], ""): text_hash(c.row["before"], c.row["critique"]) for c in r.critiques}
     if not r.record.done:
         return out
-    if r.draft is not None and r.final is not None and r.draft != r.final:
-        out[("pair", rid, 0, "")] = text_hash(r.final, r.draft)
+    if (texts := revision_pair(r)) is not None:
+        out[("pair", rid, 0, "")] = text_hash(*texts)
     for p in r.labels.pairs if r.labels is not None else ():
         out[("pair", rid, 0, p["id"])] = text_hash(p["chosen"][0]["content"], p["rejected"][0]["content"])
     return out

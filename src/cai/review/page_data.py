@@ -10,6 +10,7 @@ from typing import Any
 
 from cai.read.explore import word_diff
 from cai.read.reviews import Items, Key, record_items
+from cai.read.reviews import revision_pair as reviewable_pair
 from cai.read.rows import RecordRows
 from cai.store.reviews import StoredDecision
 
@@ -33,10 +34,11 @@ def critiques(r: RecordRows) -> list[dict[str, Any]]:
 
 def revision_pair(r: RecordRows) -> dict[str, Any] | None:
     """The final revision (chosen) against the draft (rejected), with the quality gate's verdict; None without one
-    to review (the same condition as `cai.read.reviews.record_items`)."""
-    if not r.record.done or r.draft is None or r.final is None or r.draft == r.final:
+    to review."""
+    if (texts := reviewable_pair(r)) is None:
         return None
-    return {"chosen": r.final, "rejected": r.draft, "diff": word_diff(r.draft, r.final),
+    chosen, rejected = texts
+    return {"chosen": chosen, "rejected": rejected, "diff": word_diff(rejected, chosen),
             "quality": _verdict(r.pair_verdict), "dropped": r.dropped}
 
 
