@@ -6,6 +6,7 @@ Not a benchmark itself; the scripts next to it import it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -157,3 +158,12 @@ def refusal_figures_line(name: str, binary: dict[str, Any], three_way: dict[str,
     return (f"{name}: n {b['n']}  binary accuracy {b['accuracy']:.3f} precision {b['precision'] or 0:.3f} "
             f"recall {b['recall'] or 0:.3f} partial recall {b['partial_recall'] or 0:.3f} | three-way "
             f"accuracy {t['accuracy']:.3f} macro-F1 {t['macro_f1']:.3f}")
+
+
+def demo_arguments(doc: str) -> argparse.Namespace:
+    """The options of a bench over the README demo run: `--demo RUN` (a finished one; default: run it now) and
+    `--json`; `doc` is the script's docstring, whose first line describes it."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--demo", type=Path, help="a finished run of the README demo (default: run it now)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    return ap.parse_args()

@@ -11,7 +11,6 @@ column adds up to the share of rows kept out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import EXAMPLES, REPO, Server, cai_command  # noqa: E402
+from _common import EXAMPLES, REPO, Server, cai_command, demo_arguments  # noqa: E402
 
 DEMO = ["run", str(EXAMPLES), "--limit", "6", "--max-tokens", "64"]  # the README's first command, less --out
 LOOPBACK_PROMPTS = 200
@@ -76,10 +75,7 @@ def show(name: str, fig: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--demo", type=Path, help="a finished run of the README demo (default: run it now)")
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
-    a = ap.parse_args()
+    a = demo_arguments(__doc__)
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         demo = a.demo
